@@ -1,0 +1,160 @@
+"""The ``admf`` command: a thin click group; heavy imports happen inside the commands.
+
+Every error on bad input prints one line ``error: <what> [<where>]; <hint>`` on
+stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import AdmfError
+
+STORE_HELP = "Dataset URL or path: a local directory, file://, s3://bucket/prefix, memory://..."
+
+
+def _options(pairs: tuple[str, ...]) -> dict:
+    """Parse ``-o key=value`` storage options; numbers and true/false are typed."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-o/--storage-option")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
+storage_option = click.option(
+    "-o", "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="admf-dask")
+def cli() -> None:
+    """admf-dask: out-of-core backtesting and parameter sweeps on Dask.
+
+    \b
+    Start with the quickstart workflow:
+        admf run workflows/quickstart.yaml
+    """
+
+
+@cli.command()
+@click.argument("workflow", type=click.Path(dir_okay=False))
+@click.option("--cluster", help="Override the workflow's cluster: threads, local or tcp://host:8786.")
+@click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).")
+def run(workflow: str, cluster: str | None, storage: str | None) -> None:
+    """Run a YAML WORKFLOW (see workflows/quickstart.yaml).
+
+    The whole file is validated first; steps then run in order on one cluster, and
+    rerunning a finished workflow recomputes nothing. ADMF_CLUSTER and ADMF_STORAGE
+    override the file's settings.
+    """
+    from .workflow import load_workflow, run_workflow
+
+    run_workflow(load_workflow(workflow, cluster=cluster, storage=storage))
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@click.option("--symbols", "n_symbols", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many symbols (named SYM000, SYM001, ...).")
+@click.option("--symbol-list", help="Comma-separated symbol names instead of --symbols.")
+@click.option("--start", default="2015-01-01", show_default=True, help="First date.")
+@click.option("--end", default="2024-12-31", show_default=True, help="Last date (inclusive).")
+@click.option("--freq", type=click.Choice(["daily", "minute"]), default="daily", show_default=True,
+              help="daily: business days at 00:00 UTC; minute: 09:30-15:59 New York session.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed; same seed, same bars.")
+@click.option("--start-price", type=float, default=100.0, show_default=True)
+@click.option("--drift", "annual_drift", type=float, default=0.05, show_default=True, help="Annual log drift.")
+@click.option("--vol", "annual_vol", type=float, default=0.25, show_default=True, help="Annual volatility.")
+@click.option("--cluster", default=None,
+              help="Generate on a cluster (threads, local or tcp://host:8786); default: in process.")
+@storage_option
+def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price, annual_drift, annual_vol,
+             cluster, storage_options) -> None:
+    """Write synthetic OHLCV bars (geometric Brownian motion) into STORE.
+
+    STORE is a dataset URL or path. Each symbol's bars depend only on the seed and
+    its name, so adding symbols later leaves existing ones unchanged.
+    """
+    from .bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
+
+    spec = SyntheticSpec(start, end, freq, seed, start_price, annual_drift, annual_vol)
+    symbols = [s.strip() for s in symbol_list.split(",") if s.strip()] if symbol_list else symbol_names(n_symbols)
+    bar_store = BarStore(store, _options(storage_options))
+    if cluster:
+        from .cluster import connect
+
+        with connect(cluster) as client:
+            manifest = generate_dataset(bar_store, symbols, spec, client=client)
+    else:
+        manifest = generate_dataset(bar_store, symbols, spec)
+    rows = sum(manifest["symbols"][s]["rows"] for s in symbols)
+    click.echo(f"wrote {len(symbols)} symbol(s), {rows:,} bars to {store}; fingerprint {manifest['fingerprint'][:12]}")
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--symbol", help="Symbol for a single file without a symbol column (default: the file name).")
+@click.option("--tz", default="UTC", show_default=True,
+              help="Time zone of timestamps that carry no offset, e.g. America/New_York.")
+@click.option("--repair", is_flag=True, help="Sort rows by time and drop exact duplicate rows, reporting each change.")
+@click.option("--adjust", is_flag=True, help="Scale open/high/low/close by Adj Close / Close.")
+@storage_option
+def ingest(store, files, symbol, tz, repair, adjust, storage_options) -> None:
+    """Validate CSV or Parquet FILEs and add them to STORE, all or nothing.
+
+    A file holds one symbol (named by --symbol or the file name) or many (a symbol
+    or ticker column). Any problem stops the ingest with the file, symbol, line and
+    rule, and the store stays exactly as it was. Symbols already in STORE are replaced.
+    """
+    from .bars import BarStore
+    from .bars import ingest as do_ingest
+
+    report = do_ingest(BarStore(store, _options(storage_options)), list(files), symbol=symbol, tz=tz,
+                       repair=repair, adjust=adjust, storage_options=None)
+    for line in report.lines():
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@storage_option
+def symbols(store, storage_options) -> None:
+    """List the symbols in STORE with their first and last bar and row counts."""
+    from .bars import BarStore
+
+    bar_store = BarStore(store, _options(storage_options))
+    info = bar_store.info()
+    click.echo(info.to_string(index=False))
+    click.echo(f"{len(info)} symbol(s), {int(info['rows'].sum()):,} bars; dataset fingerprint "
+               f"{bar_store.fingerprint[:12]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning AdmfError into one line and exit 2."""
+    try:
+        cli.main(args=argv, prog_name="admf", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except AdmfError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Clusters: one setting gives a dask.distributed Client, and a helper runs batches of tasks.
+
+The same code runs on ``threads`` (an in-process LocalCluster), ``local`` (a
+LocalCluster of worker processes) and a remote scheduler address. On connect the
+dashboard link is printed and client and worker package versions are compared.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .config import ClusterConfig
+from .errors import AdmfError, ConfigError
+from .progress import Progress
+
+__all__ = ["connect", "run_tasks"]
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None] | None = None) -> Iterator[Any]:
+    """Yield a connected ``distributed.Client`` for the setting; close what was started.
+
+    Raises ConfigError when a scheduler address does not answer within ``timeout``
+    seconds, or when worker package versions differ from the client's.
+    """
+    from distributed import Client, LocalCluster
+
+    config = ClusterConfig.parse(config)
+    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    dashboard = config.dashboard_address or None
+    cluster = None
+    if config.kind == "threads":
+        cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=config.n_workers or _cores(),
+                               dashboard_address=dashboard)
+    elif config.kind == "local":
+        cluster = LocalCluster(n_workers=config.n_workers or _cores(), threads_per_worker=config.threads_per_worker,
+                               memory_limit=config.memory_limit, dashboard_address=dashboard)
+    try:
+        if cluster is not None:
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(config.kind, timeout=config.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(f"no dask scheduler answered at {config.kind} within {config.timeout:g}s ({exc})",
+                                  key="cluster", hint="start one with `dask scheduler` and `dask worker`, "
+                                  "or use cluster: local") from None
+        try:
+            _check_versions(client)
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+            link = client.dashboard_link if dashboard or cluster is None else "(dashboard off)"
+            echo(f"cluster: {config.kind}, {len(workers)} worker(s), "
+                 f"{sum(w.get('nthreads', 0) for w in workers.values())} thread(s); dashboard {link}")
+            yield client
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _check_versions(client: Any) -> None:
+    try:
+        client.get_versions(check=True)
+    except ValueError as exc:
+        raise ConfigError(f"workers run other package versions than this client: {exc}", key="cluster",
+                          hint="install the same admf-dask, dask and distributed versions on every machine") from None
+    from . import __version__
+
+    found = client.run(_admf_version)
+    wrong = {w: v for w, v in found.items() if v != __version__}
+    if wrong:
+        raise ConfigError(f"workers run admf-dask {sorted(set(wrong.values()))}, this client {__version__}",
+                          key="cluster", hint="install the same admf-dask version on every worker")
+
+
+def _admf_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, label: str,
+              keys: Sequence[str] | None = None, retries: int = 0,
+              on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
+              drain_on_error: bool = False) -> list[Any]:
+    """Run ``fn(item)`` for every item on the cluster; return results in item order.
+
+    ``keys`` (deterministic task keys) let identical work collapse onto one task.
+    ``on_result(i, result)`` is called as each task finishes, in completion order,
+    so a caller can commit or record finished work before the rest is done. The
+    first task that fails (after ``retries``) stops the run and its error is raised
+    here; errors raised as AdmfError keep their message and location.
+
+    On failure the other tasks are cancelled, but a task already running on a
+    worker cannot be stopped. With ``drain_on_error`` the run instead waits for all
+    other tasks and hands their results to ``on_result``, so a caller that must undo
+    side effects (files written) sees every one of them.
+    """
+    from distributed import as_completed
+
+    futures = client.map(fn, items, key=list(keys) if keys is not None else None, retries=retries, pure=False)
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    bar = Progress(label, len(futures), enabled=progress)
+    first_error: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            if future.status == "error":
+                if first_error is None:
+                    exc = future.exception()
+                    first_error = exc if isinstance(exc, AdmfError) else exc.with_traceback(future.traceback())
+                    if not drain_on_error:
+                        client.cancel(futures)
+                        break
+                continue
+            i = index[future.key]
+            results[i] = future.result()
+            if on_result is not None:
+                on_result(i, results[i])
+            bar.advance()
+    finally:
+        bar.close()
+    if first_error is not None:
+        raise first_error
+    return results

@@ -1,0 +1,241 @@
+"""YAML workflows: a list of steps over one storage root and one cluster, fit for cron.
+
+A workflow file looks like this (``workflows/quickstart.yaml`` is the runnable one)::
+
+    storage: ../data/generated        # root URL or path; relative paths are relative to this file
+    storage_options: {}               # fsspec options for the root (S3 endpoint_url, key, ...)
+    cluster: local                    # threads | local | tcp://host:8786 | {kind: local, n_workers: 2, ...}
+    steps:
+      - generate: {dataset: quickstart, symbols: 8, start: 2019-01-01, end: 2023-12-31, seed: 42}
+      - summary: {dataset: quickstart}
+
+Datasets live under ``<storage>/bars/<dataset>``. The whole file is validated before
+any step runs, so a typo fails in a second with the key's path, not after an hour.
+Steps are idempotent: rerunning a finished workflow recomputes nothing it has.
+``ADMF_CLUSTER`` and ``ADMF_STORAGE`` override the file's settings.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ClusterConfig, build, env_override
+from .errors import ConfigError, did_you_mean
+
+__all__ = ["Workflow", "load_workflow", "run_workflow", "STEPS"]
+
+
+@dataclass(frozen=True)
+class GenerateStep:
+    """Synthetic bars: ``symbols`` is a count (names SYM000...) or a list of names."""
+
+    dataset: str
+    start: str
+    end: str
+    symbols: int | list[str] = 8
+    freq: str = "daily"
+    seed: int = 42
+    start_price: float = 100.0
+    annual_drift: float = 0.05
+    annual_vol: float = 0.25
+
+    def __post_init__(self) -> None:
+        from .bars import check_symbol
+        from .errors import DataError
+
+        self.spec()  # validates dates, freq, prices
+        if isinstance(self.symbols, int) and self.symbols < 1:
+            raise ConfigError("symbols must be >= 1", key="symbols")
+        for s in [] if isinstance(self.symbols, int) else self.symbols:
+            try:
+                check_symbol(s)
+            except DataError as exc:
+                raise ConfigError(exc.message, key="symbols") from None
+
+    def spec(self):
+        from .bars import SyntheticSpec
+
+        return SyntheticSpec(self.start, self.end, self.freq, self.seed, self.start_price, self.annual_drift,
+                             self.annual_vol)
+
+
+@dataclass(frozen=True)
+class IngestStep:
+    """CSV/Parquet files into a dataset; ``files`` are relative to the workflow file."""
+
+    dataset: str
+    files: list[str]
+    tz: str = "UTC"
+    repair: bool = False
+    adjust: bool = False
+
+
+@dataclass(frozen=True)
+class SummaryStep:
+    """Read a dataset back on the cluster and print one line per symbol."""
+
+    dataset: str
+    symbols: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    storage: str
+    steps: tuple[tuple[str, Any], ...]
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage_options: dict = field(default_factory=dict)
+    name: str = "workflow"
+    base_dir: str = "."
+
+
+class Context:
+    """What steps share: the storage root, a lazily started cluster, and output."""
+
+    def __init__(self, workflow: Workflow, stack: ExitStack, echo: Callable[[str], None]) -> None:
+        self.workflow = workflow
+        self.echo = echo
+        self._stack = stack
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from .cluster import connect
+
+            self._client = self._stack.enter_context(connect(self.workflow.cluster, echo=self.echo))
+        return self._client
+
+    def dataset(self, name: str):
+        from .bars import BarStore
+        from .storage import StorageRef
+
+        ref = StorageRef.make(self.workflow.storage, self.workflow.storage_options).child("bars", name)
+        return BarStore(ref.url, ref.options)
+
+    def path(self, rel: str) -> str:
+        return rel if "://" in rel or os.path.isabs(rel) else os.path.join(self.workflow.base_dir, rel)
+
+
+def _run_generate(ctx: Context, step: GenerateStep) -> str:
+    from .bars import bar_timestamps, generate_dataset, symbol_names
+
+    store = ctx.dataset(step.dataset)
+    spec = step.spec()
+    symbols = symbol_names(step.symbols) if isinstance(step.symbols, int) else list(step.symbols)
+    if store.exists() and store.source == {"kind": "synthetic", **spec.to_dict()}:
+        missing = [s for s in symbols if s not in store.manifest["symbols"]]
+    else:
+        missing = symbols
+    if not missing:
+        return f"{store.url}: up to date ({len(symbols)} symbols, fingerprint {store.fingerprint[:12]})"
+    bars_total = len(missing) * len(bar_timestamps(spec.start, spec.end, spec.freq))
+    client = ctx.client if bars_total > 2_000_000 else None  # small jobs are faster in process
+    manifest = generate_dataset(store, missing, spec, client=client)
+    return (f"{store.url}: wrote {len(missing)} symbol(s), {bars_total:,} {spec.freq} bars; "
+            f"fingerprint {manifest['fingerprint'][:12]}")
+
+
+def _run_ingest(ctx: Context, step: IngestStep) -> str:
+    from .bars import ingest
+
+    store = ctx.dataset(step.dataset)
+    report = ingest(store, [ctx.path(f) for f in step.files], tz=step.tz, repair=step.repair, adjust=step.adjust)
+    return "\n".join(report.lines())
+
+
+def _run_summary(ctx: Context, step: SummaryStep) -> str:
+    from .cluster import run_tasks
+    from .summary import format_summary, summarize_symbol
+
+    store = ctx.dataset(step.dataset)
+    symbols = list(step.symbols) if step.symbols else store.symbols()
+    for s in symbols:
+        store.entry(s)  # unknown symbols fail here, with a suggestion, before any task runs
+    rows = run_tasks(ctx.client, summarize_symbol, [(store.ref, s, step.start, step.end) for s in symbols],
+                     label="summary", progress=False)
+    return format_summary(rows)
+
+
+STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
+    "generate": (GenerateStep, _run_generate),
+    "ingest": (IngestStep, _run_ingest),
+    "summary": (SummaryStep, _run_summary),
+}
+
+
+def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storage: str | None = None) -> Workflow:
+    """Read and validate a workflow file; CLI/env overrides win over the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("workflow file not found", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
+                          line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise ConfigError("a workflow is a mapping with storage, cluster and steps", file=str(path))
+    known = {"name", "storage", "storage_options", "cluster", "steps"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r}", file=str(path), key=key,
+                              hint=did_you_mean(str(key), known) or f"known keys: {', '.join(sorted(known))}")
+    base_dir = str(path.resolve().parent)
+    storage = storage or env_override("ADMF_STORAGE") or data.get("storage")
+    if not storage:
+        raise ConfigError("the workflow needs a storage root", file=str(path), key="storage")
+    storage = str(storage)
+    if "://" not in storage and not os.path.isabs(storage):
+        storage = os.path.normpath(os.path.join(base_dir, storage))
+    try:
+        cluster_cfg = ClusterConfig.parse(cluster or env_override("ADMF_CLUSTER") or data.get("cluster", "local"))
+        steps = []
+        raw_steps = data.get("steps") or []
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise ConfigError("steps must be a non-empty list", key="steps")
+        for i, raw in enumerate(raw_steps):
+            if not isinstance(raw, dict) or len(raw) != 1:
+                raise ConfigError(f"each step is one mapping like '- generate: {{...}}', got {raw!r}",
+                                  key=f"steps[{i}]")
+            (kind, settings), = raw.items()
+            if kind not in STEPS:
+                raise ConfigError(f"unknown step {kind!r}", key=f"steps[{i}]",
+                                  hint=did_you_mean(str(kind), STEPS) or f"steps are: {', '.join(STEPS)}")
+            steps.append((kind, build(STEPS[kind][0], settings, f"steps[{i}].{kind}")))
+        options = data.get("storage_options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError("storage_options must be a mapping", key="storage_options")
+    except ConfigError as exc:
+        if "file" in exc.where:
+            raise
+        raise ConfigError(exc.message, file=str(path), hint=exc.hint, **exc.where) from None
+    return Workflow(storage=storage, steps=tuple(steps), cluster=cluster_cfg, storage_options=options,
+                    name=str(data.get("name") or path.stem), base_dir=base_dir)
+
+
+def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = None) -> None:
+    """Run the steps in order; a failing step stops the workflow with its error."""
+    echo = echo or (lambda msg: print(msg, flush=True))
+    t0 = time.perf_counter()
+    echo(f"workflow {workflow.name}: {len(workflow.steps)} step(s), storage {workflow.storage}")
+    with ExitStack() as stack:
+        ctx = Context(workflow, stack, lambda msg: print(msg, file=sys.stderr, flush=True))
+        for n, (kind, step) in enumerate(workflow.steps, 1):
+            t = time.perf_counter()
+            echo(f"[{n}/{len(workflow.steps)}] {kind}")
+            out = STEPS[kind][1](ctx, step)
+            echo(out)
+            echo(f"[{n}/{len(workflow.steps)}] {kind} done in {time.perf_counter() - t:.1f}s")
+    echo(f"workflow {workflow.name} finished in {time.perf_counter() - t0:.1f}s")
