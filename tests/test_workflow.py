@@ -1,0 +1,105 @@
+"""Workflows: the quickstart end to end, idempotent reruns, validation before anything runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from admf_dask.bars import BarStore
+from admf_dask.errors import ConfigError
+from admf_dask.workflow import load_workflow, run_workflow
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "workflows" / "quickstart.yaml"
+
+
+def test_quickstart_runs_end_to_end_on_its_local_cluster_and_reruns_as_a_no_op(tmp_path):
+    cmd = [sys.executable, "-m", "admf_dask.cli", "run", str(QUICKSTART), "--storage", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "wrote 8 symbol(s)" in first.stdout
+    assert "cluster: local, 2 worker(s)" in first.stderr
+    for i in range(8):
+        assert f"SYM00{i}" in first.stdout
+    store = BarStore(str(tmp_path / "bars" / "quickstart"))
+    assert store.symbols() == [f"SYM00{i}" for i in range(8)]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout and store.fingerprint[:12] in second.stdout
+
+
+def _workflow(tmp_path, text):
+    path = tmp_path / "wf.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_workflow_on_s3_with_threads(tmp_path, s3):
+    bucket, options = s3
+    wf = _workflow(tmp_path, f"""\
+        storage: {bucket}/admf
+        storage_options: {{endpoint_url: "{options['endpoint_url']}", key: testing, secret: testing}}
+        cluster: {{kind: threads, dashboard_address: ""}}
+        steps:
+          - generate: {{dataset: s3demo, symbols: [AAA, BBB], start: 2022-01-01, end: 2022-12-31, seed: 3}}
+          - summary: {{dataset: s3demo, start: 2022-07-01}}
+        """)
+    lines = []
+    run_workflow(load_workflow(wf), echo=lines.append)
+    text = "\n".join(lines)
+    assert "wrote 2 symbol(s)" in text and "AAA" in text and "2022-07-01" in text
+    assert BarStore(f"{bucket}/admf/bars/s3demo", options).symbols() == ["AAA", "BBB"]
+
+
+def test_ingest_step_reads_files_relative_to_the_workflow(tmp_path):
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "XYZ.csv").write_text("Date,Open,High,Low,Close,Volume\n2020-01-02,10,11,9,10,1\n")
+    wf = _workflow(tmp_path, """\
+        storage: store
+        cluster: threads
+        steps:
+          - ingest: {dataset: vendor, files: [csv/XYZ.csv]}
+        """)
+    run_workflow(load_workflow(wf), echo=lambda _: None)
+    assert BarStore(str(tmp_path / "store" / "bars" / "vendor")).symbols() == ["XYZ"]
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("storage: x\nsteps:\n  - generate: {dataset: d, start: 2020-01-01, end: 2020-02-01, symbol: 3}\n",
+     ["unknown key 'symbol' in steps[0].generate", "did you mean 'symbols'?"]),
+    ("storage: x\nsteps:\n  - generat: {dataset: d}\n", ["unknown step 'generat'", "did you mean 'generate'?"]),
+    ("storage: x\nsteps:\n  - generate: {dataset: d, start: 2020-01-01, end: 2020-02-01, seed: abc}\n",
+     ["steps[0].generate.seed must be a whole number, got 'abc'"]),
+    ("storage: x\nsteps:\n  - generate: {dataset: d, end: 2020-02-01}\n", ["steps[0].generate needs the key 'start'"]),
+    ("storage: x\nclustr: local\nsteps: []\n", ["unknown key 'clustr'", "did you mean 'cluster'?"]),
+    ("storage: x\ncluster: locl\nsteps:\n  - summary: {dataset: d}\n", ["cluster must be threads, local",
+                                                                       "did you mean 'local'?"]),
+    ("storage: x\nsteps:\n  - generate: {dataset: d, start: 2020-01-01, end: 2020-02-01, freq: hourly}\n",
+     ["freq must be one of", "steps[0].generate.freq"]),
+    ("storage: [unclosed\n", ["not valid YAML"]),
+])
+def test_bad_workflows_fail_before_anything_runs(tmp_path, text, fragments):
+    wf = _workflow(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_workflow(wf)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    assert str(wf) in str(err.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_workflow_exits_2_from_the_cli(tmp_path):
+    wf = _workflow(tmp_path, "storage: x\nsteps:\n  - generat: {}\n")
+    out = subprocess.run([sys.executable, "-m", "admf_dask.cli", "run", str(wf)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: unknown step 'generat'")
+
+
+def test_environment_overrides_the_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADMF_CLUSTER", "threads")
+    wf = _workflow(tmp_path, "storage: x\ncluster: local\nsteps:\n  - summary: {dataset: d}\n")
+    assert load_workflow(wf).cluster.kind == "threads"
+    assert load_workflow(wf, cluster="tcp://10.0.0.1:8786").cluster.kind == "tcp://10.0.0.1:8786"
