@@ -86,8 +86,8 @@ class Storage:
     Examples
     --------
     >>> st = Storage("memory://doc-example")
-    >>> st.write_json("a/b.json", {"x": 1})
-    >>> st.read_json("a/b.json")
+    >>> st.write_json({"x": 1}, "a", "b.json")
+    >>> st.read_json("a", "b.json")
     {'x': 1}
     """
 

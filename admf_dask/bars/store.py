@@ -110,7 +110,7 @@ class BarStore:
     --------
     >>> from admf_dask.bars import BarStore, generate_bars
     >>> store = BarStore("memory://doc/bars")
-    >>> store.write([generate_bars("AAA", "2024-01-01", "2024-03-31", seed=1)])
+    >>> manifest = store.write([generate_bars("AAA", "2024-01-01", "2024-03-31", seed=1)])
     >>> store.symbols()
     ['AAA']
     >>> bars = store.read("AAA", start="2024-02-01", columns=["close"])
