@@ -1,0 +1,269 @@
+"""Indicator specs, their registry, and the plan that computes each unique one once.
+
+An :class:`IndicatorSpec` is configuration as data: a name and sorted, validated
+parameters, with a ``token`` that is stable across processes and runs (the
+cache and the sweep key results by it). An :class:`IndicatorPlan` collects the
+specs a sweep requests, keeps each token once, and computes them over the
+columns of one symbol.
+
+Examples
+--------
+>>> spec = IndicatorSpec.make("bollinger", window=20)
+>>> spec.params, spec.outputs, spec.lookback
+((('k', 2.0), ('window', 20)), ('middle', 'upper', 'lower'), 19)
+>>> plan = IndicatorPlan.from_requests([IndicatorSpec.make("sma", window=w) for w in (5, 20, 5)])
+>>> plan.requested, plan.unique, plan.required_columns
+(3, 2, ('close',))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from admf_dask.errors import ConfigError, DataError, did_you_mean
+from admf_dask.kernels import indicators as k
+
+__all__ = ["INDICATORS", "IndicatorDef", "IndicatorPlan", "IndicatorSpec", "Param"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One indicator parameter: ``int`` windows (>= ``minimum``) or ``float`` factors."""
+
+    name: str
+    kind: type = int
+    minimum: float = 1
+    default: int | float | None = None
+
+    def validate(self, indicator: str, value: object) -> int | float:
+        key = f"{indicator}.{self.name}"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{key} must be a number, got {value!r}", key=key)
+        if self.kind is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{key} must be a whole number of bars, got {value!r}", key=key)
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be finite, got {value!r}", key=key)
+        if value < self.minimum:
+            raise ConfigError(f"{key} must be >= {self.minimum}, got {value!r}", key=key)
+        return value
+
+
+@dataclass(frozen=True)
+class IndicatorDef:
+    """Registry entry: how to compute one indicator kind.
+
+    ``kernel(*input arrays, **params)`` returns one array or a tuple matching
+    ``outputs``; ``lookback(params)`` is the number of leading NaN (warm-up) bars.
+    """
+
+    kernel: Callable
+    inputs: tuple[str, ...]
+    params: tuple[Param, ...]
+    outputs: tuple[str, ...]
+    lookback: Callable[[Mapping[str, int | float]], int]
+    check: Callable[[Mapping[str, int | float]], None] | None = None
+
+
+def _check_macd(p: Mapping[str, int | float]) -> None:
+    if p["fast"] >= p["slow"]:
+        raise ConfigError(
+            f"macd.fast must be smaller than macd.slow, got fast={p['fast']}, slow={p['slow']}",
+            key="macd.fast",
+            hint="swap them",
+        )
+
+
+_W = Param("window")
+
+INDICATORS: dict[str, IndicatorDef] = {
+    "sma": IndicatorDef(k.sma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
+    "ema": IndicatorDef(k.ema, ("close",), (Param("span"),), ("value",), lambda p: p["span"] - 1),
+    "wma": IndicatorDef(k.wma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
+    "rsi": IndicatorDef(k.rsi, ("close",), (Param("window", default=14),), ("value",), lambda p: p["window"]),
+    "atr": IndicatorDef(
+        k.atr, ("high", "low", "close"), (Param("window", default=14),), ("value",), lambda p: p["window"]
+    ),
+    "bollinger": IndicatorDef(
+        k.bollinger,
+        ("close",),
+        (Param("window", default=20), Param("k", float, 0.0, 2.0)),
+        ("middle", "upper", "lower"),
+        lambda p: p["window"] - 1,
+    ),
+    "macd": IndicatorDef(
+        k.macd,
+        ("close",),
+        (Param("fast", default=12), Param("slow", default=26), Param("signal", default=9)),
+        ("line", "signal", "hist"),
+        lambda p: p["slow"] + p["signal"] - 2,
+        _check_macd,
+    ),
+    "donchian": IndicatorDef(
+        k.donchian, ("high", "low"), (Param("window", default=20),), ("upper", "lower"), lambda p: p["window"] - 1
+    ),
+    "zscore": IndicatorDef(k.zscore, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
+    "roc": IndicatorDef(k.roc, ("close",), (_W,), ("value",), lambda p: p["window"]),
+    "stochastic": IndicatorDef(
+        k.stochastic,
+        ("high", "low", "close"),
+        (Param("k_window", default=14), Param("d_window", default=3)),
+        ("k", "d"),
+        lambda p: p["k_window"] + p["d_window"] - 2,
+    ),
+    "obv": IndicatorDef(k.obv, ("close", "volume"), (), ("value",), lambda p: 0),
+    "vwap": IndicatorDef(k.vwap, ("high", "low", "close", "volume"), (_W,), ("value",), lambda p: p["window"] - 1),
+}
+
+
+def _definition(name: object) -> IndicatorDef:
+    if not isinstance(name, str) or name not in INDICATORS:
+        hint = did_you_mean(str(name), INDICATORS) or f"choose one of: {', '.join(sorted(INDICATORS))}"
+        raise ConfigError(f"unknown indicator {name!r}", key="indicator", hint=hint)
+    return INDICATORS[name]
+
+
+@dataclass(frozen=True)
+class IndicatorSpec:
+    """One indicator with its parameters; build it with :meth:`make`.
+
+    Parameters are validated, defaults filled in and sorted by name, so two
+    specs are equal (and share a ``token``) exactly when they compute the same
+    arrays, however they were spelled.
+
+    >>> IndicatorSpec.make("sma", window=20) == IndicatorSpec.make("sma", window=20.0)
+    True
+    """
+
+    name: str
+    params: tuple[tuple[str, int | float], ...] = ()
+    token: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps({"name": self.name, "params": [list(p) for p in self.params]}, separators=(",", ":"))
+        object.__setattr__(self, "token", hashlib.sha256(canonical.encode()).hexdigest()[:16])
+
+    @classmethod
+    def make(cls, name: str, **params: int | float) -> IndicatorSpec:
+        """Validate ``params`` for indicator ``name``; raise ConfigError naming the key."""
+        definition = _definition(name)
+        known = {p.name: p for p in definition.params}
+        for key in params:
+            if key not in known:
+                hint = did_you_mean(key, known) or (
+                    f"{name} takes: {', '.join(known)}" if known else f"{name} takes no parameters"
+                )
+                raise ConfigError(f"unknown parameter {key!r} for indicator {name!r}", key=f"{name}.{key}", hint=hint)
+        values: dict[str, int | float] = {}
+        for p in definition.params:
+            if p.name in params:
+                values[p.name] = p.validate(name, params[p.name])
+            elif p.default is not None:
+                values[p.name] = p.default
+            else:
+                raise ConfigError(f"{name} needs parameter {p.name!r}", key=f"{name}.{p.name}")
+        if definition.check is not None:
+            definition.check(values)
+        return cls(name, tuple(sorted(values.items())))
+
+    @property
+    def definition(self) -> IndicatorDef:
+        return _definition(self.name)
+
+    @property
+    def label(self) -> str:
+        """Readable form, e.g. ``sma(window=20)``."""
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.params)})"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Bar columns the kernel reads, e.g. ``("high", "low", "close")``."""
+        return self.definition.inputs
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the output arrays: ``("value",)`` for single-output indicators."""
+        return self.definition.outputs
+
+    @property
+    def lookback(self) -> int:
+        """Warm-up length: the number of leading NaN bars of the output.
+
+        For recursive indicators (EMA, RSI, ATR, MACD) values keep a decaying
+        memory of all earlier bars, so a chunk computed with only ``lookback``
+        bars of history differs slightly from the full-series value.
+        """
+        return int(self.definition.lookback(dict(self.params)))
+
+    def compute(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the kernel over ``columns`` (name -> 1-D array); return output name -> array."""
+        missing = [c for c in self.inputs if c not in columns]
+        if missing:
+            raise DataError(
+                f"{self.label} needs column(s) {missing}; got {sorted(columns)}",
+                key=missing[0],
+            )
+        result = self.definition.kernel(*(columns[c] for c in self.inputs), **dict(self.params))
+        arrays = result if isinstance(result, tuple) else (result,)
+        return dict(zip(self.outputs, arrays))
+
+
+@dataclass(frozen=True)
+class IndicatorPlan:
+    """The unique indicators behind many requests, in first-seen order.
+
+    >>> grid = [(f, s) for f in (5, 10) for s in (20, 30)]
+    >>> plan = IndicatorPlan.from_requests(
+    ...     IndicatorSpec.make("sma", window=w) for f, s in grid for w in (f, s))
+    >>> plan.requested, plan.unique, plan.max_lookback
+    (8, 4, 29)
+    """
+
+    specs: tuple[IndicatorSpec, ...]
+    requested: int
+
+    @classmethod
+    def from_requests(cls, specs: Iterable[IndicatorSpec]) -> IndicatorPlan:
+        unique: dict[str, IndicatorSpec] = {}
+        requested = 0
+        for spec in specs:
+            if not isinstance(spec, IndicatorSpec):
+                raise ConfigError(
+                    f"indicator requests must be IndicatorSpec, got {type(spec).__name__}",
+                    key="indicator",
+                    hint='build them with IndicatorSpec.make("sma", window=20)',
+                )
+            requested += 1
+            unique.setdefault(spec.token, spec)
+        return cls(tuple(unique.values()), requested)
+
+    @property
+    def unique(self) -> int:
+        return len(self.specs)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(s.token for s in self.specs)
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Bar columns any spec reads, in first-seen order."""
+        return tuple(dict.fromkeys(c for s in self.specs for c in s.inputs))
+
+    @property
+    def max_lookback(self) -> int:
+        return max((s.lookback for s in self.specs), default=0)
+
+    def compute(self, columns: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Compute every unique spec once: token -> output name -> array."""
+        return {s.token: s.compute(columns) for s in self.specs}
