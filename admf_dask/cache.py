@@ -1,0 +1,282 @@
+"""The indicator hub: each unique indicator is computed once per symbol and then shared.
+
+Three levels, checked in this order for every (symbol, bar range, indicator spec):
+
+1. **Memory.** An :class:`IndicatorSet` (the symbol's bars plus the arrays of every
+   spec of a plan) lives in worker memory under a deterministic Dask key. Later
+   tasks and later sweeps of the same session receive it by key; it never travels
+   through the client. A new plan for the same symbol starts from the sets already
+   held, so only specs new to the session are looked up further.
+2. **Storage.** Each computed indicator is written to the cache root, content
+   addressed by (symbol data fingerprint and bar range, spec token, package version)::
+
+       <cache root>/indicators/v<version>/<data key>/<spec token>.npz
+
+   A new session (or another machine) loads it instead of recomputing. Each entry
+   carries a sha256 of its arrays; an entry that does not load, has the wrong length
+   or fails its checksum is counted as corrupt, recomputed and rewritten, never used.
+   Changed data has another fingerprint and so another data key: a miss.
+3. **Compute.** The kernels run on the bars, once per unique spec.
+
+Counters (:class:`HubCounters`) say how many indicators were computed, reused from
+memory and loaded from storage, and the hit rate; run summaries print them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .bars import BarStore, Bars
+from .config import token
+from .errors import StorageError
+from .indicators import IndicatorPlan, IndicatorSpec
+from .storage import StorageRef
+
+__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "build_indicator_set"]
+
+
+@dataclass
+class HubCounters:
+    """How the hub served indicator requests (one count per spec per symbol)."""
+
+    computed: int = 0
+    reused_memory: int = 0
+    loaded_storage: int = 0
+    corrupt: int = 0
+
+    @property
+    def served(self) -> int:
+        return self.computed + self.reused_memory + self.loaded_storage
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of requests served without computing (memory or storage)."""
+        return (self.reused_memory + self.loaded_storage) / self.served if self.served else 0.0
+
+    def add(self, other: HubCounters) -> HubCounters:
+        for name in ("computed", "reused_memory", "loaded_storage", "corrupt"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {"computed": self.computed, "reused_memory": self.reused_memory,
+                "loaded_storage": self.loaded_storage, "corrupt": self.corrupt,
+                "hit_rate": round(self.hit_rate, 4)}
+
+    def line(self) -> str:
+        return (f"indicators: {self.computed} computed, {self.reused_memory} reused from memory, "
+                f"{self.loaded_storage} loaded from storage ({self.corrupt} corrupt entries replaced); "
+                f"hit rate {self.hit_rate:.0%}")
+
+
+@dataclass
+class IndicatorSet:
+    """One symbol's bars and indicator arrays: ``values[spec.token][output]``."""
+
+    symbol: str
+    data_key: str
+    bars: Bars
+    values: dict[str, dict[str, np.ndarray]]
+    counters: HubCounters = field(default_factory=HubCounters)
+
+    def get(self, spec: IndicatorSpec, output: str | None = None) -> np.ndarray:
+        """The array of ``spec`` (its only output, or the named one)."""
+        outputs = self.values[spec.token]
+        if output is None:
+            if len(outputs) != 1:
+                raise KeyError(f"{spec.label} has outputs {sorted(outputs)}; name one")
+            (output,) = outputs
+        return outputs[output]
+
+    def covers(self, tokens: Iterable[str]) -> bool:
+        return all(t in self.values for t in tokens)
+
+
+def data_key(symbol_fingerprint: str, bars: Bars) -> str:
+    """Identify the exact bars an indicator was computed on: symbol data + range."""
+    first = int(bars.timestamp[0]) if len(bars) else 0
+    last = int(bars.timestamp[-1]) if len(bars) else 0
+    return token([symbol_fingerprint, first, last, len(bars)])[:24]
+
+
+class IndicatorCache:
+    """Indicator arrays in storage, content addressed, checksummed."""
+
+    def __init__(self, ref: StorageRef) -> None:
+        self.ref = ref
+        self.storage = ref.open()
+
+    def _rel(self, key: str, spec: IndicatorSpec) -> str:
+        return f"indicators/v{__version__}/{key}/{spec.token}.npz"
+
+    def load(self, key: str, spec: IndicatorSpec, n: int) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """Return (arrays, corrupt): arrays on a good hit, (None, False) on a miss."""
+        rel = self._rel(key, spec)
+        try:
+            raw = self.storage.fs.cat_file(self.storage.path(rel))
+        except FileNotFoundError:
+            return None, False
+        except OSError as exc:
+            raise StorageError(f"cannot read indicator cache entry: {exc}", file=self.storage.display(rel)) from None
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            stored = str(arrays.pop("__sha256__"))
+            good = (set(arrays) == set(spec.outputs) and all(a.shape == (n,) for a in arrays.values())
+                    and stored == _checksum(spec, arrays))
+        except Exception:  # a truncated or foreign file fails in many ways; all mean "corrupt"
+            good = False
+        return (arrays, False) if good else (None, True)
+
+    def save(self, key: str, spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, __sha256__=np.array(_checksum(spec, arrays)), **arrays)
+        self.storage.write_bytes(buf.getvalue(), self._rel(key, spec))
+
+
+def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(spec.token.encode())
+    for name in spec.outputs:
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name], dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
+                        cache_ref: StorageRef | None, *priors: IndicatorSet) -> IndicatorSet:
+    """Task: load a symbol's bars and get every spec from memory, storage or the kernels.
+
+    ``priors`` are sets of this symbol already in memory (passed as futures on a
+    cluster); their arrays are reused when they were computed on the same bars.
+    """
+    store = BarStore.open(bars_ref)
+    key = None
+    bars = None
+    for prior in priors:
+        if prior.symbol == symbol:
+            bars, key = prior.bars, prior.data_key
+            break
+    if bars is None:
+        bars = store.read(symbol, start=start, end=end)
+        key = data_key(store.symbol_fingerprint(symbol), bars)
+    cache = IndicatorCache(cache_ref) if cache_ref is not None else None
+    counters = HubCounters()
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for spec in specs:
+        held = next((p.values[spec.token] for p in priors if p.data_key == key and spec.token in p.values), None)
+        if held is not None:
+            values[spec.token] = held
+            counters.reused_memory += 1
+            continue
+        if cache is not None:
+            arrays, corrupt = cache.load(key, spec, len(bars))
+            counters.corrupt += corrupt
+            if arrays is not None:
+                values[spec.token] = arrays
+                counters.loaded_storage += 1
+                continue
+        arrays = spec.compute(bars.columns)
+        for a in arrays.values():
+            a.flags.writeable = False  # shared by every task that reads this set
+        values[spec.token] = arrays
+        counters.computed += 1
+        if cache is not None:
+            cache.save(key, spec, arrays)
+    return IndicatorSet(symbol, key, bars, values, counters)
+
+
+def _counters_of(indicator_set: IndicatorSet) -> HubCounters:
+    return indicator_set.counters
+
+
+class IndicatorHub:
+    """Serve each symbol's indicator plan once per session, from memory, storage or compute.
+
+    Parameters
+    ----------
+    bars:
+        The bar dataset (a BarStore or its StorageRef).
+    cache:
+        Where indicator arrays are cached across sessions (a StorageRef), or None.
+    client:
+        A ``distributed.Client``: sets are then built by tasks and stay in worker memory
+        (:meth:`submit` returns futures). Without one, sets are built in this process
+        and kept in a dict (:meth:`get`).
+
+    Examples
+    --------
+    >>> from admf_dask.bars import BarStore, generate_bars
+    >>> store = BarStore("memory://hub-doc/bars")
+    >>> _ = store.write([generate_bars("AAA", "2024-01-01", "2024-06-30")])
+    >>> hub = IndicatorHub(store)
+    >>> plan = IndicatorPlan.from_requests(IndicatorSpec.make("sma", window=w) for w in (5, 10, 5))
+    >>> s = hub.get("AAA", plan)
+    >>> s.get(plan.specs[0]).shape, hub.counters.computed
+    ((130,), 2)
+    >>> _ = hub.get("AAA", plan); hub.counters.reused_memory
+    2
+    """
+
+    def __init__(self, bars: BarStore | StorageRef, cache: StorageRef | None = None, client: Any = None) -> None:
+        self.bars_ref = bars.ref if isinstance(bars, BarStore) else bars
+        self.cache_ref = cache
+        self.client = client
+        self._sets: dict[str, list[Any]] = {}  # symbol -> IndicatorSets (or futures of them) held
+        self._pending: list[Any] = []  # futures whose counters are not yet collected
+        self._counters = HubCounters()
+
+    def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
+        return f"indicators-{symbol}-{token([self.bars_ref, symbol, str(start), str(end), sorted(plan.tokens), __version__])[:20]}"
+
+    def get(self, symbol: str, plan: IndicatorPlan, start: Any = None, end: Any = None) -> IndicatorSet:
+        """Build (or reuse) the set in this process."""
+        if self.client is not None:
+            return self.submit(symbol, plan, start, end).result()
+        held = self._sets.setdefault(symbol, [])
+        for s in held:
+            if s.covers(plan.tokens) and getattr(s, "_range", None) == (start, end):
+                self._counters.reused_memory += plan.unique
+                return s
+        priors = [s for s in held if getattr(s, "_range", None) == (start, end)]
+        result = build_indicator_set(self.bars_ref, symbol, start, end, plan.specs, self.cache_ref, *priors)
+        result._range = (start, end)
+        held.append(result)
+        self._counters.add(result.counters)
+        return result
+
+    def submit(self, symbol: str, plan: IndicatorPlan, start: Any = None, end: Any = None) -> Any:
+        """A future of the symbol's set, under a deterministic key, kept in worker memory."""
+        if self.client is None:
+            raise RuntimeError("IndicatorHub.submit needs a client; use get() in process")
+        key = self._key(symbol, start, end, plan)
+        held = self._sets.setdefault(symbol, [])
+        for fut, tokens, rng in held:
+            if fut.key == key or (rng == (start, end) and set(plan.tokens) <= tokens):
+                self._counters.reused_memory += plan.unique
+                return fut
+        priors = [fut for fut, _, rng in held if rng == (start, end)]
+        fut = self.client.submit(build_indicator_set, self.bars_ref, symbol, start, end, plan.specs, self.cache_ref,
+                                 *priors, key=key, pure=False)
+        held.append((fut, set(plan.tokens), (start, end)))
+        self._pending.append(fut)
+        return fut
+
+    @property
+    def counters(self) -> HubCounters:
+        """Counters so far (on a cluster, collects the small counter objects of finished sets)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for c in self.client.gather([self.client.submit(_counters_of, f, pure=False) for f in pending]):
+                self._counters.add(c)
+        return self._counters
+
+    def release(self) -> None:
+        """Drop the sets held in memory (worker memory is freed when no task needs them)."""
+        self._sets.clear()

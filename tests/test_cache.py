@@ -1,0 +1,154 @@
+"""The indicator hub: compute once, reuse from worker memory, cache in storage (local and S3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from admf_dask.bars import BarStore, Bars, generate_bars
+from admf_dask.cache import IndicatorHub
+from admf_dask.indicators import IndicatorPlan, IndicatorSpec
+from admf_dask.storage import StorageRef
+
+GRID = [(f, s) for f in range(5, 55, 5) for s in range(20, 220, 10) if f < s]
+
+
+def sma_grid_plan() -> IndicatorPlan:
+    return IndicatorPlan.from_requests(IndicatorSpec.make("sma", window=w) for pair in GRID for w in pair)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    store = BarStore(str(tmp_path / "bars"))
+    store.write([generate_bars(s, "2015-01-01", "2020-12-31", seed=1) for s in ("AAA", "BBB")])
+    return store
+
+
+def test_the_sma_grid_computes_26_of_368_requested(dataset):
+    plan = sma_grid_plan()
+    assert (len(GRID), plan.requested, plan.unique) == (184, 368, 26)
+    hub = IndicatorHub(dataset)
+    s = hub.get("AAA", plan)
+    assert hub.counters.computed == 26 and hub.counters.loaded_storage == 0
+    close = pd.Series(dataset.read("AAA").close)
+    for w in (5, 50, 210):
+        np.testing.assert_allclose(s.get(IndicatorSpec.make("sma", window=w)), close.rolling(w).mean(),
+                                   rtol=1e-9, equal_nan=True)
+
+
+def test_a_second_session_loads_from_storage_and_a_data_change_misses(dataset, tmp_path):
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    plan = sma_grid_plan()
+    first = IndicatorHub(dataset, cache)
+    a1 = first.get("AAA", plan)
+    first.get("BBB", plan)
+    assert first.counters.computed == 52
+
+    second = IndicatorHub(BarStore(dataset.url), cache)  # a new session: nothing in memory
+    a2 = second.get("AAA", plan)
+    assert (second.counters.computed, second.counters.loaded_storage) == (0, 26)
+    assert second.counters.hit_rate == 1.0
+    for spec in plan.specs:
+        np.testing.assert_array_equal(a1.get(spec), a2.get(spec))
+
+    # change one bar of AAA: its fingerprint changes, so its cache entries no longer match
+    bars = dataset.read("AAA")
+    close = bars.close.copy()
+    close[-1] *= 1.01
+    changed = Bars("AAA", bars.timestamp, {**bars.columns, "close": close,
+                                          "high": np.maximum(bars.high, close), "low": np.minimum(bars.low, close)})
+    BarStore(dataset.url).write([changed])
+    third = IndicatorHub(BarStore(dataset.url), cache)
+    a3 = third.get("AAA", plan)
+    third.get("BBB", plan)
+    assert (third.counters.computed, third.counters.loaded_storage) == (26, 26)
+    spec = IndicatorSpec.make("sma", window=5)
+    assert a3.get(spec)[-1] != a1.get(spec)[-1]
+
+
+def test_a_date_range_is_part_of_the_cache_key(dataset, tmp_path):
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    plan = IndicatorPlan.from_requests([IndicatorSpec.make("ema", span=20)])
+    hub = IndicatorHub(dataset, cache)
+    full = hub.get("AAA", plan)
+    part = hub.get("AAA", plan, start="2018-01-01")
+    assert hub.counters.computed == 2
+    assert len(part.bars) < len(full.bars)
+    assert IndicatorHub(dataset, cache).get("AAA", plan, start="2018-01-01").counters.loaded_storage == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong-values"])
+def test_a_corrupt_cache_entry_is_recomputed_never_used(dataset, tmp_path, damage):
+    cache_dir = tmp_path / "cache"
+    plan = IndicatorPlan.from_requests([IndicatorSpec.make("sma", window=w) for w in (10, 20, 30)]
+                                       + [IndicatorSpec.make("bollinger", window=20, k=2.0)])
+    good = IndicatorHub(dataset, StorageRef.make(str(cache_dir))).get("AAA", plan)
+    victim = IndicatorSpec.make("bollinger", window=20, k=2.0)
+    (entry,) = cache_dir.rglob(f"{victim.token}.npz")
+    raw = entry.read_bytes()
+    if damage == "truncate":
+        entry.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        entry.write_bytes(b"not an npz file at all")
+    else:  # a valid npz whose arrays do not match their checksum
+        import io
+
+        with np.load(io.BytesIO(raw)) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["upper"] = arrays["upper"] + 1.0
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        entry.write_bytes(buf.getvalue())
+    hub = IndicatorHub(dataset, StorageRef.make(str(cache_dir)))
+    again = hub.get("AAA", plan)
+    assert (hub.counters.computed, hub.counters.loaded_storage, hub.counters.corrupt) == (1, 3, 1)
+    for out in victim.outputs:
+        np.testing.assert_array_equal(again.get(victim, out), good.get(victim, out))
+    fresh = IndicatorHub(dataset, StorageRef.make(str(cache_dir)))
+    fresh.get("AAA", plan)
+    assert (fresh.counters.loaded_storage, fresh.counters.corrupt) == (4, 0)  # the entry was rewritten
+
+
+def test_s3_as_the_cache_store(s3, tmp_path):
+    bucket, options = s3
+    store = BarStore(f"{bucket}/bars", options)
+    store.write([generate_bars("S3A", "2019-01-01", "2020-12-31", seed=2)])
+    cache = StorageRef.make(f"{bucket}/cache", options)
+    plan = IndicatorPlan.from_requests([IndicatorSpec.make("rsi", window=14), IndicatorSpec.make("atr", window=14)])
+    first = IndicatorHub(store, cache)
+    a = first.get("S3A", plan)
+    second = IndicatorHub(BarStore(f"{bucket}/bars", options), cache)
+    b = second.get("S3A", plan)
+    assert (first.counters.computed, second.counters.loaded_storage) == (2, 2)
+    for spec in plan.specs:
+        np.testing.assert_array_equal(a.get(spec), b.get(spec))
+
+
+def _sum_of(indicator_set, spec):
+    return float(np.nansum(indicator_set.get(spec)))
+
+
+def test_on_a_cluster_sets_stay_in_worker_memory_and_are_reused(dataset, tmp_path):
+    from admf_dask.cluster import connect
+
+    plan = sma_grid_plan()
+    small = IndicatorPlan.from_requests([IndicatorSpec.make("sma", window=w) for w in (5, 20)])
+    bigger = IndicatorPlan.from_requests([*plan.specs, IndicatorSpec.make("ema", span=12)])
+    with connect({"kind": "local", "n_workers": 2, "dashboard_address": ""}) as client:
+        hub = IndicatorHub(dataset, StorageRef.make(str(tmp_path / "cache")), client=client)
+        fut = hub.submit("AAA", plan)
+        spec = IndicatorSpec.make("sma", window=50)
+        remote = client.submit(_sum_of, fut, spec).result()  # a later task receives the set by key
+        assert client.who_has([fut])[fut.key]  # it lives on a worker
+        assert hub.counters.computed == 26
+        assert hub.submit("AAA", plan) is fut  # same plan: the same in-memory set
+        assert hub.submit("AAA", small) is fut  # a subset of a held plan: the same set
+        assert hub.counters.reused_memory == 26 + 2
+        fut2 = hub.submit("AAA", bigger)  # one new spec: built from the held set plus one computation
+        assert fut2.key != fut.key
+        fut2.result()
+        c = hub.counters
+        assert (c.computed, c.reused_memory, c.loaded_storage) == (27, 28 + 26, 0)
+    local = IndicatorHub(dataset).get("AAA", plan)
+    assert remote == pytest.approx(float(np.nansum(local.get(spec))), rel=1e-12)
