@@ -1,0 +1,346 @@
+"""Backtest simulation kernels: targets -> next-open fills -> equity -> statistics.
+
+Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+float64 price arrays in (inputs may be read-only); kernels allocate their outputs.
+
+Two entry points run one state machine, ``_run``, so they cannot disagree:
+
+* ``simulate`` is the reference path: equity curve, position and the closed
+  trades, for reports and tests.
+* ``simulate_stats`` (and ``simulate_stats_batch`` over many target rows) is the
+  fused path for sweeps: the same loop with recording switched off, folding each
+  bar and each closed trade into the accumulators of
+  ``admf_dask.kernels.stats`` as it goes; no per-bar arrays, no allocation in the
+  loop. ``compute_stats(*simulate(...), close, ppy)`` equals
+  ``simulate_stats(...)`` bit for bit (the tests pin it).
+
+Execution semantics
+-------------------
+* Targets are ``-1, 0, +1`` (short, flat, long with all equity; any int array,
+  read by sign). The caller clips them for long-only or short-only modes.
+* A target decided at bar ``t`` (data up to ``t``'s close) fills at bar ``t+1``'s
+  open. The target on the last bar is never executed. Bar ``t`` reads only bar
+  ``t``'s prices and ``targets[t-1]``, so nothing looks ahead.
+* Slippage ``slippage_bps`` works against the trader on every fill, including
+  exits and stops: buys fill at ``price * (1 + s)``, sells at ``price * (1 - s)``.
+  (backtesting.py's ``spread`` adjusts entries only; the oracle tests use 0.)
+* A change of target closes the open position (one fill) and opens the new one
+  (a second fill): a long -> short reversal is two fills.
+* Sizing is all-in on the equity after any exit at that open:
+  ``units = equity / (fill * (1 + commission))``, so the notional plus its
+  commission spends exactly the equity (the brief's ``equity / fill`` would leave
+  cash at ``-commission * equity``: a little leverage). With ``whole_units`` the
+  count is floored with backtesting.py's float operations,
+  ``(equity * (1 - eps)) // (fill + commission per unit)``, so that the oracle
+  lands on the same integers; its "all equity" is ``1 - 2**-52`` of it, so 10,000
+  buys one unit priced exactly 5,000, not two. When that is 0 units, or equity is not positive,
+  no position opens and the order is retried at the next open while the target
+  persists (backtesting.py cancels the order and waits for the strategy's next one).
+* Commission is ``commission * |units| * fill`` on every fill, entry and exit.
+* Equity is ``cash + units * close`` at each bar's close (units signed). A position
+  still open on the last bar is marked at that close, no exit commission charged,
+  and is not in the trades record (backtesting.py with ``finalize_trades=False``).
+* Stop-loss and take-profit are fractions of the entry fill price (NaN or 0 = off):
+  long stop at ``entry * (1 - stop_loss)``, target at ``entry * (1 + take_profit)``,
+  mirrored for shorts. They are live from the entry fill on, so they are checked
+  against the entry bar's low/high too, as backtesting.py's ``buy(sl=, tp=)`` does
+  (it treated missing that as a bug, kernc/backtesting.py#119): the open fill
+  comes before the rest of the bar's range, so no look-ahead. A stop fills at its price,
+  or at the open if the bar gapped through it (the worse price for a stop-loss, the
+  better one for a take-profit). If both levels lie within one bar, the stop-loss
+  wins (pessimistic, as backtesting.py).
+* After a stop exit the kernel stays flat until the target differs from the
+  stopped direction; a new target then fills at the next open as usual. This is
+  what a backtesting.py strategy that trades on signal changes does: it issues no
+  new order until its next signal.
+* If equity is 0 or less at a close (possible only when short), an open position
+  is liquidated at that close with commission, the account stops trading and its
+  equity is 0 from then on (backtesting.py also stops there).
+
+Trades record
+-------------
+A tuple of arrays, one element per closed trade, fields ``TRADE_FIELDS``:
+``entry_bar, exit_bar`` (int64), ``direction`` (int64, +1 long / -1 short),
+``size`` (units, positive), ``entry_price, exit_price`` (fills incl. slippage),
+``pnl`` (cash, net of both commissions) and ``return`` (``pnl / (size *
+entry_price)``, backtesting.py's ``Trade.pl_pct``).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numba
+import numpy as np
+
+from admf_dask.kernels.stats import (
+    N_STATS, TRADE_FIELDS, bar_init, bar_update, finalize, trade_init, trade_update,
+)
+
+__all__ = ["simulate", "simulate_stats", "simulate_stats_batch", "TRADE_FIELDS"]
+
+# backtesting.py's default order size: "all equity" as a fraction just below 1.
+_FULL_EQUITY = 1.0 - sys.float_info.epsilon
+
+
+@numba.njit(cache=True)
+def _units(equity, fill, commission, whole_units):
+    if whole_units:
+        # Same float operations as backtesting.py's _Broker._process_orders, so that
+        # the floor lands on the same integer.
+        per_unit = fill + (_FULL_EQUITY * fill * commission) / _FULL_EQUITY
+        budget = equity * _FULL_EQUITY
+        q = budget / per_unit
+        whole = math.floor(q)
+        tol = 1e-9 * max(1.0, q)
+        if q - whole < tol or q - whole > 1.0 - tol:
+            # Near an integer floor(a / b) may round differently from Python's
+            # a // b (fmod based, slow); take the slow exact path only here.
+            whole = budget // per_unit
+        return whole
+    return equity / (fill * (1.0 + commission))
+
+
+@numba.njit(cache=True)
+def _exit(cash, direction, units, entry_price, entry_comm, fill, commission):
+    """Close the position at ``fill``: new cash, net PnL, net return."""
+    exit_comm = units * fill * commission
+    cash += direction * units * fill - exit_comm
+    pnl = direction * units * (fill - entry_price) - entry_comm - exit_comm
+    ret = pnl / (units * entry_price)
+    return cash, pnl, ret
+
+
+@numba.njit(cache=True)
+def _record_trade(trade_int, trade_float, k, entry_bar, exit_bar, direction, units,
+                  entry_price, exit_price, pnl, ret):
+    trade_int[k, 0] = entry_bar
+    trade_int[k, 1] = exit_bar
+    trade_int[k, 2] = direction
+    trade_float[k, 0] = units
+    trade_float[k, 1] = entry_price
+    trade_float[k, 2] = exit_price
+    trade_float[k, 3] = pnl
+    trade_float[k, 4] = ret
+
+
+@numba.njit(cache=True)
+def _run(open_, high, low, close, targets, cash, commission, slippage_bps, whole_units,
+         stop_loss, take_profit, record, equity_out, position_out, trade_int, trade_float):
+    """The state machine. Writes per-bar and per-trade arrays only if ``record``.
+
+    Returns ``(n_trades, bar_state, trade_state)``.
+    """
+    n = close.shape[0]
+    s = slippage_bps * 1e-4
+    sl_on = stop_loss > 0.0
+    tp_on = take_profit > 0.0
+    bar_st = bar_init()
+    trade_st = trade_init()
+    n_tr = 0
+
+    direction = 0          # +1 long, -1 short, 0 flat
+    units = 0.0            # positive
+    entry_price = 0.0
+    entry_comm = 0.0
+    entry_bar = 0
+    sl_price = 0.0
+    tp_price = 0.0
+    stopped_dir = 0        # direction of the last stopped-out trade, until the target moves
+    ruined = False
+
+    for t in range(n):
+        in_market = direction != 0
+        equity = 0.0
+        if not ruined:
+            o = open_[t]
+            c = close[t]
+            # 1. Market fills at the open for the target decided at the previous close.
+            if t > 0:
+                raw = targets[t - 1]
+                want = (raw > 0) - (raw < 0)
+                if stopped_dir != 0:
+                    if want == stopped_dir:
+                        want = 0
+                    else:
+                        stopped_dir = 0
+                if want != direction:
+                    if direction != 0:
+                        fill = o * (1.0 - s) if direction > 0 else o * (1.0 + s)
+                        cash, pnl, ret = _exit(cash, direction, units, entry_price,
+                                               entry_comm, fill, commission)
+                        trade_st = trade_update(trade_st, pnl, ret)
+                        if record:
+                            _record_trade(trade_int, trade_float, n_tr, entry_bar, t,
+                                          direction, units, entry_price, fill, pnl, ret)
+                        n_tr += 1
+                        direction = 0
+                        units = 0.0
+                    if want != 0 and cash > 0.0:
+                        fill = o * (1.0 + s) if want > 0 else o * (1.0 - s)
+                        u = _units(cash, fill, commission, whole_units)
+                        if u > 0.0:
+                            direction = want
+                            units = u
+                            entry_price = fill
+                            entry_comm = u * fill * commission
+                            entry_bar = t
+                            cash -= direction * u * fill + entry_comm
+                            in_market = True
+                            if sl_on:
+                                sl_price = fill * (1.0 - direction * stop_loss)
+                            if tp_on:
+                                tp_price = fill * (1.0 + direction * take_profit)
+
+            # 2. Stop-loss / take-profit within the bar (the stop-loss first), or
+            # 3. liquidation at the close of an account whose equity is gone.
+            exit_fill = math.nan
+            if direction != 0 and (sl_on or tp_on):
+                h = high[t]
+                lo = low[t]
+                if direction > 0:
+                    if sl_on and lo <= sl_price:
+                        exit_fill = min(o, sl_price) * (1.0 - s)
+                    elif tp_on and h >= tp_price:
+                        exit_fill = max(o, tp_price) * (1.0 - s)
+                else:
+                    if sl_on and h >= sl_price:
+                        exit_fill = max(o, sl_price) * (1.0 + s)
+                    elif tp_on and lo <= tp_price:
+                        exit_fill = min(o, tp_price) * (1.0 + s)
+                if exit_fill == exit_fill:
+                    stopped_dir = direction
+            if (exit_fill != exit_fill and direction != 0
+                    and cash + direction * units * c <= 0.0):
+                exit_fill = c
+            if exit_fill == exit_fill:
+                cash, pnl, ret = _exit(cash, direction, units, entry_price, entry_comm,
+                                       exit_fill, commission)
+                trade_st = trade_update(trade_st, pnl, ret)
+                if record:
+                    _record_trade(trade_int, trade_float, n_tr, entry_bar, t,
+                                  direction, units, entry_price, exit_fill, pnl, ret)
+                n_tr += 1
+                direction = 0
+                units = 0.0
+            equity = cash + direction * units * c
+            if equity <= 0.0:
+                ruined = True
+                equity = 0.0
+
+        bar_st = bar_update(bar_st, t, equity, in_market)
+        if record:
+            equity_out[t] = equity
+            position_out[t] = direction * units
+    return n_tr, bar_st, trade_st
+
+
+@numba.njit(cache=True)
+def _check_inputs(open_, high, low, close, targets):
+    n = close.shape[0]
+    if (open_.shape[0] != n or high.shape[0] != n or low.shape[0] != n
+            or targets.shape[targets.ndim - 1] != n):
+        raise ValueError(
+            "simulate: open, high, low, close and targets need the same number of bars")
+
+
+@numba.njit(cache=True)
+def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
+             slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
+    """Reference single run: equity curve, position and closed trades.
+
+    Parameters
+    ----------
+    open_, high, low, close : float64 arrays (n,)
+        Bar prices.
+    targets : int array (n,)
+        Desired position per bar, -1 / 0 / +1 of equity, decided at the bar's close.
+    cash : float
+        Starting equity.
+    commission : float
+        Fraction of traded notional charged on every fill, e.g. 0.002.
+    slippage_bps : float
+        Fill price moved against the trader by this many basis points.
+    whole_units : bool
+        Trade whole units (floored, as backtesting.py) instead of fractional ones.
+    stop_loss, take_profit : float
+        Exit levels as fractions of the entry price; NaN or 0 switches them off.
+
+    Returns
+    -------
+    equity : float64 (n,)
+        Equity at each close.
+    position : float64 (n,)
+        Signed units held at each close.
+    trades : tuple of arrays
+        Closed trades, fields ``TRADE_FIELDS`` (see the module docstring).
+
+    Examples
+    --------
+    >>> equity, position, trades = simulate(o, h, l, c, targets, commission=0.001)  # doctest: +SKIP
+    >>> entry_bar, exit_bar, direction, size, entry_px, exit_px, pnl, ret = trades  # doctest: +SKIP
+    """
+    _check_inputs(open_, high, low, close, targets)
+    n = close.shape[0]
+    equity = np.empty(n)
+    position = np.empty(n)
+    trade_int = np.empty((n, 3), dtype=np.int64)
+    trade_float = np.empty((n, 5))
+    n_tr, _, _ = _run(open_, high, low, close, targets, cash, commission, slippage_bps,
+                      whole_units, stop_loss, take_profit, True, equity, position,
+                      trade_int, trade_float)
+    trades = (
+        trade_int[:n_tr, 0].copy(), trade_int[:n_tr, 1].copy(), trade_int[:n_tr, 2].copy(),
+        trade_float[:n_tr, 0].copy(), trade_float[:n_tr, 1].copy(),
+        trade_float[:n_tr, 2].copy(), trade_float[:n_tr, 3].copy(),
+        trade_float[:n_tr, 4].copy(),
+    )
+    return equity, position, trades
+
+
+@numba.njit(cache=True)
+def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
+                   commission=0.0, slippage_bps=0.0, whole_units=False,
+                   stop_loss=np.nan, take_profit=np.nan):
+    """Fused run: the statistics row of ``simulate`` without its arrays.
+
+    Same arguments as ``simulate`` plus ``periods_per_year`` (bars per year, e.g.
+    252.0 for daily bars). Returns float64 (N_STATS,) ordered as ``STAT_NAMES``,
+    equal to ``compute_stats(*simulate(...), close, periods_per_year)``.
+
+    Examples
+    --------
+    >>> row = simulate_stats(o, h, l, c, targets, 252.0, commission=0.002)  # doctest: +SKIP
+    >>> dict(zip(STAT_NAMES, row))["sharpe"]                                # doctest: +SKIP
+    """
+    _check_inputs(open_, high, low, close, targets)
+    dummy_f = np.empty(0)
+    _, bar_st, trade_st = _run(open_, high, low, close, targets, cash, commission,
+                               slippage_bps, whole_units, stop_loss, take_profit, False,
+                               dummy_f, dummy_f, np.empty((0, 3), dtype=np.int64),
+                               np.empty((0, 5)))
+    return finalize(bar_st, trade_st, close, periods_per_year)
+
+
+@numba.njit(cache=True)
+def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
+                         commission=0.0, slippage_bps=0.0, whole_units=False,
+                         stop_loss=np.nan, take_profit=np.nan):
+    """``simulate_stats`` for each row of a (m, n) target matrix: returns (m, N_STATS).
+
+    One row per parameter set over the same bars and costs: the shape a sweep
+    batch produces. Runs on one core; parallelism is the caller's business.
+    """
+    _check_inputs(open_, high, low, close, targets)
+    m = targets.shape[0]
+    out = np.empty((m, N_STATS))
+    dummy_f = np.empty(0)
+    dummy_i = np.empty((0, 3), dtype=np.int64)
+    dummy_t = np.empty((0, 5))
+    for k in range(m):
+        _, bar_st, trade_st = _run(open_, high, low, close, targets[k], cash, commission,
+                                   slippage_bps, whole_units, stop_loss, take_profit, False,
+                                   dummy_f, dummy_f, dummy_i, dummy_t)
+        out[k] = finalize(bar_st, trade_st, close, periods_per_year)
+    return out
