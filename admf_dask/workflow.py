@@ -90,6 +90,39 @@ class SummaryStep:
 
 
 @dataclass(frozen=True)
+class IndicatorsStep:
+    """Compute (or load from the cache) indicators for every symbol of a dataset.
+
+    ``indicators`` is a list of mappings such as ``{name: sma, window: 20}``; each
+    unique one is computed once per symbol and cached under ``<storage>/cache``.
+    """
+
+    dataset: str
+    indicators: list[dict]
+    symbols: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+
+    def plan(self):
+        from .indicators import IndicatorPlan, IndicatorSpec
+
+        specs = []
+        for i, raw in enumerate(self.indicators):
+            if not isinstance(raw, dict) or "name" not in raw:
+                raise ConfigError(f"each indicator is a mapping with a name, e.g. {{name: sma, window: 20}}; "
+                                  f"got {raw!r}", key=f"indicators[{i}]")
+            params = {k: v for k, v in raw.items() if k != "name"}
+            try:
+                specs.append(IndicatorSpec.make(raw["name"], **params))
+            except ConfigError as exc:
+                raise ConfigError(exc.message, key=f"indicators[{i}]", hint=exc.hint) from None
+        return IndicatorPlan.from_requests(specs)
+
+    def __post_init__(self) -> None:
+        self.plan()
+
+
+@dataclass(frozen=True)
 class Workflow:
     storage: str
     steps: tuple[tuple[str, Any], ...]
@@ -167,10 +200,34 @@ def _run_summary(ctx: Context, step: SummaryStep) -> str:
     return format_summary(rows)
 
 
+def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
+    from .cache import IndicatorHub
+    from .progress import Progress
+    from .storage import StorageRef
+
+    store = ctx.dataset(step.dataset)
+    symbols = list(step.symbols) if step.symbols else store.symbols()
+    for s in symbols:
+        store.entry(s)
+    plan = step.plan()
+    cache = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options).child("cache")
+    hub = IndicatorHub(store, cache, client=ctx.client)
+    futures = [hub.submit(s, plan, step.start, step.end) for s in symbols]
+    from distributed import as_completed
+
+    bar = Progress("indicators", len(futures))
+    for _ in as_completed(futures):
+        bar.advance()
+    bar.close()
+    return (f"{plan.unique} unique indicator(s) x {len(symbols)} symbol(s) "
+            f"({plan.requested} requested)\n{hub.counters.line()}")
+
+
 STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
     "generate": (GenerateStep, _run_generate),
     "ingest": (IngestStep, _run_ingest),
     "summary": (SummaryStep, _run_summary),
+    "indicators": (IndicatorsStep, _run_indicators),
 }
 
 
