@@ -220,7 +220,8 @@ class BarStore:
         """The data files (paths under the dataset) that a read of this range opens."""
         return [f["path"] for f in self._files(symbol, to_ns(start, _MIN_NS), to_ns(end, _MAX_NS))]
 
-    def _read_file(self, meta: dict[str, Any], symbol: str, cols: list[str], lo: int, hi: int) -> pa.Table:
+    def _read_file(self, meta: dict[str, Any], symbol: str, cols: list[str], lo: int, hi: int,
+                   threads: bool = True) -> pa.Table:
         """Read one data file, opened once; row groups outside [lo, hi] are skipped by their statistics."""
         path = self.storage.path(meta["path"])
         inside = lo <= meta["first_ns"] and meta["last_ns"] <= hi
@@ -228,11 +229,11 @@ class BarStore:
             with self._arrow_fs.open_input_file(path) as handle:
                 pf = pq.ParquetFile(handle)
                 if inside:
-                    table = pf.read(columns=["timestamp", *cols])
+                    table = pf.read(columns=["timestamp", *cols], use_threads=threads)
                 else:
                     groups = [i for i in range(pf.metadata.num_row_groups)
                               if _overlaps(pf.metadata.row_group(i).column(0).statistics, lo, hi)]
-                    table = pf.read_row_groups(groups, columns=["timestamp", *cols])
+                    table = pf.read_row_groups(groups, columns=["timestamp", *cols], use_threads=threads)
         except FileNotFoundError:
             raise StorageError("a data file listed in the manifest is missing", symbol=symbol,
                                file=self.storage.display(meta["path"]),
@@ -261,9 +262,17 @@ class BarStore:
         Only the files of that symbol whose time span overlaps the range are opened;
         within a file, row groups outside the range are skipped by their statistics.
         """
+        return self._read(symbol, start, end, columns, parallel=True)
+
+    def _read(self, symbol: str, start: object, end: object, columns: Sequence[str] | None,
+              parallel: bool) -> Bars:
         cols = self._columns(columns)
         lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
-        tables = [self._read_file(f, symbol, cols, lo, hi) for f in self._files(symbol, lo, hi)]
+        metas = self._files(symbol, lo, hi)
+        if parallel and len(metas) > 1:  # many small files: overlap their latency, one thread each
+            tables = list(_file_pool().map(lambda f: self._read_file(f, symbol, cols, lo, hi, False), metas))
+        else:
+            tables = [self._read_file(f, symbol, cols, lo, hi, len(metas) == 1) for f in metas]
         if not tables:
             return Bars(symbol, np.empty(0, np.int64), {c: np.empty(0) for c in cols})
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -271,14 +280,14 @@ class BarStore:
 
     def read_many(self, symbols: Iterable[str] | None = None, start: object = None, end: object = None,
                   columns: Sequence[str] | None = None) -> dict[str, Bars]:
-        """Read several symbols (all by default); files are read concurrently by pyarrow threads."""
+        """Read several symbols (all by default), a few at a time in threads."""
         from concurrent.futures import ThreadPoolExecutor
 
         names = self.symbols() if symbols is None else list(symbols)
         for s in names:
             self.entry(s)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return dict(zip(names, pool.map(lambda s: self.read(s, start, end, columns), names)))
+        with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            return dict(zip(names, pool.map(lambda s: self._read(s, start, end, columns, False), names)))
 
     def iter_chunks(self, symbol: str, max_bytes: int = 64 << 20, start: object = None, end: object = None,
                     columns: Sequence[str] | None = None) -> Iterator[Bars]:
@@ -390,6 +399,20 @@ class BarStore:
         after = {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
         self.storage.remove(sorted(before - after))
         return manifest
+
+
+_READ_THREADS = 4  # reading is latency- and decode-bound; a few threads overlap both
+_POOL = None
+
+
+def _file_pool():
+    """A process-wide thread pool for reading one symbol's files concurrently."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="admf-read")
+    return _POOL
 
 
 def _overlaps(stats: Any, lo: int, hi: int) -> bool:
