@@ -22,37 +22,31 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .bars.synthetic import SyntheticSpec
 from .config import ClusterConfig, build, env_override
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["Workflow", "load_workflow", "run_workflow", "STEPS"]
 
 
-@dataclass(frozen=True)
-class GenerateStep:
-    """Synthetic bars: ``symbols`` is a count (names SYM000...) or a list of names."""
+@dataclass(frozen=True, kw_only=True)
+class GenerateStep(SyntheticSpec):
+    """Synthetic bars: ``symbols`` is a count (names SYM000...) or a list of names; the rest is a SyntheticSpec."""
 
     dataset: str
-    start: str
-    end: str
     symbols: int | list[str] = 8
-    freq: str = "daily"
-    seed: int = 42
-    start_price: float = 100.0
-    annual_drift: float = 0.05
-    annual_vol: float = 0.25
 
     def __post_init__(self) -> None:
         from .bars import check_symbol
         from .errors import DataError
 
-        self.spec()  # validates dates, freq, prices
+        super().__post_init__()  # dates, freq, prices
         if isinstance(self.symbols, int) and self.symbols < 1:
             raise ConfigError("symbols must be >= 1", key="symbols")
         for s in [] if isinstance(self.symbols, int) else self.symbols:
@@ -61,11 +55,8 @@ class GenerateStep:
             except DataError as exc:
                 raise ConfigError(exc.message, key="symbols") from None
 
-    def spec(self):
-        from .bars import SyntheticSpec
-
-        return SyntheticSpec(self.start, self.end, self.freq, self.seed, self.start_price, self.annual_drift,
-                             self.annual_vol)
+    def spec(self) -> SyntheticSpec:
+        return SyntheticSpec(**{f.name: getattr(self, f.name) for f in fields(SyntheticSpec)})
 
 
 @dataclass(frozen=True)
