@@ -1,0 +1,312 @@
+"""Run strategies on bars: one reference backtest, or a batch of parameter sets as flat rows.
+
+:func:`backtest` is the single-run reference path: indicators, targets,
+:func:`~admf_dask.kernels.simulate.simulate`, then the statistics, the trades
+table and the equity curve. :func:`run_batch` is what a sweep calls inside its
+tasks: many parameter sets of one strategy on one symbol, one flat row each,
+through the fused kernel for built-in strategies (targets computed inline, no
+bars x sets array) and the generic targets-then-simulate path for user
+strategies. Both give the same statistics for the same parameter set (tests).
+
+Execution semantics and statistic definitions are those of
+:mod:`admf_dask.kernels.simulate` and :mod:`admf_dask.kernels.stats` (next-open
+fills, all-in sizing, commission on every fill, equity marked at each close;
+where a statistic differs from backtesting.py's, that module says how and why).
+
+Examples
+--------
+>>> from admf_dask.bars import generate_bars
+>>> bars = generate_bars("AAA", "2020-01-01", "2023-12-31")
+>>> result = backtest(bars, "sma_cross", {"fast": 10, "slow": 30}, commission=0.001)
+>>> bool(result.stats["n_trades"] == len(result.trades))
+True
+>>> rows = run_batch(bars, "sma_cross", [{"fast": 10, "slow": 30}, {"fast": 20, "slow": 50}],
+...                  commission=0.001)
+>>> bool(rows.loc[0, "total_return"] == result.stats["total_return"])
+True
+>>> list(rows.columns[:4])
+['fast', 'slow', 'total_return', 'cagr']
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from admf_dask.bars import Bars
+from admf_dask.errors import ConfigError, DataError
+from admf_dask.kernels import stats as kstats
+from admf_dask.kernels.simulate import simulate, simulate_stats_batch
+from admf_dask.kernels.stats import STAT_NAMES, TRADE_FIELDS, compute_stats
+from admf_dask.kernels.strategies import run_strategy_batch, strategy_targets
+from admf_dask.strategies import BatchPlan, Strategy, direction_code, get_strategy, prepare_batch
+
+__all__ = ["BacktestResult", "backtest", "run_batch"]
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """One backtest: ``stats`` (a flat Series, ``STAT_NAMES``), ``trades`` and ``equity``.
+
+    ``trades`` has one row per closed trade: ``entry_time, exit_time, entry_bar,
+    exit_bar, direction`` (+1 long / -1 short), ``size`` (units), ``entry_price,
+    exit_price`` (fills incl. slippage), ``pnl`` (cash, net of commissions) and
+    ``return`` (``pnl / (size * entry_price)``). A position still open at the end
+    is not a trade; it is in ``equity`` and ``position`` (signed units at each close).
+    """
+
+    strategy: str
+    params: dict[str, Any]
+    stats: pd.Series
+    trades: pd.DataFrame
+    equity: pd.Series
+    position: pd.Series
+
+
+@dataclass(frozen=True)
+class _Costs:
+    cash: float
+    commission: float
+    slippage_bps: float
+    whole_units: bool
+    stop_loss: float
+    take_profit: float
+    direction: int
+
+
+def _number(key: str, value: object, *, low: float, low_ok: bool, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}", key=key)
+    v = float(value)
+    if v < low or (v == low and not low_ok) or v >= high:
+        rule = f"{key} {'>=' if low_ok else '>'} {low:g}" + (f" and < {high:g}" if high < math.inf else "")
+        raise ConfigError(f"{key} must be {rule.split(' ', 1)[1]}, got {value!r}", key=key, rule=rule)
+    return v
+
+
+def _costs(direction: str, cash: float, commission: float, slippage_bps: float, whole_units: bool,
+           stop_loss: float | None, take_profit: float | None) -> _Costs:
+    def level(key: str, v: float | None) -> float:
+        return math.nan if v is None else _number(key, v, low=0.0, low_ok=False, high=1.0 if key == "stop_loss"
+                                                   else math.inf)
+
+    return _Costs(_number("cash", cash, low=0.0, low_ok=False),
+                  _number("commission", commission, low=0.0, low_ok=True, high=1.0),
+                  _number("slippage_bps", slippage_bps, low=0.0, low_ok=True, high=1e4),
+                  bool(whole_units), level("stop_loss", stop_loss), level("take_profit", take_profit),
+                  direction_code(direction))
+
+
+def _as_bars(data: Any) -> tuple[Bars, bool]:
+    """Bars from Bars, an IndicatorSet or a DataFrame; and whether timestamps are real."""
+    if isinstance(data, Bars):
+        bars, timed = data, True
+    elif hasattr(data, "bars") and isinstance(getattr(data, "bars"), Bars):
+        bars, timed = data.bars, True
+    elif isinstance(data, pd.DataFrame):
+        lower = {str(c).lower(): c for c in data.columns}
+        missing = [c for c in ("open", "high", "low", "close") if c not in lower]
+        if missing:
+            raise DataError(f"bars need columns open, high, low, close; missing {missing}", key=missing[0],
+                            hint=f"got columns {list(data.columns)}")
+        cols = {c: np.ascontiguousarray(data[lower[c]].to_numpy(), dtype=np.float64)
+                for c in ("open", "high", "low", "close", "volume") if c in lower}
+        if isinstance(data.index, pd.DatetimeIndex):
+            index, timed = data.index, True
+        elif "timestamp" in lower:
+            index, timed = pd.DatetimeIndex(data[lower["timestamp"]]), True
+        else:
+            index, timed = None, False
+        if timed:
+            if index.tz is not None:
+                index = index.tz_convert("UTC").tz_localize(None)
+            ts = index.as_unit("ns").asi8.copy()
+        else:
+            ts = np.arange(len(data), dtype=np.int64)
+        bars = Bars("DATA", ts, cols)
+    else:
+        raise ConfigError(f"data must be Bars, an IndicatorSet or a pandas DataFrame, got {type(data).__name__}",
+                          key="data")
+    if len(bars) == 0:
+        raise DataError(f"no bars to backtest ({bars.symbol} is empty)", symbol=bars.symbol, rule="non-empty",
+                        hint="check the symbol and the start/end range")
+    for c in ("open", "high", "low", "close"):
+        if c not in bars.columns:
+            raise DataError(f"bars of {bars.symbol} lack column {c!r}", symbol=bars.symbol, key=c)
+    return bars, timed
+
+
+def _ppy(bars: Bars, timed: bool, periods_per_year: float | None) -> float:
+    if periods_per_year is not None:
+        return _number("periods_per_year", periods_per_year, low=0.0, low_ok=False)
+    if not timed:
+        raise ConfigError("periods_per_year is needed: the data has no timestamps to infer it from",
+                          key="periods_per_year", hint="pass periods_per_year=252 for daily bars")
+    if len(bars) < 2:
+        raise DataError("at least two bars are needed to infer periods_per_year", symbol=bars.symbol,
+                        key="periods_per_year", hint="pass periods_per_year")
+    return kstats.periods_per_year(bars.timestamp)
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _arrays(batch: BatchPlan, data: Any, bars: Bars) -> dict[str, dict[str, np.ndarray]]:
+    """token -> output -> array for every spec of the batch: from the IndicatorSet when it holds it."""
+    held = getattr(data, "values", None) if not isinstance(data, (Bars, pd.DataFrame)) else None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for spec in batch.plan.specs:
+        if held is not None and spec.token in held:
+            out[spec.token] = held[spec.token]
+        else:
+            out[spec.token] = spec.compute(bars.columns)
+    return out
+
+
+def _pick(arrays: Mapping[str, np.ndarray], output: str | None) -> np.ndarray:
+    if output is None:
+        (output,) = arrays
+    return arrays[output]
+
+
+def _ind_matrix(batch: BatchPlan, arrays: dict[str, dict[str, np.ndarray]], n: int) -> np.ndarray:
+    ind = np.empty((max(len(batch.rows), 1), n))
+    for j, (token, output) in enumerate(batch.rows):
+        ind[j] = _pick(arrays[token], output)
+    if not batch.rows:
+        ind[0] = np.nan
+    return ind
+
+
+def _user_target_matrix(s: Strategy, batch: BatchPlan, bars: Bars,
+                        arrays: dict[str, dict[str, np.ndarray]], direction: int) -> np.ndarray:
+    targets = np.empty((len(batch.params), len(bars)), dtype=np.int8)
+    for k, p in enumerate(batch.params):
+        named = {name: _pick(arrays[spec.token], output) for name, (spec, output) in s.make_inputs(p).items()}
+        targets[k] = s.user_targets(bars, named, p)
+    if direction > 0:
+        np.maximum(targets, 0, out=targets)
+    elif direction < 0:
+        np.minimum(targets, 0, out=targets)
+    return targets
+
+
+def backtest(data: Any, strategy: str | Strategy, params: Mapping[str, Any] | None = None, *,
+             direction: str = "long_short", cash: float = 10_000, commission: float = 0.0,
+             slippage_bps: float = 0.0, whole_units: bool = False, stop_loss: float | None = None,
+             take_profit: float | None = None, periods_per_year: float | None = None) -> BacktestResult:
+    """Backtest one parameter set of a strategy on one symbol's bars.
+
+    Parameters
+    ----------
+    data
+        :class:`~admf_dask.bars.Bars`, an :class:`~admf_dask.cache.IndicatorSet`
+        (its indicators are reused), or a DataFrame with open/high/low/close columns
+        (any capitalisation, as backtesting.py's ``Open``...) and a DatetimeIndex.
+    strategy
+        A built-in name (see :mod:`admf_dask.strategies`) or ``"package.module:function"``.
+    params
+        The strategy's parameters; missing ones take their defaults.
+    direction
+        ``"long_short"`` trades every target, ``"long_only"`` never goes short (a
+        short signal only closes the long), ``"short_only"`` never goes long.
+    cash
+        Starting equity.
+    commission
+        Fraction of the traded notional charged on every fill, entry and exit (0.001 = 0.1 %).
+    slippage_bps
+        Every fill, entries, exits and stops, moves this many basis points against the trader.
+    whole_units
+        Trade whole units, floored as backtesting.py does, instead of fractional ones.
+    stop_loss
+        Exit when the price moves this fraction against the entry fill (0.05 = 5 %); None is off.
+    take_profit
+        Exit when the price moves this fraction in favour of the entry fill; None is off.
+    periods_per_year
+        Bars per year for annualised figures; None infers it from the bar spacing (252 for daily bars).
+
+    Returns
+    -------
+    BacktestResult
+        ``.stats`` (Series over ``STAT_NAMES``), ``.trades`` (DataFrame), ``.equity`` (Series by timestamp).
+    """
+    s = get_strategy(strategy)
+    costs = _costs(direction, cash, commission, slippage_bps, whole_units, stop_loss, take_profit)
+    bars, timed = _as_bars(data)
+    ppy = _ppy(bars, timed, periods_per_year)
+    batch = prepare_batch(s, [{} if params is None else params])
+    arrays = _arrays(batch, data, bars)
+    o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
+    if s.builtin:
+        ind = _ind_matrix(batch, arrays, len(bars))
+        targets = strategy_targets(s.kind, ind, batch.idx, batch.fparams, c, costs.direction)[0]
+    else:
+        targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)[0]
+    equity, position, trades = simulate(o, h, lo, c, targets, costs.cash, costs.commission, costs.slippage_bps,
+                                        costs.whole_units, costs.stop_loss, costs.take_profit)
+    row = compute_stats(equity, position, trades, c, ppy)
+
+    index = (pd.DatetimeIndex(bars.timestamp.view("datetime64[ns]"), name="timestamp").tz_localize("UTC")
+             if timed else pd.RangeIndex(len(bars), name="bar"))
+    tr = dict(zip(TRADE_FIELDS, trades))
+    table = pd.DataFrame({"entry_time": index[tr["entry_bar"]], "exit_time": index[tr["exit_bar"]], **tr})
+    return BacktestResult(
+        strategy=s.name,
+        params=dict(batch.params[0]),
+        stats=pd.Series(row, index=list(STAT_NAMES), name=s.name),
+        trades=table,
+        equity=pd.Series(equity, index=index, name="equity"),
+        position=pd.Series(position, index=index, name="position"),
+    )
+
+
+def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[str, Any]], *,
+              direction: str = "long_short", cash: float = 10_000, commission: float = 0.0,
+              slippage_bps: float = 0.0, whole_units: bool = False, stop_loss: float | None = None,
+              take_profit: float | None = None, periods_per_year: float | None = None) -> pd.DataFrame:
+    """Backtest many parameter sets of one strategy on one symbol: one flat row per set.
+
+    ``data`` is an :class:`~admf_dask.cache.IndicatorSet` from the indicator hub
+    (its arrays are used; specs it lacks are computed from its bars) or
+    :class:`~admf_dask.bars.Bars` (the batch's unique indicators are computed
+    once here). Built-in strategies run in the fused kernel
+    (:func:`~admf_dask.kernels.strategies.run_strategy_batch`); user strategies
+    compute a target row per set, then
+    :func:`~admf_dask.kernels.simulate.simulate_stats_batch`. The settings are
+    those of :func:`backtest`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter set, in order: the parameters, then every statistic.
+    """
+    s = get_strategy(strategy)
+    costs = _costs(direction, cash, commission, slippage_bps, whole_units, stop_loss, take_profit)
+    batch = prepare_batch(s, param_sets)
+    bars, timed = _as_bars(data)
+    ppy = _ppy(bars, timed, periods_per_year)
+    o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
+    if not batch.params:
+        rows = np.empty((0, len(STAT_NAMES)))
+    else:
+        arrays = _arrays(batch, data, bars)
+        if s.builtin:
+            ind = _ind_matrix(batch, arrays, len(bars))
+            rows = run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
+                                      costs.commission, costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                                      costs.take_profit, costs.direction)
+        else:
+            targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)
+            rows = simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
+                                        costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                                        costs.take_profit)
+    frame = pd.DataFrame(batch.columns())
+    stats = pd.DataFrame(rows, columns=list(STAT_NAMES))
+    return pd.concat([frame, stats], axis=1) if len(frame.columns) else stats
