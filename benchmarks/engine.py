@@ -11,7 +11,7 @@ statistics row. One process, one thread, kernels warm (one untimed run first).
 Ours, two timings (medians over ``R`` runs):
 
 * ``end to end``: :func:`admf_dask.backtest.run_batch` per symbol on its Bars: the
-  batch's 29 unique SMAs computed directly by the plan (``IndicatorSpec.compute``,
+  batch's 26 unique SMAs computed directly by the plan (``IndicatorSpec.compute``,
   no hub and no storage), the fused kernel for the 184 sets, the result DataFrame.
 * ``kernel only``: :func:`admf_dask.kernels.strategies.run_strategy_batch` per symbol
   on indicator matrices prepared beforehand.
