@@ -92,10 +92,12 @@ def _admf_version() -> str:
 def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, label: str,
               keys: Sequence[str] | None = None, retries: int = 0,
               on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
-              drain_on_error: bool = False) -> list[Any]:
+              drain_on_error: bool = False, extra_args: Sequence[Sequence[Any]] | None = None) -> list[Any]:
     """Run ``fn(item)`` for every item on the cluster; return results in item order.
 
     ``keys`` (deterministic task keys) let identical work collapse onto one task.
+    ``extra_args[i]`` are further arguments of item i's call, typically futures of
+    data already on the cluster (Dask resolves them on the worker).
     ``on_result(i, result)`` is called as each task finishes, in completion order,
     so a caller can commit or record finished work before the rest is done. The
     first task that fails (after ``retries``) stops the run and its error is raised
@@ -108,7 +110,9 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     """
     from distributed import as_completed
 
-    futures = client.map(fn, items, key=list(keys) if keys is not None else None, retries=retries, pure=False)
+    extra = extra_args if extra_args is not None else [()] * len(items)
+    futures = [client.submit(fn, item, *args, key=keys[i] if keys is not None else None, retries=retries,
+                             pure=False) for i, (item, args) in enumerate(zip(items, extra))]
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     bar = Progress(label, len(futures), enabled=progress)

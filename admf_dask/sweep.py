@@ -1,0 +1,450 @@
+"""Parameter sweeps as batched container tasks on a dask.distributed cluster.
+
+A sweep is one strategy, a grid (or a seeded random sample) of parameter sets, a
+list of symbols and a date range over a bar store. The work is cut into
+*container tasks*: a group of symbols x a contiguous range of parameter sets,
+sized from a quick probe of the kernel so each task does ``batch_seconds`` of work
+(0.2-2 s; smaller only when the whole sweep is too small to keep every thread
+busy), and never more than ``MAX_TASKS`` tasks whatever the grid. A task gets its
+symbols' :class:`~admf_dask.cache.IndicatorSet` futures from the indicator hub
+(bars are loaded on the workers; the client never ships bar arrays), runs the
+fused kernel through :func:`~admf_dask.backtest.run_batch`, writes its rows to
+``results/part-<j>.parquet`` and then its marker ``done/part-<j>.json``: written
+first, then marked.
+
+Storage, under ``<root>/runs/<run-id>/``::
+
+    run.json            config, data fingerprint, package version, task layout, status (written first)
+    results/part-<j>.parquet   one per task: set_id, symbol, parameters, statistics
+    done/part-<j>.json         the marker: the task is committed
+    results.parquet     the final table, assembled once every task is committed
+
+The run id is the token of (config, data fingerprint, package version), so the
+same command finds its run again. Rerunning resumes: committed tasks are skipped
+(their markers are the truth; a results file without a marker is redone and
+overwritten with identical content). A finished run prints its result and does
+nothing; ``force=True`` starts it afresh.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .bars import BarStore
+from .config import token
+from .errors import AdmfError, ConfigError, StorageError, did_you_mean
+from .kernels.stats import STAT_NAMES
+from .storage import Storage, StorageRef
+
+__all__ = ["SweepConfig", "SweepResult", "expand_params", "run_sweep", "MAX_TASKS"]
+
+MAX_TASKS = 20_000  # a bigger graph stalls the scheduler; batches grow instead
+_MIN_TASK_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep. Settings are validated once, here; tasks receive this object.
+
+    ``params`` maps each parameter to a value, a list of values, or an inclusive
+    range ``{from: 5, to: 50, step: 5}``; the grid is their product, minus the sets
+    that break the strategy's rules (e.g. ``fast < slow``). ``sample: N`` takes a
+    seeded random sample of N sets from that grid. ``symbols`` defaults to all.
+    ``direction``, ``cash``, ``commission``, ``slippage_bps``, ``whole_units``,
+    ``stop_loss``, ``take_profit`` are the backtest settings. ``metric`` and ``top``
+    choose what is printed; ``batch_seconds`` the work per task; ``retries`` how
+    often a failed task is retried; ``max_backtests`` the largest sweep run
+    without ``yes``.
+    """
+
+    strategy: str
+    params: dict = field(default_factory=dict)
+    sample: int | None = None
+    seed: int = 0
+    symbols: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+    direction: str = "long_short"
+    cash: float = 10_000.0
+    commission: float = 0.0
+    slippage_bps: float = 0.0
+    whole_units: bool = False
+    stop_loss: float | None = None
+    take_profit: float | None = None
+    metric: str = "sharpe"
+    top: int = 5
+    batch_seconds: float = 0.5
+    retries: int = 2
+    max_backtests: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        from .backtest import _costs
+        from .strategies import get_strategy
+
+        get_strategy(self.strategy)
+        _costs(self.direction, self.cash, self.commission, self.slippage_bps, self.whole_units,
+               self.stop_loss, self.take_profit)
+        if self.metric not in STAT_NAMES:
+            raise ConfigError(f"unknown metric {self.metric!r}", key="metric",
+                              hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+        if self.sample is not None and self.sample < 1:
+            raise ConfigError("sample must be >= 1", key="sample")
+        if not 0.01 <= self.batch_seconds <= 60:
+            raise ConfigError("batch_seconds must be between 0.01 and 60", key="batch_seconds")
+        if self.retries < 0 or self.top < 0 or self.max_backtests < 1:
+            raise ConfigError("retries and top must be >= 0, max_backtests >= 1", key="retries")
+        expand_params(self.strategy, self.params, self.sample, self.seed)  # fail now, not on a worker
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        return {"direction": self.direction, "cash": self.cash, "commission": self.commission,
+                "slippage_bps": self.slippage_bps, "whole_units": self.whole_units,
+                "stop_loss": self.stop_loss, "take_profit": self.take_profit}
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change results (not how they are printed or scheduled)."""
+        d = asdict(self)
+        for k in ("metric", "top", "batch_seconds", "retries", "max_backtests"):
+            d.pop(k)
+        return d
+
+
+def _axis(strategy: str, name: str, spec: Any) -> list:
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"from", "to", "step"}
+        if unknown or not {"from", "to"} <= set(spec):
+            raise ConfigError(f"{strategy}: a range for {name!r} is {{from: a, to: b, step: s}}, got {dict(spec)}",
+                              key=f"params.{name}")
+        lo, hi, step = spec["from"], spec["to"], spec.get("step", 1)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi, step)) or step <= 0:
+            raise ConfigError(f"{strategy}: range for {name!r} needs numbers and step > 0, got {dict(spec)}",
+                              key=f"params.{name}")
+        count = int(math.floor((hi - lo) / step + 1e-9)) + 1
+        if count < 1:
+            raise ConfigError(f"{strategy}: empty range for {name!r}: from {lo} to {hi}", key=f"params.{name}")
+        values = [lo + i * step for i in range(count)]
+        return [int(v) if all(isinstance(x, int) for x in (lo, step)) else round(v, 12) for v in values]
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ConfigError(f"{strategy}: the list for {name!r} is empty", key=f"params.{name}")
+        return list(spec)
+    return [spec]
+
+
+def expand_params(strategy: str, params: Mapping[str, Any], sample: int | None = None,
+                  seed: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The parameter sets of a grid: (valid sets in grid order, how many broke a rule).
+
+    >>> sets, dropped = expand_params("sma_cross", {"fast": {"from": 5, "to": 50, "step": 5},
+    ...                                             "slow": {"from": 20, "to": 210, "step": 10}})
+    >>> len(sets), dropped
+    (184, 16)
+    """
+    from .strategies import get_strategy
+
+    s = get_strategy(strategy)
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"params must be a mapping of parameter -> values, got {params!r}", key="params")
+    for name in params:
+        if name not in s.param_names:
+            raise ConfigError(f"{s.name}: unknown parameter {name!r}", key=f"params.{name}",
+                              hint=did_you_mean(str(name), s.param_names) or f"{s.name} takes: {', '.join(s.param_names)}")
+    names = [n for n in s.param_names if n in params]
+    axes = [_axis(s.name, n, params[n]) for n in names]
+    sets, dropped, first_error = [], 0, None
+    for combo in itertools.product(*axes):
+        try:
+            sets.append(s.validate(dict(zip(names, combo))))
+        except ConfigError as exc:
+            dropped += 1
+            first_error = first_error or exc
+    if not sets:
+        raise ConfigError(f"no parameter set of the grid satisfies {s.name}'s rules; first: {first_error.message}",
+                          key="params", hint=first_error.hint)
+    if sample is not None and sample < len(sets):
+        pick = np.sort(np.random.default_rng(seed).choice(len(sets), size=sample, replace=False))
+        sets = [sets[i] for i in pick]
+    return sets, dropped
+
+
+@dataclass(frozen=True)
+class ContainerTask:
+    """One container: symbols x parameter sets [lo, hi). Everything a worker needs, by reference."""
+
+    part: int
+    symbols: tuple[str, ...]
+    lo: int
+    hi: int
+    param_sets: tuple[tuple[tuple[str, Any], ...], ...]
+    config: SweepConfig
+    run_ref: StorageRef
+    run_id: str
+
+
+def _fail_where(task: ContainerTask, symbol: str, indicator_set: Any, exc: Exception) -> AdmfError:
+    """Find the parameter set that fails (deterministic bugs) and name it."""
+    from .backtest import run_batch
+
+    for i, p in enumerate(task.param_sets):
+        try:
+            run_batch(indicator_set, task.config.strategy, [dict(p)], **task.config.costs)
+        except Exception as inner:  # the first set that fails alone is the culprit
+            return AdmfError(f"strategy {task.config.strategy} failed on parameter set {task.lo + i} "
+                             f"{dict(p)}: {type(inner).__name__}: {inner}", symbol=symbol,
+                             key=f"run {task.run_id} part {task.part}")
+    return AdmfError(f"strategy {task.config.strategy} failed: {type(exc).__name__}: {exc}", symbol=symbol,
+                     key=f"run {task.run_id} part {task.part}")
+
+
+def run_container(task: ContainerTask, *indicator_sets: Any) -> dict[str, Any]:
+    """Task: backtest every (symbol, parameter set) of the container, write rows, then mark it done."""
+    from .backtest import run_batch
+
+    t0 = time.perf_counter()
+    sets = [dict(p) for p in task.param_sets]
+    frames = []
+    for symbol, iset in zip(task.symbols, indicator_sets):
+        try:
+            rows = run_batch(iset, task.config.strategy, sets, **task.config.costs)
+        except Exception as exc:
+            raise _fail_where(task, symbol, iset, exc) from None
+        rows.insert(0, "symbol", symbol)
+        rows.insert(0, "set_id", np.arange(task.lo, task.hi, dtype=np.int64))
+        frames.append(rows)
+    frame = pd.concat(frames, ignore_index=True)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    storage = task.run_ref.open()
+    storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
+    storage.write_json({"part": task.part, "rows": len(frame), "symbols": list(task.symbols),
+                        "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
+    return {"part": task.part, "rows": len(frame), "seconds": time.perf_counter() - t0}
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep: its id, where it lives, the table and the run summary."""
+
+    run_id: str
+    url: str
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    config: SweepConfig
+
+    def top(self, n: int | None = None, metric: str | None = None) -> pd.DataFrame:
+        """The best rows by ``metric`` (highest first; for max_drawdown, closest to 0)."""
+        metric = metric or self.config.metric
+        n = self.config.top if n is None else n
+        return self.table.sort_values(metric, ascending=False, na_position="last").head(n)
+
+    def lines(self) -> list[str]:
+        s = self.summary
+        out = [f"run {self.run_id} at {self.url}: {s['status']}",
+               f"{s['backtests']:,} backtests ({s['param_sets']:,} parameter sets x {s['symbols']} symbols), "
+               f"{s['bar_evaluations']:,} bar-evaluations"]
+        if s.get("wall_seconds"):
+            out.append(f"wall {s['wall_seconds']:.1f}s, {s['bar_evals_per_s']:,.0f} bar-evals/s, "
+                       f"{s['tasks']} tasks ({s['tasks_resumed']} resumed), "
+                       f"peak worker memory {s['peak_worker_memory_mb']:,.0f} MB")
+        if s.get("indicators"):
+            out.append(s["indicators"])
+        return out
+
+
+def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], seconds_per_bar: float,
+            batch_seconds: float, threads: int) -> list[tuple[tuple[str, ...], int, int]]:
+    """Cut the sweep into (symbols, lo, hi) containers of about the target work each."""
+    total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
+    target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
+    while True:
+        parts: list[tuple[tuple[str, ...], int, int]] = []
+        group: list[str] = []
+        group_work = 0.0
+        for s in symbols:
+            per_set = seconds_per_bar * bars_per_symbol[s]
+            work = per_set * n_sets
+            if work >= target:  # this symbol alone fills tasks: cut its parameter sets
+                step = max(1, int(target / per_set)) if per_set > 0 else n_sets
+                parts += [((s,), lo, min(lo + step, n_sets)) for lo in range(0, n_sets, step)]
+                continue
+            group.append(s)
+            group_work += work
+            if group_work >= target:
+                parts.append((tuple(group), 0, n_sets))
+                group, group_work = [], 0.0
+        if group:
+            parts.append((tuple(group), 0, n_sets))
+        if len(parts) <= MAX_TASKS:
+            return parts
+        target *= 2 * len(parts) / MAX_TASKS
+
+
+def _probe(store: BarStore, config: SweepConfig, sets: list[dict], symbol: str) -> float:
+    """Seconds per bar-evaluation of this strategy, measured on one symbol here (kernel warm)."""
+    from .backtest import run_batch
+
+    bars = store.read(symbol, start=config.start, end=config.end)
+    if len(bars) < 2:
+        return 1e-8
+    sample = sets[: min(len(sets), 64)]
+    run_batch(bars, config.strategy, sample[:1], **config.costs)  # compile / load the kernel
+    t0 = time.perf_counter()
+    run_batch(bars, config.strategy, sample, **config.costs)
+    return max((time.perf_counter() - t0) / (len(sample) * len(bars)), 1e-10)
+
+
+def _estimate(config: SweepConfig, n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dict[str, Any]:
+    n_sym = len(bars_per_symbol)
+    max_bars = max(bars_per_symbol.values(), default=0)
+    return {"param_sets": n_sets, "symbols": n_sym, "backtests": n_sets * n_sym,
+            "bar_evaluations": n_sets * sum(bars_per_symbol.values()), "tasks": n_parts,
+            # bars + ~30 indicator arrays per symbol in memory, plus the rows a task returns
+            "memory_per_task_mb": round(max_bars * 8 * 40 / 1e6 + n_sets * 8 * (len(STAT_NAMES) + 8) / 1e6, 1),
+            "output_mb": round(n_sets * n_sym * 8 * (len(STAT_NAMES) + 8) / 1e6, 1)}
+
+
+def _read_table(storage: Storage, parts: list[int]) -> pd.DataFrame:
+    tables = []
+    for j in parts:
+        raw = storage.read_bytes(f"results/part-{j:06d}.parquet")
+        tables.append(pq.read_table(io.BytesIO(raw)))
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    frame = table.to_pandas()
+    return frame.sort_values(["set_id", "symbol"], kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
+              yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SweepResult:
+    """Run (or resume, or just report) a sweep; return its result table and summary.
+
+    Raises ConfigError before launching when the sweep has more than
+    ``config.max_backtests`` backtests and ``yes`` is false.
+    """
+    from .cache import IndicatorHub
+    from .cluster import run_tasks
+    from .indicators import IndicatorPlan
+    from .strategies import get_strategy
+
+    sets, dropped = expand_params(config.strategy, config.params, config.sample, config.seed)
+    symbols = list(config.symbols) if config.symbols else bars.symbols()
+    for s in symbols:
+        bars.entry(s)
+    run_id = token({"sweep": config.identity(), "data": bars.fingerprint, "symbols": symbols,
+                    "version": __version__})[:16]
+    run_ref = root.child("runs", run_id)
+    storage = run_ref.open()
+    if force and storage.exists("run.json"):
+        echo(f"--force: discarding run {run_id}")
+        storage.fs.rm(storage.path(), recursive=True)
+    run = storage.read_json("run.json") if storage.exists("run.json") else None
+    if run is not None and run.get("status") == "complete":
+        table = pd.read_parquet(io.BytesIO(storage.read_bytes("results.parquet")))
+        return SweepResult(run_id, run_ref.url, table, {**run["summary"], "status": "complete (already done)"},
+                           config)
+
+    bars_per_symbol = {s: _bars_in_range(bars, s, config.start, config.end) for s in symbols}
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    if run is None:
+        estimate = _estimate(config, len(sets), bars_per_symbol, 0)
+        if estimate["backtests"] > config.max_backtests and not yes:
+            raise ConfigError(f"the sweep has {estimate['backtests']:,} backtests, over max_backtests="
+                              f"{config.max_backtests:,}", key="max_backtests",
+                              hint="narrow the grid, use sample:, or pass --yes to run it anyway")
+        spb = _probe(bars, config, sets, max(symbols, key=bars_per_symbol.__getitem__))
+        layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads)
+        run = {"run_id": run_id, "status": "running", "version": __version__, "data_fingerprint": bars.fingerprint,
+               "bars": bars.url, "config": config.identity(), "symbols": symbols, "param_sets": len(sets),
+               "seconds_per_bar_probe": spb, "layout": [[list(g), lo, hi] for g, lo, hi in layout]}
+        storage.write_json(run, "run.json")
+    layout = [(tuple(g), lo, hi) for g, lo, hi in run["layout"]]
+    estimate = _estimate(config, len(sets), bars_per_symbol, len(layout))
+    echo(f"sweep {run_id}: {config.strategy}, {estimate['param_sets']:,} parameter sets"
+         f"{f' ({dropped} grid points broke the rules)' if dropped else ''} x {estimate['symbols']} symbols = "
+         f"{estimate['backtests']:,} backtests, {estimate['bar_evaluations']:,} bar-evaluations; "
+         f"{estimate['tasks']} tasks, ~{estimate['memory_per_task_mb']} MB per task, "
+         f"~{estimate['output_mb']} MB of results")
+
+    done = set()
+    if storage.fs.exists(storage.path("done")):
+        done = {int(p.rsplit("part-", 1)[1].split(".")[0]) for p in storage.fs.ls(storage.path("done"), detail=False)
+                if p.endswith(".json")}
+    todo = [j for j in range(len(layout)) if j not in done]
+    if done:
+        echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
+
+    s = get_strategy(config.strategy)
+    plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
+    hub = IndicatorHub(bars, root.child("cache"), client=client)
+    t0 = time.perf_counter()
+    futures_by_symbol: dict[str, Any] = {}
+    tasks, deps = [], []
+    for j in todo:
+        group, lo, hi = layout[j]
+        for sym in group:
+            if sym not in futures_by_symbol:
+                futures_by_symbol[sym] = hub.submit(sym, plan, config.start, config.end)
+        tasks.append(ContainerTask(j, group, lo, hi, tuple(tuple(sorted(p.items())) for p in sets[lo:hi]),
+                                   config, run_ref, run_id))
+        deps.append([futures_by_symbol[sym] for sym in group])
+    if tasks:
+        run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries, progress=progress,
+                  label="sweep", keys=[f"sweep-{run_id}-part-{t.part:06d}" for t in tasks])
+    wall = time.perf_counter() - t0
+    table = _read_table(storage, list(range(len(layout))))
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    storage.write_bytes(buf.getvalue(), "results.parquet")
+    peak = max(client.run(_peak_rss).values(), default=0)
+    summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
+               "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
+               if wall > 0 else 0.0,
+               "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
+               "indicators": hub.counters.line() if todo else "", "hub": hub.counters.as_dict()}
+    storage.write_json({**run, "status": "complete", "summary": summary}, "run.json")
+    hub.release()
+    return SweepResult(run_id, run_ref.url, table, summary, config)
+
+
+def _bars_in_range(store: BarStore, symbol: str, start: Any, end: Any) -> int:
+    if start is None and end is None:
+        return int(store.entry(symbol)["rows"])
+    from .bars.store import _MAX_NS, _MIN_NS, to_ns
+
+    lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
+    total = 0
+    for f in store.entry(symbol)["files"]:
+        if f["last_ns"] < lo or f["first_ns"] > hi:
+            continue
+        if lo <= f["first_ns"] and f["last_ns"] <= hi:
+            total += f["rows"]
+        else:  # a partial file: estimate by its time share
+            span = max(f["last_ns"] - f["first_ns"], 1)
+            total += int(f["rows"] * (min(hi, f["last_ns"]) - max(lo, f["first_ns"])) / span) + 1
+    return total
+
+
+def load_run(root: StorageRef, run_id: str) -> dict[str, Any]:
+    """The run.json of a run (config, fingerprint, layout, status, summary)."""
+    storage = root.child("runs", run_id).open()
+    if not storage.exists("run.json"):
+        raise StorageError(f"no run {run_id!r} here", file=storage.display("run.json"))
+    return json.loads(storage.read_bytes("run.json"))
