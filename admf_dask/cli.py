@@ -125,6 +125,104 @@ def ingest(store, files, symbol, tz, repair, adjust, storage_options) -> None:
         click.echo(line)
 
 
+def _param_spec(pair: str) -> tuple[str, object]:
+    """``fast=5:50:5`` (inclusive range), ``slow=20,30,40`` (list) or ``k=2.0`` (one value)."""
+    import yaml
+
+    name, sep, value = pair.partition("=")
+    if not sep or not name or not value:
+        raise click.BadParameter(f"{pair!r} is not name=value", param_hint="-p/--param")
+    if ":" in value:
+        parts = [yaml.safe_load(v) for v in value.split(":")]
+        if len(parts) not in (2, 3):
+            raise click.BadParameter(f"{pair!r}: a range is name=from:to or name=from:to:step", param_hint="-p")
+        return name, dict(zip(("from", "to", "step"), parts))
+    if "," in value:
+        return name, [yaml.safe_load(v) for v in value.split(",") if v]
+    return name, yaml.safe_load(value)
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@click.option("--strategy", "-s", required=True,
+              help="Built-in (sma_cross, ema_cross, macd_cross, rsi_reversion, bollinger_reversion, "
+                   "bollinger_breakout, donchian_breakout, momentum) or package.module:function.")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=SPEC",
+              help="Repeatable: fast=5:50:5 (inclusive range), slow=20,30,40 (list), k=2.0 (fixed). "
+                   "Unset parameters take the strategy's defaults.")
+@click.option("--sample", type=click.IntRange(min=1), help="Run a seeded random sample of N sets of the grid.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--symbols", "symbol_list", help="Comma-separated symbols (default: all in STORE).")
+@click.option("--start", help="First bar's date (default: the data's first).")
+@click.option("--end", help="Last bar's date, inclusive (default: the data's last).")
+@click.option("--direction", type=click.Choice(["long_short", "long_only", "short_only"]), default="long_short",
+              show_default=True)
+@click.option("--cash", type=float, default=10_000.0, show_default=True)
+@click.option("--commission", type=float, default=0.0, show_default=True,
+              help="Fraction of traded notional per fill, e.g. 0.001.")
+@click.option("--slippage-bps", type=float, default=0.0, show_default=True)
+@click.option("--whole-units", is_flag=True, help="Trade whole units only (default: fractional).")
+@click.option("--stop-loss", type=float, help="Fraction of the entry price, e.g. 0.05.")
+@click.option("--take-profit", type=float, help="Fraction of the entry price, e.g. 0.10.")
+@click.option("--storage", default=".", show_default=True,
+              help="Root for runs/ and cache/ (path or fsspec URL); storage options from -o apply to it.")
+@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@click.option("--metric", default="sharpe", show_default=True, help="Statistic to rank the top rows by.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--batch-seconds", type=float, default=0.5, show_default=True, help="Target work per task.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Retries of a failed task before the sweep fails.")
+@click.option("--max-backtests", type=click.IntRange(min=1), default=10_000_000, show_default=True,
+              help="Refuse bigger sweeps unless --yes.")
+@click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
+@click.option("--force", is_flag=True, help="Recompute a run that exists (finished or not).")
+@storage_option
+def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
+          slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
+          retries, max_backtests, yes, force, storage_options) -> None:
+    """Sweep a strategy's parameters over the symbols of STORE on a Dask cluster.
+
+    Results go to <storage>/runs/<run-id>/ (one row per parameter set and symbol),
+    committed task by task: run the same command again after an interruption and it
+    resumes; run it after it finished and it prints the result.
+
+    \b
+    Example:
+        admf sweep data/generated/bars/quickstart -s sma_cross -p fast=5:50:5 -p slow=20:210:10 \\
+            --direction long_only --commission 0.001
+    """
+    from .bars import BarStore
+    from .cluster import connect
+    from .storage import StorageRef
+    from .sweep import SweepConfig, run_sweep
+
+    options = _options(storage_options)
+    config = SweepConfig(strategy=strategy, params=dict(_param_spec(p) for p in params), sample=sample, seed=seed,
+                         symbols=[s.strip() for s in symbol_list.split(",")] if symbol_list else None,
+                         start=start, end=end, direction=direction, cash=cash, commission=commission,
+                         slippage_bps=slippage_bps, whole_units=whole_units, stop_loss=stop_loss,
+                         take_profit=take_profit, metric=metric, top=top, batch_seconds=batch_seconds,
+                         retries=retries, max_backtests=max_backtests)
+    bar_store = BarStore(store, options)
+    bar_store.manifest  # a wrong STORE fails before a cluster starts
+    with connect(cluster) as client:
+        result = run_sweep(config, bar_store, StorageRef.make(storage, options), client, force=force, yes=yes,
+                           echo=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
+    click.echo(format_top(result))
+
+
+def format_top(result) -> str:
+    """The top rows of a sweep as a table: parameters, symbol and the main statistics."""
+    from .strategies import get_strategy
+
+    names = list(get_strategy(result.config.strategy).param_names)
+    cols = ["symbol", *names, result.config.metric, "total_return", "sharpe", "max_drawdown", "n_trades"]
+    top = result.top()[list(dict.fromkeys(cols))]
+    return f"top {len(top)} by {result.config.metric}:\n" + top.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
 @cli.command()
 @click.argument("store", metavar="STORE")
 @storage_option

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .bars.synthetic import SyntheticSpec
+from .sweep import SweepConfig
 from .config import ClusterConfig, build, env_override
 from .errors import ConfigError, did_you_mean
 
@@ -111,6 +112,18 @@ class IndicatorsStep:
 
     def __post_init__(self) -> None:
         self.plan()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepStep(SweepConfig):
+    """A parameter sweep over a dataset (see :class:`admf_dask.sweep.SweepConfig`)."""
+
+    dataset: str
+    force: bool = False
+    yes: bool = False
+
+    def config(self) -> SweepConfig:
+        return SweepConfig(**{f.name: getattr(self, f.name) for f in fields(SweepConfig)})
 
 
 @dataclass(frozen=True)
@@ -214,11 +227,23 @@ def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
             f"({plan.requested} requested)\n{hub.counters.line()}")
 
 
+def _run_sweep(ctx: Context, step: SweepStep) -> str:
+    from .cli import format_top
+    from .storage import StorageRef
+    from .sweep import run_sweep
+
+    root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
+    result = run_sweep(step.config(), ctx.dataset(step.dataset), root, ctx.client, force=step.force, yes=step.yes,
+                       echo=ctx.echo)
+    return "\n".join([*result.lines(), format_top(result)])
+
+
 STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
     "generate": (GenerateStep, _run_generate),
     "ingest": (IngestStep, _run_ingest),
     "summary": (SummaryStep, _run_summary),
     "indicators": (IndicatorsStep, _run_indicators),
+    "sweep": (SweepStep, _run_sweep),
 }
 
 
