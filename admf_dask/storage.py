@@ -122,7 +122,10 @@ class Storage:
         return _join(self.url, *parts)
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        path = self.path(*parts)
+        if not self.is_local:  # object-store filesystems cache listings; another process may have written since
+            self.fs.invalidate_cache(posixpath.dirname(path))
+        return self.fs.exists(path)
 
     def read_bytes(self, *parts: str) -> bytes:
         try:

@@ -102,8 +102,8 @@ class SweepConfig:
                               hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
         if self.sample is not None and self.sample < 1:
             raise ConfigError("sample must be >= 1", key="sample")
-        if not 0.01 <= self.batch_seconds <= 60:
-            raise ConfigError("batch_seconds must be between 0.01 and 60", key="batch_seconds")
+        if not 0 < self.batch_seconds <= 60:
+            raise ConfigError("batch_seconds must be > 0 and <= 60", key="batch_seconds")
         if self.retries < 0 or self.top < 0 or self.max_backtests < 1:
             raise ConfigError("retries and top must be >= 0, max_backtests >= 1", key="retries")
         expand_params(self.strategy, self.params, self.sample, self.seed)  # fail now, not on a worker
@@ -274,6 +274,8 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
             batch_seconds: float, threads: int) -> list[tuple[tuple[str, ...], int, int]]:
     """Cut the sweep into (symbols, lo, hi) containers of about the target work each."""
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
+    # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
+    # batch_seconds itself asks for less (tests do, to get many tasks from little work).
     target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
     while True:
         parts: list[tuple[tuple[str, ...], int, int]] = []
@@ -384,6 +386,7 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
          f"~{estimate['output_mb']} MB of results")
 
     done = set()
+    storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
     if storage.fs.exists(storage.path("done")):
         done = {int(p.rsplit("part-", 1)[1].split(".")[0]) for p in storage.fs.ls(storage.path("done"), detail=False)
                 if p.endswith(".json")}

@@ -1,0 +1,253 @@
+"""Sweeps: equal to a plain loop, resumable after SIGKILL (local and S3), tolerant of dying workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from admf_dask.backtest import backtest
+from admf_dask.bars import BarStore, generate_bars, symbol_names
+from admf_dask.cluster import connect
+from admf_dask.errors import AdmfError, ConfigError
+from admf_dask.kernels.stats import STAT_NAMES
+from admf_dask.storage import StorageRef
+from admf_dask.sweep import SweepConfig, expand_params, run_sweep
+
+THREADS = {"kind": "threads", "n_workers": 2, "dashboard_address": ""}
+LOCAL = {"kind": "local", "n_workers": 2, "dashboard_address": ""}
+
+# A user strategy that is slow on purpose (so a sweep can be interrupted midway) and can be made to fail.
+SLOW_STRATEGY = '''
+import time
+import numpy as np
+from admf_dask.indicators import IndicatorSpec
+
+def slow_cross(bars, indicators, fast=10, slow=30, delay=0.02, fail_symbol=""):
+    """Long while SMA(fast) > SMA(slow); sleeps `delay` seconds per call."""
+    time.sleep(delay)
+    if bars.symbol == fail_symbol and fast == 15:
+        raise ZeroDivisionError("a deliberate bug for fast=15")
+    f, s = indicators["fast"], indicators["slow"]
+    return np.where(np.isnan(f) | np.isnan(s), 0, np.where(f > s, 1, 0)).astype(np.int8)
+
+slow_cross.indicators = lambda fast=10, slow=30, delay=0.02, fail_symbol="": {
+    "fast": IndicatorSpec.make("sma", window=fast), "slow": IndicatorSpec.make("sma", window=slow)}
+'''
+
+
+@pytest.fixture
+def slow_module(tmp_path, monkeypatch):
+    """Write the slow strategy module where this process and its workers can import it."""
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "slowstrats.py").write_text(SLOW_STRATEGY)
+    monkeypatch.syspath_prepend(str(mod_dir))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod_dir), os.environ.get("PYTHONPATH", "")]))
+    return str(mod_dir)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    store = BarStore(str(tmp_path / "bars"))
+    store.write([generate_bars(s, "2018-01-01", "2021-12-31", seed=5) for s in symbol_names(4)])
+    return store
+
+
+def test_grid_expansion_ranges_lists_rules_and_samples():
+    sets, dropped = expand_params("sma_cross", {"fast": {"from": 5, "to": 50, "step": 5},
+                                                "slow": {"from": 20, "to": 210, "step": 10}})
+    assert (len(sets), dropped) == (184, 16)
+    assert sets[0] == {"fast": 5, "slow": 20} and all(p["fast"] < p["slow"] for p in sets)
+    sample, _ = expand_params("sma_cross", {"fast": [5, 10, 15], "slow": [20, 40]}, sample=3, seed=1)
+    assert sample == expand_params("sma_cross", {"fast": [5, 10, 15], "slow": [20, 40]}, sample=3, seed=1)[0]
+    assert len(sample) == 3
+    with pytest.raises(ConfigError, match="unknown parameter 'fst'.*did you mean 'fast'"):
+        expand_params("sma_cross", {"fst": [5]})
+    with pytest.raises(ConfigError, match="no parameter set of the grid satisfies.*fast=50 must be < slow=20"):
+        expand_params("sma_cross", {"fast": [50], "slow": [20]})
+    with pytest.raises(ConfigError, match="unknown metric 'sharp'.*did you mean 'sharpe'"):
+        SweepConfig(strategy="sma_cross", metric="sharp")
+
+
+@pytest.mark.parametrize("strategy,params", [
+    ("sma_cross", {"fast": {"from": 5, "to": 25, "step": 5}, "slow": [30, 50, 80]}),
+    ("bollinger_reversion", {"window": [10, 20], "k": [1.5, 2.0, 2.5]}),
+])
+def test_a_sweep_equals_a_plain_single_process_loop(tmp_path, dataset, strategy, params):
+    config = SweepConfig(strategy=strategy, params=params, commission=0.001, direction="long_only",
+                         start="2019-01-01", batch_seconds=1e-4)
+    with connect(THREADS) as client:
+        result = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
+    sets, _ = expand_params(strategy, params)
+    assert result.summary["tasks"] > 1
+    expected = []
+    for set_id, p in enumerate(sets):
+        for symbol in dataset.symbols():
+            bars = dataset.read(symbol, start="2019-01-01")
+            stats = backtest(bars, strategy, p, commission=0.001, direction="long_only").stats
+            expected.append({"set_id": set_id, "symbol": symbol, **p, **stats.to_dict()})
+    expected = pd.DataFrame(expected)
+    got = result.table
+    assert list(got["set_id"]) == list(expected["set_id"]) and list(got["symbol"]) == list(expected["symbol"])
+    for col in (*p.keys(), *STAT_NAMES):
+        np.testing.assert_allclose(got[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-12,
+                                   equal_nan=True, err_msg=col)
+
+
+def test_a_finished_run_is_not_recomputed_and_force_recomputes(tmp_path, dataset):
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [20, 40]})
+    root = StorageRef.make(str(tmp_path))
+    with connect(THREADS) as client:
+        first = run_sweep(config, dataset, root, client, progress=False)
+        again = run_sweep(config, dataset, root, client, progress=False)
+        assert again.summary["status"] == "complete (already done)"
+        pd.testing.assert_frame_equal(again.table, first.table)
+        forced = run_sweep(config, dataset, root, client, force=True, progress=False)
+    assert forced.summary["status"] == "complete" and forced.summary["tasks_resumed"] == 0
+    pd.testing.assert_frame_equal(forced.table, first.table)
+
+
+def test_the_guard_refuses_big_sweeps_unless_told(tmp_path, dataset):
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [20, 40]}, max_backtests=10)
+    with connect(THREADS) as client:
+        with pytest.raises(ConfigError, match="16 backtests, over max_backtests=10.*--yes"):
+            run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
+        assert not (tmp_path / "runs").exists()
+        assert len(run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, yes=True,
+                             progress=False).table) == 16
+
+
+def test_a_deterministic_bug_names_strategy_set_and_symbol(tmp_path, dataset, slow_module):
+    config = SweepConfig(strategy="slowstrats:slow_cross", params={"fast": [5, 10, 15], "slow": [30],
+                         "delay": [0.0], "fail_symbol": ["SYM002"]}, retries=0, batch_seconds=1e-4)
+    root = StorageRef.make(str(tmp_path))
+    with connect(THREADS) as client:
+        with pytest.raises(AdmfError) as err:
+            run_sweep(config, dataset, root, client, progress=False)
+    message = str(err.value)
+    assert "slowstrats:slow_cross" in message and "'fast': 15" in message and "symbol SYM002" in message
+    assert "ZeroDivisionError" in message
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for marker in (run_dir / "done").glob("*.json") if (run_dir / "done").exists() else []:
+        assert (run_dir / "results" / marker.name.replace(".json", ".parquet")).exists()
+
+
+def _sweep_cmd(bars_url, storage, *extra):
+    return [sys.executable, "-m", "admf_dask.cli", "sweep", bars_url, "-s", "slowstrats:slow_cross",
+            "-p", "fast=5:25:5", "-p", "slow=30,40,60", "-p", "delay=0.05", "--batch-seconds", "0.1",
+            "--cluster", "local", "--storage", storage, *extra]
+
+
+def _kill_midway_then_resume(bars_url, storage, reference_storage, options=()):
+    """Run the CLI, SIGKILL the driver once some tasks are committed, rerun, compare with a clean run."""
+    runs = StorageRef.make(storage, dict(o.split("=", 1) for o in options[1::2]) if options else None).open()
+    proc = subprocess.Popen(_sweep_cmd(bars_url, storage, *options), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        committed = []
+        while time.time() < deadline and proc.poll() is None:
+            runs.fs.invalidate_cache()
+            committed = runs.fs.glob(runs.path("runs", "*", "done", "*.json"))
+            if len(committed) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a crash or OOM kill would
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # orphaned local workers, if any
+        except ProcessLookupError:
+            pass
+    runs.fs.invalidate_cache()
+    total = len(runs.fs.glob(runs.path("runs", "*", "done", "*.json")))
+    resumed = subprocess.run(_sweep_cmd(bars_url, storage, *options), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {total} of" in resumed.stderr
+    clean = subprocess.run(_sweep_cmd(bars_url, reference_storage, *options), capture_output=True, text=True,
+                           timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    ref = StorageRef.make(reference_storage, dict(o.split("=", 1) for o in options[1::2]) if options else None)
+    runs.fs.invalidate_cache()
+    (run_id,) = [p.rsplit("/", 1)[-1] for p in runs.fs.ls(runs.path("runs"), detail=False)]
+    a = pd.read_parquet(runs.fs.open(runs.path("runs", run_id, "results.parquet")))
+    b = pd.read_parquet(ref.open().fs.open(ref.open().path("runs", run_id, "results.parquet")))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 15 * 4 and not a.duplicated(["set_id", "symbol"]).any()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_on_local_disk(tmp_path, dataset, slow_module):
+    _kill_midway_then_resume(dataset.url, str(tmp_path / "interrupted"), str(tmp_path / "clean"))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_on_s3(tmp_path, s3, slow_module):
+    bucket, options = s3
+    store = BarStore(f"{bucket}/bars", options)
+    store.write([generate_bars(s, "2018-01-01", "2021-12-31", seed=5) for s in symbol_names(4)])
+    flags = []
+    for k in ("endpoint_url", "key", "secret"):
+        flags += ["-o", f"{k}={options[k]}"]
+    _kill_midway_then_resume(store.url, f"{bucket}/interrupted", f"{bucket}/clean", tuple(flags))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_sweep_is_tolerated(tmp_path, dataset, slow_module):
+    config = SweepConfig(strategy="slowstrats:slow_cross", params={"fast": [5, 10, 15, 20], "slow": [30, 60],
+                         "delay": [0.05]}, batch_seconds=0.1)
+    with connect(THREADS) as client:
+        reference = run_sweep(config, dataset, StorageRef.make(str(tmp_path / "clean")), client, progress=False)
+    root = StorageRef.make(str(tmp_path / "killed"))
+    with connect(LOCAL) as client:
+        pids = client.run(os.getpid)
+        killed = []
+
+        def kill_one_worker():
+            deadline = time.time() + 60
+            while time.time() < deadline and not list((tmp_path / "killed").rglob("done/*.json")):
+                time.sleep(0.02)
+            victim = next(iter(pids.values()))
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+        killer = threading.Thread(target=kill_one_worker)
+        killer.start()
+        result = run_sweep(config, dataset, root, client, progress=False)
+        killer.join()
+    assert killed
+    pd.testing.assert_frame_equal(result.table, reference.table)
+    assert not result.table.duplicated(["set_id", "symbol"]).any() and len(result.table) == 8 * 4
+
+
+def test_a_sweep_on_dask_scheduler_and_worker_processes(tmp_path, dataset, dask_cluster_processes):
+    from distributed import Client
+
+    config = SweepConfig(strategy="rsi_reversion", params={"window": [7, 14], "lower": [20, 30], "upper": [70]})
+    with Client(dask_cluster_processes, timeout=30) as c:
+        c.wait_for_workers(2, timeout=60)
+    with connect({"kind": dask_cluster_processes}) as client:
+        remote = run_sweep(config, dataset, StorageRef.make(str(tmp_path / "remote")), client, progress=False)
+    with connect(THREADS) as client:
+        local = run_sweep(config, dataset, StorageRef.make(str(tmp_path / "local")), client, progress=False)
+    assert remote.run_id == local.run_id
+    pd.testing.assert_frame_equal(remote.table, local.table)
+
+
+def test_cli_rejects_a_bad_param_spec_with_exit_2(tmp_path, dataset):
+    out = subprocess.run([sys.executable, "-m", "admf_dask.cli", "sweep", dataset.url, "-s", "sma_cross",
+                          "-p", "fast=5:10:2:7", "--cluster", "threads"], capture_output=True, text=True)
+    assert out.returncode == 2 and "a range is name=from:to" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "admf_dask.cli", "sweep", dataset.url, "-s", "sma_crss",
+                          "--cluster", "threads"], capture_output=True, text=True)
+    assert out.returncode == 2 and "did you mean 'sma_cross'" in out.stderr
