@@ -7,14 +7,16 @@ Three levels, checked in this order for every (symbol, bar range, indicator spec
    tasks and later sweeps of the same session receive it by key; it never travels
    through the client. A new plan for the same symbol starts from the sets already
    held, so only specs new to the session are looked up further.
-2. **Storage.** Each computed indicator is written to the cache root, content
-   addressed by (symbol data fingerprint and bar range, spec token, package version)::
+2. **Storage.** Computed indicators are written to the cache root, content
+   addressed by (symbol data fingerprint and bar range, package version), one pack
+   per hub task holding every indicator it computed, keyed inside by spec token::
 
-       <cache root>/indicators/v<version>/<data key>/<spec token>.npz
+       <cache root>/indicators/v<version>/<data key>/pack-<hash of its tokens>.npz
 
-   A new session (or another machine) loads it instead of recomputing. Each entry
-   carries a sha256 of its arrays; an entry that does not load, has the wrong length
-   or fails its checksum is counted as corrupt, recomputed and rewritten, never used.
+   A new session (or another machine) loads them instead of recomputing. Each
+   indicator carries a sha256 of its arrays; one that fails its checksum or shape,
+   or sits in a pack that does not load, is counted as corrupt, recomputed and
+   written again (an unreadable pack is removed), never used.
    Changed data has another fingerprint and so another data key: a miss.
 3. **Compute.** The kernels run on the bars, once per unique spec.
 
@@ -107,38 +109,79 @@ def data_key(symbol_fingerprint: str, bars: Bars) -> str:
 
 
 class IndicatorCache:
-    """Indicator arrays in storage, content addressed, checksummed."""
+    """Indicator arrays in storage: content addressed, checksummed, written in packs.
+
+    A pack holds every indicator one hub task computed for one data key, in one
+    ``.npz`` (``data``: one row per output, ``names``: ``<token>.<output>`` per row,
+    ``tokens`` and their ``sha256``), so a symbol
+    costs one write and, later, one read per pack, not one per indicator. Each pack
+    is written whole (temp file + rename, or one PUT), so listing the data key's
+    packs is safe: every listed pack is complete. A pack that does not load, or an
+    indicator whose arrays fail their checksum or shape, is corrupt: it is not used.
+    """
 
     def __init__(self, ref: StorageRef) -> None:
         self.ref = ref
         self.storage = ref.open()
 
-    def _rel(self, key: str, spec: IndicatorSpec) -> str:
-        return f"indicators/v{__version__}/{key}/{spec.token}.npz"
+    def _dir(self, key: str) -> str:
+        return f"indicators/v{__version__}/{key}"
 
-    def load(self, key: str, spec: IndicatorSpec, n: int) -> tuple[dict[str, np.ndarray] | None, bool]:
-        """Return (arrays, corrupt): arrays on a good hit, (None, False) on a miss."""
-        rel = self._rel(key, spec)
+    def load(self, key: str, specs: Sequence[IndicatorSpec], n: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+        """Arrays of those ``specs`` found in the packs of ``key``, and how many were corrupt."""
+        wanted = {s.token: s for s in specs}
+        found: dict[str, dict[str, np.ndarray]] = {}
+        corrupt: set[str] = set()
+        fs, folder = self.storage.fs, self.storage.path(self._dir(key))
+        if not self.storage.exists(self._dir(key)):
+            return found, 0
         try:
-            raw = self.storage.fs.cat_file(self.storage.path(rel))
+            packs = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".npz"))
         except FileNotFoundError:
-            return None, False
-        except OSError as exc:
-            raise StorageError(f"cannot read indicator cache entry: {exc}", file=self.storage.display(rel)) from None
-        try:
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-            stored = str(arrays.pop("__sha256__"))
-            good = (set(arrays) == set(spec.outputs) and all(a.shape == (n,) for a in arrays.values())
-                    and stored == _checksum(spec, arrays))
-        except Exception:  # a truncated or foreign file fails in many ways; all mean "corrupt"
-            good = False
-        return (arrays, False) if good else (None, True)
+            return found, 0
+        for path in packs:
+            if len(found) == len(wanted):
+                break
+            try:
+                with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as npz:
+                    names, data = [str(x) for x in npz["names"]], npz["data"]
+                    sums = dict(zip((str(t) for t in npz["tokens"]), (str(x) for x in npz["sha256"])))
+                rows = {name: i for i, name in enumerate(names)}
+                for token in (set(sums) & set(wanted)) - set(found):
+                    spec = wanted[token]
+                    keys = [f"{token}.{o}" for o in spec.outputs]
+                    arrays = {o: data[rows[k]] for o, k in zip(spec.outputs, keys) if k in rows}
+                    if (len(arrays) == len(spec.outputs) and data.shape[1:] == (n,)
+                            and sums[token] == _checksum(spec, arrays)):
+                        found[token] = arrays
+                        corrupt.discard(token)
+                    else:
+                        corrupt.add(token)
+            except Exception:  # a truncated or foreign file fails in many ways; all mean "corrupt"
+                corrupt.update(set(wanted) - set(found))
+                self.storage.remove([path.removeprefix(self.storage.root.rstrip("/") + "/")])
+        return found, len(corrupt - set(found))
 
-    def save(self, key: str, spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> None:
+    def save(self, key: str, computed: dict[str, tuple[IndicatorSpec, dict[str, np.ndarray]]]) -> None:
+        """Write one pack with every computed indicator (token -> (spec, arrays))."""
+        if not computed:
+            return
+        names, rows, tokens, sums = [], [], [], []
+        for token, (spec, arrays) in computed.items():
+            tokens.append(token)
+            sums.append(_checksum(spec, arrays))
+            for output in spec.outputs:
+                names.append(f"{token}.{output}")
+                rows.append(arrays[output])
         buf = io.BytesIO()
-        np.savez(buf, __sha256__=np.array(_checksum(spec, arrays)), **arrays)
-        self.storage.write_bytes(buf.getvalue(), self._rel(key, spec))
+        # one matrix, not one array per indicator: npz pays per member, and packs hold hundreds
+        np.savez(buf, names=np.array(names), data=np.vstack(rows), tokens=np.array(tokens), sha256=np.array(sums))
+        name = token_of_pack(sorted(computed))
+        self.storage.write_bytes(buf.getvalue(), f"{self._dir(key)}/pack-{name}.npz")
+
+
+def token_of_pack(tokens: list[str]) -> str:
+    return hashlib.sha256("|".join(tokens).encode()).hexdigest()[:16]
 
 
 def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
@@ -169,26 +212,30 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     cache = IndicatorCache(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
     values: dict[str, dict[str, np.ndarray]] = {}
+    missing = []
     for spec in specs:
         held = next((p.values[spec.token] for p in priors if p.data_key == key and spec.token in p.values), None)
         if held is not None:
             values[spec.token] = held
             counters.reused_memory += 1
-            continue
-        if cache is not None:
-            arrays, corrupt = cache.load(key, spec, len(bars))
-            counters.corrupt += corrupt
-            if arrays is not None:
-                values[spec.token] = arrays
-                counters.loaded_storage += 1
-                continue
+        else:
+            missing.append(spec)
+    if cache is not None and missing:
+        loaded, corrupt = cache.load(key, missing, len(bars))
+        values.update(loaded)
+        counters.loaded_storage += len(loaded)
+        counters.corrupt += corrupt
+        missing = [s for s in missing if s.token not in loaded]
+    computed = {}
+    for spec in missing:
         arrays = spec.compute(bars.columns)
         for a in arrays.values():
             a.flags.writeable = False  # shared by every task that reads this set
         values[spec.token] = arrays
-        counters.computed += 1
-        if cache is not None:
-            cache.save(key, spec, arrays)
+        computed[spec.token] = (spec, arrays)
+    counters.computed += len(computed)
+    if cache is not None:
+        cache.save(key, computed)
     return IndicatorSet(symbol, key, bars, values, counters)
 
 

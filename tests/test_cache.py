@@ -85,26 +85,32 @@ def test_a_corrupt_cache_entry_is_recomputed_never_used(dataset, tmp_path, damag
                                        + [IndicatorSpec.make("bollinger", window=20, k=2.0)])
     good = IndicatorHub(dataset, StorageRef.make(str(cache_dir))).get("AAA", plan)
     victim = IndicatorSpec.make("bollinger", window=20, k=2.0)
-    (entry,) = cache_dir.rglob(f"{victim.token}.npz")
+    (entry,) = cache_dir.rglob("pack-*.npz")  # one pack: everything that hub task computed
     raw = entry.read_bytes()
     if damage == "truncate":
         entry.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
         entry.write_bytes(b"not an npz file at all")
-    else:  # a valid npz whose arrays do not match their checksum
+    else:  # a valid pack whose victim arrays do not match their checksum
         import io
 
         with np.load(io.BytesIO(raw)) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        arrays["upper"] = arrays["upper"] + 1.0
+        row = list(arrays["names"]).index(f"{victim.token}.upper")
+        arrays["data"][row] += 1.0
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         entry.write_bytes(buf.getvalue())
     hub = IndicatorHub(dataset, StorageRef.make(str(cache_dir)))
     again = hub.get("AAA", plan)
-    assert (hub.counters.computed, hub.counters.loaded_storage, hub.counters.corrupt) == (1, 3, 1)
-    for out in victim.outputs:
-        np.testing.assert_array_equal(again.get(victim, out), good.get(victim, out))
+    if damage == "wrong-values":  # only the victim is bad; the pack's other entries are good
+        assert (hub.counters.computed, hub.counters.loaded_storage, hub.counters.corrupt) == (1, 3, 1)
+    else:  # an unreadable pack loses everything in it, and is removed
+        assert (hub.counters.computed, hub.counters.loaded_storage, hub.counters.corrupt) == (4, 0, 4)
+        assert not entry.exists() or entry.read_bytes() != raw[: len(raw) // 2]
+    for spec in plan.specs:
+        for out in spec.outputs:
+            np.testing.assert_array_equal(again.get(spec, out), good.get(spec, out))
     fresh = IndicatorHub(dataset, StorageRef.make(str(cache_dir)))
     fresh.get("AAA", plan)
     assert (fresh.counters.loaded_storage, fresh.counters.corrupt) == (4, 0)  # the entry was rewritten
