@@ -42,6 +42,7 @@ import pandas as pd
 from admf_dask.bars import Bars
 from admf_dask.errors import ConfigError, DataError
 from admf_dask.kernels import stats as kstats
+from admf_dask.kernels.portfolio import strategy_batch_with_equity, targets_batch_with_equity
 from admf_dask.kernels.simulate import simulate, simulate_stats_batch
 from admf_dask.kernels.stats import STAT_NAMES, TRADE_FIELDS, compute_stats
 from admf_dask.kernels.strategies import run_strategy_batch, strategy_targets
@@ -270,7 +271,9 @@ def backtest(data: Any, strategy: str | Strategy, params: Mapping[str, Any] | No
 def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[str, Any]], *,
               direction: str = "long_short", cash: float = 10_000, commission: float = 0.0,
               slippage_bps: float = 0.0, whole_units: bool = False, stop_loss: float | None = None,
-              take_profit: float | None = None, periods_per_year: float | None = None) -> pd.DataFrame:
+              take_profit: float | None = None, periods_per_year: float | None = None,
+              portfolio: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+              ) -> pd.DataFrame:
     """Backtest many parameter sets of one strategy on one symbol: one flat row per set.
 
     ``data`` is an :class:`~admf_dask.cache.IndicatorSet` from the indicator hub
@@ -281,6 +284,11 @@ def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[
     compute a target row per set, then
     :func:`~admf_dask.kernels.simulate.simulate_stats_batch`. The settings are
     those of :func:`backtest`.
+
+    ``portfolio=(timeline_pos, (equity_acc, trade_acc, extra_acc))`` also adds this
+    symbol's sleeve of every set into equal-weight portfolio accumulators (see
+    :mod:`admf_dask.kernels.portfolio`; ``timeline_pos`` places this symbol's bars on
+    the union timeline). The returned rows are the same either way.
 
     Returns
     -------
@@ -299,14 +307,27 @@ def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[
         arrays = _arrays(batch, data, bars)
         if s.builtin:
             ind = _ind_matrix(batch, arrays, len(bars))
-            rows = run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
-                                      costs.commission, costs.slippage_bps, costs.whole_units, costs.stop_loss,
-                                      costs.take_profit, costs.direction)
+            if portfolio is None:
+                rows = run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
+                                          costs.commission, costs.slippage_bps, costs.whole_units,
+                                          costs.stop_loss, costs.take_profit, costs.direction)
+            else:
+                pos, (eq, tr, ex) = portfolio
+                rows = strategy_batch_with_equity(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, pos, ppy,
+                                                  costs.cash, costs.commission, costs.slippage_bps,
+                                                  costs.whole_units, costs.stop_loss, costs.take_profit,
+                                                  costs.direction, eq, tr, ex)
         else:
             targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)
-            rows = simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
-                                        costs.slippage_bps, costs.whole_units, costs.stop_loss,
-                                        costs.take_profit)
+            if portfolio is None:
+                rows = simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
+                                            costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                                            costs.take_profit)
+            else:
+                pos, (eq, tr, ex) = portfolio
+                rows = targets_batch_with_equity(targets, o, h, lo, c, pos, ppy, costs.cash, costs.commission,
+                                                 costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                                                 costs.take_profit, eq, tr, ex)
     frame = pd.DataFrame(batch.columns())
     stats = pd.DataFrame(rows, columns=list(STAT_NAMES))
     return pd.concat([frame, stats], axis=1) if len(frame.columns) else stats

@@ -52,6 +52,8 @@ from .storage import Storage, StorageRef
 __all__ = ["SweepConfig", "SweepResult", "expand_params", "run_sweep", "MAX_TASKS"]
 
 MAX_TASKS = 20_000  # a bigger graph stalls the scheduler; batches grow instead
+PORTFOLIO = "PORTFOLIO"  # the symbol column of the equal-weight portfolio rows
+_ACC_BYTES = 64 << 20  # cap on a task's portfolio accumulators (sets x union timeline x 8 bytes)
 _MIN_TASK_SECONDS = 0.01
 
 
@@ -209,29 +211,66 @@ def _fail_where(task: ContainerTask, symbol: str, indicator_set: Any, exc: Excep
                      key=f"run {task.run_id} part {task.part}")
 
 
-def run_container(task: ContainerTask, *indicator_sets: Any) -> dict[str, Any]:
-    """Task: backtest every (symbol, parameter set) of the container, write rows, then mark it done."""
+def union_timeline(bars_ref: StorageRef, symbols: list[str], start: Any, end: Any) -> np.ndarray:
+    """Task: the sorted union of the symbols' bar timestamps (int64 ns), read on a worker."""
+    store = BarStore.open(bars_ref)
+    stamps = [store.read(s, start=start, end=end, columns=[]).timestamp for s in symbols]
+    return np.unique(np.concatenate(stamps)) if stamps else np.empty(0, np.int64)
+
+
+def run_container(task: ContainerTask, timeline: np.ndarray, *indicator_sets: Any) -> dict[str, Any]:
+    """Task: backtest every (symbol, parameter set) of the container, write rows, then mark it done.
+
+    Also folds each symbol's sleeve into the equal-weight portfolio accumulators of
+    the task's set range and writes them (``portfolio/part-<j>.npz``) before the marker.
+    """
     from .backtest import run_batch
+    from .kernels.portfolio import accumulators_init
 
     t0 = time.perf_counter()
     sets = [dict(p) for p in task.param_sets]
+    acc = accumulators_init(len(sets), len(timeline))
     frames = []
     for symbol, iset in zip(task.symbols, indicator_sets):
+        pos = np.searchsorted(timeline, iset.bars.timestamp).astype(np.int64)
         try:
-            rows = run_batch(iset, task.config.strategy, sets, **task.config.costs)
+            rows = run_batch(iset, task.config.strategy, sets, portfolio=(pos, acc), **task.config.costs)
         except Exception as exc:
             raise _fail_where(task, symbol, iset, exc) from None
         rows.insert(0, "symbol", symbol)
         rows.insert(0, "set_id", np.arange(task.lo, task.hi, dtype=np.int64))
         frames.append(rows)
     frame = pd.concat(frames, ignore_index=True)
+    storage = task.run_ref.open()
+    buf = io.BytesIO()
+    np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2])
+    storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
-    storage = task.run_ref.open()
     storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
     storage.write_json({"part": task.part, "rows": len(frame), "symbols": list(task.symbols),
                         "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
     return {"part": task.part, "rows": len(frame), "seconds": time.perf_counter() - t0}
+
+
+def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
+                     param_sets: tuple[tuple[tuple[str, Any], ...], ...], timeline: np.ndarray) -> pd.DataFrame:
+    """Task: merge the partial accumulators of one set range into its portfolio rows."""
+    from .kernels.portfolio import merge_accumulators, portfolio_stats
+    from .kernels.stats import periods_per_year
+
+    storage = run_ref.open()
+    total = None
+    for j in parts:
+        with np.load(io.BytesIO(storage.read_bytes(f"portfolio/part-{j:06d}.npz"))) as npz:
+            acc = (npz["equity"], npz["trades"], npz["extra"])
+        total = acc if total is None else merge_accumulators(total, acc)
+    ppy = periods_per_year(timeline) if len(timeline) > 1 else 252.0
+    rows = portfolio_stats(total[0], total[1], total[2], ppy)
+    frame = pd.DataFrame([dict(p) for p in param_sets])
+    frame.insert(0, "symbol", PORTFOLIO)
+    frame.insert(0, "set_id", np.arange(lo, hi, dtype=np.int64))
+    return pd.concat([frame, pd.DataFrame(rows, columns=list(STAT_NAMES))], axis=1)
 
 
 def _peak_rss() -> int:
@@ -250,11 +289,25 @@ class SweepResult:
     summary: dict[str, Any]
     config: SweepConfig
 
-    def top(self, n: int | None = None, metric: str | None = None) -> pd.DataFrame:
-        """The best rows by ``metric`` (highest first; for max_drawdown, closest to 0)."""
+    @property
+    def portfolio(self) -> pd.DataFrame:
+        """One equal-weight portfolio row per parameter set (``symbol == "PORTFOLIO"``)."""
+        return self.table[self.table["symbol"] == PORTFOLIO].reset_index(drop=True)
+
+    @property
+    def per_symbol(self) -> pd.DataFrame:
+        """One row per (parameter set, symbol)."""
+        return self.table[self.table["symbol"] != PORTFOLIO].reset_index(drop=True)
+
+    def top(self, n: int | None = None, metric: str | None = None, per_symbol: bool = False) -> pd.DataFrame:
+        """The best parameter sets by ``metric`` of their portfolio row (or of single symbols).
+
+        Highest first; for ``max_drawdown`` (negative) that is the shallowest.
+        """
         metric = metric or self.config.metric
         n = self.config.top if n is None else n
-        return self.table.sort_values(metric, ascending=False, na_position="last").head(n)
+        rows = self.per_symbol if per_symbol else self.portfolio
+        return rows.sort_values(metric, ascending=False, na_position="last", kind="stable").head(n)
 
     def lines(self) -> list[str]:
         s = self.summary
@@ -271,30 +324,35 @@ class SweepResult:
 
 
 def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], seconds_per_bar: float,
-            batch_seconds: float, threads: int) -> list[tuple[tuple[str, ...], int, int]]:
-    """Cut the sweep into (symbols, lo, hi) containers of about the target work each."""
+            batch_seconds: float, threads: int, timeline_len: int) -> list[tuple[tuple[str, ...], int, int]]:
+    """Cut the sweep into (symbols, lo, hi) containers of about the target work each.
+
+    Every container uses the same parameter-set ranges, so the portfolio partials of
+    one range (one per symbol group) merge directly. A range is as long as the target
+    work of the longest symbol allows and its accumulators fit ``_ACC_BYTES``; the
+    symbols of a range are then grouped up to the target work.
+    """
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
     # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
     # batch_seconds itself asks for less (tests do, to get many tasks from little work).
     target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
+    longest = max(bars_per_symbol.values(), default=1)
     while True:
+        step = max(1, int(target / max(seconds_per_bar * longest, 1e-12)))
+        step = min(step, n_sets, max(1, _ACC_BYTES // (8 * max(timeline_len, 1))))
         parts: list[tuple[tuple[str, ...], int, int]] = []
-        group: list[str] = []
-        group_work = 0.0
-        for s in symbols:
-            per_set = seconds_per_bar * bars_per_symbol[s]
-            work = per_set * n_sets
-            if work >= target:  # this symbol alone fills tasks: cut its parameter sets
-                step = max(1, int(target / per_set)) if per_set > 0 else n_sets
-                parts += [((s,), lo, min(lo + step, n_sets)) for lo in range(0, n_sets, step)]
-                continue
-            group.append(s)
-            group_work += work
-            if group_work >= target:
-                parts.append((tuple(group), 0, n_sets))
-                group, group_work = [], 0.0
-        if group:
-            parts.append((tuple(group), 0, n_sets))
+        for lo in range(0, n_sets, step):
+            hi = min(lo + step, n_sets)
+            group: list[str] = []
+            work = 0.0
+            for s in symbols:
+                group.append(s)
+                work += seconds_per_bar * bars_per_symbol[s] * (hi - lo)
+                if work >= target:
+                    parts.append((tuple(group), lo, hi))
+                    group, work = [], 0.0
+            if group:
+                parts.append((tuple(group), lo, hi))
         if len(parts) <= MAX_TASKS:
             return parts
         target *= 2 * len(parts) / MAX_TASKS
@@ -324,14 +382,25 @@ def _estimate(config: SweepConfig, n_sets: int, bars_per_symbol: dict[str, int],
             "output_mb": round(n_sets * n_sym * 8 * (len(STAT_NAMES) + 8) / 1e6, 1)}
 
 
+def _frozen(sets: list[dict[str, Any]]) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    return tuple(tuple(sorted(p.items())) for p in sets)
+
+
+def _final_table(per_symbol: pd.DataFrame, portfolio: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-symbol rows, then each set's portfolio row, ordered by set id."""
+    frame = pd.concat([per_symbol, *portfolio], ignore_index=True)
+    is_portfolio = (frame["symbol"] == PORTFOLIO).to_numpy()
+    order = np.lexsort((frame["symbol"].to_numpy(str), is_portfolio, frame["set_id"].to_numpy()))
+    return frame.iloc[order].reset_index(drop=True)
+
+
 def _read_table(storage: Storage, parts: list[int]) -> pd.DataFrame:
     tables = []
     for j in parts:
         raw = storage.read_bytes(f"results/part-{j:06d}.parquet")
         tables.append(pq.read_table(io.BytesIO(raw)))
     table = pa.concat_tables(tables) if tables else pa.table({})
-    frame = table.to_pandas()
-    return frame.sort_values(["set_id", "symbol"], kind="stable").reset_index(drop=True) if len(frame) else frame
+    return table.to_pandas()
 
 
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
@@ -372,7 +441,8 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
                               f"{config.max_backtests:,}", key="max_backtests",
                               hint="narrow the grid, use sample:, or pass --yes to run it anyway")
         spb = _probe(bars, config, sets, max(symbols, key=bars_per_symbol.__getitem__))
-        layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads)
+        layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
+                         max(bars_per_symbol.values()))
         run = {"run_id": run_id, "status": "running", "version": __version__, "data_fingerprint": bars.fingerprint,
                "bars": bars.url, "config": config.identity(), "symbols": symbols, "param_sets": len(sets),
                "seconds_per_bar_probe": spb, "layout": [[list(g), lo, hi] for g, lo, hi in layout]}
@@ -398,6 +468,8 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
     hub = IndicatorHub(bars, root.child("cache"), client=client)
     t0 = time.perf_counter()
+    timeline = client.submit(union_timeline, bars.ref, symbols, config.start, config.end,
+                             key=f"timeline-{run_id}", pure=False)
     futures_by_symbol: dict[str, Any] = {}
     tasks, deps = [], []
     for j in todo:
@@ -405,14 +477,20 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
         for sym in group:
             if sym not in futures_by_symbol:
                 futures_by_symbol[sym] = hub.submit(sym, plan, config.start, config.end)
-        tasks.append(ContainerTask(j, group, lo, hi, tuple(tuple(sorted(p.items())) for p in sets[lo:hi]),
-                                   config, run_ref, run_id))
-        deps.append([futures_by_symbol[sym] for sym in group])
+        tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id))
+        deps.append([timeline, *(futures_by_symbol[sym] for sym in group)])
     if tasks:
         run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries, progress=progress,
                   label="sweep", keys=[f"sweep-{run_id}-part-{t.part:06d}" for t in tasks])
+    ranges: dict[tuple[int, int], list[int]] = {}
+    for j, (_, lo, hi) in enumerate(layout):
+        ranges.setdefault((lo, hi), []).append(j)
+    portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(ranges), label="portfolio", progress=False,
+                          extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), timeline)
+                                      for (lo, hi), parts in ranges.items()],
+                          keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
     wall = time.perf_counter() - t0
-    table = _read_table(storage, list(range(len(layout))))
+    table = _final_table(_read_table(storage, list(range(len(layout)))), portfolio)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     storage.write_bytes(buf.getvalue(), "results.parquet")

@@ -96,11 +96,30 @@ def test_a_sweep_equals_a_plain_single_process_loop(tmp_path, dataset, strategy,
             stats = backtest(bars, strategy, p, commission=0.001, direction="long_only").stats
             expected.append({"set_id": set_id, "symbol": symbol, **p, **stats.to_dict()})
     expected = pd.DataFrame(expected)
-    got = result.table
+    got = result.per_symbol
     assert list(got["set_id"]) == list(expected["set_id"]) and list(got["symbol"]) == list(expected["symbol"])
     for col in (*p.keys(), *STAT_NAMES):
         np.testing.assert_allclose(got[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-12,
                                    equal_nan=True, err_msg=col)
+
+
+def test_portfolio_rows_are_the_mean_of_the_sleeves(tmp_path, dataset):
+    """The equal-weight portfolio row of each set against pandas on backtest() equity curves."""
+    params = {"fast": [5, 10], "slow": [30, 60]}
+    config = SweepConfig(strategy="sma_cross", params=params, commission=0.001, batch_seconds=1e-4)
+    with connect(THREADS) as client:
+        result = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
+    sets, _ = expand_params("sma_cross", params)
+    portfolio = result.portfolio
+    assert list(portfolio["set_id"]) == list(range(len(sets))) and (portfolio["symbol"] == "PORTFOLIO").all()
+    for set_id, p in enumerate(sets):
+        runs = [backtest(dataset.read(s), "sma_cross", p, commission=0.001) for s in dataset.symbols()]
+        curve = pd.concat([r.equity for r in runs], axis=1).ffill().fillna(10_000.0).mean(axis=1)
+        row = portfolio.iloc[set_id]
+        assert row["total_return"] == pytest.approx(curve.iloc[-1] / curve.iloc[0] - 1, rel=1e-9)
+        assert row["max_drawdown"] == pytest.approx((curve / curve.cummax() - 1).min(), rel=1e-9)
+        assert row["n_trades"] == sum(len(r.trades) for r in runs)
+        assert row["exposure"] == pytest.approx(np.mean([r.stats["exposure"] for r in runs]), rel=1e-12)
 
 
 def test_a_finished_run_is_not_recomputed_and_force_recomputes(tmp_path, dataset):
@@ -123,7 +142,7 @@ def test_the_guard_refuses_big_sweeps_unless_told(tmp_path, dataset):
             run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
         assert not (tmp_path / "runs").exists()
         assert len(run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, yes=True,
-                             progress=False).table) == 16
+                             progress=False).per_symbol) == 16
 
 
 def test_a_deterministic_bug_names_strategy_set_and_symbol(tmp_path, dataset, slow_module):
@@ -183,7 +202,7 @@ def _kill_midway_then_resume(bars_url, storage, reference_storage, options=()):
     a = pd.read_parquet(runs.fs.open(runs.path("runs", run_id, "results.parquet")))
     b = pd.read_parquet(ref.open().fs.open(ref.open().path("runs", run_id, "results.parquet")))
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 15 * 4 and not a.duplicated(["set_id", "symbol"]).any()
+    assert len(a) == 15 * (4 + 1) and not a.duplicated(["set_id", "symbol"]).any()
 
 
 @pytest.mark.slow
@@ -227,7 +246,7 @@ def test_a_worker_killed_mid_sweep_is_tolerated(tmp_path, dataset, slow_module):
         killer.join()
     assert killed
     pd.testing.assert_frame_equal(result.table, reference.table)
-    assert not result.table.duplicated(["set_id", "symbol"]).any() and len(result.table) == 8 * 4
+    assert not result.table.duplicated(["set_id", "symbol"]).any() and len(result.table) == 8 * (4 + 1)
 
 
 def test_a_sweep_on_dask_scheduler_and_worker_processes(tmp_path, dataset, dask_cluster_processes):
