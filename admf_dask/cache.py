@@ -193,13 +193,15 @@ def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
 
 
 def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
-                        cache_ref: StorageRef | None, *priors: IndicatorSet) -> IndicatorSet:
+                        cache_ref: StorageRef | None, *priors: IndicatorSet,
+                        fingerprint: str | None = None) -> IndicatorSet:
     """Task: load a symbol's bars and get every spec from memory, storage or the kernels.
 
     ``priors`` are sets of this symbol already in memory (passed as futures on a
     cluster); their arrays are reused when they were computed on the same bars.
+    ``fingerprint`` is the dataset's, so the worker can reuse a manifest it has read.
     """
-    store = BarStore.open(bars_ref)
+    store = BarStore.open(bars_ref, fingerprint)
     key = None
     bars = None
     for prior in priors:
@@ -273,6 +275,7 @@ class IndicatorHub:
 
     def __init__(self, bars: BarStore | StorageRef, cache: StorageRef | None = None, client: Any = None) -> None:
         self.bars_ref = bars.ref if isinstance(bars, BarStore) else bars
+        self.fingerprint = bars.fingerprint if isinstance(bars, BarStore) else None
         self.cache_ref = cache
         self.client = client
         self._sets: dict[str, list[Any]] = {}  # symbol -> IndicatorSets (or futures of them) held
@@ -310,7 +313,7 @@ class IndicatorHub:
                 return fut
         priors = [fut for fut, _, rng in held if rng == (start, end)]
         fut = self.client.submit(build_indicator_set, self.bars_ref, symbol, start, end, plan.specs, self.cache_ref,
-                                 *priors, key=key, pure=False)
+                                 *priors, fingerprint=self.fingerprint, key=key, pure=False)
         held.append((fut, set(plan.tokens), (start, end)))
         self._pending.append(fut)
         return fut

@@ -211,9 +211,10 @@ def _fail_where(task: ContainerTask, symbol: str, indicator_set: Any, exc: Excep
                      key=f"run {task.run_id} part {task.part}")
 
 
-def union_timeline(bars_ref: StorageRef, symbols: list[str], start: Any, end: Any) -> np.ndarray:
+def union_timeline(bars_ref: StorageRef, symbols: list[str], start: Any, end: Any,
+                   fingerprint: str | None = None) -> np.ndarray:
     """Task: the sorted union of the symbols' bar timestamps (int64 ns), read on a worker."""
-    store = BarStore.open(bars_ref)
+    store = BarStore.open(bars_ref, fingerprint)
     stamps = [store.read(s, start=start, end=end, columns=[]).timestamp for s in symbols]
     return np.unique(np.concatenate(stamps)) if stamps else np.empty(0, np.int64)
 
@@ -468,7 +469,7 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
     hub = IndicatorHub(bars, root.child("cache"), client=client)
     t0 = time.perf_counter()
-    timeline = client.submit(union_timeline, bars.ref, symbols, config.start, config.end,
+    timeline = client.submit(union_timeline, bars.ref, symbols, config.start, config.end, bars.fingerprint,
                              key=f"timeline-{run_id}", pure=False)
     futures_by_symbol: dict[str, Any] = {}
     tasks, deps = [], []

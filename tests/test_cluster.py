@@ -47,5 +47,6 @@ def test_quickstart_runs_unchanged_on_dask_scheduler_and_worker_processes(tmp_pa
     # same data, same summary, whichever cluster ran it
     assert BarStore(str(tmp_path / "remote" / "bars" / "quickstart")).fingerprint == \
         BarStore(str(tmp_path / "threads" / "bars" / "quickstart")).fingerprint
-    table = lambda out: [line for line in "\n".join(out).splitlines() if line.startswith("SYM")]  # noqa: E731
+    table = lambda out: [line for line in "\n".join(out).splitlines()  # noqa: E731
+                         if line.startswith(("SYM", "PORTFOLIO"))]
     assert table(out) == table(reference) and len(table(out)) == 8 + 5  # summary rows + the sweep's top 5

@@ -129,8 +129,23 @@ class BarStore:
             self._arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(self.storage.fs))
 
     @classmethod
-    def open(cls, ref: StorageRef) -> BarStore:
-        return cls(ref.url, ref.options)
+    def open(cls, ref: StorageRef, fingerprint: str | None = None) -> BarStore:
+        """Open from a reference, as tasks do.
+
+        With ``fingerprint`` (the dataset's, known to whoever submitted the task) a
+        manifest this process already read is reused when its fingerprint matches,
+        so a worker running a hundred tasks on one dataset parses it once. Without
+        it, or when the dataset has changed since, the manifest is read again.
+        """
+        store = cls(ref.url, ref.options)
+        cached = _MANIFESTS.get(ref) if fingerprint is not None else None
+        if cached is not None and cached.get("fingerprint") == fingerprint:
+            store._manifest = cached
+        elif fingerprint is not None:
+            _MANIFESTS[ref] = store.manifest
+            while len(_MANIFESTS) > 8:
+                _MANIFESTS.pop(next(iter(_MANIFESTS)))
+        return store
 
     @property
     def ref(self) -> StorageRef:
@@ -401,6 +416,7 @@ class BarStore:
         return manifest
 
 
+_MANIFESTS: dict[StorageRef, dict[str, Any]] = {}  # per process: manifests by dataset, see BarStore.open
 _READ_THREADS = 4  # reading is latency- and decode-bound; a few threads overlap both
 _POOL = None
 
