@@ -366,10 +366,18 @@ def _probe(store: BarStore, config: SweepConfig, sets: list[dict], symbol: str) 
     bars = store.read(symbol, start=config.start, end=config.end)
     if len(bars) < 2:
         return 1e-8
+    from .kernels.portfolio import accumulators_init
+
     sample = sets[: min(len(sets), 64)]
-    run_batch(bars, config.strategy, sample[:1], **config.costs)  # compile / load the kernel
+    pos = np.arange(len(bars), dtype=np.int64)
+
+    def run(batch):  # the containers' exact path, so the kernels compiled here are the ones workers load
+        run_batch(bars, config.strategy, batch, portfolio=(pos, accumulators_init(len(batch), len(bars))),
+                  **config.costs)
+
+    run(sample[:1])  # compile, or load from numba's cache
     t0 = time.perf_counter()
-    run_batch(bars, config.strategy, sample, **config.costs)
+    run(sample)
     return max((time.perf_counter() - t0) / (len(sample) * len(bars)), 1e-10)
 
 

@@ -304,7 +304,6 @@ def _eq_momentum(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, s
                      eq, tr, ex)
 
 
-@numba.njit(cache=True)
 def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close, timeline_pos,
                                periods_per_year, cash, commission, slippage_bps, whole_units,
                                stop_loss, take_profit, direction, equity_acc, trade_acc, extra_acc):
@@ -341,34 +340,19 @@ def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close,
     ...                                       LONG_ONLY, eq, tr, ex)
     >>> portfolio = portfolio_stats(eq, tr, ex, 252.0)                                # doctest: +SKIP
     """
+    # Dispatched in Python so that only the kind in use is compiled (see run_strategy_batch).
     _check(ind, idx, fparams, open_, high, low, close)
     _check_acc(close.shape[0], idx.shape[0], timeline_pos, equity_acc, trade_acc, extra_acc)
-    cash = float(cash)
-    if kind == CROSS:
-        return _eq_cross(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year, cash,
-                         commission, slippage_bps, whole_units, stop_loss, take_profit, direction,
-                         equity_acc, trade_acc, extra_acc)
-    elif kind == RSI:
-        return _eq_rsi(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year, cash,
-                       commission, slippage_bps, whole_units, stop_loss, take_profit, direction,
-                       equity_acc, trade_acc, extra_acc)
-    elif kind == BB_REVERSION:
-        return _eq_bb_reversion(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year,
-                                cash, commission, slippage_bps, whole_units, stop_loss, take_profit,
-                                direction, equity_acc, trade_acc, extra_acc)
-    elif kind == BB_BREAKOUT:
-        return _eq_bb_breakout(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year,
-                               cash, commission, slippage_bps, whole_units, stop_loss, take_profit,
-                               direction, equity_acc, trade_acc, extra_acc)
-    elif kind == DONCHIAN:
-        return _eq_donchian(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year, cash,
-                            commission, slippage_bps, whole_units, stop_loss, take_profit, direction,
-                            equity_acc, trade_acc, extra_acc)
-    elif kind == MOMENTUM:
-        return _eq_momentum(ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year, cash,
-                            commission, slippage_bps, whole_units, stop_loss, take_profit, direction,
-                            equity_acc, trade_acc, extra_acc)
-    raise ValueError("strategy_batch_with_equity: unknown strategy kind")
+    kernel = _EQ_KERNELS.get(int(kind))
+    if kernel is None:
+        raise ValueError("strategy_batch_with_equity: unknown strategy kind")
+    return kernel(ind, idx, fparams, open_, high, low, close, timeline_pos, float(periods_per_year),
+                  float(cash), float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
+                  float(take_profit), int(direction), equity_acc, trade_acc, extra_acc)
+
+
+_EQ_KERNELS = {CROSS: _eq_cross, RSI: _eq_rsi, BB_REVERSION: _eq_bb_reversion, BB_BREAKOUT: _eq_bb_breakout,
+               DONCHIAN: _eq_donchian, MOMENTUM: _eq_momentum}
 
 
 @numba.njit(cache=True)

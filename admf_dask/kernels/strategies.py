@@ -219,7 +219,6 @@ def _batch_momentum(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole
     return _batch(MOMENTUM, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
 def run_strategy_batch(kind, ind, idx, fparams, open_, high, low, close, periods_per_year,
                        cash=10_000.0, commission=0.0, slippage_bps=0.0, whole_units=False,
                        stop_loss=np.nan, take_profit=np.nan, direction=LONG_SHORT):
@@ -247,30 +246,21 @@ def run_strategy_batch(kind, ind, idx, fparams, open_, high, low, close, periods
     -------
     float64 (m, N_STATS), rows ordered as ``STAT_NAMES``.
     """
+    # Dispatch here, in Python, not in a compiled function: numba compiles every branch
+    # of a compiled dispatcher, and only the kind in use should pay for compilation.
     _check(ind, idx, fparams, open_, high, low, close)
-    cash = float(cash)
-    if kind == CROSS:
-        return _batch_cross(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    elif kind == RSI:
-        return _batch_rsi(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    elif kind == BB_REVERSION:
-        return _batch_bb_reversion(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    elif kind == BB_BREAKOUT:
-        return _batch_bb_breakout(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    elif kind == DONCHIAN:
-        return _batch_donchian(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    elif kind == MOMENTUM:
-        return _batch_momentum(ind, idx, fparams, open_, high, low, close, periods_per_year, cash,
-                          commission, slippage_bps, whole_units, stop_loss, take_profit, direction)
-    raise ValueError("run_strategy_batch: unknown strategy kind")
+    kernel = _BATCH_KERNELS.get(int(kind))
+    if kernel is None:
+        raise ValueError("run_strategy_batch: unknown strategy kind")
+    return kernel(ind, idx, fparams, open_, high, low, close, float(periods_per_year), float(cash),
+                  float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
+                  float(take_profit), int(direction))
 
 
-@numba.njit(cache=True)
+_BATCH_KERNELS = {CROSS: _batch_cross, RSI: _batch_rsi, BB_REVERSION: _batch_bb_reversion,
+                  BB_BREAKOUT: _batch_bb_breakout, DONCHIAN: _batch_donchian, MOMENTUM: _batch_momentum}
+
+
 def run_cross_batch(ind, fast_idx, slow_idx, open_, high, low, close, periods_per_year,
                     cash=10_000.0, commission=0.0, slippage_bps=0.0, whole_units=False,
                     stop_loss=np.nan, take_profit=np.nan, direction=LONG_SHORT):
@@ -287,11 +277,7 @@ def run_cross_batch(ind, fast_idx, slow_idx, open_, high, low, close, periods_pe
     (2, 17)
     """
     m = fast_idx.shape[0]
-    idx = np.empty((m, 3), dtype=np.int64)
-    for k in range(m):
-        idx[k, 0] = fast_idx[k]
-        idx[k, 1] = slow_idx[k]
-        idx[k, 2] = slow_idx[k]
+    idx = np.column_stack([fast_idx, slow_idx, slow_idx]).astype(np.int64)
     return run_strategy_batch(CROSS, ind, idx, np.zeros((m, 2)), open_, high, low, close,
                               periods_per_year, cash, commission, slippage_bps, whole_units,
                               stop_loss, take_profit, direction)
