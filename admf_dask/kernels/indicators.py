@@ -89,6 +89,34 @@ _RECENTRE_EVERY = 64
 # --------------------------------------------------------------------------- #
 
 
+@numba.njit(inline="always")
+def _last_change_nb(x, upto):
+    """The last index below ``upto`` where ``x`` differs from the value before it (0 if none).
+
+    A window ending at ``i`` is flat when ``i - changed >= window - 1``; NaN always
+    counts as a change.
+    """
+    changed = 0
+    for j in range(1, upto):
+        if not x[j] == x[j - 1]:
+            changed = j
+    return changed
+
+
+@numba.njit(inline="always")
+def _finite_sum_nb(x, lo, hi):
+    """Exact sum of the finite values of ``x[lo:hi]``, and how many were not finite."""
+    s = 0.0
+    bad = 0
+    for j in range(lo, hi):
+        v = x[j]
+        if np.isfinite(v):
+            s += v
+        else:
+            bad += 1
+    return s, bad
+
+
 @numba.njit(cache=True)
 def _sma_fill_nb(x, window, out):
     """Write the rolling mean of ``x`` into ``out`` (same length)."""
@@ -99,24 +127,11 @@ def _sma_fill_nb(x, window, out):
     out[: window - 1] = np.nan
     inv = 1.0 / window
     block = max(window, _RECOMPUTE_EVERY)
-    # last index where the value changed (NaN always "changes"): the window
-    # ending at i is flat when i - changed >= window - 1, and its mean is then
-    # exactly its value, so SMAs of different windows agree on flat prices
-    changed = 0
-    for j in range(1, window - 1):
-        if not x[j] == x[j - 1]:
-            changed = j
+    # a flat window's mean is exactly its value, so SMAs of different windows agree on flat prices
+    changed = _last_change_nb(x, window - 1)
     i0 = window - 1
     while i0 < n:
-        # exact sum of the finite values in the window ending at i0
-        s = 0.0
-        bad = 0
-        for j in range(i0 - window + 1, i0 + 1):
-            v = x[j]
-            if np.isfinite(v):
-                s += v
-            else:
-                bad += 1
+        s, bad = _finite_sum_nb(x, i0 - window + 1, i0 + 1)  # exact, in the window ending at i0
         if i0 > 0 and not x[i0] == x[i0 - 1]:
             changed = i0
         if bad != 0:
@@ -184,21 +199,11 @@ def _moments_fill_nb(x, window, k, zscore, out1, out2, out3):
     # re-centre often: the error of s2 scales with (x - shift)^2, i.e. with the
     # price drift since the last re-centring, relative to the window variance
     block = max(2 * window, _RECENTRE_EVERY)
-    changed = 0  # last index where the value changed (see _sma_fill_nb)
-    for j in range(1, window - 1):
-        if not x[j] == x[j - 1]:
-            changed = j
+    changed = _last_change_nb(x, window - 1)
     i0 = window - 1
     while i0 < n:
         # re-centre on the window mean so the sums of squares do not cancel
-        shift = 0.0
-        bad = 0
-        for j in range(i0 - window + 1, i0 + 1):
-            v = x[j]
-            if np.isfinite(v):
-                shift += v
-            else:
-                bad += 1
+        shift, bad = _finite_sum_nb(x, i0 - window + 1, i0 + 1)
         if bad < window:
             shift /= window - bad
         s1 = 0.0
