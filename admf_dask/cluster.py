@@ -16,7 +16,7 @@ from .config import ClusterConfig
 from .errors import AdmfError, ConfigError
 from .progress import Progress
 
-__all__ = ["connect", "run_tasks"]
+__all__ = ["collect", "connect", "run_tasks"]
 
 
 def _cores() -> int:
@@ -108,11 +108,22 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     other tasks and hands their results to ``on_result``, so a caller that must undo
     side effects (files written) sees every one of them.
     """
-    from distributed import as_completed
-
     extra = extra_args if extra_args is not None else [()] * len(items)
     futures = [client.submit(fn, item, *args, key=keys[i] if keys is not None else None, retries=retries,
                              pure=False) for i, (item, args) in enumerate(zip(items, extra))]
+    return collect(client, futures, label=label, on_result=on_result, progress=progress,
+                   drain_on_error=drain_on_error)
+
+
+def collect(client: Any, futures: Sequence[Any], *, label: str,
+            on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
+            drain_on_error: bool = False) -> list[Any]:
+    """Wait for futures already submitted, with a progress bar; results in their order.
+
+    The error handling of :func:`run_tasks` (which submits, then calls this).
+    """
+    from distributed import as_completed
+
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     bar = Progress(label, len(futures), enabled=progress)

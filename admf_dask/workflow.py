@@ -206,7 +206,7 @@ def _run_summary(ctx: Context, step: SummaryStep) -> str:
 
 def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
     from .cache import IndicatorHub
-    from .progress import Progress
+    from .cluster import collect
     from .storage import StorageRef
 
     store = ctx.dataset(step.dataset)
@@ -216,13 +216,7 @@ def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
     plan = step.plan()
     cache = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options).child("cache")
     hub = IndicatorHub(store, cache, client=ctx.client)
-    futures = [hub.submit(s, plan, step.start, step.end) for s in symbols]
-    from distributed import as_completed
-
-    bar = Progress("indicators", len(futures))
-    for _ in as_completed(futures):
-        bar.advance()
-    bar.close()
+    collect(ctx.client, [hub.submit(s, plan, step.start, step.end) for s in symbols], label="indicators")
     return (f"{plan.unique} unique indicator(s) x {len(symbols)} symbol(s) "
             f"({plan.requested} requested)\n{hub.counters.line()}")
 
