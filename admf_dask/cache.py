@@ -37,7 +37,6 @@ import numpy as np
 from . import __version__
 from .bars import BarStore, Bars
 from .config import token
-from .errors import StorageError
 from .indicators import IndicatorPlan, IndicatorSpec
 from .storage import StorageRef
 
@@ -147,16 +146,16 @@ class IndicatorCache:
                     names, data = [str(x) for x in npz["names"]], npz["data"]
                     sums = dict(zip((str(t) for t in npz["tokens"]), (str(x) for x in npz["sha256"])))
                 rows = {name: i for i, name in enumerate(names)}
-                for token in (set(sums) & set(wanted)) - set(found):
-                    spec = wanted[token]
-                    keys = [f"{token}.{o}" for o in spec.outputs]
+                for tok in (set(sums) & set(wanted)) - set(found):
+                    spec = wanted[tok]
+                    keys = [f"{tok}.{o}" for o in spec.outputs]
                     arrays = {o: data[rows[k]] for o, k in zip(spec.outputs, keys) if k in rows}
                     if (len(arrays) == len(spec.outputs) and data.shape[1:] == (n,)
-                            and sums[token] == _checksum(spec, arrays)):
-                        found[token] = arrays
-                        corrupt.discard(token)
+                            and sums[tok] == _checksum(spec, arrays)):
+                        found[tok] = arrays
+                        corrupt.discard(tok)
                     else:
-                        corrupt.add(token)
+                        corrupt.add(tok)
             except Exception:  # a truncated or foreign file fails in many ways; all mean "corrupt"
                 corrupt.update(set(wanted) - set(found))
                 self.storage.remove([path.removeprefix(self.storage.root.rstrip("/") + "/")])
@@ -167,11 +166,11 @@ class IndicatorCache:
         if not computed:
             return
         names, rows, tokens, sums = [], [], [], []
-        for token, (spec, arrays) in computed.items():
-            tokens.append(token)
+        for tok, (spec, arrays) in computed.items():
+            tokens.append(tok)
             sums.append(_checksum(spec, arrays))
             for output in spec.outputs:
-                names.append(f"{token}.{output}")
+                names.append(f"{tok}.{output}")
                 rows.append(arrays[output])
         buf = io.BytesIO()
         # one matrix, not one array per indicator: npz pays per member, and packs hold hundreds

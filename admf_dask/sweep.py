@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -45,7 +44,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .bars import BarStore
 from .config import token
-from .errors import AdmfError, ConfigError, StorageError, did_you_mean
+from .errors import AdmfError, ConfigError, did_you_mean
 from .kernels.stats import STAT_NAMES
 from .storage import Storage, StorageRef
 
@@ -530,11 +529,3 @@ def _bars_in_range(store: BarStore, symbol: str, start: Any, end: Any) -> int:
             span = max(f["last_ns"] - f["first_ns"], 1)
             total += int(f["rows"] * (min(hi, f["last_ns"]) - max(lo, f["first_ns"])) / span) + 1
     return total
-
-
-def load_run(root: StorageRef, run_id: str) -> dict[str, Any]:
-    """The run.json of a run (config, fingerprint, layout, status, summary)."""
-    storage = root.child("runs", run_id).open()
-    if not storage.exists("run.json"):
-        raise StorageError(f"no run {run_id!r} here", file=storage.display("run.json"))
-    return json.loads(storage.read_bytes("run.json"))

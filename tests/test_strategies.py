@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from admf_dask.errors import ConfigError, DataError
