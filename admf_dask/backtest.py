@@ -298,36 +298,43 @@ def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[
     s = get_strategy(strategy)
     costs = _costs(direction, cash, commission, slippage_bps, whole_units, stop_loss, take_profit)
     batch = prepare_batch(s, param_sets)
+    rows = batch_stats(data, batch, costs, periods_per_year, portfolio)
+    frame = pd.DataFrame(batch.columns())
+    stats = pd.DataFrame(rows, columns=list(STAT_NAMES))
+    return pd.concat([frame, stats], axis=1) if len(frame.columns) else stats
+
+
+def batch_stats(data: Any, batch: BatchPlan, costs: _Costs, periods_per_year: float | None = None,
+                portfolio: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+                ) -> np.ndarray:
+    """The statistics matrix of :func:`run_batch`: float64 (sets, ``STAT_NAMES``), no frame.
+
+    For callers that run one prepared batch (:func:`~admf_dask.strategies.prepare_batch`)
+    with validated costs (``_costs``) over many symbols, as sweep containers do.
+    """
+    s = batch.strategy
     bars, timed = _as_bars(data)
     ppy = _ppy(bars, timed, periods_per_year)
     o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
     if not batch.params:
-        rows = np.empty((0, len(STAT_NAMES)))
-    else:
-        arrays = _arrays(batch, data, bars)
-        if s.builtin:
-            ind = _ind_matrix(batch, arrays, len(bars))
-            if portfolio is None:
-                rows = run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
-                                          costs.commission, costs.slippage_bps, costs.whole_units,
-                                          costs.stop_loss, costs.take_profit, costs.direction)
-            else:
-                pos, (eq, tr, ex) = portfolio
-                rows = strategy_batch_with_equity(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, pos, ppy,
-                                                  costs.cash, costs.commission, costs.slippage_bps,
-                                                  costs.whole_units, costs.stop_loss, costs.take_profit,
-                                                  costs.direction, eq, tr, ex)
-        else:
-            targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)
-            if portfolio is None:
-                rows = simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
-                                            costs.slippage_bps, costs.whole_units, costs.stop_loss,
-                                            costs.take_profit)
-            else:
-                pos, (eq, tr, ex) = portfolio
-                rows = targets_batch_with_equity(targets, o, h, lo, c, pos, ppy, costs.cash, costs.commission,
-                                                 costs.slippage_bps, costs.whole_units, costs.stop_loss,
-                                                 costs.take_profit, eq, tr, ex)
-    frame = pd.DataFrame(batch.columns())
-    stats = pd.DataFrame(rows, columns=list(STAT_NAMES))
-    return pd.concat([frame, stats], axis=1) if len(frame.columns) else stats
+        return np.empty((0, len(STAT_NAMES)))
+    arrays = _arrays(batch, data, bars)
+    if s.builtin:
+        ind = _ind_matrix(batch, arrays, len(bars))
+        if portfolio is None:
+            return run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
+                                      costs.commission, costs.slippage_bps, costs.whole_units,
+                                      costs.stop_loss, costs.take_profit, costs.direction)
+        pos, (eq, tr, ex) = portfolio
+        return strategy_batch_with_equity(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, pos, ppy,
+                                          costs.cash, costs.commission, costs.slippage_bps,
+                                          costs.whole_units, costs.stop_loss, costs.take_profit,
+                                          costs.direction, eq, tr, ex)
+    targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)
+    if portfolio is None:
+        return simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
+                                    costs.slippage_bps, costs.whole_units, costs.stop_loss, costs.take_profit)
+    pos, (eq, tr, ex) = portfolio
+    return targets_batch_with_equity(targets, o, h, lo, c, pos, ppy, costs.cash, costs.commission,
+                                     costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                                     costs.take_profit, eq, tr, ex)

@@ -40,7 +40,8 @@ from .config import token
 from .indicators import IndicatorPlan, IndicatorSpec
 from .storage import StorageRef
 
-__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "build_indicator_set"]
+__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "InlineSet", "build_indicator_set",
+           "resolve"]
 
 
 @dataclass
@@ -244,6 +245,32 @@ def _counters_of(indicator_set: IndicatorSet) -> HubCounters:
     return indicator_set.counters
 
 
+@dataclass(frozen=True)
+class InlineSet:
+    """A hub request to be built inside the one task that consumes it (see :meth:`IndicatorHub.source`).
+
+    Same function, storage cache and counters as a hub task; what it saves is a
+    task, and moving the set between workers, when nothing else needs it.
+    """
+
+    bars_ref: StorageRef
+    symbol: str
+    start: Any
+    end: Any
+    specs: tuple[IndicatorSpec, ...]
+    cache_ref: StorageRef | None
+    fingerprint: str | None
+
+    def build(self) -> IndicatorSet:
+        return build_indicator_set(self.bars_ref, self.symbol, self.start, self.end, self.specs, self.cache_ref,
+                                   fingerprint=self.fingerprint)
+
+
+def resolve(source: IndicatorSet | InlineSet) -> IndicatorSet:
+    """The set itself: a hub future arrives resolved; an inline request is built here."""
+    return source.build() if isinstance(source, InlineSet) else source
+
+
 class IndicatorHub:
     """Serve each symbol's indicator plan once per session, from memory, storage or compute.
 
@@ -278,7 +305,7 @@ class IndicatorHub:
         self.cache_ref = cache
         self.client = client
         self._sets: dict[str, list[Any]] = {}  # symbol -> IndicatorSets (or futures of them) held
-        self._pending: list[Any] = []  # futures whose counters are not yet collected
+        self._pending: dict[str, Any] = {}  # key -> future whose counters are not yet collected
         self._counters = HubCounters()
 
     def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
@@ -300,28 +327,60 @@ class IndicatorHub:
         self._counters.add(result.counters)
         return result
 
+    def _held(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> Any:
+        key = self._key(symbol, start, end, plan)
+        for fut, tokens, rng in self._sets.get(symbol, []):
+            if fut.key == key or (rng == (start, end) and set(plan.tokens) <= tokens):
+                return fut
+        return None
+
     def submit(self, symbol: str, plan: IndicatorPlan, start: Any = None, end: Any = None) -> Any:
         """A future of the symbol's set, under a deterministic key, kept in worker memory."""
         if self.client is None:
             raise RuntimeError("IndicatorHub.submit needs a client; use get() in process")
+        held = self._held(symbol, start, end, plan)
+        if held is not None:
+            self._counters.reused_memory += plan.unique
+            return held
         key = self._key(symbol, start, end, plan)
-        held = self._sets.setdefault(symbol, [])
-        for fut, tokens, rng in held:
-            if fut.key == key or (rng == (start, end) and set(plan.tokens) <= tokens):
-                self._counters.reused_memory += plan.unique
-                return fut
-        priors = [fut for fut, _, rng in held if rng == (start, end)]
+        priors = [fut for fut, _, rng in self._sets.get(symbol, []) if rng == (start, end)]
         fut = self.client.submit(build_indicator_set, self.bars_ref, symbol, start, end, plan.specs, self.cache_ref,
                                  *priors, fingerprint=self.fingerprint, key=key, pure=False)
-        held.append((fut, set(plan.tokens), (start, end)))
-        self._pending.append(fut)
+        self._sets.setdefault(symbol, []).append((fut, set(plan.tokens), (start, end)))
+        self._pending[fut.key] = fut
         return fut
+
+    def source(self, symbol: str, plan: IndicatorPlan, start: Any = None, end: Any = None, *,
+               consumers: int = 1) -> Any:
+        """What a task should receive for this symbol's set: a future, or an :class:`InlineSet`.
+
+        A set already held in worker memory (an earlier step or sweep of the session)
+        is reused, and one that several tasks consume is submitted once and shared.
+        A set that only one task needs and nobody holds is built inside that task
+        (``resolve`` it there): the same storage cache and counters, without a task
+        of its own and without moving the set between workers. Report the built
+        set's counters back with :meth:`settle`.
+        """
+        held = self._held(symbol, start, end, plan) if self.client is not None else None
+        if held is not None or (consumers > 1 and self.client is not None):
+            return self.submit(symbol, plan, start, end)
+        return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint)
+
+    def settle(self, source: Any, counters: HubCounters) -> None:
+        """Record the counters of a set that a task has already brought back.
+
+        ``source`` is what :meth:`source` (or :meth:`submit`) gave that task. Saves
+        :attr:`counters` a round trip per set; a shared set is counted once however
+        many tasks report it.
+        """
+        if isinstance(source, InlineSet) or self._pending.pop(source.key, None) is not None:
+            self._counters.add(counters)
 
     @property
     def counters(self) -> HubCounters:
         """Counters so far (on a cluster, collects the small counter objects of finished sets)."""
         if self._pending:
-            pending, self._pending = self._pending, []
+            pending, self._pending = list(self._pending.values()), {}
             for c in self.client.gather([self.client.submit(_counters_of, f, pure=False) for f in pending]):
                 self._counters.add(c)
         return self._counters

@@ -32,6 +32,7 @@ import io
 import itertools
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -210,62 +211,94 @@ def _fail_where(task: ContainerTask, symbol: str, indicator_set: Any, exc: Excep
                      key=f"run {task.run_id} part {task.part}")
 
 
-def union_timeline(bars_ref: StorageRef, symbols: list[str], start: Any, end: Any,
-                   fingerprint: str | None = None) -> np.ndarray:
-    """Task: the sorted union of the symbols' bar timestamps (int64 ns), read on a worker."""
-    store = BarStore.open(bars_ref, fingerprint)
-    stamps = [store.read(s, start=start, end=end, columns=[]).timestamp for s in symbols]
+def group_timeline(indicator_sets: tuple[Any, ...]) -> np.ndarray:
+    """The sorted union of these symbols' bar timestamps (int64 ns): a container's own timeline."""
+    stamps = [s.bars.timestamp for s in indicator_sets]
+    if len(stamps) == 1:
+        return np.asarray(stamps[0], dtype=np.int64)
     return np.unique(np.concatenate(stamps)) if stamps else np.empty(0, np.int64)
 
 
-def run_container(task: ContainerTask, timeline: np.ndarray, *indicator_sets: Any) -> dict[str, Any]:
+def _rows_table(task: ContainerTask, batch: Any, stats: list[np.ndarray]) -> pa.Table:
+    """One Arrow table of the task's rows: set_id, symbol, parameters, statistics; symbol-major."""
+    m = task.hi - task.lo
+    n_sym = len(stats)
+    columns: dict[str, Any] = {"set_id": np.tile(np.arange(task.lo, task.hi, dtype=np.int64), n_sym),
+                               "symbol": pa.array(np.repeat(np.array(task.symbols, dtype=object), m), pa.string())}
+    for name, values in batch.columns().items():
+        columns[name] = pa.array(values * n_sym)
+    matrix = np.vstack(stats) if stats else np.empty((0, len(STAT_NAMES)))
+    for i, name in enumerate(STAT_NAMES):
+        columns[name] = matrix[:, i]
+    return pa.table(columns)
+
+
+def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     """Task: backtest every (symbol, parameter set) of the container, write rows, then mark it done.
 
+    ``sources`` are the group's indicator sets as the hub handed them out: sets
+    (futures Dask resolved) or :class:`~admf_dask.cache.InlineSet` requests built here.
     Also folds each symbol's sleeve into the equal-weight portfolio accumulators of
-    the task's set range and writes them (``portfolio/part-<j>.npz``) before the marker.
+    the task's set range, on the group's own timeline (the union of its symbols'
+    bars), and writes them with that timeline (``portfolio/part-<j>.npz``) before
+    the marker; :func:`reduce_portfolio` rebases them onto the union of all groups.
+    Returns the rows (an Arrow table, so the client need not read them back) and
+    the hub counters of each symbol's indicator set.
     """
-    from .backtest import run_batch
+    from .backtest import _costs, batch_stats
+    from .cache import resolve
     from .kernels.portfolio import accumulators_init
+    from .strategies import prepare_batch
 
     t0 = time.perf_counter()
-    sets = [dict(p) for p in task.param_sets]
-    acc = accumulators_init(len(sets), len(timeline))
-    frames = []
+    indicator_sets = [resolve(src) for src in sources]
+    costs = _costs(**task.config.costs)
+    batch = prepare_batch(task.config.strategy, [dict(p) for p in task.param_sets])
+    timeline = group_timeline(indicator_sets)
+    acc = accumulators_init(len(batch.params), len(timeline))
+    stats = []
     for symbol, iset in zip(task.symbols, indicator_sets):
         pos = np.searchsorted(timeline, iset.bars.timestamp).astype(np.int64)
         try:
-            rows = run_batch(iset, task.config.strategy, sets, portfolio=(pos, acc), **task.config.costs)
+            stats.append(batch_stats(iset, batch, costs, portfolio=(pos, acc)))
         except Exception as exc:
             raise _fail_where(task, symbol, iset, exc) from None
-        rows.insert(0, "symbol", symbol)
-        rows.insert(0, "set_id", np.arange(task.lo, task.hi, dtype=np.int64))
-        frames.append(rows)
-    frame = pd.concat(frames, ignore_index=True)
+    table = _rows_table(task, batch, stats)
     storage = task.run_ref.open()
     buf = io.BytesIO()
-    np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2])
+    np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline)
     storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    pq.write_table(table, buf)
     storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
-    storage.write_json({"part": task.part, "rows": len(frame), "symbols": list(task.symbols),
+    storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
                         "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
-    return {"part": task.part, "rows": len(frame), "seconds": time.perf_counter() - t0}
+    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0, "table": table,
+            "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)}}
 
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
-                     param_sets: tuple[tuple[tuple[str, Any], ...], ...], timeline: np.ndarray) -> pd.DataFrame:
-    """Task: merge the partial accumulators of one set range into its portfolio rows."""
-    from .kernels.portfolio import merge_accumulators, portfolio_stats
+                     param_sets: tuple[tuple[tuple[str, Any], ...], ...], cash: float) -> pd.DataFrame:
+    """Task: merge the partial accumulators of one set range into its portfolio rows.
+
+    The parts of a range cover every symbol once; the union of their timelines is
+    the sweep's union timeline, onto which each part's equity is rebased first.
+    """
+    from .kernels.portfolio import merge_accumulators, portfolio_stats, rebase_equity
     from .kernels.stats import periods_per_year
 
     storage = run_ref.open()
-    total = None
+    accs = []
     for j in parts:
         with np.load(io.BytesIO(storage.read_bytes(f"portfolio/part-{j:06d}.npz"))) as npz:
-            acc = (npz["equity"], npz["trades"], npz["extra"])
+            accs.append((npz["equity"], npz["trades"], npz["extra"], npz["timeline"]))
+    union = np.unique(np.concatenate([a[3] for a in accs]))
+    total = None
+    for equity, trades, extra, timeline in accs:
+        sleeves = int(extra[0, 2]) if len(extra) else 0
+        acc = (rebase_equity(equity, timeline, union, sleeves, float(cash)), trades, extra)
         total = acc if total is None else merge_accumulators(total, acc)
-    ppy = periods_per_year(timeline) if len(timeline) > 1 else 252.0
+    ppy = periods_per_year(union) if len(union) > 1 else 252.0
     rows = portfolio_stats(total[0], total[1], total[2], ppy)
     frame = pd.DataFrame([dict(p) for p in param_sets])
     frame.insert(0, "symbol", PORTFOLIO)
@@ -402,9 +435,13 @@ def _final_table(per_symbol: pd.DataFrame, portfolio: list[pd.DataFrame]) -> pd.
     return frame.iloc[order].reset_index(drop=True)
 
 
-def _read_table(storage: Storage, parts: list[int]) -> pd.DataFrame:
+def _read_table(storage: Storage, parts: list[int], held: Mapping[int, pa.Table]) -> pd.DataFrame:
+    """Every part's rows: those this session's tasks returned, the committed others from storage."""
     tables = []
     for j in parts:
+        if j in held:
+            tables.append(held[j])
+            continue
         raw = storage.read_bytes(f"results/part-{j:06d}.parquet")
         tables.append(pq.read_table(io.BytesIO(raw)))
     table = pa.concat_tables(tables) if tables else pa.table({})
@@ -476,29 +513,33 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
     hub = IndicatorHub(bars, root.child("cache"), client=client)
     t0 = time.perf_counter()
-    timeline = client.submit(union_timeline, bars.ref, symbols, config.start, config.end, bars.fingerprint,
-                             key=f"timeline-{run_id}", pure=False)
-    futures_by_symbol: dict[str, Any] = {}
+    consumers = Counter(sym for j in todo for sym in layout[j][0])
+    sources: dict[str, Any] = {}
     tasks, deps = [], []
     for j in todo:
         group, lo, hi = layout[j]
         for sym in group:
-            if sym not in futures_by_symbol:
-                futures_by_symbol[sym] = hub.submit(sym, plan, config.start, config.end)
+            if sym not in sources:
+                sources[sym] = hub.source(sym, plan, config.start, config.end, consumers=consumers[sym])
         tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id))
-        deps.append([timeline, *(futures_by_symbol[sym] for sym in group)])
+        deps.append([sources[sym] for sym in group])
+    tables: dict[int, pa.Table] = {}
     if tasks:
-        run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries, progress=progress,
-                  label="sweep", keys=[f"sweep-{run_id}-part-{t.part:06d}" for t in tasks])
+        for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
+                             progress=progress, label="sweep",
+                             keys=[f"sweep-{run_id}-part-{t.part:06d}" for t in tasks]):
+            tables[out["part"]] = out["table"]
+            for sym, counters in out["counters"].items():
+                hub.settle(sources[sym], counters)
     ranges: dict[tuple[int, int], list[int]] = {}
     for j, (_, lo, hi) in enumerate(layout):
         ranges.setdefault((lo, hi), []).append(j)
     portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(ranges), label="portfolio", progress=False,
-                          extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), timeline)
+                          extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
                                       for (lo, hi), parts in ranges.items()],
                           keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
     wall = time.perf_counter() - t0
-    table = _final_table(_read_table(storage, list(range(len(layout)))), portfolio)
+    table = _final_table(_read_table(storage, list(range(len(layout))), tables), portfolio)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     storage.write_bytes(buf.getvalue(), "results.parquet")

@@ -79,7 +79,7 @@ from admf_dask.kernels.strategies import (
 
 __all__ = [
     "EXTRA_WIDTH", "TRADE_ACC_WIDTH", "accumulators_init", "merge_accumulators",
-    "merge_trade_acc", "portfolio_stats", "strategy_batch_with_equity",
+    "merge_trade_acc", "portfolio_stats", "rebase_equity", "strategy_batch_with_equity",
     "targets_batch_with_equity", "trade_acc_init",
 ]
 
@@ -429,4 +429,35 @@ def portfolio_stats(equity_acc, trade_acc, extra_acc, periods_per_year):
         row[_EXPOSURE] = extra_acc[k, 0] / sleeves
         row[_BUY_AND_HOLD] = extra_acc[k, 1] / sleeves
         out[k] = row
+    return out
+
+
+@numba.njit(cache=True)
+def rebase_equity(equity_acc, timeline, union, sleeves, cash):
+    """A group's summed sleeve equity ``(m, T_group)`` on its own ``timeline``, moved onto ``union``.
+
+    ``union`` (sorted, a superset of ``timeline``) is the union timeline of every
+    group. Between the group's timestamps its sum is carried forward (each sleeve
+    is, so their sum is); before its first timestamp it is ``sleeves`` starting
+    cashes, added one by one as the sleeves would have been. A container folds its
+    symbols onto its own timeline, so no task waits for the union of all symbols.
+    """
+    m = equity_acc.shape[0]
+    n_union = union.shape[0]
+    n = timeline.shape[0]
+    if equity_acc.shape[1] != n:
+        raise ValueError("rebase_equity: equity_acc needs one column per timeline entry")
+    before = 0.0
+    for _ in range(sleeves):
+        before += cash
+    src = np.empty(n_union, dtype=np.int64)  # the group's latest timestamp at or before each union one
+    j = -1
+    for u in range(n_union):
+        while j + 1 < n and timeline[j + 1] <= union[u]:
+            j += 1
+        src[u] = j
+    out = np.empty((m, n_union))
+    for k in range(m):
+        for u in range(n_union):
+            out[k, u] = before if src[u] < 0 else equity_acc[k, src[u]]
     return out

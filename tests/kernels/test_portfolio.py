@@ -217,6 +217,30 @@ def test_merging_symbol_groups_equals_one_group(universe, timeline):
     np.testing.assert_array_equal(kp.merge_trade_acc(left[1], right[1]), kp.merge_trade_acc(right[1], left[1]))
 
 
+def test_groups_on_their_own_timelines_rebase_onto_the_union(universe, timeline):
+    """A container folds its symbols onto its own timeline; rebased and merged, that is the one-group result.
+
+    The groups' timelines differ (DDD misses days and runs longest, BBB starts late), so
+    the rebase must carry each group's sum forward and prefill its starting cash.
+    """
+    costs = _costs("long_short")
+    _, whole = _accumulate("sma_cross", SETS, universe, timeline, costs)
+    groups = (universe[1:3], [universe[3]], [universe[0]])
+    merged = reference = None
+    for group in groups:
+        own = np.unique(np.concatenate([b.timestamp for b in group]))
+        assert len(own) < len(timeline)
+        _, acc = _accumulate("sma_cross", SETS, universe, own, costs, symbols=group)
+        rebased = (kp.rebase_equity(acc[0], own, timeline, len(group), CASH), acc[1], acc[2])
+        merged = rebased if merged is None else kp.merge_accumulators(merged, rebased)
+        _, on_union = _accumulate("sma_cross", SETS, universe, timeline, costs, symbols=group)
+        reference = on_union if reference is None else kp.merge_accumulators(reference, on_union)
+    for a, b in zip(merged, reference):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(kp.portfolio_stats(*merged, PPY), kp.portfolio_stats(*whole, PPY),
+                               rtol=1e-12, atol=1e-15)
+
+
 def test_symbol_order_does_not_matter(universe, timeline):
     """Folding the sleeves in any order gives the same row; best / worst are the extremes over symbols."""
     costs = _costs("long_only", 0.04)
