@@ -48,7 +48,7 @@ from admf_dask.kernels.stats import STAT_NAMES, TRADE_FIELDS, compute_stats
 from admf_dask.kernels.strategies import run_strategy_batch, strategy_targets
 from admf_dask.strategies import BatchPlan, Strategy, direction_code, get_strategy, prepare_batch
 
-__all__ = ["BacktestResult", "backtest", "run_batch"]
+__all__ = ["BacktestResult", "backtest", "batch_stats", "batch_targets", "run_batch"]
 
 
 @dataclass(frozen=True)
@@ -243,13 +243,8 @@ def backtest(data: Any, strategy: str | Strategy, params: Mapping[str, Any] | No
     bars, timed = _as_bars(data)
     ppy = _ppy(bars, timed, periods_per_year)
     batch = prepare_batch(s, [{} if params is None else params])
-    arrays = _arrays(batch, data, bars)
     o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
-    if s.builtin:
-        ind = _ind_matrix(batch, arrays, len(bars))
-        targets = strategy_targets(s.kind, ind, batch.idx, batch.fparams, c, costs.direction)[0]
-    else:
-        targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)[0]
+    targets = batch_targets(data, batch, costs.direction)[0]
     equity, position, trades = simulate(o, h, lo, c, targets, costs.cash, costs.commission, costs.slippage_bps,
                                         costs.whole_units, costs.stop_loss, costs.take_profit)
     row = compute_stats(equity, position, trades, c, ppy)
@@ -338,3 +333,18 @@ def batch_stats(data: Any, batch: BatchPlan, costs: _Costs, periods_per_year: fl
     return targets_batch_with_equity(targets, o, h, lo, c, pos, ppy, costs.cash, costs.commission,
                                      costs.slippage_bps, costs.whole_units, costs.stop_loss,
                                      costs.take_profit, eq, tr, ex)
+
+
+def batch_targets(data: Any, batch: BatchPlan, direction: int) -> np.ndarray:
+    """The targets each set of the batch trades: int8 (sets, bars), clipped to ``direction`` (a code).
+
+    What :func:`backtest` simulates and what signal sets store; the fused kernels of
+    :func:`batch_stats` compute the same targets inline without this array.
+    """
+    s = batch.strategy
+    bars, _ = _as_bars(data)
+    arrays = _arrays(batch, data, bars)
+    if s.builtin:
+        ind = _ind_matrix(batch, arrays, len(bars))
+        return strategy_targets(s.kind, ind, batch.idx, batch.fparams, _f64(bars.columns["close"]), direction)
+    return _user_target_matrix(s, batch, bars, arrays, direction)

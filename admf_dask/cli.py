@@ -214,10 +214,8 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
 
 
 def format_top(result) -> str:
-    """The top rows of a sweep as a table: parameters, symbol and the main statistics."""
-    from .strategies import get_strategy
-
-    names = list(get_strategy(result.config.strategy).param_names)
+    """The top rows of a sweep (or replay) as a table: parameters, symbol and the main statistics."""
+    names = result.config.param_names()
     cols = ["symbol", *names, result.config.metric, "total_return", "sharpe", "max_drawdown", "n_trades"]
     top = result.top()[list(dict.fromkeys(cols))]
     return f"top {len(top)} by {result.config.metric}:\n" + top.to_string(index=False, float_format=lambda v: f"{v:.4g}")

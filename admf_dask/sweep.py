@@ -123,6 +123,31 @@ class SweepConfig:
             d.pop(k)
         return d
 
+    # The hooks a container task calls (a replay's config has the same ones; see run_grid).
+    @property
+    def label(self) -> str:
+        return self.strategy
+
+    def param_names(self) -> list[str]:
+        from .strategies import get_strategy
+
+        return list(get_strategy(self.strategy).param_names)
+
+    def prepare(self, param_sets: list[dict[str, Any]]) -> Any:
+        from .strategies import prepare_batch
+
+        return prepare_batch(self.strategy, param_sets)
+
+    def stats(self, data: Any, batch: Any, portfolio: Any) -> np.ndarray:
+        from .backtest import _costs, batch_stats
+
+        return batch_stats(data, batch, _costs(**self.costs), portfolio=portfolio)
+
+    def load(self, source: Any) -> Any:
+        from .cache import resolve
+
+        return resolve(source)
+
 
 def _axis(strategy: str, name: str, spec: Any) -> list:
     if isinstance(spec, Mapping):
@@ -191,24 +216,24 @@ class ContainerTask:
     lo: int
     hi: int
     param_sets: tuple[tuple[tuple[str, Any], ...], ...]
-    config: SweepConfig
+    config: Any  # SweepConfig, or another config with its hooks (prepare, stats, load, costs, label)
     run_ref: StorageRef
     run_id: str
 
 
-def _fail_where(task: ContainerTask, symbol: str, indicator_set: Any, exc: Exception) -> AdmfError:
+def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> AdmfError:
     """Find the parameter set that fails (deterministic bugs) and name it."""
-    from .backtest import run_batch
+    from .kernels.portfolio import accumulators_init
 
+    label, where = task.config.label, f"run {task.run_id} part {task.part}"
+    pos = np.arange(len(data.bars), dtype=np.int64)
     for i, p in enumerate(task.param_sets):
         try:
-            run_batch(indicator_set, task.config.strategy, [dict(p)], **task.config.costs)
+            task.config.stats(data, task.config.prepare([dict(p)]), (pos, accumulators_init(1, len(pos))))
         except Exception as inner:  # the first set that fails alone is the culprit
-            return AdmfError(f"strategy {task.config.strategy} failed on parameter set {task.lo + i} "
-                             f"{dict(p)}: {type(inner).__name__}: {inner}", symbol=symbol,
-                             key=f"run {task.run_id} part {task.part}")
-    return AdmfError(f"strategy {task.config.strategy} failed: {type(exc).__name__}: {exc}", symbol=symbol,
-                     key=f"run {task.run_id} part {task.part}")
+            return AdmfError(f"{label} failed on parameter set {task.lo + i} {dict(p)}: "
+                             f"{type(inner).__name__}: {inner}", symbol=symbol, key=where)
+    return AdmfError(f"{label} failed: {type(exc).__name__}: {exc}", symbol=symbol, key=where)
 
 
 def group_timeline(indicator_sets: tuple[Any, ...]) -> np.ndarray:
@@ -245,22 +270,18 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     Returns the rows (an Arrow table, so the client need not read them back) and
     the hub counters of each symbol's indicator set.
     """
-    from .backtest import _costs, batch_stats
-    from .cache import resolve
     from .kernels.portfolio import accumulators_init
-    from .strategies import prepare_batch
 
     t0 = time.perf_counter()
-    indicator_sets = [resolve(src) for src in sources]
-    costs = _costs(**task.config.costs)
-    batch = prepare_batch(task.config.strategy, [dict(p) for p in task.param_sets])
+    indicator_sets = [task.config.load(src) for src in sources]
+    batch = task.config.prepare([dict(p) for p in task.param_sets])
     timeline = group_timeline(indicator_sets)
     acc = accumulators_init(len(batch.params), len(timeline))
     stats = []
     for symbol, iset in zip(task.symbols, indicator_sets):
         pos = np.searchsorted(timeline, iset.bars.timestamp).astype(np.int64)
         try:
-            stats.append(batch_stats(iset, batch, costs, portfolio=(pos, acc)))
+            stats.append(task.config.stats(iset, batch, (pos, acc)))
         except Exception as exc:
             raise _fail_where(task, symbol, iset, exc) from None
     table = _rows_table(task, batch, stats)
@@ -391,29 +412,26 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
         target *= 2 * len(parts) / MAX_TASKS
 
 
-def _probe(store: BarStore, config: SweepConfig, sets: list[dict], symbol: str) -> float:
-    """Seconds per bar-evaluation of this strategy, measured on one symbol here (kernel warm)."""
-    from .backtest import run_batch
-
-    bars = store.read(symbol, start=config.start, end=config.end)
-    if len(bars) < 2:
-        return 1e-8
+def _probe(config: Any, data: Any, sets: list[dict]) -> float:
+    """Seconds per bar-evaluation of the job, measured here on one symbol's input (kernel warm)."""
     from .kernels.portfolio import accumulators_init
 
+    n = len(data.bars)
+    if n < 2:
+        return 1e-8
     sample = sets[: min(len(sets), 64)]
-    pos = np.arange(len(bars), dtype=np.int64)
+    pos = np.arange(n, dtype=np.int64)
 
-    def run(batch):  # the containers' exact path, so the kernels compiled here are the ones workers load
-        run_batch(bars, config.strategy, batch, portfolio=(pos, accumulators_init(len(batch), len(bars))),
-                  **config.costs)
+    def run(param_sets):  # the containers' exact path, so the kernels compiled here are the ones workers load
+        config.stats(data, config.prepare(param_sets), (pos, accumulators_init(len(param_sets), n)))
 
     run(sample[:1])  # compile, or load from numba's cache
     t0 = time.perf_counter()
     run(sample)
-    return max((time.perf_counter() - t0) / (len(sample) * len(bars)), 1e-10)
+    return max((time.perf_counter() - t0) / (len(sample) * n), 1e-10)
 
 
-def _estimate(config: SweepConfig, n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dict[str, Any]:
+def _estimate(n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dict[str, Any]:
     n_sym = len(bars_per_symbol)
     max_bars = max(bars_per_symbol.values(), default=0)
     return {"param_sets": n_sets, "symbols": n_sym, "backtests": n_sets * n_sym,
@@ -448,6 +466,47 @@ def _read_table(storage: Storage, parts: list[int], held: Mapping[int, pa.Table]
     return table.to_pandas()
 
 
+class SweepFeed:
+    """Where a sweep's containers get each symbol's input: the indicator hub.
+
+    A *feed* is what :func:`run_grid` asks for per-symbol inputs: ``source(symbol,
+    consumers)`` (what a task receives: a future or a request its config's ``load``
+    resolves), ``settle(source, counters)`` (counters a task brought back),
+    ``probe_input(symbol)`` (one symbol's input, built here for the probe),
+    ``summary()`` and ``release()``.
+    """
+
+    def __init__(self, config: SweepConfig, sets: list[dict[str, Any]], bars: BarStore, root: StorageRef,
+                 client: Any) -> None:
+        from .cache import IndicatorHub
+        from .indicators import IndicatorPlan
+        from .strategies import get_strategy
+
+        s = get_strategy(config.strategy)
+        self.config = config
+        self.plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
+        self.hub = IndicatorHub(bars, root.child("cache"), client=client)
+        self.bars = bars
+
+    def source(self, symbol: str, consumers: int) -> Any:
+        return self.hub.source(symbol, self.plan, self.config.start, self.config.end, consumers=consumers)
+
+    def settle(self, source: Any, counters: Any) -> None:
+        self.hub.settle(source, counters)
+
+    def probe_input(self, symbol: str) -> Any:
+        from .cache import IndicatorSet
+
+        bars = self.bars.read(symbol, start=self.config.start, end=self.config.end)
+        return IndicatorSet(symbol, "probe", bars, {})  # indicators computed in the probe, not cached
+
+    def summary(self) -> dict[str, Any]:
+        return {"indicators": self.hub.counters.line(), "hub": self.hub.counters.as_dict()}
+
+    def release(self) -> None:
+        self.hub.release()
+
+
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SweepResult:
     """Run (or resume, or just report) a sweep; return its result table and summary.
@@ -455,17 +514,32 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     Raises ConfigError before launching when the sweep has more than
     ``config.max_backtests`` backtests and ``yes`` is false.
     """
-    from .cache import IndicatorHub
-    from .cluster import run_tasks
-    from .indicators import IndicatorPlan
-    from .strategies import get_strategy
-
     sets, dropped = expand_params(config.strategy, config.params, config.sample, config.seed)
     symbols = list(config.symbols) if config.symbols else bars.symbols()
     for s in symbols:
         bars.entry(s)
-    run_id = token({"sweep": config.identity(), "data": bars.fingerprint, "symbols": symbols,
-                    "version": __version__})[:16]
+    identity = {"sweep": config.identity(), "data": bars.fingerprint, "symbols": symbols, "version": __version__}
+    return run_grid(config, sets, symbols, bars, root, client, identity=identity, kind="sweep",
+                    feed=lambda: SweepFeed(config, sets, bars, root, client),
+                    note=f" ({dropped} grid points broke the rules)" if dropped else "",
+                    force=force, yes=yes, echo=echo, progress=progress)
+
+
+def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
+             client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[], Any], note: str = "",
+             force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
+             progress: bool = True) -> SweepResult:
+    """Run (or resume, or report) sets x symbols as container tasks: the engine of sweeps and replays.
+
+    ``config`` has the container hooks (``prepare``, ``stats``, ``load``, ``costs``,
+    ``cash``, ``label``, ``param_names``) and the scheduling settings (``batch_seconds``,
+    ``retries``, ``max_backtests``, ``metric``, ``top``, ``start``, ``end``).
+    ``identity`` is what the run id is the token of; ``feed()`` makes the
+    per-symbol input feed (see :class:`SweepFeed`), only when there is work to do.
+    """
+    from .cluster import run_tasks
+
+    run_id = token(identity)[:16]
     run_ref = root.child("runs", run_id)
     storage = run_ref.open()
     if force and storage.exists("run.json"):
@@ -477,80 +551,82 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
         return SweepResult(run_id, run_ref.url, table, {**run["summary"], "status": "complete (already done)"},
                            config)
 
-    bars_per_symbol = {s: _bars_in_range(bars, s, config.start, config.end) for s in symbols}
-    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    if run is None:
-        estimate = _estimate(config, len(sets), bars_per_symbol, 0)
-        if estimate["backtests"] > config.max_backtests and not yes:
-            raise ConfigError(f"the sweep has {estimate['backtests']:,} backtests, over max_backtests="
-                              f"{config.max_backtests:,}", key="max_backtests",
-                              hint="narrow the grid, use sample:, or pass --yes to run it anyway")
-        spb = _probe(bars, config, sets, max(symbols, key=bars_per_symbol.__getitem__))
-        layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
-                         max(bars_per_symbol.values()))
-        run = {"run_id": run_id, "status": "running", "version": __version__, "data_fingerprint": bars.fingerprint,
-               "bars": bars.url, "config": config.identity(), "symbols": symbols, "param_sets": len(sets),
-               "seconds_per_bar_probe": spb, "layout": [[list(g), lo, hi] for g, lo, hi in layout]}
-        storage.write_json(run, "run.json")
-    layout = [(tuple(g), lo, hi) for g, lo, hi in run["layout"]]
-    estimate = _estimate(config, len(sets), bars_per_symbol, len(layout))
-    echo(f"sweep {run_id}: {config.strategy}, {estimate['param_sets']:,} parameter sets"
-         f"{f' ({dropped} grid points broke the rules)' if dropped else ''} x {estimate['symbols']} symbols = "
-         f"{estimate['backtests']:,} backtests, {estimate['bar_evaluations']:,} bar-evaluations; "
-         f"{estimate['tasks']} tasks, ~{estimate['memory_per_task_mb']} MB per task, "
-         f"~{estimate['output_mb']} MB of results")
+    source = feed()
+    try:
+        bars_per_symbol = {s: _bars_in_range(bars, s, config.start, config.end) for s in symbols}
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        if run is None:
+            estimate = _estimate(len(sets), bars_per_symbol, 0)
+            if estimate["backtests"] > config.max_backtests and not yes:
+                raise ConfigError(f"the {kind} has {estimate['backtests']:,} backtests, over max_backtests="
+                                  f"{config.max_backtests:,}", key="max_backtests",
+                                  hint="narrow the grid, use sample:, or pass --yes to run it anyway")
+            longest = max(symbols, key=bars_per_symbol.__getitem__)
+            spb = _probe(config, source.probe_input(longest), sets)
+            layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
+                             max(bars_per_symbol.values()))
+            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
+                   "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
+                   "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
+                   "layout": [[list(g), lo, hi] for g, lo, hi in layout]}
+            storage.write_json(run, "run.json")
+        layout = [(tuple(g), lo, hi) for g, lo, hi in run["layout"]]
+        estimate = _estimate(len(sets), bars_per_symbol, len(layout))
+        echo(f"{kind} {run_id}: {config.label}, {estimate['param_sets']:,} parameter sets{note} x "
+             f"{estimate['symbols']} symbols = {estimate['backtests']:,} backtests, "
+             f"{estimate['bar_evaluations']:,} bar-evaluations; {estimate['tasks']} tasks, "
+             f"~{estimate['memory_per_task_mb']} MB per task, ~{estimate['output_mb']} MB of results")
 
-    done = set()
-    storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
-    if storage.fs.exists(storage.path("done")):
-        done = {int(p.rsplit("part-", 1)[1].split(".")[0]) for p in storage.fs.ls(storage.path("done"), detail=False)
-                if p.endswith(".json")}
-    todo = [j for j in range(len(layout)) if j not in done]
-    if done:
-        echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
+        done = set()
+        storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
+        if storage.fs.exists(storage.path("done")):
+            done = {int(p.rsplit("part-", 1)[1].split(".")[0])
+                    for p in storage.fs.ls(storage.path("done"), detail=False) if p.endswith(".json")}
+        todo = [j for j in range(len(layout)) if j not in done]
+        if done:
+            echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
 
-    s = get_strategy(config.strategy)
-    plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
-    hub = IndicatorHub(bars, root.child("cache"), client=client)
-    t0 = time.perf_counter()
-    consumers = Counter(sym for j in todo for sym in layout[j][0])
-    sources: dict[str, Any] = {}
-    tasks, deps = [], []
-    for j in todo:
-        group, lo, hi = layout[j]
-        for sym in group:
-            if sym not in sources:
-                sources[sym] = hub.source(sym, plan, config.start, config.end, consumers=consumers[sym])
-        tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id))
-        deps.append([sources[sym] for sym in group])
-    tables: dict[int, pa.Table] = {}
-    if tasks:
-        for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
-                             progress=progress, label="sweep",
-                             keys=[f"sweep-{run_id}-part-{t.part:06d}" for t in tasks]):
-            tables[out["part"]] = out["table"]
-            for sym, counters in out["counters"].items():
-                hub.settle(sources[sym], counters)
-    ranges: dict[tuple[int, int], list[int]] = {}
-    for j, (_, lo, hi) in enumerate(layout):
-        ranges.setdefault((lo, hi), []).append(j)
-    portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(ranges), label="portfolio", progress=False,
-                          extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
-                                      for (lo, hi), parts in ranges.items()],
-                          keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
-    wall = time.perf_counter() - t0
-    table = _final_table(_read_table(storage, list(range(len(layout))), tables), portfolio)
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    storage.write_bytes(buf.getvalue(), "results.parquet")
-    peak = max(client.run(_peak_rss).values(), default=0)
-    summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
-               "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
-               if wall > 0 else 0.0,
-               "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
-               "indicators": hub.counters.line() if todo else "", "hub": hub.counters.as_dict()}
-    storage.write_json({**run, "status": "complete", "summary": summary}, "run.json")
-    hub.release()
+        t0 = time.perf_counter()
+        consumers = Counter(sym for j in todo for sym in layout[j][0])
+        sources: dict[str, Any] = {}
+        tasks, deps = [], []
+        for j in todo:
+            group, lo, hi = layout[j]
+            for sym in group:
+                if sym not in sources:
+                    sources[sym] = source.source(sym, consumers[sym])
+            tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id))
+            deps.append([sources[sym] for sym in group])
+        tables: dict[int, pa.Table] = {}
+        if tasks:
+            for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
+                                 progress=progress, label=kind,
+                                 keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks]):
+                tables[out["part"]] = out["table"]
+                for sym, counters in out["counters"].items():
+                    source.settle(sources[sym], counters)
+        ranges: dict[tuple[int, int], list[int]] = {}
+        for j, (_, lo, hi) in enumerate(layout):
+            ranges.setdefault((lo, hi), []).append(j)
+        portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(ranges), label="portfolio", progress=False,
+                              extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
+                                          for (lo, hi), parts in ranges.items()],
+                              keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
+        wall = time.perf_counter() - t0
+        table = _final_table(_read_table(storage, list(range(len(layout))), tables), portfolio)
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        storage.write_bytes(buf.getvalue(), "results.parquet")
+        peak = max(client.run(_peak_rss).values(), default=0)
+        summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
+                   "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
+                   if wall > 0 else 0.0,
+                   "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1)}
+        if todo:
+            summary.update(source.summary())
+        storage.write_json({**run, "status": "complete", "summary": summary}, "run.json")
+    finally:
+        source.release()
     return SweepResult(run_id, run_ref.url, table, summary, config)
 
 
