@@ -119,7 +119,18 @@ def _finite_sum_nb(x, lo, hi):
 
 @numba.njit(cache=True)
 def _sma_fill_nb(x, window, out):
-    """Write the rolling mean of ``x`` into ``out`` (same length)."""
+    """Write the rolling mean of ``x`` into ``out`` (same length).
+
+    A block (the bars after one exact window sum) whose first window has no
+    missing value runs on a fast path first, with no per-bar missing-value test:
+    a NaN or inf entering the running sum leaves it non-finite for good, so one
+    ``isfinite`` at the end of the block tells whether a bar was missing (or the
+    sum overflowed), and only then is the block redone on the general path, which
+    counts missing values. Both paths add the same differences in the same order,
+    so their results are identical. The loops index slices from 0 rather than
+    ``x[i - window]``: numba cannot prove a computed index non-negative and adds a
+    wraparound select to every access, which cost more than the running sum itself.
+    """
     n = x.shape[0]
     if window > n:
         out[:] = np.nan
@@ -141,12 +152,30 @@ def _sma_fill_nb(x, window, out):
         else:
             out[i0] = s * inv
         end = min(n, i0 + block)
+        new = x[i0 + 1 : end]  # bar i = i0 + 1 + j enters as new[j], x[i - window] leaves as old[j]
+        old = x[i0 + 1 - window : end - window]
+        dst = out[i0 + 1 : end]
+        if bad == 0:
+            t = s
+            last = changed - (i0 + 1)  # `changed`, relative to the block
+            prev = x[i0]
+            for j in range(new.shape[0]):
+                v = new[j]
+                t += v - old[j]
+                if not v == prev:
+                    last = j
+                prev = v
+                dst[j] = v if j - last >= window - 1 else t * inv
+            if np.isfinite(t):
+                changed = last + i0 + 1
+                i0 = end
+                continue
         prev = x[i0]
-        for i in range(i0 + 1, end):
-            v = x[i]
-            u = x[i - window]
+        for j in range(new.shape[0]):
+            v = new[j]
+            u = old[j]
             d = v - u
-            if np.isfinite(d):  # both finite: the fast path
+            if np.isfinite(d):  # both finite
                 s += d
             else:
                 a = v
@@ -159,14 +188,14 @@ def _sma_fill_nb(x, window, out):
                     bad -= 1
                 s += a - b
             if not v == prev:
-                changed = i
+                changed = i0 + 1 + j
             prev = v
             if bad != 0:
-                out[i] = np.nan
-            elif i - changed >= window - 1:
-                out[i] = v
+                dst[j] = np.nan
+            elif i0 + 1 + j - changed >= window - 1:
+                dst[j] = v
             else:
-                out[i] = s * inv
+                dst[j] = s * inv
         i0 = end
 
 
