@@ -361,7 +361,8 @@ def targets_batch_with_equity(targets, open_, high, low, close, timeline_pos, pe
                               equity_acc, trade_acc, extra_acc):
     """``simulate_stats_batch`` over a target matrix that also adds its sleeves into the accumulators.
 
-    For user strategies: ``targets`` is int (m, n), one row per parameter set,
+    For user strategies: ``targets`` is int (m, n), one row per parameter set (or float:
+    fractional targets, see :mod:`admf_dask.kernels.simulate`),
     already clipped to the direction mode (as ``backtest.run_batch`` does). The
     other arguments are those of :func:`strategy_batch_with_equity`. Returns
     float64 (m, N_STATS), bit-identical to

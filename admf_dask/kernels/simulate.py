@@ -19,6 +19,22 @@ Execution semantics
 -------------------
 * Targets are ``-1, 0, +1`` (short, flat, long with all equity; any int array,
   read by sign). The caller clips them for long-only or short-only modes.
+* Fractional targets: a float target ``raw`` means direction ``sign(raw)`` with
+  the fraction ``f = min(|raw|, 1)`` of equity (0.5: long with half the equity;
+  NaN: flat). Integer targets, and floats of magnitude 1 or more, are ``f = 1``
+  and take exactly the all-in path below (bit-identical results). A change of
+  target, of direction *or* of fraction, closes the open position and opens the
+  new one at that open (two fills, as a reversal), sized on the fraction of the
+  equity after the exit: ``units = f * equity / (fill * (1 + commission))``; the
+  rest stays in cash. With ``whole_units`` and ``f < 1`` the count is
+  backtesting.py's for ``buy(size=f)`` / ``sell(size=f)``:
+  ``(equity * f) // (fill + (f * fill * commission) / f)``, with no ``1 - eps``
+  factor (backtesting.py applies that only to its default size, all equity,
+  which is what ``f = 1`` uses): 10,000 at ``f = 0.5`` buys 2 units priced
+  2,500. A target held at the same value never resizes: the position drifts
+  with the price, as an all-in one does. Only float targets track the fraction; the kernels typed for int
+  targets compile the all-in path alone (``sim_step`` is inlined and
+  specialised on the target's type).
 * A target decided at bar ``t`` (data up to ``t``'s close) fills at bar ``t+1``'s
   open. The target on the last bar is never executed. Bar ``t`` reads only bar
   ``t``'s prices and ``targets[t-1]``, so nothing looks ahead.
@@ -50,8 +66,9 @@ Execution semantics
   or at the open if the bar gapped through it (the worse price for a stop-loss, the
   better one for a take-profit). If both levels lie within one bar, the stop-loss
   wins (pessimistic, as backtesting.py).
-* After a stop exit the kernel stays flat until the target differs from the
-  stopped direction; a new target then fills at the next open as usual. This is
+* After a stop exit the kernel stays flat until the target's direction differs
+  from the stopped direction (a change of fraction alone does not re-enter); a
+  new target then fills at the next open as usual. This is
   what a backtesting.py strategy that trades on signal changes does: it issues no
   new order until its next signal.
 * If equity is 0 or less at a close (possible only when short), an open position
@@ -73,6 +90,8 @@ import sys
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from admf_dask.kernels.stats import (
     N_STATS, TRADE_FIELDS, bar_init, bar_update, finalize, trade_init, trade_update,
@@ -103,6 +122,86 @@ def _units(equity, fill, commission, whole_units):
 
 
 @numba.njit(cache=True)
+def _units_fraction(equity, f, fill, commission, whole_units):
+    """Units of a position of ``f`` (0 < f < 1) of ``equity``.
+
+    Whole units: backtesting.py's ``buy(size=f)``, the float operations of
+    ``_Broker._process_orders``: ``int((margin_available * leverage * f) //
+    (adjusted_price + commission(f, price) / f))`` with leverage 1, spread 0 and
+    ``commission(f, price) = 0 + f * price * commission``.
+    """
+    if whole_units:
+        per_unit = fill + (f * fill * commission) / f
+        budget = equity * f
+        q = budget / per_unit
+        whole = math.floor(q)
+        tol = 1e-9 * max(1.0, q)
+        if q - whole < tol or q - whole > 1.0 - tol:
+            whole = budget // per_unit
+        return whole
+    return equity * f / (fill * (1.0 + commission))
+
+
+# Target-type dispatch for ``sim_step``: overloads, so that an int target compiles
+# to exactly the all-in code of before fractions. Fraction logic in the shared
+# code, even on a constant f = 1.0 that LLVM should fold (``if f < 1.0`` around
+# the sizing, or ``want != 0 and f != frac`` in the fill test), made the fused
+# SMA-cross kernel a third to a half slower.
+
+
+def _fraction(raw):
+    """Size fraction of a target: 1 for int targets, ``min(|raw|, 1)`` for floats."""
+
+
+def _acts(raw, want, direction, frac):
+    """Whether the target calls for fills: a new direction, or (floats) a new fraction."""
+
+
+def _open_units(raw, cash, fill, commission, whole_units):
+    """Units of a new position: ``_units`` for ints, sized on the fraction for floats."""
+
+
+def _int_like(ty):
+    return isinstance(ty, (types.Integer, types.Boolean))
+
+
+@overload(_fraction, inline="always")
+def _fraction_ol(raw):
+    if isinstance(raw, types.Float):
+        return lambda raw: min(abs(raw), 1.0)
+    if _int_like(raw):
+        return lambda raw: 1.0
+    return None
+
+
+@overload(_acts, inline="always")
+def _acts_ol(raw, want, direction, frac):
+    if isinstance(raw, types.Float):
+        # Bitwise, not ``or``/``and``: short-circuits inside an inlined overload
+        # trip numba's IR checks (NumbaIRAssumptionWarning).
+        return lambda raw, want, direction, frac: (
+            (want != direction) | ((want != 0) & (min(abs(raw), 1.0) != frac)))
+    if _int_like(raw):
+        return lambda raw, want, direction, frac: want != direction
+    return None
+
+
+@overload(_open_units, inline="always")
+def _open_units_ol(raw, cash, fill, commission, whole_units):
+    if isinstance(raw, types.Float):
+        def impl(raw, cash, fill, commission, whole_units):
+            f = min(abs(raw), 1.0)
+            if f < 1.0:
+                return _units_fraction(cash, f, fill, commission, whole_units)
+            return _units(cash, fill, commission, whole_units)
+        return impl
+    if _int_like(raw):
+        return lambda raw, cash, fill, commission, whole_units: _units(
+            cash, fill, commission, whole_units)
+    return None
+
+
+@numba.njit(cache=True)
 def _exit(cash, direction, units, entry_price, entry_comm, fill, commission):
     """Close the position at ``fill``: new cash, net PnL, net return."""
     exit_comm = units * fill * commission
@@ -130,9 +229,11 @@ def sim_init(cash):
     """Start state of the per-bar state machine ``sim_step``: flat, ``cash`` in hand.
 
     A tuple ``(direction, units, entry_price, entry_comm, entry_bar, sl_price,
-    tp_price, stopped_dir, ruined, cash, n_trades)``; callers only pass it on.
+    tp_price, stopped_dir, ruined, cash, n_trades, fraction)``; callers only pass
+    it on. ``fraction`` is the size fraction of the open position (float
+    targets only; int-target loops never read it).
     """
-    return (0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0, False, float(cash), 0)
+    return (0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0, False, float(cash), 0, 1.0)
 
 
 @numba.njit(cache=True, inline="always")
@@ -140,6 +241,10 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
              whole_units, stop_loss, take_profit, record, equity_out, position_out,
              trade_int, trade_float):
     """Advance the simulation over bar ``t``; ``raw`` is the target decided at ``t - 1``.
+
+    ``raw`` is an int (direction, all-in) or a float (direction and size
+    fraction, see the module docstring); the function is inlined, so each caller
+    compiles only the path of its target type.
 
     The one place the execution semantics live: ``_run`` (targets from an array)
     and the fused strategy kernels (``admf_dask.kernels.strategies``, targets
@@ -149,7 +254,7 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
     ``(sim, bar_st, trade_st)``.
     """
     (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
-     stopped_dir, ruined, cash, n_tr) = sim
+     stopped_dir, ruined, cash, n_tr, frac) = sim
     s = slippage_bps * 1e-4
     sl_on = stop_loss > 0.0
     tp_on = take_profit > 0.0
@@ -164,7 +269,8 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
                     want = 0
                 else:
                     stopped_dir = 0
-            if want != direction:
+            # For int targets _acts is ``want != direction``, as before fractions.
+            if _acts(raw, want, direction, frac):
                 if direction != 0:
                     fill = o * (1.0 - s) if direction > 0 else o * (1.0 + s)
                     cash, pnl, ret = _exit(cash, direction, units, entry_price,
@@ -178,10 +284,11 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
                     units = 0.0
                 if want != 0 and cash > 0.0:
                     fill = o * (1.0 + s) if want > 0 else o * (1.0 - s)
-                    u = _units(cash, fill, commission, whole_units)
+                    u = _open_units(raw, cash, fill, commission, whole_units)
                     if u > 0.0:
                         direction = want
                         units = u
+                        frac = _fraction(raw)
                         entry_price = fill
                         entry_comm = u * fill * commission
                         entry_bar = t
@@ -231,7 +338,7 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
         equity_out[t] = equity
         position_out[t] = direction * units
     sim = (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
-           stopped_dir, ruined, cash, n_tr)
+           stopped_dir, ruined, cash, n_tr, frac)
     return sim, bar_st, trade_st
 
 
@@ -283,8 +390,10 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     ----------
     open_, high, low, close : float64 arrays (n,)
         Bar prices.
-    targets : int array (n,)
-        Desired position per bar, -1 / 0 / +1 of equity, decided at the bar's close.
+    targets : int or float array (n,)
+        Desired position per bar, decided at the bar's close: -1 / 0 / +1 of
+        equity (ints), or a signed fraction of equity in [-1, 1] (floats; see
+        the module docstring).
     cash : float
         Starting equity.
     commission : float

@@ -551,3 +551,275 @@ def test_prices_after_t_never_change_anything_up_to_t(seed, n, cut, commission, 
     assert done_a.sum() == done_b.sum()
     for field_a, field_b in zip(tr_a, tr_b):
         np.testing.assert_array_equal(field_a[done_a], field_b[done_b])
+
+
+# ---------------------------------------------------------------- fractional targets
+#
+# A float target is a signed fraction of equity; a change of target (direction or
+# fraction) closes the position and opens the new one, sized on that fraction of
+# the equity after the exit. The backtesting.py oracle: a strategy that on each
+# change calls ``position.close()`` then ``buy(size=f)`` / ``sell(size=f)``
+# (its relative size, whole units), or its default size (all equity) for |f| = 1.
+
+_FULL_EQUITY = 1.0 - np.finfo(float).eps  # backtesting.py's default order size
+LEVELS = np.array([-1.0, -0.75, -0.5, -0.3, 0.0, 0.3, 0.5, 0.6, 0.9, 1.0])
+
+
+def piecewise_fractions(rng, n, hold=15, levels=LEVELS):
+    """Random fractional targets held ``hold`` bars each; 0 on bar 0 (backtesting.py's
+    first ``next()`` is on bar 1)."""
+    targets = np.repeat(rng.choice(levels, n // hold + 1), hold)[:n].astype(np.float64)
+    targets[:hold] = 0.0
+    return targets
+
+
+def run_backtesting_fractions(df, targets, *, stop_loss=None, take_profit=None,
+                              commission=COMMISSION, cash=CASH):
+    """backtesting.py trading a fractional target array on its changes.
+
+    After a stop exit the strategy re-enters only once the target's direction
+    differs from the stopped one, as the kernel does.
+    """
+    open_ = df["Open"].to_numpy(dtype=np.float64)
+    close = df["Close"].to_numpy(dtype=np.float64)
+    n = len(df)
+
+    def brackets(i, side):
+        nxt = open_[i + 1] if i + 1 < n else close[i]
+        kw = {}
+        if stop_loss:
+            kw["sl"] = nxt * (1 - side * stop_loss)
+        if take_profit:
+            kw["tp"] = nxt * (1 + side * take_profit)
+        return kw
+
+    class Fractions(Strategy):
+        def init(self):
+            self.prev = 0.0    # target of the last order
+            self.held = 0      # direction that order opened
+            self.stopped = 0   # direction of a stopped-out position
+
+        def next(self):
+            i = len(self.data) - 1
+            target = targets[i]
+            if self.held and not self.position:  # a stop closed it
+                self.stopped, self.held = self.held, 0
+            if target == self.prev:
+                return
+            self.prev = target
+            side = int(np.sign(target))
+            if self.stopped:
+                if side == self.stopped:
+                    return
+                self.stopped = 0
+            self.position.close()
+            self.held = side
+            if side:
+                f = abs(target)
+                size = f if f < 1 else _FULL_EQUITY
+                order = self.buy if side > 0 else self.sell
+                order(size=size, **brackets(i, side))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Backtest(df, Fractions, cash=cash, commission=commission,
+                        exclusive_orders=True).run()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fractional_targets_match_backtesting(goog, seed):
+    targets = piecewise_fractions(np.random.default_rng(seed), len(goog))
+    bt_stats = run_backtesting_fractions(goog, targets)
+    result = simulate(*ohlc(goog), targets, CASH, COMMISSION, 0.0, True)
+    tr = dict(zip(TRADE_FIELDS, result[2]))
+    # Fraction-only changes (same direction, new size) really happened.
+    same_side = (tr["exit_bar"][:-1] == tr["entry_bar"][1:]) & (tr["direction"][:-1] == tr["direction"][1:])
+    assert same_side.sum() >= 5
+    assert len(tr["entry_bar"]) > 50
+    assert_matches_backtesting(bt_stats, result, goog)
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_fractional_targets_with_stops_match_backtesting(seed):
+    df = synthetic_bars(seed, 500)
+    o, h, l, c = ohlc(df)
+    stop_loss, take_profit = 0.015, 0.03
+    rng = np.random.default_rng(seed + 100)
+    proposal = piecewise_fractions(rng, len(df), hold=6)
+    # Keep only changes whose brackets backtesting.py accepts (checked against
+    # the signal bar's close); otherwise hold the previous target.
+    targets = np.zeros(len(df))
+    for i in range(1, len(df)):
+        t = proposal[i]
+        side = np.sign(t)
+        nxt = o[i + 1] if i + 1 < len(df) else c[i]
+        ok = side == 0 or (side * (nxt * (1 - side * stop_loss) - c[i]) < 0
+                           and side * (nxt * (1 + side * take_profit) - c[i]) > 0)
+        targets[i] = t if ok else targets[i - 1]
+    bt_stats = run_backtesting_fractions(df, targets, stop_loss=stop_loss, take_profit=take_profit)
+    result = simulate(o, h, l, c, targets, CASH, COMMISSION, 0.0, True, stop_loss, take_profit)
+    tr = dict(zip(TRADE_FIELDS, result[2]))
+    assert (tr["exit_price"] != o[tr["exit_bar"]]).sum() >= 5  # stops fired
+    assert_matches_backtesting(bt_stats, result, df)
+
+
+def test_fractional_whole_units_round_as_backtesting():
+    """``buy(size=f)`` spends ``equity * f`` with no ``1 - eps`` factor (that is the
+    default size's, |target| = 1): 10,000 at f = 0.5 buys 2 units priced 2,500,
+    where ``_units(equity * f)`` would floor ``5,000 * (1 - eps) / 2,500`` to 1."""
+    n = 6
+    index = pd.bdate_range("2020-01-01", periods=n)
+    for price, target, units in [(2_500.0, 0.5, 2.0), (2_000.0, 0.3, 1.0), (5_000.0, 1.0, 1.0),
+                                 (1_000.0, -0.7, -7.0)]:
+        df = pd.DataFrame({k: np.full(n, price) for k in ("Open", "High", "Low", "Close")},
+                          index=index)
+        targets = np.r_[0.0, np.full(n - 1, target)]
+        bt_stats = run_backtesting_fractions(df, targets, commission=0.0)
+        equity, position, trades = simulate(*ohlc(df), targets, CASH, 0.0, 0.0, True)
+        assert position[-1] == units
+        assert bt_stats["_strategy"].trades[0].size == units
+        np.testing.assert_array_equal(equity, bt_stats["_equity_curve"]["Equity"].to_numpy())
+
+
+def test_unit_float_targets_are_bit_identical_to_int_targets():
+    for seed, kwargs in [(0, {}), (1, COST_CASES[1]), (2, COST_CASES[2]), (3, COST_CASES[3]),
+                         (4, COST_CASES[4])]:
+        (o, h, l, c), targets = random_case(seed)
+        ref = simulate(o, h, l, c, targets, **kwargs)
+        for as_float in (targets.astype(np.float64), targets * 2.5, targets.astype(np.float32)):
+            got = simulate(o, h, l, c, as_float, **kwargs)
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+            for a, b in zip(got[2], ref[2]):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(
+            simulate_stats(o, h, l, c, targets.astype(np.float64), 252.0, **kwargs),
+            simulate_stats(o, h, l, c, targets, 252.0, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", COST_CASES)
+def test_fractional_fused_stats_equal_reference_stats(kwargs):
+    (o, h, l, c), _ = random_case(7)
+    rng = np.random.default_rng(17)
+    targets = np.stack([piecewise_fractions(rng, len(c), hold=7) for _ in range(4)])
+    batch = simulate_stats_batch(o, h, l, c, targets, 252.0, **kwargs)
+    for k in range(len(targets)):
+        reference = compute_stats(*simulate(o, h, l, c, targets[k], **kwargs), c, 252.0)
+        np.testing.assert_array_equal(simulate_stats(o, h, l, c, targets[k], 252.0, **kwargs),
+                                      reference)
+        np.testing.assert_array_equal(batch[k], reference)
+
+
+@pytest.mark.parametrize("f", [0.25, 0.5, 0.9])
+@pytest.mark.parametrize("side", [1, -1])
+def test_fractional_units_hold_equity_formula(f, side):
+    """Zero costs, one position of fraction f from bar 1's open to the end:
+    long ``cash * (1 - f) + cash * f * close / entry``, short
+    ``cash * (1 - f) + cash * f * (2 - close / entry)``."""
+    df = synthetic_bars(21, 200)
+    o, h, l, c = ohlc(df)
+    targets = np.full(len(c), side * f)
+    equity, position, trades = simulate(o, h, l, c, targets)
+    assert len(trades[0]) == 0
+    entry = o[1]
+    held = c[1:] / entry if side > 0 else 2.0 - c[1:] / entry
+    expected = np.r_[CASH, CASH * (1 - f) + CASH * f * held]
+    np.testing.assert_allclose(equity, expected, rtol=1e-12)
+    np.testing.assert_allclose(position[1:], side * CASH * f / entry, rtol=1e-15)
+
+
+def test_fractional_units_keep_the_rest_in_cash():
+    """With costs: the entry fill spends exactly ``f`` of the equity after any exit
+    (notional plus commission), so cash at a long holds ``(1 - f)`` of it."""
+    (o, h, l, c), _ = random_case(13)
+    rng = np.random.default_rng(3)
+    targets = piecewise_fractions(rng, len(c), hold=9, levels=np.array([0.0, 0.2, 0.5, 0.8, 1.0]))
+    rate = 0.001
+    equity, position, trades = simulate(o, h, l, c, targets, CASH, rate, 3.0)
+    tr = dict(zip(TRADE_FIELDS, trades))
+    cash = equity - position * c
+    for k in range(len(tr["entry_bar"])):
+        e = tr["entry_bar"][k]
+        f = abs(targets[e - 1])
+        # Equity right after the exit at this open (if any) = cash before entry.
+        before = cash[e - 1] + position[e - 1] * tr["exit_price"][k - 1] * (1 - rate) \
+            if k and tr["exit_bar"][k - 1] == e else cash[e - 1]
+        assert tr["size"][k] == pytest.approx(f * before / (tr["entry_price"][k] * (1 + rate)),
+                                              rel=1e-12)
+        assert cash[e] == pytest.approx((1 - f) * before, rel=1e-9, abs=1e-6)
+
+
+def test_change_of_fraction_closes_and_reopens():
+    rate = 0.01
+    o, h, l, c = flat_bars([100.0, 100.0, 110.0, 120.0, 120.0, 90.0])
+    targets = np.array([0.5, 0.5, 0.8, 0.8, 0.8, 0.8])
+    equity, position, trades = simulate(o, h, l, c, targets, CASH, rate)
+    tr = dict(zip(TRADE_FIELDS, trades))
+    # 0.5 from bar 1; the change to 0.8 (decided at bar 2) exits and re-enters at bar 3.
+    assert tr["entry_bar"].tolist() == [1] and tr["exit_bar"].tolist() == [3]
+    u1 = 0.5 * CASH / (100.0 * (1 + rate))
+    assert tr["size"][0] == pytest.approx(u1, rel=1e-15)
+    after_exit = CASH + u1 * (120.0 - 100.0) - rate * u1 * (100.0 + 120.0)
+    u2 = 0.8 * after_exit / (120.0 * (1 + rate))
+    assert position[3] == pytest.approx(u2, rel=1e-12)
+    assert equity[3] == pytest.approx(after_exit - rate * u2 * 120.0, rel=1e-12)
+    assert equity[5] == pytest.approx(after_exit - rate * u2 * 120.0 + u2 * (90.0 - 120.0), rel=1e-12)
+    # A held fraction never resizes: same units while the price moves.
+    assert position[1] == position[2]
+
+
+def test_nan_target_is_flat():
+    o, h, l, c = flat_bars([100.0, 100.0, 100.0, 100.0, 100.0])
+    targets = np.array([0.5, np.nan, np.nan, 0.5, 0.5])
+    _, position, trades = simulate(o, h, l, c, targets)
+    assert position.tolist() == [0.0, 50.0, 0.0, 0.0, 50.0]
+    assert trades[0].tolist() == [1] and trades[1].tolist() == [2]
+
+
+def test_stop_then_change_of_fraction_alone_stays_flat():
+    # Long 0.5 from bar 1 at 100; bar 3 hits the 5 % stop. The target then moves
+    # to 0.3 (same direction: stays flat), then to -0.3 (enters short at bar 7).
+    o = np.array([100.0, 100.0, 101.0, 99.0, 96.0, 97.0, 98.0, 99.0, 100.0])
+    h = o + 2.0
+    l = o - 2.0
+    l[3] = 90.0
+    c = o + 0.5
+    targets = np.array([0.5, 0.5, 0.5, 0.5, 0.3, 0.3, -0.3, -0.3, -0.3])
+    _, position, trades = simulate(o, h, l, c, targets, CASH, 0.0, 0.0, False, 0.05)
+    tr = dict(zip(TRADE_FIELDS, trades))
+    assert tr["exit_bar"].tolist() == [3] and tr["exit_price"][0] == pytest.approx(95.0)
+    assert (position[3:7] == 0).all() and (position[7:] < 0).all()
+    equity_after_stop = CASH - 0.5 * CASH / 100.0 * 5.0
+    assert position[7] == pytest.approx(-0.3 * equity_after_stop / o[7], rel=1e-12)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 60),
+    cut=st.floats(0, 1),
+    commission=st.sampled_from([0.0, 0.001]),
+    whole_units=st.booleans(),
+    stop_loss=st.sampled_from([np.nan, 0.02]),
+)
+def test_fractional_prices_after_t_never_change_anything_up_to_t(seed, n, cut, commission,
+                                                                 whole_units, stop_loss):
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, n)))
+    open_ = close * np.exp(rng.normal(0, 0.01, n))
+    high = np.maximum(open_, close) * 1.01
+    low = np.minimum(open_, close) * 0.99
+    targets = rng.choice(LEVELS, n)
+    t = min(int(cut * n), n - 1)
+    changed = [a.copy() for a in (open_, high, low, close)]
+    for a in changed:
+        a[t + 1:] *= np.exp(rng.normal(0, 0.5, n - t - 1))
+    args = (CASH, commission, 1.0, whole_units, stop_loss)
+    eq_a, pos_a, tr_a = simulate(open_, high, low, close, targets, *args)
+    eq_b, pos_b, tr_b = simulate(*changed, targets, *args)
+    np.testing.assert_array_equal(eq_a[: t + 1], eq_b[: t + 1])
+    np.testing.assert_array_equal(pos_a[: t + 1], pos_b[: t + 1])
+    done_a, done_b = tr_a[1] <= t, tr_b[1] <= t
+    assert done_a.sum() == done_b.sum()
+    for field_a, field_b in zip(tr_a, tr_b):
+        np.testing.assert_array_equal(field_a[done_a], field_b[done_b])
