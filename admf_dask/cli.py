@@ -213,6 +213,149 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     click.echo(format_top(result))
 
 
+def _member(spec: str, direction: str) -> dict:
+    """``sma_cross:fast=10,slow=50`` -> {strategy, params, direction}."""
+    import yaml
+
+    strategy, _, rest = spec.partition(":")
+    params = {}
+    for pair in filter(None, rest.split(",")):
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{spec!r}: parameters are name=value, comma separated",
+                                     param_hint="-c/--config")
+        params[name.strip()] = yaml.safe_load(value)
+    return {"strategy": strategy.strip(), "params": params, "direction": direction}
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@click.option("--from-run", help="A finished sweep's run id (under --storage/runs): store its top configurations.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of --from-run's best parameter sets.")
+@click.option("--metric", help="Rank --from-run's portfolio rows by this statistic (default: sharpe).")
+@click.option("--config", "-c", "configs", multiple=True, metavar="STRATEGY:NAME=V,...",
+              help="Repeatable, instead of --from-run: e.g. -c sma_cross:fast=10,slow=50 -c rsi_reversion:window=14.")
+@click.option("--direction", type=click.Choice(["long_short", "long_only", "short_only"]), default="long_short",
+              show_default=True, help="Direction mode of the -c configurations.")
+@click.option("--symbols", "symbol_list", help="Comma-separated symbols for -c (default: all in STORE).")
+@click.option("--start", help="First bar's date for -c (default: the data's first).")
+@click.option("--end", help="Last bar's date for -c, inclusive.")
+@click.option("--cash", type=float, default=10_000.0, show_default=True, help="Stored as the replay's default.")
+@click.option("--commission", type=float, default=0.0, show_default=True, help="Stored as the replay's default.")
+@click.option("--slippage-bps", type=float, default=0.0, show_default=True)
+@click.option("--storage", default=".", show_default=True, help="Root for signals/, runs/ and cache/.")
+@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@click.option("--force", is_flag=True, help="Rewrite the set even if it is complete.")
+@storage_option
+def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
+            slippage_bps, storage, cluster, force, storage_options) -> None:
+    """Generate and store the signals of strategy configurations over STORE (phase 1 of replay).
+
+    Each configuration's target series is stored per symbol as sparse change events
+    under <storage>/signals/<set-id>/, manifest last. Replay it with `admf replay`.
+
+    \b
+    Examples:
+        admf signals data/bars --from-run 3f2a... --top 3 --storage data
+        admf signals data/bars -c sma_cross:fast=10,slow=50 -c sma_cross:fast=20,slow=100
+    """
+    from .bars import BarStore
+    from .cluster import connect
+    from .signals import SignalsConfig, generate_signals
+    from .storage import StorageRef
+
+    options = _options(storage_options)
+    config = SignalsConfig(configs=[_member(c, direction) for c in configs] if configs else None,
+                           from_run=from_run, top=top, metric=metric,
+                           symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
+                           start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps)
+    bar_store = BarStore(store, options)
+    bar_store.manifest
+    with connect(cluster) as client:
+        result = generate_signals(config, bar_store, StorageRef.make(storage, options), client, force=force,
+                                  echo=lambda m: click.echo(m, err=True))
+    click.echo("\n".join(format_signal_set(result)))
+
+
+def format_signal_set(signal_set) -> list[str]:
+    size = signal_set.size()
+    lines = [f"signal set {signal_set.set_id} at {signal_set.ref.url}: {len(signal_set.members)} member(s) x "
+             f"{len(signal_set.symbols)} symbol(s), {size['events']:,} change events, {size['bytes']:,} bytes "
+             f"(dense int8: {size['dense_int8_bytes']:,})"]
+    lines += [f"  {k}: {m.label}" for k, m in enumerate(signal_set.members)]
+    return lines
+
+
+def _weights(text: str) -> list[list[float]]:
+    try:
+        return [[float(v) for v in vec.split(",")] for vec in text.split(";") if vec.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: weight vectors are comma-separated numbers, vectors separated by ;",
+                                 param_hint="--weights") from None
+
+
+@cli.command()
+@click.argument("signals_id", metavar="SIGNALS")
+@click.option("--store", help="The bar dataset (default: the one the set was made from).")
+@click.option("--rule", type=click.Choice(["vote", "fraction"]), default="vote", show_default=True,
+              help="vote: sign of the weighted sum when |sum| >= --threshold; fraction: the sum clipped to "
+                   "[-1, 1] as a fraction of equity.")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--weights", help="Explicit weight vectors: '1,0,0;0.5,0.5,0' (K weights each, member order).")
+@click.option("--grid", help="Values each weight takes, e.g. 0,0.5,1: the product over members.")
+@click.option("--sample", type=click.IntRange(min=1), help="A seeded sample of N vectors (of --grid, or uniform).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--symbols", "symbol_list", help="Comma-separated subset of the set's symbols.")
+@click.option("--direction", type=click.Choice(["long_short", "long_only", "short_only"]), default="long_short",
+              show_default=True, help="Clip the combined target.")
+@click.option("--commission", type=float, help="Override the set's commission.")
+@click.option("--storage", default=".", show_default=True, help="Root for signals/ and runs/.")
+@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@click.option("--metric", default="sharpe", show_default=True)
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--batch-seconds", type=float, default=0.5, show_default=True, help="Target work per task.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--max-backtests", type=click.IntRange(min=1), default=10_000_000, show_default=True)
+@click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
+@click.option("--force", is_flag=True, help="Recompute a replay run that exists.")
+@storage_option
+def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
+           storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force,
+           storage_options) -> None:
+    """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
+
+    SIGNALS is a set id printed by `admf signals` (under --storage/signals) or a
+    set's URL. Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
+    the same way.
+
+    \b
+    Example:
+        admf replay 9c1e... --grid 0,0.5,1 --rule vote --threshold 0.5 --storage data
+    """
+    from .bars import BarStore
+    from .cluster import connect
+    from .replay import ReplayConfig, best_weights, plan_replay, run_replay
+    from .storage import StorageRef
+
+    options = _options(storage_options)
+    config = ReplayConfig(signals=signals_id, rule=rule, threshold=threshold,
+                          weights=_weights(weights) if weights else None,
+                          grid=[float(v) for v in grid.split(",") if v] if grid else None, sample=sample, seed=seed,
+                          symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
+                          direction=direction, commission=commission, metric=metric, top=top,
+                          batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests)
+    root = StorageRef.make(storage, options)
+    _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
+    with connect(cluster) as client:
+        result = run_replay(config, root, client, bar_store, force=force, yes=yes,
+                            echo=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
+    click.echo(format_top(result))
+    click.echo(best_weights(result))
+
+
 def format_top(result) -> str:
     """The top rows of a sweep (or replay) as a table: parameters, symbol and the main statistics."""
     names = result.config.param_names()

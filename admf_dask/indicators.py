@@ -30,7 +30,7 @@ import numpy as np
 from admf_dask.errors import ConfigError, DataError, did_you_mean
 from admf_dask.kernels import indicators as k
 
-__all__ = ["INDICATORS", "IndicatorDef", "IndicatorPlan", "IndicatorSpec", "Param"]
+__all__ = ["INDICATORS", "IndicatorDef", "IndicatorPlan", "IndicatorSpec", "Param", "computations"]
 
 
 @dataclass(frozen=True)
@@ -214,8 +214,22 @@ class IndicatorSpec:
                 key=missing[0],
             )
         result = self.definition.kernel(*(columns[c] for c in self.inputs), **dict(self.params))
+        _COMPUTED[0] += 1
         arrays = result if isinstance(result, tuple) else (result,)
         return dict(zip(self.outputs, arrays))
+
+
+_COMPUTED = [0]  # indicator kernel runs in this process (a list: incremented in place from any thread)
+
+
+def computations() -> int:
+    """How many indicator kernels this process has run: the ground truth behind "computes no indicator".
+
+    Every indicator anywhere (hub, probe, ``backtest`` on bare bars) is computed by
+    :meth:`IndicatorSpec.compute`, which counts here; read it on each worker with
+    ``client.run(computations)``.
+    """
+    return _COMPUTED[0]
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ from typing import Any
 import yaml
 
 from .bars.synthetic import SyntheticSpec
-from .sweep import SweepConfig
 from .config import ClusterConfig, build, env_override
+from .replay import ReplayConfig
+from .signals import SignalsConfig
+from .sweep import SweepConfig
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["Workflow", "load_workflow", "run_workflow", "STEPS"]
@@ -126,6 +128,46 @@ class SweepStep(SweepConfig):
         return SweepConfig(**{f.name: getattr(self, f.name) for f in fields(SweepConfig)})
 
 
+@dataclass(frozen=True, kw_only=True)
+class SignalsStep(SignalsConfig):
+    """Store the signals of configurations as a set (see :class:`admf_dask.signals.SignalsConfig`).
+
+    ``from_run: last`` takes the top configurations of this workflow's latest sweep.
+    """
+
+    dataset: str
+    force: bool = False
+
+    def config(self, last_run: str | None) -> SignalsConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(SignalsConfig)}
+        if values["from_run"] == "last":
+            if last_run is None:
+                raise ConfigError("from_run: last needs a sweep step before this one", key="from_run")
+            values["from_run"] = last_run
+        return SignalsConfig(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayStep(ReplayConfig):
+    """Replay weight vectors over a signal set (see :class:`admf_dask.replay.ReplayConfig`).
+
+    ``signals: last`` is the set of this workflow's latest ``signals`` step. The
+    bars are the set's dataset, or ``dataset`` when given.
+    """
+
+    dataset: str | None = None
+    force: bool = False
+    yes: bool = False
+
+    def config(self, last_set: str | None) -> ReplayConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(ReplayConfig)}
+        if values["signals"] == "last":
+            if last_set is None:
+                raise ConfigError("signals: last needs a signals step before this one", key="signals")
+            values["signals"] = last_set
+        return ReplayConfig(**values)
+
+
 @dataclass(frozen=True)
 class Workflow:
     storage: str
@@ -144,6 +186,8 @@ class Context:
         self.echo = echo
         self._stack = stack
         self._client = None
+        self.last_run: str | None = None  # the latest sweep's run id, for `from_run: last`
+        self.last_set: str | None = None  # the latest signal set's id, for `signals: last`
 
     @property
     def client(self):
@@ -229,7 +273,32 @@ def _run_sweep(ctx: Context, step: SweepStep) -> str:
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
     result = run_sweep(step.config(), ctx.dataset(step.dataset), root, ctx.client, force=step.force, yes=step.yes,
                        echo=ctx.echo)
+    ctx.last_run = result.run_id
     return "\n".join([*result.lines(), format_top(result)])
+
+
+def _run_signals(ctx: Context, step: SignalsStep) -> str:
+    from .cli import format_signal_set
+    from .signals import generate_signals
+    from .storage import StorageRef
+
+    root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
+    signal_set = generate_signals(step.config(ctx.last_run), ctx.dataset(step.dataset), root, ctx.client,
+                                  force=step.force, echo=ctx.echo)
+    ctx.last_set = signal_set.set_id
+    return "\n".join(format_signal_set(signal_set))
+
+
+def _run_replay(ctx: Context, step: ReplayStep) -> str:
+    from .cli import format_top
+    from .replay import best_weights, run_replay
+    from .storage import StorageRef
+
+    root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
+    result = run_replay(step.config(ctx.last_set), root, ctx.client,
+                        ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
+                        echo=ctx.echo)
+    return "\n".join([*result.lines(), format_top(result), best_weights(result)])
 
 
 STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
@@ -238,6 +307,8 @@ STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
     "summary": (SummaryStep, _run_summary),
     "indicators": (IndicatorsStep, _run_indicators),
     "sweep": (SweepStep, _run_sweep),
+    "signals": (SignalsStep, _run_signals),
+    "replay": (ReplayStep, _run_replay),
 }
 
 

@@ -1,0 +1,416 @@
+"""Signal sets: the target series of K strategy configurations, generated once and stored sparse.
+
+Phase 1 of signal replay (:mod:`admf_dask.replay` is phase 2). Every member of a
+set is one strategy configuration (strategy, parameters, direction mode); its
+target series on each symbol (int8 -1/0/+1 per bar, already clipped to its
+direction) is what its backtest trades. A set stores only the *changes* of those
+series, so it is small, and replaying it needs no indicator.
+
+Storage, under ``<root>/signals/<set-id>/``::
+
+    parts/<symbol>.parquet   one row per change: member (int16), timestamp (int64 ns UTC), target (int8)
+    _signals.json            the manifest, written last
+
+The manifest holds the members, the shared execution settings (cash, costs,
+stops) they were ranked under, the dataset fingerprint and each symbol's bar
+count and range, the package version, and every part with its sha256. A reader
+sees a set only when the manifest exists, and trusts only the parts it lists
+(checksums are verified on load). Parts have deterministic names and are written
+whole, so an interrupted write leaves no visible set and rerunning the same
+command completes it (parts already written are kept).
+
+The set id is the token of (members, settings, data fingerprint, symbols, range,
+package version): the same request finds the same set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .bars import BarStore, Bars
+from .config import token
+from .errors import ConfigError, DataError, did_you_mean
+from .kernels.stats import STAT_NAMES
+from .storage import StorageRef
+
+__all__ = ["Member", "SignalSet", "SignalsConfig", "generate_signals", "MANIFEST", "FORMAT"]
+
+MANIFEST = "_signals.json"
+FORMAT = "admf-signals/1"
+COST_KEYS = ("cash", "commission", "slippage_bps", "whole_units", "stop_loss", "take_profit")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One configuration of a signal set: strategy, its parameters and direction mode."""
+
+    strategy: str
+    params: dict = field(default_factory=dict)
+    direction: str = "long_short"
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.strategy}({args})" + ("" if self.direction == "long_short" else f"[{self.direction}]")
+
+
+@dataclass(frozen=True)
+class SignalsConfig:
+    """What to store: explicit ``configs``, or the ``top`` K of a finished sweep run (``from_run``).
+
+    ``configs`` is a list of mappings ``{strategy, params, direction, symbols}``
+    (``symbols`` optional; if given, every configuration must list the same ones).
+    ``from_run`` is a sweep run id under ``<storage>/runs`` (or a run's URL); its
+    top ``top`` parameter sets by ``metric`` (default: the run's) of the portfolio
+    rows become the members, and the run's symbols, date range, direction and
+    costs are used. Otherwise ``symbols`` (default all), ``start``, ``end`` and the
+    cost settings here apply; the costs are stored with the set as the replay's
+    defaults.
+    """
+
+    configs: list[dict] | None = None
+    from_run: str | None = None
+    top: int = 3
+    metric: str | None = None
+    symbols: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+    cash: float = 10_000.0
+    commission: float = 0.0
+    slippage_bps: float = 0.0
+    whole_units: bool = False
+    stop_loss: float | None = None
+    take_profit: float | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        from .backtest import _costs
+
+        if (self.configs is None) == (self.from_run is None):
+            raise ConfigError("give either configs (a list of strategy configurations) or from_run (a sweep run "
+                              "id), not both and not neither", key="configs")
+        if self.top < 1:
+            raise ConfigError("top must be >= 1", key="top")
+        if self.metric is not None and self.metric not in STAT_NAMES:
+            raise ConfigError(f"unknown metric {self.metric!r}", key="metric",
+                              hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+        if self.retries < 0:
+            raise ConfigError("retries must be >= 0", key="retries")
+        _costs("long_short", self.cash, self.commission, self.slippage_bps, self.whole_units, self.stop_loss,
+               self.take_profit)
+        if self.configs is not None:
+            _explicit_members(self.configs)
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in COST_KEYS}
+
+
+def _explicit_members(configs: Any) -> tuple[list[Member], list[str] | None]:
+    """Validate explicit configurations: members, and the symbols they agree on (None: not given)."""
+    from .strategies import direction_code, get_strategy
+
+    if not isinstance(configs, list) or not configs:
+        raise ConfigError("configs must be a non-empty list of {strategy, params, direction}", key="configs")
+    members, symbols, first_with = [], None, None
+    for i, raw in enumerate(configs):
+        where = f"configs[{i}]"
+        if not isinstance(raw, Mapping) or "strategy" not in raw:
+            raise ConfigError(f"each configuration is a mapping with a strategy, got {raw!r}", key=where)
+        unknown = set(raw) - {"strategy", "params", "direction", "symbols"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(f"unknown key {name!r}", key=f"{where}.{name}",
+                              hint=did_you_mean(name, ["strategy", "params", "direction", "symbols"]))
+        try:
+            s = get_strategy(raw["strategy"])
+            params = s.validate(raw.get("params") or {}, where=where)
+            direction = raw.get("direction", "long_short")
+            direction_code(direction)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=exc.where.get("key") or where, hint=exc.hint) from None
+        members.append(Member(s.name, dict(params), direction))
+        if "symbols" in raw:
+            mine = list(raw["symbols"])
+            if symbols is None:
+                symbols, first_with = mine, i
+            elif sorted(mine) != sorted(symbols):
+                extra = sorted(set(mine) ^ set(symbols))
+                raise ConfigError(f"the configurations' symbols do not match: configs[{i}] and "
+                                  f"configs[{first_with}] differ in {extra[:5]}", key=f"{where}.symbols",
+                                  hint="a signal set holds every member on the same symbols; give one symbols "
+                                       "list for the set instead")
+    if any("symbols" not in raw for raw in configs) and symbols is not None:
+        missing = next(i for i, raw in enumerate(configs) if "symbols" not in raw)
+        raise ConfigError(f"the configurations' symbols do not match: configs[{missing}] has none, "
+                          f"configs[{first_with}] lists {len(symbols)}", key=f"configs[{missing}].symbols",
+                          hint="give every configuration the same symbols, or none (then: all, or the set's)")
+    return members, symbols
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A resolved request: members, symbols, range and settings over one bar dataset."""
+
+    members: tuple[Member, ...]
+    symbols: tuple[str, ...]
+    start: str | None
+    end: str | None
+    costs: dict
+    source: dict
+
+
+def _resolve(config: SignalsConfig, bars: BarStore, root: StorageRef) -> _Plan:
+    if config.configs is not None:
+        members, symbols = _explicit_members(config.configs)
+        symbols = symbols or (list(config.symbols) if config.symbols else bars.symbols())
+        if config.symbols and sorted(config.symbols) != sorted(symbols):
+            raise ConfigError("the configurations' symbols do not match the set's symbols", key="symbols")
+        return _Plan(tuple(members), tuple(symbols), config.start, config.end, config.costs, {"kind": "explicit"})
+    # the top K of a finished sweep
+    ref = StorageRef(config.from_run, root.storage_options) if "/" in config.from_run else \
+        root.child("runs", config.from_run)
+    storage = ref.open()
+    if not storage.exists("run.json"):
+        raise ConfigError(f"no sweep run {config.from_run!r} at {ref.url}", key="from_run",
+                          hint="give the run id that `admf sweep` printed, under the same storage root")
+    run = storage.read_json("run.json")
+    if run.get("status") != "complete" or run.get("kind", "sweep") != "sweep":
+        raise ConfigError(f"run {config.from_run} is not a finished sweep (status {run.get('status')!r})",
+                          key="from_run", hint="finish the sweep first (rerun its command: it resumes)")
+    if run["data_fingerprint"] != bars.fingerprint:
+        raise DataError(f"run {config.from_run} was made from dataset fingerprint {run['data_fingerprint'][:12]}, "
+                        f"the bar store at {bars.url} has {bars.fingerprint[:12]}", key="from_run",
+                        hint="use the dataset the sweep ran on")
+    table = pd.read_parquet(io.BytesIO(storage.read_bytes("results.parquet")))
+    swept = run["config"]
+    metric = config.metric or "sharpe"
+    rows = table[table["symbol"] == "PORTFOLIO"].sort_values(metric, ascending=False, na_position="last",
+                                                             kind="stable").head(config.top)
+    from .strategies import get_strategy
+
+    names = get_strategy(swept["strategy"]).param_names
+    members = []
+    for _, row in rows.iterrows():
+        params = {n: _plain(row[n]) for n in names if n in row and not _missing(row[n])}
+        members.append(Member(swept["strategy"], params, swept["direction"]))
+    costs = {k: swept[k] for k in COST_KEYS}
+    return _Plan(tuple(members), tuple(run["symbols"]), swept.get("start"), swept.get("end"), costs,
+                 {"kind": "sweep", "run": run["run_id"], "metric": metric, "top": config.top})
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _missing(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _events_table(timestamps: np.ndarray, targets: np.ndarray) -> pa.Table:
+    from .kernels.replay import events_from_targets
+
+    ptr, bar, value = events_from_targets(np.ascontiguousarray(targets, dtype=np.int8))
+    member = np.repeat(np.arange(len(ptr) - 1, dtype=np.int16), np.diff(ptr))
+    return pa.table({"member": member, "timestamp": timestamps[bar].astype(np.int64), "target": value})
+
+
+def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, symbols: Sequence[str],
+                start: Any, end: Any, members: Sequence[Member], cache_ref: StorageRef | None
+                ) -> list[dict[str, Any]]:
+    """Task: the signal parts of some symbols, written (or found written) under ``parts/``; their entries.
+
+    Indicators come through the hub's storage cache (:func:`build_indicator_set`); each
+    member's targets are what its backtest trades (:func:`backtest.batch_targets`).
+    """
+    from .backtest import batch_targets
+    from .cache import build_indicator_set
+    from .indicators import IndicatorPlan
+    from .strategies import direction_code, get_strategy, prepare_batch
+
+    storage = set_ref.open()
+    store = BarStore.open(bars_ref, fingerprint)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, m in enumerate(members):
+        groups.setdefault((m.strategy, m.direction), []).append(k)
+    plan = IndicatorPlan.from_requests(spec for m in members for spec in get_strategy(m.strategy).specs(m.params))
+    entries = []
+    for symbol in symbols:
+        name = f"parts/{symbol}.parquet"
+        if storage.exists(name):  # written whole by an earlier, interrupted run of the same set
+            raw = storage.read_bytes(name)
+            bars_meta = store.read(symbol, start=start, end=end, columns=[])
+            events = pq.read_metadata(io.BytesIO(raw)).num_rows
+        else:
+            iset = build_indicator_set(bars_ref, symbol, start, end, plan.specs, cache_ref, fingerprint=fingerprint)
+            bars_meta = iset.bars
+            targets = np.empty((len(members), len(iset.bars)), dtype=np.int8)
+            for (strategy, direction), ks in groups.items():
+                batch = prepare_batch(strategy, [members[k].params for k in ks])
+                targets[ks] = batch_targets(iset, batch, direction_code(direction))
+            table = _events_table(iset.bars.timestamp, targets)
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            raw = buf.getvalue()
+            storage.write_bytes(raw, name)
+            events = table.num_rows
+        n = len(bars_meta)
+        entries.append({"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                        "events": events, "bars": n,
+                        "first_ns": int(bars_meta.timestamp[0]) if n else None,
+                        "last_ns": int(bars_meta.timestamp[-1]) if n else None})
+    return entries
+
+
+@dataclass(frozen=True)
+class SignalSet:
+    """A committed signal set: its manifest, opened from storage and checked."""
+
+    ref: StorageRef
+    manifest: dict
+
+    @classmethod
+    def open(cls, ref: StorageRef) -> SignalSet:
+        """Open the set at ``ref``; DataError if its manifest is missing or corrupt."""
+        storage = ref.open()
+        if not storage.exists(MANIFEST):
+            raise DataError(f"no signal set at {ref.url}: its manifest {MANIFEST} is missing", file=ref.url,
+                            hint="a set is visible only once `admf signals` has finished writing it; "
+                                 "rerun that command to complete it")
+        try:
+            manifest = storage.read_json(MANIFEST)
+            ok = (isinstance(manifest, dict) and manifest.get("format") == FORMAT
+                  and isinstance(manifest.get("members"), list) and manifest["members"]
+                  and isinstance(manifest.get("parts"), dict)
+                  and set(manifest["parts"]) == set(manifest.get("symbols", [])))
+        except Exception as exc:  # unreadable JSON, a truncated file ...
+            raise DataError(f"the signal set manifest at {storage.display(MANIFEST)} is corrupt: "
+                            f"{type(exc).__name__}: {exc}", file=storage.display(MANIFEST),
+                            hint="regenerate the set with `admf signals`") from None
+        if not ok:
+            raise DataError(f"the signal set manifest at {storage.display(MANIFEST)} is corrupt: it does not "
+                            f"describe a {FORMAT} set with members and one part per symbol",
+                            file=storage.display(MANIFEST), hint="regenerate the set with `admf signals`")
+        return cls(ref, manifest)
+
+    @property
+    def set_id(self) -> str:
+        return self.manifest["set_id"]
+
+    @property
+    def members(self) -> list[Member]:
+        return [Member(m["strategy"], dict(m["params"]), m["direction"]) for m in self.manifest["members"]]
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.manifest["symbols"])
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        return dict(self.manifest["costs"])
+
+    def check_data(self, bars: BarStore) -> None:
+        """DataError unless ``bars`` is the dataset the set was made from."""
+        if bars.fingerprint != self.manifest["data_fingerprint"]:
+            raise DataError(f"signal set {self.set_id} was made from dataset fingerprint "
+                            f"{self.manifest['data_fingerprint'][:12]}, but the bar store at {bars.url} has "
+                            f"{bars.fingerprint[:12]}", file=self.ref.url, key="data_fingerprint",
+                            hint="replay against the dataset the signals came from, or regenerate them "
+                                 "(`admf signals`) on this one")
+
+    def load(self, symbol: str, bars: Bars) -> np.ndarray:
+        """The members' dense targets on ``bars`` (int8, K x n), from the verified part of ``symbol``."""
+        from .kernels.replay import dense_targets
+
+        entry = self.manifest["parts"].get(symbol)
+        if entry is None:
+            raise DataError(f"signal set {self.set_id} has no part for {symbol}", symbol=symbol, file=self.ref.url,
+                            hint=did_you_mean(symbol, self.symbols) or "replay the set's own symbols")
+        storage = self.ref.open()
+        where = storage.display(entry["file"])
+        try:
+            raw = storage.read_bytes(entry["file"])
+        except FileNotFoundError:
+            raise DataError(f"signal part {where} listed in the manifest is missing", file=where, symbol=symbol,
+                            hint="regenerate the set with `admf signals --force`") from None
+        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise DataError(f"signal part {where} fails its checksum", file=where, symbol=symbol,
+                            hint="regenerate the set with `admf signals --force`")
+        table = pq.read_table(io.BytesIO(raw))
+        stamps = table.column("timestamp").to_numpy()
+        bar = np.searchsorted(bars.timestamp, stamps)
+        if len(bars) != entry["bars"] or (len(stamps) and (bar.max() >= len(bars)
+                                                            or (bars.timestamp[np.minimum(bar, len(bars) - 1)]
+                                                                != stamps).any())):
+            raise DataError(f"signal part {where} does not match the bars of {symbol} "
+                            f"({len(bars)} bars, the set expects {entry['bars']})", file=where, symbol=symbol,
+                            hint="replay over the set's own date range and dataset")
+        member = table.column("member").to_numpy().astype(np.int64)
+        k = len(self.manifest["members"])
+        ptr = np.searchsorted(member, np.arange(k + 1)).astype(np.int64)
+        return dense_targets(ptr, bar.astype(np.int64), table.column("target").to_numpy().astype(np.int8), len(bars))
+
+    def size(self) -> dict[str, int]:
+        """Bytes stored (parts) against dense int8 storage of the same targets (members x bars)."""
+        parts = self.manifest["parts"].values()
+        return {"bytes": sum(p["bytes"] for p in parts),
+                "dense_int8_bytes": len(self.manifest["members"]) * sum(p["bars"] for p in parts),
+                "events": sum(p["events"] for p in parts)}
+
+
+def set_identity(plan: _Plan, bars: BarStore) -> dict[str, Any]:
+    return {"signals": [asdict(m) for m in plan.members], "costs": plan.costs, "data": bars.fingerprint,
+            "symbols": list(plan.symbols), "start": plan.start, "end": plan.end, "version": __version__}
+
+
+def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, client: Any, *,
+                     force: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SignalSet:
+    """Phase 1: compute and store the signals of ``config``'s members; return the committed set.
+
+    Runs as batched tasks (a few symbols each) on ``client``; writes the manifest last.
+    An existing complete set is returned as it is (``force`` rewrites it).
+    """
+    from .cluster import run_tasks
+
+    plan = _resolve(config, bars, root)
+    for s in plan.symbols:
+        bars.entry(s)  # unknown symbols fail here, with a suggestion
+    set_id = token(set_identity(plan, bars))[:16]
+    ref = root.child("signals", set_id)
+    storage = ref.open()
+    if force and storage.fs.exists(storage.path()):
+        echo(f"--force: discarding signal set {set_id}")
+        storage.fs.rm(storage.path(), recursive=True)
+    if storage.exists(MANIFEST):
+        echo(f"signal set {set_id} is already complete")
+        return SignalSet.open(ref)
+    echo(f"signal set {set_id}: {len(plan.members)} configuration(s) x {len(plan.symbols)} symbol(s)")
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    per_task = max(1, math.ceil(len(plan.symbols) / (4 * max(threads, 1))))
+    groups = [plan.symbols[i:i + per_task] for i in range(0, len(plan.symbols), per_task)]
+    results = run_tasks(client, _write_group, [(ref, bars.ref, bars.fingerprint, g, plan.start, plan.end,
+                                                plan.members, root.child("cache")) for g in groups],
+                        label="signals", progress=progress, retries=config.retries,
+                        keys=[f"signals-{set_id}-{i}" for i in range(len(groups))])
+    parts = {e["symbol"]: {k: v for k, v in e.items() if k != "symbol"} for entries in results for e in entries}
+    manifest = {"format": FORMAT, "set_id": set_id, "version": __version__, "data_fingerprint": bars.fingerprint,
+                "bars": bars.url, "symbols": list(plan.symbols), "start": plan.start, "end": plan.end,
+                "members": [{**asdict(m), "label": m.label} for m in plan.members], "costs": plan.costs,
+                "source": plan.source, "parts": parts}
+    storage.write_json(manifest, MANIFEST)  # the commit point
+    return SignalSet(ref, manifest)
+
+
+def _write_group(args: tuple) -> list[dict[str, Any]]:
+    return write_parts(*args)
