@@ -37,6 +37,7 @@ import numpy as np
 from . import __version__
 from .bars import BarStore, Bars
 from .cache import HubCounters
+from .config import token
 from .errors import ConfigError, did_you_mean
 from .kernels.stats import STAT_NAMES
 from .signals import COST_KEYS, SignalSet
@@ -258,8 +259,8 @@ class ReplayJob:
         weights = np.array([[p[n] for n in names] for p in param_sets], dtype=np.float64).reshape(-1, len(names))
         return WeightBatch(tuple(param_sets), weights)
 
-    def load(self, source: SignalSource) -> ReplayInput:
-        return source.build()
+    def load(self, source: SignalSource | ReplayInput) -> ReplayInput:
+        return source.build() if isinstance(source, SignalSource) else source
 
     def stats(self, data: ReplayInput, batch: WeightBatch, portfolio: Any) -> np.ndarray:
         from .backtest import _costs, _f64, _ppy
@@ -273,6 +274,10 @@ class ReplayJob:
                                           o, h, lo, c, pos, _ppy(bars, True, None), costs.cash, costs.commission,
                                           costs.slippage_bps, costs.whole_units, costs.stop_loss,
                                           costs.take_profit, eq, tr, ex)
+
+
+def _build(source: SignalSource) -> ReplayInput:
+    return source.build()
 
 
 def _indicator_runs() -> tuple[int, int]:
@@ -299,11 +304,17 @@ class ReplayFeed:
         self.client = client
         self.before = indicator_runs(client)
 
-    def source(self, symbol: str, consumers: int) -> SignalSource:
+    def source(self, symbol: str, consumers: int) -> Any:
+        """A :class:`SignalSource` loaded inside its one task, or, when several tasks need it, a future of its
+        :class:`ReplayInput` (loaded once, kept in worker memory under a deterministic key)."""
         m = self.signal_set.manifest
         reduced = {**m, "parts": {symbol: m["parts"][symbol]}, "symbols": [symbol]}
-        return SignalSource(self.signal_set.ref, reduced, self.bars.ref, self.bars.fingerprint, symbol,
-                            self.job.start, self.job.end)
+        src = SignalSource(self.signal_set.ref, reduced, self.bars.ref, self.bars.fingerprint, symbol,
+                           self.job.start, self.job.end)
+        if consumers <= 1:
+            return src
+        key = f"replay-input-{self.job.set_id}-{symbol}-{token([src.start, src.end, self.bars.fingerprint])[:12]}"
+        return self.client.submit(_build, src, key=key, pure=False)
 
     def settle(self, source: Any, counters: Any) -> None:
         pass

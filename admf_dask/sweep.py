@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -215,7 +216,7 @@ class ContainerTask:
     symbols: tuple[str, ...]
     lo: int
     hi: int
-    param_sets: tuple[tuple[tuple[str, Any], ...], ...]
+    param_sets: ParamSets
     config: Any  # SweepConfig, or another config with its hooks (prepare, stats, load, costs, label)
     run_ref: StorageRef
     run_id: str
@@ -299,7 +300,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
 
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
-                     param_sets: tuple[tuple[tuple[str, Any], ...], ...], cash: float) -> pd.DataFrame:
+                     param_sets: ParamSets, cash: float) -> pa.Table:
     """Task: merge the partial accumulators of one set range into its portfolio rows.
 
     The parts of a range cover every symbol once; the union of their timelines is
@@ -321,10 +322,14 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         total = acc if total is None else merge_accumulators(total, acc)
     ppy = periods_per_year(union) if len(union) > 1 else 252.0
     rows = portfolio_stats(total[0], total[1], total[2], ppy)
-    frame = pd.DataFrame([dict(p) for p in param_sets])
-    frame.insert(0, "symbol", PORTFOLIO)
-    frame.insert(0, "set_id", np.arange(lo, hi, dtype=np.int64))
-    return pd.concat([frame, pd.DataFrame(rows, columns=list(STAT_NAMES))], axis=1)
+    sets = [dict(p) for p in param_sets]
+    columns: dict[str, Any] = {"set_id": np.arange(lo, hi, dtype=np.int64),
+                               "symbol": pa.array([PORTFOLIO] * len(sets), pa.string())}
+    for name in dict.fromkeys(k for p in sets for k in p):
+        columns[name] = pa.array([p.get(name) for p in sets])
+    for i, name in enumerate(STAT_NAMES):
+        columns[name] = rows[:, i]
+    return pa.table(columns)
 
 
 def _peak_rss() -> int:
@@ -378,22 +383,40 @@ class SweepResult:
 
 
 def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], seconds_per_bar: float,
-            batch_seconds: float, threads: int, timeline_len: int) -> list[tuple[tuple[str, ...], int, int]]:
+            batch_seconds: float, threads: int, timeline_len: int, load_seconds: float = 0.0
+            ) -> list[tuple[tuple[str, ...], int, int]]:
     """Cut the sweep into (symbols, lo, hi) containers of about the target work each.
 
     Every container uses the same parameter-set ranges, so the portfolio partials of
-    one range (one per symbol group) merge directly. A range is as long as the target
-    work of the longest symbol allows and its accumulators fit ``_ACC_BYTES``; the
-    symbols of a range are then grouped up to the target work.
+    one range (one per symbol group) merge directly. Two shapes are candidates, and
+    the one with the smaller estimated overhead (:func:`_overhead`) wins:
+
+    * *narrow*: ranges as long as the target work of the longest symbol allows, the
+      symbols of a range then grouped up to the target work. Few ranges, so each
+      symbol's input is loaded by one task; many groups, so many partial portfolio
+      accumulators (sets x timeline each). Best for few parameter sets.
+    * *wide*: the fewest symbol groups such that one set over a group fits the
+      target, and ranges cut to the target. One accumulator per range and group,
+      but every range needs every symbol's input (shared between tasks). Best for
+      many parameter sets, where the narrow shape writes gigabytes of accumulators.
+
+    A range's accumulators fit ``_ACC_BYTES`` in both.
     """
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
     # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
     # batch_seconds itself asks for less (tests do, to get many tasks from little work).
     target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
+    max_step = max(1, _ACC_BYTES // (8 * max(timeline_len, 1)))
+    shapes = [_narrow(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step),
+              _wide(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step)]
+    return min(shapes, key=lambda parts: _overhead(parts, len(symbols), timeline_len, load_seconds))
+
+
+def _narrow(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, target: float,
+            max_step: int) -> list[tuple[tuple[str, ...], int, int]]:
     longest = max(bars_per_symbol.values(), default=1)
     while True:
-        step = max(1, int(target / max(seconds_per_bar * longest, 1e-12)))
-        step = min(step, n_sets, max(1, _ACC_BYTES // (8 * max(timeline_len, 1))))
+        step = min(max(1, int(target / max(spb * longest, 1e-12))), n_sets, max_step)
         parts: list[tuple[tuple[str, ...], int, int]] = []
         for lo in range(0, n_sets, step):
             hi = min(lo + step, n_sets)
@@ -401,7 +424,7 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
             work = 0.0
             for s in symbols:
                 group.append(s)
-                work += seconds_per_bar * bars_per_symbol[s] * (hi - lo)
+                work += spb * bars_per_symbol[s] * (hi - lo)
                 if work >= target:
                     parts.append((tuple(group), lo, hi))
                     group, work = [], 0.0
@@ -410,6 +433,45 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
         if len(parts) <= MAX_TASKS:
             return parts
         target *= 2 * len(parts) / MAX_TASKS
+
+
+def _wide(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, target: float,
+          max_step: int) -> list[tuple[tuple[str, ...], int, int]]:
+    while True:
+        groups: list[tuple[str, ...]] = []
+        group: list[str] = []
+        work = 0.0
+        for s in symbols:  # the fewest groups in which one parameter set fits the target
+            if group and work + spb * bars_per_symbol[s] > target:
+                groups.append(tuple(group))
+                group, work = [], 0.0
+            group.append(s)
+            work += spb * bars_per_symbol[s]
+        if group:
+            groups.append(tuple(group))
+        heaviest = max(sum(bars_per_symbol[s] for s in g) for g in groups)
+        step = min(max(1, int(target / max(spb * heaviest, 1e-12))), n_sets, max_step)
+        parts = [(g, lo, min(lo + step, n_sets)) for lo in range(0, n_sets, step) for g in groups]
+        if len(parts) <= MAX_TASKS:
+            return parts
+        target *= 2 * len(parts) / MAX_TASKS
+
+
+_ACC_SECONDS_PER_BYTE = 8e-9  # write + read back + rebase + merge of an npz accumulator (measured: 60 MB ~0.5 s)
+_TASK_SECONDS = 0.005  # scheduling, the rows table and the commit of one task
+
+
+def _overhead(parts: list[tuple[tuple[str, ...], int, int]], n_symbols: int, timeline_len: int,
+              load_seconds: float) -> float:
+    """Estimated seconds a layout spends beside the kernel: accumulators, input loads, tasks.
+
+    An input that several tasks need is shared (a task of its own, then moved between
+    workers): counted as two loads.
+    """
+    acc_bytes = sum((hi - lo) * timeline_len * 8 for _, lo, hi in parts)
+    ranges = len({(lo, hi) for _, lo, hi in parts})
+    loads = n_symbols * load_seconds * (2 if ranges > 1 else 1)
+    return acc_bytes * _ACC_SECONDS_PER_BYTE + loads + len(parts) * _TASK_SECONDS
 
 
 def _probe(config: Any, data: Any, sets: list[dict]) -> float:
@@ -441,29 +503,57 @@ def _estimate(n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dic
             "output_mb": round(n_sets * n_sym * 8 * (len(STAT_NAMES) + 8) / 1e6, 1)}
 
 
-def _frozen(sets: list[dict[str, Any]]) -> tuple[tuple[tuple[str, Any], ...], ...]:
-    return tuple(tuple(sorted(p.items())) for p in sets)
+class ParamSets:
+    """Parameter sets as a task argument: hashable items, and opaque to Dask.
+
+    Dask walks tuples, lists, dicts and dataclasses in task arguments looking for
+    keys; thousands of parameter sets in plain tuples cost the client seconds of
+    that per sweep. Iterating yields ``((name, value), ...)`` per set.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, sets: list[dict[str, Any]]) -> None:
+        self.items = tuple(tuple(sorted(p.items())) for p in sets)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParamSets) and other.items == self.items
+
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __getstate__(self):
+        return self.items
+
+    def __setstate__(self, state) -> None:
+        self.items = state
 
 
-def _final_table(per_symbol: pd.DataFrame, portfolio: list[pd.DataFrame]) -> pd.DataFrame:
-    """Per-symbol rows, then each set's portfolio row, ordered by set id."""
-    frame = pd.concat([per_symbol, *portfolio], ignore_index=True)
-    is_portfolio = (frame["symbol"] == PORTFOLIO).to_numpy()
-    order = np.lexsort((frame["symbol"].to_numpy(str), is_portfolio, frame["set_id"].to_numpy()))
-    return frame.iloc[order].reset_index(drop=True)
+def _frozen(sets: list[dict[str, Any]]) -> ParamSets:
+    return ParamSets(sets)
 
 
-def _read_table(storage: Storage, parts: list[int], held: Mapping[int, pa.Table]) -> pd.DataFrame:
-    """Every part's rows: those this session's tasks returned, the committed others from storage."""
+def _final_table(storage: Storage, n_parts: int, held: Mapping[int, pa.Table],
+                 portfolio: list[pa.Table]) -> pa.Table:
+    """Every part's rows (those this session's tasks returned, the committed others read back) and the
+    portfolio rows, ordered by set id, then symbol, each set's PORTFOLIO row last."""
     tables = []
-    for j in parts:
+    for j in range(n_parts):
         if j in held:
             tables.append(held[j])
-            continue
-        raw = storage.read_bytes(f"results/part-{j:06d}.parquet")
-        tables.append(pq.read_table(io.BytesIO(raw)))
-    table = pa.concat_tables(tables) if tables else pa.table({})
-    return table.to_pandas()
+        else:
+            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(f"results/part-{j:06d}.parquet"))))
+    table = pa.concat_tables([*tables, *portfolio], promote_options="default")
+    is_portfolio = pc.equal(table.column("symbol"), PORTFOLIO)
+    order = pc.sort_indices(table.append_column("_portfolio", is_portfolio),
+                            sort_keys=[("set_id", "ascending"), ("_portfolio", "ascending"), ("symbol", "ascending")])
+    return table.take(order)
 
 
 class SweepFeed:
@@ -562,9 +652,12 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                                   f"{config.max_backtests:,}", key="max_backtests",
                                   hint="narrow the grid, use sample:, or pass --yes to run it anyway")
             longest = max(symbols, key=bars_per_symbol.__getitem__)
-            spb = _probe(config, source.probe_input(longest), sets)
+            t_load = time.perf_counter()
+            probe_input = source.probe_input(longest)
+            t_load = time.perf_counter() - t_load
+            spb = _probe(config, probe_input, sets)
             layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
-                             max(bars_per_symbol.values()))
+                             max(bars_per_symbol.values()), t_load)
             run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
@@ -613,10 +706,11 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                                           for (lo, hi), parts in ranges.items()],
                               keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
         wall = time.perf_counter() - t0
-        table = _final_table(_read_table(storage, list(range(len(layout))), tables), portfolio)
+        arrow = _final_table(storage, len(layout), tables, portfolio)
         buf = io.BytesIO()
-        table.to_parquet(buf, index=False)
+        pq.write_table(arrow, buf)
         storage.write_bytes(buf.getvalue(), "results.parquet")
+        table = arrow.to_pandas()
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
