@@ -324,9 +324,9 @@ class ReplayFeed:
 
     def summary(self) -> dict[str, Any]:
         after = indicator_runs(self.client)
-        computed = sum(n - self.before.get(pid, 0) for pid, n in after.items())
-        return {"indicators": f"indicators: {computed} computed during the replay (stored signals replayed)",
-                "indicators_computed": computed}
+        counters = HubCounters(computed=sum(n - self.before.get(pid, 0) for pid, n in after.items()))
+        return {"indicators": f"{counters.line()} during the replay (stored signals replayed)",
+                "hub": counters.as_dict(), "indicators_computed": counters.computed}
 
     def release(self) -> None:
         pass

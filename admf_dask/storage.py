@@ -16,6 +16,7 @@ that tasks receive; workers open their own filesystem from it.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass, field
@@ -143,16 +144,17 @@ class Storage:
         """
         target = self.path(*parts)
         try:
-            if self.is_local:
-                self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            if self.is_local:  # plain os calls: fsspec's open/mv/exists cost ~1 ms per small file
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 tmp = f"{target}.tmp-{uuid.uuid4().hex}"
                 try:
-                    with self.fs.open(tmp, "wb") as f:
+                    with open(tmp, "wb") as f:
                         f.write(data)
-                    self.fs.mv(tmp, target)
-                finally:
-                    if self.fs.exists(tmp):
-                        self.fs.rm(tmp)
+                    os.replace(tmp, target)
+                except BaseException:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+                    raise
             else:
                 self.fs.pipe_file(target, data)
         except OSError as exc:

@@ -85,22 +85,22 @@ def test_a_corrupt_cache_entry_is_recomputed_never_used(dataset, tmp_path, damag
                                        + [IndicatorSpec.make("bollinger", window=20, k=2.0)])
     good = IndicatorHub(dataset, StorageRef.make(str(cache_dir))).get("AAA", plan)
     victim = IndicatorSpec.make("bollinger", window=20, k=2.0)
-    (entry,) = cache_dir.rglob("pack-*.npz")  # one pack: everything that hub task computed
+    (entry,) = cache_dir.rglob("pack-*.pack")  # one pack: everything that hub task computed
     raw = entry.read_bytes()
     if damage == "truncate":
         entry.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
-        entry.write_bytes(b"not an npz file at all")
-    else:  # a valid pack whose victim arrays do not match their checksum
-        import io
+        entry.write_bytes(b"not a pack file at all")
+    else:  # a well-formed pack whose victim arrays do not match their checksum: one value changed
+        import json
 
-        with np.load(io.BytesIO(raw)) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        row = list(arrays["names"]).index(f"{victim.token}.upper")
-        arrays["data"][row] += 1.0
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        entry.write_bytes(buf.getvalue())
+        size = int.from_bytes(raw[8:16], "little")
+        header = json.loads(raw[16:16 + size])
+        rows, n = header["shape"]
+        row = header["names"].index(f"{victim.token}.upper")
+        data = np.frombuffer(raw, "<f8", offset=16 + size).reshape(rows, n).copy()
+        data[row, n // 2] += 1.0
+        entry.write_bytes(raw[:16 + size] + data.tobytes())
     hub = IndicatorHub(dataset, StorageRef.make(str(cache_dir)))
     again = hub.get("AAA", plan)
     if damage == "wrong-values":  # only the victim is bad; the pack's other entries are good
