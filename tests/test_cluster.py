@@ -49,4 +49,6 @@ def test_quickstart_runs_unchanged_on_dask_scheduler_and_worker_processes(tmp_pa
         BarStore(str(tmp_path / "threads" / "bars" / "quickstart")).fingerprint
     table = lambda out: [line for line in "\n".join(out).splitlines()  # noqa: E731
                          if line.startswith(("SYM", "PORTFOLIO"))]
-    assert table(out) == table(reference) and len(table(out)) == 8 + 5  # summary rows + the sweep's top 5
+    # summary rows + the sweep's top 5 + the replay's top 5
+    assert table(out) == table(reference) and len(table(out)) == 8 + 5 + 5
+    assert "indicators: 0 computed" in text  # the replay, on worker processes
