@@ -7,6 +7,7 @@ stderr and exits with status 2.
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 
 import click
 
@@ -205,8 +206,9 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
                          retries=retries, max_backtests=max_backtests)
     bar_store = BarStore(store, options)
     bar_store.manifest  # a wrong STORE fails before a cluster starts
-    with connect(cluster) as client:
-        result = run_sweep(config, bar_store, StorageRef.make(storage, options), client, force=force, yes=yes,
+    with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
+        result = run_sweep(config, bar_store, StorageRef.make(storage, options),
+                           lambda: stack.enter_context(connect(cluster)), force=force, yes=yes,
                            echo=lambda m: click.echo(m, err=True))
     for line in result.lines():
         click.echo(line)
@@ -272,8 +274,9 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
                            start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps)
     bar_store = BarStore(store, options)
     bar_store.manifest
-    with connect(cluster) as client:
-        result = generate_signals(config, bar_store, StorageRef.make(storage, options), client, force=force,
+    with ExitStack() as stack:
+        result = generate_signals(config, bar_store, StorageRef.make(storage, options),
+                                  lambda: stack.enter_context(connect(cluster)), force=force,
                                   echo=lambda m: click.echo(m, err=True))
     click.echo("\n".join(format_signal_set(result)))
 
@@ -347,9 +350,9 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
                           batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests)
     root = StorageRef.make(storage, options)
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
-    with connect(cluster) as client:
-        result = run_replay(config, root, client, bar_store, force=force, yes=yes,
-                            echo=lambda m: click.echo(m, err=True))
+    with ExitStack() as stack:
+        result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
+                            yes=yes, echo=lambda m: click.echo(m, err=True))
     for line in result.lines():
         click.echo(line)
     click.echo(format_top(result))

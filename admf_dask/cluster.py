@@ -16,7 +16,7 @@ from .config import ClusterConfig
 from .errors import AdmfError, ConfigError
 from .progress import Progress
 
-__all__ = ["collect", "connect", "run_tasks"]
+__all__ = ["collect", "connect", "ensure_client", "run_tasks"]
 
 
 def _cores() -> int:
@@ -66,6 +66,15 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def ensure_client(client: Any) -> Any:
+    """A connected client from a client, or from a zero-argument function that connects one.
+
+    Long operations take either, so that work already done (a finished sweep, a
+    complete signal set) is reported without starting a cluster.
+    """
+    return client() if callable(client) and not hasattr(client, "submit") else client
 
 
 def _check_versions(client: Any) -> None:

@@ -365,7 +365,7 @@ def run_replay(config: ReplayConfig, root: StorageRef, client: Any, bars: BarSto
     sets = config.weight_sets(len(job.labels))
     identity = {"replay": job.identity(), "data": bars.fingerprint, "version": __version__}
     return run_grid(job, sets, list(job.symbols), bars, root, client, identity=identity, kind="replay",
-                    feed=lambda: ReplayFeed(job, signal_set, bars, client), force=force, yes=yes, echo=echo,
+                    feed=lambda c: ReplayFeed(job, signal_set, bars, c), force=force, yes=yes, echo=echo,
                     progress=progress)
 
 

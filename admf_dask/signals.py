@@ -378,10 +378,11 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
                      force: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SignalSet:
     """Phase 1: compute and store the signals of ``config``'s members; return the committed set.
 
-    Runs as batched tasks (a few symbols each) on ``client``; writes the manifest last.
+    Runs as batched tasks (a few symbols each) on ``client`` (a Client, or a function
+    that connects one, called only if there is work); writes the manifest last.
     An existing complete set is returned as it is (``force`` rewrites it).
     """
-    from .cluster import run_tasks
+    from .cluster import ensure_client, run_tasks
 
     plan = _resolve(config, bars, root)
     for s in plan.symbols:
@@ -396,6 +397,7 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
         echo(f"signal set {set_id} is already complete")
         return SignalSet.open(ref)
     echo(f"signal set {set_id}: {len(plan.members)} configuration(s) x {len(plan.symbols)} symbol(s)")
+    client = ensure_client(client)
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
     per_task = max(1, math.ceil(len(plan.symbols) / (4 * max(threads, 1))))
     groups = [plan.symbols[i:i + per_task] for i in range(0, len(plan.symbols), per_task)]

@@ -601,6 +601,9 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SweepResult:
     """Run (or resume, or just report) a sweep; return its result table and summary.
 
+    ``client`` is a distributed Client, or a function that connects one (called only
+    if there is work to do).
+
     Raises ConfigError before launching when the sweep has more than
     ``config.max_backtests`` backtests and ``yes`` is false.
     """
@@ -610,13 +613,13 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
         bars.entry(s)
     identity = {"sweep": config.identity(), "data": bars.fingerprint, "symbols": symbols, "version": __version__}
     return run_grid(config, sets, symbols, bars, root, client, identity=identity, kind="sweep",
-                    feed=lambda: SweepFeed(config, sets, bars, root, client),
+                    feed=lambda c: SweepFeed(config, sets, bars, root, c),
                     note=f" ({dropped} grid points broke the rules)" if dropped else "",
                     force=force, yes=yes, echo=echo, progress=progress)
 
 
 def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
-             client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[], Any], note: str = "",
+             client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[Any], Any], note: str = "",
              force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
              progress: bool = True) -> SweepResult:
     """Run (or resume, or report) sets x symbols as container tasks: the engine of sweeps and replays.
@@ -624,10 +627,12 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
     ``config`` has the container hooks (``prepare``, ``stats``, ``load``, ``costs``,
     ``cash``, ``label``, ``param_names``) and the scheduling settings (``batch_seconds``,
     ``retries``, ``max_backtests``, ``metric``, ``top``, ``start``, ``end``).
-    ``identity`` is what the run id is the token of; ``feed()`` makes the
+    ``identity`` is what the run id is the token of; ``feed(client)`` makes the
     per-symbol input feed (see :class:`SweepFeed`), only when there is work to do.
+    ``client`` is a distributed Client or a function that connects one: a finished
+    run is reported without it.
     """
-    from .cluster import run_tasks
+    from .cluster import ensure_client, run_tasks
 
     run_id = token(identity)[:16]
     run_ref = root.child("runs", run_id)
@@ -641,7 +646,8 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         return SweepResult(run_id, run_ref.url, table, {**run["summary"], "status": "complete (already done)"},
                            config)
 
-    source = feed()
+    client = ensure_client(client)
+    source = feed(client)
     try:
         bars_per_symbol = {s: _bars_in_range(bars, s, config.start, config.end) for s in symbols}
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())

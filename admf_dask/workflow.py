@@ -271,8 +271,8 @@ def _run_sweep(ctx: Context, step: SweepStep) -> str:
     from .sweep import run_sweep
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
-    result = run_sweep(step.config(), ctx.dataset(step.dataset), root, ctx.client, force=step.force, yes=step.yes,
-                       echo=ctx.echo)
+    result = run_sweep(step.config(), ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
+                       yes=step.yes, echo=ctx.echo)
     ctx.last_run = result.run_id
     return "\n".join([*result.lines(), format_top(result)])
 
@@ -283,7 +283,7 @@ def _run_signals(ctx: Context, step: SignalsStep) -> str:
     from .storage import StorageRef
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
-    signal_set = generate_signals(step.config(ctx.last_run), ctx.dataset(step.dataset), root, ctx.client,
+    signal_set = generate_signals(step.config(ctx.last_run), ctx.dataset(step.dataset), root, lambda: ctx.client,
                                   force=step.force, echo=ctx.echo)
     ctx.last_set = signal_set.set_id
     return "\n".join(format_signal_set(signal_set))
@@ -295,7 +295,7 @@ def _run_replay(ctx: Context, step: ReplayStep) -> str:
     from .storage import StorageRef
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
-    result = run_replay(step.config(ctx.last_set), root, ctx.client,
+    result = run_replay(step.config(ctx.last_set), root, lambda: ctx.client,
                         ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
                         echo=ctx.echo)
     return "\n".join([*result.lines(), format_top(result), best_weights(result)])
