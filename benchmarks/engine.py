@@ -47,8 +47,8 @@ def grid() -> list[dict[str, int]]:
     return [{"fast": f, "slow": s} for f in range(5, 55, 5) for s in range(20, 220, 10) if f < s]
 
 
-def _vectorbt(bars, sets, chunk: int) -> tuple[np.ndarray, float, str]:
-    """Total returns (symbols x sets) from vectorbt, and the warm run's seconds."""
+def _vectorbt(bars, sets, chunk: int, repeat: int = 1) -> tuple[np.ndarray, float, str]:
+    """Total returns (symbols x sets) from vectorbt, and the warm runs' median seconds."""
     import pandas as pd
     import vectorbt as vbt
 
@@ -75,9 +75,12 @@ def _vectorbt(bars, sets, chunk: int) -> tuple[np.ndarray, float, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_all()  # compile / warm
-        t0 = time.perf_counter()
-        out = run_all()
-        seconds = time.perf_counter() - t0
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = run_all()
+            times.append(time.perf_counter() - t0)
+        seconds = float(np.median(times))
     try:
         from vectorbt._engine import is_rust_available
         engine = "rust" if is_rust_available() else "numba"

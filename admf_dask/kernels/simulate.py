@@ -104,20 +104,24 @@ _FULL_EQUITY = 1.0 - sys.float_info.epsilon
 
 
 @numba.njit(cache=True)
+def _whole_units(budget, per_unit):
+    """``budget // per_unit`` as backtesting.py computes it, without the slow fmod path when safe."""
+    q = budget / per_unit
+    whole = math.floor(q)
+    tol = 1e-9 * max(1.0, q)
+    if q - whole < tol or q - whole > 1.0 - tol:
+        # Near an integer floor(a / b) may round differently from Python's
+        # a // b (fmod based, slow); take the slow exact path only here.
+        whole = budget // per_unit
+    return whole
+
+
+@numba.njit(cache=True)
 def _units(equity, fill, commission, whole_units):
     if whole_units:
         # Same float operations as backtesting.py's _Broker._process_orders, so that
         # the floor lands on the same integer.
-        per_unit = fill + (_FULL_EQUITY * fill * commission) / _FULL_EQUITY
-        budget = equity * _FULL_EQUITY
-        q = budget / per_unit
-        whole = math.floor(q)
-        tol = 1e-9 * max(1.0, q)
-        if q - whole < tol or q - whole > 1.0 - tol:
-            # Near an integer floor(a / b) may round differently from Python's
-            # a // b (fmod based, slow); take the slow exact path only here.
-            whole = budget // per_unit
-        return whole
+        return _whole_units(equity * _FULL_EQUITY, fill + (_FULL_EQUITY * fill * commission) / _FULL_EQUITY)
     return equity / (fill * (1.0 + commission))
 
 
@@ -131,14 +135,7 @@ def _units_fraction(equity, f, fill, commission, whole_units):
     ``commission(f, price) = 0 + f * price * commission``.
     """
     if whole_units:
-        per_unit = fill + (f * fill * commission) / f
-        budget = equity * f
-        q = budget / per_unit
-        whole = math.floor(q)
-        tol = 1e-9 * max(1.0, q)
-        if q - whole < tol or q - whole > 1.0 - tol:
-            whole = budget // per_unit
-        return whole
+        return _whole_units(equity * f, fill + (f * fill * commission) / f)
     return equity * f / (fill * (1.0 + commission))
 
 

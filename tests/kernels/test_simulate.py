@@ -54,11 +54,10 @@ def targets_from_events(events, long_only=False):
     return targets.astype(np.int8)
 
 
-def run_backtesting(df, events, *, long_only=False, stop_loss=None, take_profit=None):
-    """backtesting.py on ``df``: buy on +1 events, sell (or close, long-only) on -1.
+def _brackets(df, stop_loss, take_profit):
+    """``brackets(i, side)``: backtesting.py's absolute ``sl=``/``tp=`` for an order placed at bar ``i``.
 
-    Stop levels are fractions of the entry fill, which is the next open: the oracle
-    strategy reads it from the data to pass absolute ``sl=``/``tp=`` prices.
+    Stop levels are fractions of the entry fill, which is the next open.
     """
     open_ = df["Open"].to_numpy(dtype=np.float64)
     close = df["Close"].to_numpy(dtype=np.float64)
@@ -72,6 +71,17 @@ def run_backtesting(df, events, *, long_only=False, stop_loss=None, take_profit=
         if take_profit:
             kw["tp"] = nxt * (1 + side * take_profit)
         return kw
+
+    return brackets
+
+
+def run_backtesting(df, events, *, long_only=False, stop_loss=None, take_profit=None):
+    """backtesting.py on ``df``: buy on +1 events, sell (or close, long-only) on -1.
+
+    Stop levels are fractions of the entry fill, which is the next open: the oracle
+    strategy reads it from the data to pass absolute ``sl=``/``tp=`` prices.
+    """
+    brackets = _brackets(df, stop_loss, take_profit)
 
     class Cross(Strategy):
         def init(self):
@@ -580,18 +590,7 @@ def run_backtesting_fractions(df, targets, *, stop_loss=None, take_profit=None,
     After a stop exit the strategy re-enters only once the target's direction
     differs from the stopped one, as the kernel does.
     """
-    open_ = df["Open"].to_numpy(dtype=np.float64)
-    close = df["Close"].to_numpy(dtype=np.float64)
-    n = len(df)
-
-    def brackets(i, side):
-        nxt = open_[i + 1] if i + 1 < n else close[i]
-        kw = {}
-        if stop_loss:
-            kw["sl"] = nxt * (1 - side * stop_loss)
-        if take_profit:
-            kw["tp"] = nxt * (1 + side * take_profit)
-        return kw
+    brackets = _brackets(df, stop_loss, take_profit)
 
     class Fractions(Strategy):
         def init(self):
