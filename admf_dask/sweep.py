@@ -220,6 +220,7 @@ class ContainerTask:
     config: Any  # SweepConfig, or another config with its hooks (prepare, stats, load, costs, label)
     run_ref: StorageRef
     run_id: str
+    whole_range: bool = False  # the only task of its set range: it writes the portfolio rows itself
 
 
 def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> AdmfError:
@@ -268,6 +269,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     the task's set range, on the group's own timeline (the union of its symbols'
     bars), and writes them with that timeline (``portfolio/part-<j>.npz``) before
     the marker; :func:`reduce_portfolio` rebases them onto the union of all groups.
+    A task that is the only one of its range (``whole_range``) holds every symbol:
+    it adds the range's PORTFOLIO rows to its own results instead.
     Returns the rows (an Arrow table, so the client need not read them back) and
     the hub counters of each symbol's indicator set.
     """
@@ -287,9 +290,13 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
             raise _fail_where(task, symbol, iset, exc) from None
     table = _rows_table(task, batch, stats)
     storage = task.run_ref.open()
-    buf = io.BytesIO()
-    np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline)
-    storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
+    if task.whole_range:  # every symbol is here: the accumulators are final, no reduce needed
+        table = pa.concat_tables([table, _portfolio_table(task.lo, task.hi, task.param_sets, acc, timeline)],
+                                 promote_options="default")
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline)
+        storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
@@ -306,8 +313,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     The parts of a range cover every symbol once; the union of their timelines is
     the sweep's union timeline, onto which each part's equity is rebased first.
     """
-    from .kernels.portfolio import merge_accumulators, portfolio_stats, rebase_equity
-    from .kernels.stats import periods_per_year
+    from .kernels.portfolio import merge_accumulators, rebase_equity
 
     storage = run_ref.open()
     accs = []
@@ -320,8 +326,16 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         sleeves = int(extra[0, 2]) if len(extra) else 0
         acc = (rebase_equity(equity, timeline, union, sleeves, float(cash)), trades, extra)
         total = acc if total is None else merge_accumulators(total, acc)
+    return _portfolio_table(lo, hi, param_sets, total, union)
+
+
+def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union: np.ndarray) -> pa.Table:
+    """The PORTFOLIO rows of sets [lo, hi) from their final accumulators on the union timeline."""
+    from .kernels.portfolio import portfolio_stats
+    from .kernels.stats import periods_per_year
+
     ppy = periods_per_year(union) if len(union) > 1 else 252.0
-    rows = portfolio_stats(total[0], total[1], total[2], ppy)
+    rows = portfolio_stats(acc[0], acc[1], acc[2], ppy)
     sets = [dict(p) for p in param_sets]
     columns: dict[str, Any] = {"set_id": np.arange(lo, hi, dtype=np.int64),
                                "symbol": pa.array([PORTFOLIO] * len(sets), pa.string())}
@@ -686,6 +700,9 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
 
         t0 = time.perf_counter()
+        ranges: dict[tuple[int, int], list[int]] = {}
+        for j, (_, lo, hi) in enumerate(layout):
+            ranges.setdefault((lo, hi), []).append(j)
         consumers = Counter(sym for j in todo for sym in layout[j][0])
         sources: dict[str, Any] = {}
         tasks, deps = [], []
@@ -694,7 +711,8 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             for sym in group:
                 if sym not in sources:
                     sources[sym] = source.source(sym, consumers[sym])
-            tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id))
+            tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id,
+                                       whole_range=len(ranges[(lo, hi)]) == 1))
             deps.append([sources[sym] for sym in group])
         tables: dict[int, pa.Table] = {}
         if tasks:
@@ -704,13 +722,11 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                 tables[out["part"]] = out["table"]
                 for sym, counters in out["counters"].items():
                     source.settle(sources[sym], counters)
-        ranges: dict[tuple[int, int], list[int]] = {}
-        for j, (_, lo, hi) in enumerate(layout):
-            ranges.setdefault((lo, hi), []).append(j)
-        portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(ranges), label="portfolio", progress=False,
+        split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
+        portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
                               extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
-                                          for (lo, hi), parts in ranges.items()],
-                              keys=[f"portfolio-{run_id}-{lo}" for lo, _ in ranges])
+                                          for (lo, hi), parts in split.items()],
+                              keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
         arrow = _final_table(storage, len(layout), tables, portfolio)
         buf = io.BytesIO()

@@ -102,12 +102,19 @@ def test_a_sweep_equals_a_plain_single_process_loop(tmp_path, dataset, strategy,
                                    equal_nan=True, err_msg=col)
 
 
-def test_portfolio_rows_are_the_mean_of_the_sleeves(tmp_path, dataset):
-    """The equal-weight portfolio row of each set against pandas on backtest() equity curves."""
+@pytest.mark.parametrize("batch_seconds, reduced", [(1e-4, True), (0.5, False)])
+def test_portfolio_rows_are_the_mean_of_the_sleeves(tmp_path, dataset, batch_seconds, reduced):
+    """The equal-weight portfolio row of each set against pandas on backtest() equity curves.
+
+    Both ways to get there: partial accumulators of many tasks merged by reduce tasks, and
+    one task per set range that holds every symbol and writes the rows itself.
+    """
     params = {"fast": [5, 10], "slow": [30, 60]}
-    config = SweepConfig(strategy="sma_cross", params=params, commission=0.001, batch_seconds=1e-4)
+    config = SweepConfig(strategy="sma_cross", params=params, commission=0.001, batch_seconds=batch_seconds)
     with connect(THREADS) as client:
         result = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
+    partials = list((tmp_path / "runs" / result.run_id).glob("portfolio/part-*.npz"))
+    assert bool(partials) == reduced
     sets, _ = expand_params("sma_cross", params)
     portfolio = result.portfolio
     assert list(portfolio["set_id"]) == list(range(len(sets))) and (portfolio["symbol"] == "PORTFOLIO").all()
