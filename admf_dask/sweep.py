@@ -246,18 +246,24 @@ def group_timeline(indicator_sets: tuple[Any, ...]) -> np.ndarray:
     return np.unique(np.concatenate(stamps)) if stamps else np.empty(0, np.int64)
 
 
-def _rows_table(task: ContainerTask, batch: Any, stats: list[np.ndarray]) -> pa.Table:
-    """One Arrow table of the task's rows: set_id, symbol, parameters, statistics; symbol-major."""
-    m = task.hi - task.lo
-    n_sym = len(stats)
-    columns: dict[str, Any] = {"set_id": np.tile(np.arange(task.lo, task.hi, dtype=np.int64), n_sym),
-                               "symbol": pa.array(np.repeat(np.array(task.symbols, dtype=object), m), pa.string())}
-    for name, values in batch.columns().items():
-        columns[name] = pa.array(values * n_sym)
-    matrix = np.vstack(stats) if stats else np.empty((0, len(STAT_NAMES)))
+def _stats_table(set_id: np.ndarray, symbol: pa.Array, params: Mapping[str, list], matrix: np.ndarray) -> pa.Table:
+    """Result rows as Arrow: set_id, symbol, the parameter columns, then every statistic."""
+    columns: dict[str, Any] = {"set_id": set_id, "symbol": symbol}
+    for name, values in params.items():
+        columns[name] = pa.array(values)
     for i, name in enumerate(STAT_NAMES):
         columns[name] = matrix[:, i]
     return pa.table(columns)
+
+
+def _rows_table(task: ContainerTask, batch: Any, stats: list[np.ndarray]) -> pa.Table:
+    """One Arrow table of the task's rows, symbol-major."""
+    m = task.hi - task.lo
+    n_sym = len(stats)
+    return _stats_table(np.tile(np.arange(task.lo, task.hi, dtype=np.int64), n_sym),
+                        pa.array(np.repeat(np.array(task.symbols, dtype=object), m), pa.string()),
+                        {name: values * n_sym for name, values in batch.columns().items()},
+                        np.vstack(stats) if stats else np.empty((0, len(STAT_NAMES))))
 
 
 def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
@@ -337,13 +343,9 @@ def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union:
     ppy = periods_per_year(union) if len(union) > 1 else 252.0
     rows = portfolio_stats(acc[0], acc[1], acc[2], ppy)
     sets = [dict(p) for p in param_sets]
-    columns: dict[str, Any] = {"set_id": np.arange(lo, hi, dtype=np.int64),
-                               "symbol": pa.array([PORTFOLIO] * len(sets), pa.string())}
-    for name in dict.fromkeys(k for p in sets for k in p):
-        columns[name] = pa.array([p.get(name) for p in sets])
-    for i, name in enumerate(STAT_NAMES):
-        columns[name] = rows[:, i]
-    return pa.table(columns)
+    params = {name: [p.get(name) for p in sets] for name in dict.fromkeys(k for p in sets for k in p)}
+    return _stats_table(np.arange(lo, hi, dtype=np.int64), pa.array([PORTFOLIO] * len(sets), pa.string()),
+                        params, rows)
 
 
 def _peak_rss() -> int:
