@@ -41,7 +41,6 @@ import pandas as pd
 
 from admf_dask.bars import Bars
 from admf_dask.errors import ConfigError, DataError
-from admf_dask.kernels import stats as kstats
 from admf_dask.kernels.portfolio import strategy_batch_with_equity, targets_batch_with_equity
 from admf_dask.kernels.simulate import simulate, simulate_stats_batch
 from admf_dask.kernels.stats import STAT_NAMES, TRADE_FIELDS, compute_stats
@@ -152,7 +151,7 @@ def _ppy(bars: Bars, timed: bool, periods_per_year: float | None) -> float:
     if len(bars) < 2:
         raise DataError("at least two bars are needed to infer periods_per_year", symbol=bars.symbol,
                         key="periods_per_year", hint="pass periods_per_year")
-    return kstats.periods_per_year(bars.timestamp)
+    return bars.periods_per_year()
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -177,13 +176,23 @@ def _pick(arrays: Mapping[str, np.ndarray], output: str | None) -> np.ndarray:
     return arrays[output]
 
 
-def _ind_matrix(batch: BatchPlan, arrays: dict[str, dict[str, np.ndarray]], n: int) -> np.ndarray:
-    ind = np.empty((max(len(batch.rows), 1), n))
+def _ind_matrix(batch: BatchPlan, data: Any, bars: Bars) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' ``(ind, idx)``: indicator rows and each set's row numbers in it.
+
+    From an IndicatorSet that holds every row, its own stacked matrix (no copy);
+    otherwise the batch's rows stacked here.
+    """
+    stacked = data.stacked(batch.rows) if batch.rows and hasattr(data, "stacked") else None
+    if stacked is not None:
+        matrix, rows = stacked
+        return matrix, rows[batch.idx]
+    arrays = _arrays(batch, data, bars)
+    ind = np.empty((max(len(batch.rows), 1), len(bars)))
     for j, (token, output) in enumerate(batch.rows):
         ind[j] = _pick(arrays[token], output)
     if not batch.rows:
         ind[0] = np.nan
-    return ind
+    return ind, batch.idx
 
 
 def _user_target_matrix(s: Strategy, batch: BatchPlan, bars: Bars,
@@ -313,19 +322,18 @@ def batch_stats(data: Any, batch: BatchPlan, costs: _Costs, periods_per_year: fl
     o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
     if not batch.params:
         return np.empty((0, len(STAT_NAMES)))
-    arrays = _arrays(batch, data, bars)
     if s.builtin:
-        ind = _ind_matrix(batch, arrays, len(bars))
+        ind, idx = _ind_matrix(batch, data, bars)
         if portfolio is None:
-            return run_strategy_batch(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
+            return run_strategy_batch(s.kind, ind, idx, batch.fparams, o, h, lo, c, ppy, costs.cash,
                                       costs.commission, costs.slippage_bps, costs.whole_units,
                                       costs.stop_loss, costs.take_profit, costs.direction)
         pos, (eq, tr, ex) = portfolio
-        return strategy_batch_with_equity(s.kind, ind, batch.idx, batch.fparams, o, h, lo, c, pos, ppy,
+        return strategy_batch_with_equity(s.kind, ind, idx, batch.fparams, o, h, lo, c, pos, ppy,
                                           costs.cash, costs.commission, costs.slippage_bps,
                                           costs.whole_units, costs.stop_loss, costs.take_profit,
                                           costs.direction, eq, tr, ex)
-    targets = _user_target_matrix(s, batch, bars, arrays, costs.direction)
+    targets = _user_target_matrix(s, batch, bars, _arrays(batch, data, bars), costs.direction)
     if portfolio is None:
         return simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,
                                     costs.slippage_bps, costs.whole_units, costs.stop_loss, costs.take_profit)
@@ -343,8 +351,7 @@ def batch_targets(data: Any, batch: BatchPlan, direction: int) -> np.ndarray:
     """
     s = batch.strategy
     bars, _ = _as_bars(data)
-    arrays = _arrays(batch, data, bars)
     if s.builtin:
-        ind = _ind_matrix(batch, arrays, len(bars))
-        return strategy_targets(s.kind, ind, batch.idx, batch.fparams, _f64(bars.columns["close"]), direction)
-    return _user_target_matrix(s, batch, bars, arrays, direction)
+        ind, idx = _ind_matrix(batch, data, bars)
+        return strategy_targets(s.kind, ind, idx, batch.fparams, _f64(bars.columns["close"]), direction)
+    return _user_target_matrix(s, batch, bars, _arrays(batch, data, bars), direction)

@@ -80,13 +80,79 @@ class HubCounters:
 
 @dataclass
 class IndicatorSet:
-    """One symbol's bars and indicator arrays: ``values[spec.token][output]``."""
+    """One symbol's bars and indicator arrays: ``values[spec.token][output]``.
+
+    Every array is a row of one float64 matrix (``matrix``, row numbers in
+    ``rows`` by ``(token, output)``), stacked once when the set is made. A batch's
+    kernel reads its indicator rows straight from it (:meth:`stacked`), instead of
+    copying them into a matrix of its own per task and symbol: on minute bars that
+    copy (tens of MB of freshly mapped pages) cost as much as the kernel itself.
+    Pickled as the matrix, so moving a set between workers moves one buffer.
+    """
 
     symbol: str
     data_key: str
     bars: Bars
     values: dict[str, dict[str, np.ndarray]]
     counters: HubCounters = field(default_factory=HubCounters)
+
+    def __post_init__(self) -> None:
+        names = [(tok, out) for tok, outputs in self.values.items() for out in outputs]
+        matrix = np.empty((len(names), len(self.bars)))
+        for i, (tok, out) in enumerate(names):
+            matrix[i] = self.values[tok][out]
+        self._adopt(matrix, names)
+
+    @classmethod
+    def from_matrix(cls, symbol: str, data_key: str, bars: Bars, matrix: np.ndarray,
+                    names: list[tuple[str, str]], counters: HubCounters) -> IndicatorSet:
+        """A set over an already stacked matrix (row ``i`` is ``names[i]``), without copying it."""
+        obj = cls.__new__(cls)
+        obj.symbol, obj.data_key, obj.bars, obj.counters = symbol, data_key, bars, counters
+        obj._adopt(matrix, names)
+        return obj
+
+    def _adopt(self, matrix: np.ndarray, names: list[tuple[str, str]]) -> None:
+        # The arrays handed out (values, get) are read-only views: the set is shared by
+        # every task that reads it. The matrix itself is left as it is, so the kernels
+        # (which only read it) compile one signature for it and for the arrays tests pass.
+        self.matrix = matrix
+        self.rows = {name: i for i, name in enumerate(names)}
+        values: dict[str, dict[str, np.ndarray]] = {}
+        for i, (tok, out) in enumerate(names):
+            view = matrix[i]
+            view.flags.writeable = False
+            values.setdefault(tok, {})[out] = view
+        self.values = values
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "data_key": self.data_key, "bars": self.bars, "counters": self.counters,
+                "matrix": self.matrix, "names": list(self.rows)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.symbol, self.data_key, self.bars = state["symbol"], state["data_key"], state["bars"]
+        self.counters = state["counters"]
+        self._adopt(state["matrix"], [tuple(n) for n in state["names"]])
+
+    def stacked(self, rows: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(matrix, row numbers)`` of those ``(token, output)`` arrays, or None if one is not held.
+
+        An output of None names a single-output indicator's only output.
+        """
+        out = np.empty(len(rows), dtype=np.int64)
+        for i, (tok, output) in enumerate(rows):
+            outputs = self.values.get(tok)
+            if outputs is None:
+                return None
+            if output is None:
+                if len(outputs) != 1:
+                    return None
+                (output,) = outputs
+            row = self.rows.get((tok, output))
+            if row is None:
+                return None
+            out[i] = row
+        return self.matrix, out
 
     def get(self, spec: IndicatorSpec, output: str | None = None) -> np.ndarray:
         """The array of ``spec`` (its only output, or the named one)."""
@@ -99,6 +165,21 @@ class IndicatorSet:
 
     def covers(self, tokens: Iterable[str]) -> bool:
         return all(t in self.values for t in tokens)
+
+
+def _register_sizeof() -> None:
+    """Tell Dask what a set weighs: its memory accounting, spilling and transfer batching use it."""
+    try:
+        from dask.sizeof import sizeof
+    except ImportError:  # pragma: no cover - dask is a dependency
+        return
+
+    @sizeof.register(IndicatorSet)
+    def _sizeof_set(obj: IndicatorSet) -> int:
+        return int(obj.matrix.nbytes + obj.bars.nbytes + 1000)
+
+
+_register_sizeof()
 
 
 def data_key(symbol_fingerprint: str, bars: Bars) -> str:
@@ -175,18 +256,26 @@ class IndicatorCache:
                 names.append(f"{tok}.{output}")
                 rows.append(arrays[output])
         name = token_of_pack(sorted(computed))
-        self.storage.write_bytes(pack_bytes(names, tokens, sums, rows), f"{self._dir(key)}/pack-{name}.pack")
+        self.storage.write_bytes(pack_parts(names, tokens, sums, rows), f"{self._dir(key)}/pack-{name}.pack")
 
 
 _MAGIC = b"ADMFPK01"
 
 
-def pack_bytes(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray]) -> bytes:
-    """A pack file: magic, header length (uint64 LE), JSON header, float64 LE rows (equal lengths)."""
+def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray]) -> list[Any]:
+    """A pack file as buffers to write in order: the head, then each row's float64 LE bytes, not copied.
+
+    The head is the magic, the header length (uint64 LE) and the JSON header; rows have equal lengths.
+    """
     n = len(rows[0]) if rows else 0
     header = json.dumps({"names": names, "tokens": tokens, "sha256": sums, "shape": [len(rows), n]}).encode()
-    body = b"".join(np.ascontiguousarray(r, dtype="<f8").tobytes() for r in rows)
-    return _MAGIC + len(header).to_bytes(8, "little") + header + body
+    return [_MAGIC + len(header).to_bytes(8, "little") + header,
+            *(memoryview(np.ascontiguousarray(r, dtype="<f8")).cast("B") for r in rows)]
+
+
+def pack_bytes(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray]) -> bytes:
+    """A pack file as one ``bytes`` (see :func:`pack_parts`)."""
+    return b"".join(pack_parts(names, tokens, sums, rows))
 
 
 def unpack(raw: bytes) -> tuple[list[str], list[str], list[str], np.ndarray]:
@@ -211,7 +300,7 @@ def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(spec.token.encode())
     for name in spec.outputs:
         h.update(name.encode())
-        h.update(np.ascontiguousarray(arrays[name], dtype="<f8").tobytes())
+        h.update(np.ascontiguousarray(arrays[name], dtype="<f8"))  # hashed in place, not copied
     return h.hexdigest()
 
 
@@ -236,32 +325,45 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         key = data_key(store.symbol_fingerprint(symbol), bars)
     cache = IndicatorCache(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
-    values: dict[str, dict[str, np.ndarray]] = {}
+    specs = list({spec.token: spec for spec in specs}.values())
+    names = [(spec.token, out) for spec in specs for out in spec.outputs]
+    row = {name: i for i, name in enumerate(names)}
+    # One matrix for the whole set, filled row by row: every array is copied into it
+    # once, as soon as it is at hand, so no second full copy of the set is ever held.
+    matrix = np.empty((len(names), len(bars)))
+
+    def put(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for out in spec.outputs:
+            matrix[row[(spec.token, out)]] = arrays[out]
+        return {out: matrix[row[(spec.token, out)]] for out in spec.outputs}
+
     missing = []
     for spec in specs:
         held = next((p.values[spec.token] for p in priors if p.data_key == key and spec.token in p.values), None)
         if held is not None:
-            values[spec.token] = held
+            put(spec, held)
             counters.reused_memory += 1
         else:
             missing.append(spec)
     if cache is not None and missing:
         loaded, corrupt = cache.load(key, missing, len(bars))
-        values.update(loaded)
+        for spec in missing:
+            if spec.token in loaded:
+                put(spec, loaded[spec.token])
         counters.loaded_storage += len(loaded)
         counters.corrupt += corrupt
         missing = [s for s in missing if s.token not in loaded]
     computed = {}
     for spec in missing:
-        arrays = spec.compute(bars.columns)
-        for a in arrays.values():
-            a.flags.writeable = False  # shared by every task that reads this set
-        values[spec.token] = arrays
-        computed[spec.token] = (spec, arrays)
+        computed[spec.token] = (spec, put(spec, spec.compute(bars.columns)))
     counters.computed += len(computed)
     if cache is not None:
         cache.save(key, computed)
-    return IndicatorSet(symbol, key, bars, values, counters)
+    return IndicatorSet.from_matrix(symbol, key, bars, matrix, names, counters)
+
+
+def _arrived(indicator_set: IndicatorSet) -> None:
+    """Task: nothing; running it brings the set to the worker it runs on (``IndicatorHub._spread``)."""
 
 
 def _counters_of(indicator_set: IndicatorSet) -> HubCounters:
@@ -330,6 +432,8 @@ class IndicatorHub:
         self._sets: dict[str, list[Any]] = {}  # symbol -> IndicatorSets (or futures of them) held
         self._pending: dict[str, Any] = {}  # key -> future whose counters are not yet collected
         self._counters = HubCounters()
+        self._workers: list[str] | None = None
+        self._spreading: dict[str, list[Any]] = {}  # set key -> its _arrived tasks, one per worker
 
     def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
         return f"indicators-{symbol}-{token([self.bars_ref, symbol, str(start), str(end), sorted(plan.tokens), __version__])[:20]}"
@@ -386,8 +490,27 @@ class IndicatorHub:
         """
         held = self._held(symbol, start, end, plan) if self.client is not None else None
         if held is not None or (consumers > 1 and self.client is not None):
-            return self.submit(symbol, plan, start, end)
+            fut = self.submit(symbol, plan, start, end)
+            if consumers > 1:
+                self._spread(fut)
+            return fut
         return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint)
+
+    def _spread(self, fut: Any) -> None:
+        """Copy a shared set to every worker as soon as it is built.
+
+        Consumers of a shared set run everywhere, and a task starts only once all
+        its inputs are at hand: left to the consumers, every worker would fetch the
+        sets it lacks after the last one is built, and wait. A tiny task per worker
+        pulls each set over while the next sets are still being built.
+        """
+        if self._workers is None:
+            self._workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        if len(self._workers) < 2 or fut.key in self._spreading:
+            return
+        self._spreading[fut.key] = [
+            self.client.submit(_arrived, fut, workers=[w], allow_other_workers=False, pure=False,
+                               key=f"spread-{fut.key}-{i}") for i, w in enumerate(self._workers)]
 
     def settle(self, source: Any, counters: HubCounters) -> None:
         """Record the counters of a set that a task has already brought back.
@@ -411,3 +534,4 @@ class IndicatorHub:
     def release(self) -> None:
         """Drop the sets held in memory (worker memory is freed when no task needs them)."""
         self._sets.clear()
+        self._spreading.clear()

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import __version__
 from .bars import BarStore, Bars
-from .cache import HubCounters
+from .cache import HubCounters, data_key
 from .config import token
 from .errors import ConfigError, did_you_mean
 from .kernels.stats import STAT_NAMES
@@ -181,6 +181,7 @@ class ReplayInput:
     bars: Bars
     signals: np.ndarray
     counters: HubCounters = field(default_factory=HubCounters)
+    data_key: str = ""  # the exact bars (cache.data_key), so workers can keep the timeline of a group
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,10 @@ class SignalSource:
     end: Any
 
     def build(self) -> ReplayInput:
-        bars = BarStore.open(self.bars_ref, self.fingerprint).read(self.symbol, start=self.start, end=self.end)
-        return ReplayInput(bars, SignalSet(self.set_ref, self.manifest).load(self.symbol, bars))
+        store = BarStore.open(self.bars_ref, self.fingerprint)
+        bars = store.read(self.symbol, start=self.start, end=self.end)
+        return ReplayInput(bars, SignalSet(self.set_ref, self.manifest).load(self.symbol, bars),
+                           data_key=data_key(store.symbol_fingerprint(self.symbol), bars))
 
 
 @dataclass(frozen=True)

@@ -136,27 +136,31 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot read: {exc}", file=self.display(*parts)) from exc
 
-    def write_bytes(self, data: bytes, *parts: str) -> None:
+    def write_bytes(self, data: bytes | list[Any], *parts: str) -> None:
         """Write a whole file so that readers see the old content or the new, never half.
 
+        ``data`` is bytes, or a list of buffers (bytes, memoryviews) written one after
+        the other, so a caller need not join large buffers into one copy first.
         On local disk: write a temporary sibling, then rename it into place. On object
         stores a single PUT is already all-or-nothing.
         """
         target = self.path(*parts)
+        chunks = data if isinstance(data, list) else [data]
         try:
             if self.is_local:  # plain os calls: fsspec's open/mv/exists cost ~1 ms per small file
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 tmp = f"{target}.tmp-{uuid.uuid4().hex}"
                 try:
                     with open(tmp, "wb") as f:
-                        f.write(data)
+                        for chunk in chunks:
+                            f.write(chunk)
                     os.replace(tmp, target)
                 except BaseException:
                     if os.path.exists(tmp):
                         os.remove(tmp)
                     raise
             else:
-                self.fs.pipe_file(target, data)
+                self.fs.pipe_file(target, data if len(chunks) == 1 else b"".join(chunks))
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -238,12 +239,56 @@ def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> 
     return AdmfError(f"{label} failed: {type(exc).__name__}: {exc}", symbol=symbol, key=where)
 
 
-def group_timeline(indicator_sets: tuple[Any, ...]) -> np.ndarray:
-    """The sorted union of these symbols' bar timestamps (int64 ns): a container's own timeline."""
-    stamps = [s.bars.timestamp for s in indicator_sets]
-    if len(stamps) == 1:
-        return np.asarray(stamps[0], dtype=np.int64)
-    return np.unique(np.concatenate(stamps)) if stamps else np.empty(0, np.int64)
+@dataclass(frozen=True)
+class Timeline:
+    """A container's own timeline: the sorted union of its symbols' bar timestamps (int64 ns).
+
+    ``positions[i]`` places symbol ``i``'s bars on it; ``periods_per_year`` is the
+    timeline's own (that of the portfolio rows).
+    """
+
+    stamps: np.ndarray
+    positions: tuple[np.ndarray, ...]
+    periods_per_year: float
+
+
+_TIMELINES: OrderedDict[tuple, Timeline] = OrderedDict()
+_TIMELINES_KEEP = 8
+_TIMELINES_LOCK = threading.Lock()
+
+
+def group_timeline(indicator_sets: Sequence[Any]) -> Timeline:
+    """The :class:`Timeline` of these symbols' sets, kept per worker process.
+
+    Every container of a symbol group (one per parameter-set range) has the same
+    timeline; on minute bars building it (a sort of every timestamp, a search per
+    symbol, a median spacing) cost ~0.1 s a task. Keyed by the sets' data keys,
+    which identify their exact bars.
+    """
+    from .kernels.stats import periods_per_year
+
+    keys = tuple(getattr(s, "data_key", "") for s in indicator_sets)
+    key = keys if all(keys) else None  # an input without a data key is not kept
+    with _TIMELINES_LOCK:
+        hit = _TIMELINES.get(key) if key is not None else None
+        if hit is not None:
+            _TIMELINES.move_to_end(key)
+            return hit
+    stamps = [np.asarray(s.bars.timestamp, dtype=np.int64) for s in indicator_sets]
+    if all(len(a) == len(stamps[0]) and np.array_equal(a, stamps[0]) for a in stamps[1:]):
+        union = stamps[0] if stamps else np.empty(0, np.int64)  # aligned symbols: nothing to merge
+        positions = tuple(np.arange(len(union), dtype=np.int64) for _ in stamps)
+    else:
+        union = np.unique(np.concatenate(stamps))
+        positions = tuple(np.searchsorted(union, a).astype(np.int64) for a in stamps)
+    timeline = Timeline(union, positions, periods_per_year(union) if len(union) > 1 else 252.0)
+    if key is None:
+        return timeline
+    with _TIMELINES_LOCK:
+        _TIMELINES[key] = timeline
+        while len(_TIMELINES) > _TIMELINES_KEEP:
+            _TIMELINES.popitem(last=False)
+    return timeline
 
 
 def _stats_table(set_id: np.ndarray, symbol: pa.Array, params: Mapping[str, list], matrix: np.ndarray) -> pa.Table:
@@ -266,6 +311,48 @@ def _rows_table(task: ContainerTask, batch: Any, stats: list[np.ndarray]) -> pa.
                         np.vstack(stats) if stats else np.empty((0, len(STAT_NAMES))))
 
 
+class _Scratch:
+    """Equity accumulators reused across the tasks of a worker process.
+
+    A task's accumulator is tens of MB (sets x timeline). Allocated afresh, every
+    task pays the page faults of new memory (on a VM, ~2 us a page: ~40 ms for
+    65 MB, as much as the kernel's work on it), and two workers doing so at once
+    slow each other down. Zeroing memory already mapped costs a few ms. At most
+    ``keep`` buffers stay (one per thread in practice), each at most ``_ACC_BYTES``.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def take(self, m: int, n: int) -> np.ndarray:
+        """A zeroed float64 ``(m, n)`` array, a view of a kept buffer when one is big enough."""
+        need = m * n
+        with self._lock:
+            fits = [b for b in self._free if b.size >= need]
+            buf = min(fits, key=len) if fits else None
+            if buf is not None:
+                self._free = [b for b in self._free if b is not buf]
+        if buf is None:
+            buf = np.empty(need)
+        out = buf[:need].reshape(m, n)
+        out.fill(0.0)
+        return out
+
+    def give(self, arr: np.ndarray) -> None:
+        """Return an array from :meth:`take` once nothing reads it any more."""
+        buf = arr.base if arr.base is not None else arr
+        while buf.base is not None:
+            buf = buf.base
+        with self._lock:
+            self._free.append(buf)
+            self._free = sorted(self._free, key=len)[-self._keep:]
+
+
+_SCRATCH = _Scratch()
+
+
 def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     """Task: backtest every (symbol, parameter set) of the container, write rows, then mark it done.
 
@@ -280,29 +367,34 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     Returns the rows (an Arrow table, so the client need not read them back) and
     the hub counters of each symbol's indicator set.
     """
-    from .kernels.portfolio import accumulators_init
+    from .kernels.portfolio import EXTRA_WIDTH, trade_acc_init
 
     t0 = time.perf_counter()
     indicator_sets = [task.config.load(src) for src in sources]
     batch = task.config.prepare([dict(p) for p in task.param_sets])
     timeline = group_timeline(indicator_sets)
-    acc = accumulators_init(len(batch.params), len(timeline))
-    stats = []
-    for symbol, iset in zip(task.symbols, indicator_sets):
-        pos = np.searchsorted(timeline, iset.bars.timestamp).astype(np.int64)
-        try:
-            stats.append(task.config.stats(iset, batch, (pos, acc)))
-        except Exception as exc:
-            raise _fail_where(task, symbol, iset, exc) from None
-    table = _rows_table(task, batch, stats)
-    storage = task.run_ref.open()
-    if task.whole_range:  # every symbol is here: the accumulators are final, no reduce needed
-        table = pa.concat_tables([table, _portfolio_table(task.lo, task.hi, task.param_sets, acc, timeline)],
-                                 promote_options="default")
-    else:
-        buf = io.BytesIO()
-        np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline)
-        storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
+    m = len(batch.params)
+    equity = _SCRATCH.take(m, len(timeline.stamps))
+    try:
+        acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
+        stats = []
+        for symbol, iset, pos in zip(task.symbols, indicator_sets, timeline.positions):
+            try:
+                stats.append(task.config.stats(iset, batch, (pos, acc)))
+            except Exception as exc:
+                raise _fail_where(task, symbol, iset, exc) from None
+        table = _rows_table(task, batch, stats)
+        storage = task.run_ref.open()
+        if task.whole_range:  # every symbol is here: the accumulators are final, no reduce needed
+            table = pa.concat_tables([table, _portfolio_table(task.lo, task.hi, task.param_sets, acc, timeline.stamps,
+                                                                       timeline.periods_per_year)],
+                                     promote_options="default")
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline.stamps)
+            storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
+    finally:
+        _SCRATCH.give(equity)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
@@ -335,12 +427,14 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     return _portfolio_table(lo, hi, param_sets, total, union)
 
 
-def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union: np.ndarray) -> pa.Table:
+def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union: np.ndarray,
+                     ppy: float | None = None) -> pa.Table:
     """The PORTFOLIO rows of sets [lo, hi) from their final accumulators on the union timeline."""
     from .kernels.portfolio import portfolio_stats
     from .kernels.stats import periods_per_year
 
-    ppy = periods_per_year(union) if len(union) > 1 else 252.0
+    if ppy is None:
+        ppy = periods_per_year(union) if len(union) > 1 else 252.0
     rows = portfolio_stats(acc[0], acc[1], acc[2], ppy)
     sets = [dict(p) for p in param_sets]
     params = {name: [p.get(name) for p in sets] for name in dict.fromkeys(k for p in sets for k in p)}

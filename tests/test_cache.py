@@ -158,3 +158,66 @@ def test_on_a_cluster_sets_stay_in_worker_memory_and_are_reused(dataset, tmp_pat
         assert (c.computed, c.reused_memory, c.loaded_storage) == (27, 28 + 26, 0)
     local = IndicatorHub(dataset).get("AAA", plan)
     assert remote == pytest.approx(float(np.nansum(local.get(spec))), rel=1e-12)
+
+
+def test_a_set_is_one_read_only_matrix_that_pickles_and_weighs_what_it_holds(dataset, tmp_path):
+    import pickle
+
+    from dask.sizeof import sizeof
+
+    from admf_dask.cache import build_indicator_set
+
+    plan = IndicatorPlan.from_requests([IndicatorSpec.make("sma", window=w) for w in (5, 20)]
+                                       + [IndicatorSpec.make("bollinger", window=20, k=2.0)])
+    s = build_indicator_set(dataset.ref, "AAA", None, None, plan.specs, StorageRef.make(str(tmp_path / "c")))
+    close = pd.Series(dataset.read("AAA").close)
+    assert s.matrix.shape == (2 + 3, len(close)) and not s.get(plan.specs[0]).flags.writeable
+    for spec in plan.specs:
+        for out in spec.outputs:
+            assert np.shares_memory(s.get(spec, out if len(spec.outputs) > 1 else None), s.matrix)
+    np.testing.assert_allclose(s.get(plan.specs[1]), close.rolling(20).mean(), rtol=1e-9, equal_nan=True)
+    rows = [(plan.specs[1].token, None), (plan.specs[0].token, None)]
+    matrix, idx = s.stacked(rows)
+    assert matrix is s.matrix
+    np.testing.assert_array_equal(matrix[idx[0]], s.get(plan.specs[1]))
+    assert s.stacked([("not-a-token", None)]) is None
+    back = pickle.loads(pickle.dumps(s, protocol=5))
+    np.testing.assert_array_equal(back.matrix, s.matrix)
+    assert back.rows == s.rows and back.data_key == s.data_key
+    np.testing.assert_array_equal(back.get(plan.specs[0]), s.get(plan.specs[0]))
+    assert sizeof(s) >= s.matrix.nbytes + s.bars.nbytes
+
+
+def _both(a, b) -> None:
+    return None
+
+
+def _on_worker(indicator_set) -> bool:
+    """A set as a worker receives it: its matrix arrives writable (one kernel signature), its arrays do not."""
+    return indicator_set.matrix.flags.writeable and not indicator_set.values[next(iter(indicator_set.values))][
+        "value"].flags.writeable
+
+
+def test_a_shared_set_is_spread_to_every_worker_as_soon_as_it_is_built(dataset, tmp_path):
+    import time
+
+    from admf_dask.cluster import connect
+
+    plan = sma_grid_plan()
+    with connect({"kind": "local", "n_workers": 2, "dashboard_address": ""}) as client:
+        hub = IndicatorHub(dataset, StorageRef.make(str(tmp_path / "cache")), client=client)
+        fut = hub.source("AAA", plan, consumers=5)
+        # five consumers wait on the set (and on a gate no worker can run), as a sweep's containers would:
+        # without waiters, Dask's memory manager would rightly drop the extra copy again
+        gate = client.submit(_both, None, None, resources={"no-such-resource": 1}, pure=False)
+        waiting = [client.submit(_both, fut, gate, pure=False) for _ in range(5)]
+        workers = set(client.scheduler_info()["workers"])
+        deadline = time.time() + 60
+        while set(client.who_has([fut])[fut.key]) != workers and time.time() < deadline:
+            time.sleep(0.1)
+        # both workers hold it before any consumer ran, and it was built once
+        assert set(client.who_has([fut])[fut.key]) == workers
+        assert hub.counters.computed == 26
+        assert client.submit(_on_worker, fut).result()
+        client.cancel([*waiting, gate])
+        hub.release()

@@ -276,3 +276,56 @@ def test_cli_rejects_a_bad_param_spec_with_exit_2(tmp_path, dataset):
     out = subprocess.run([sys.executable, "-m", "admf_dask.cli", "sweep", dataset.url, "-s", "sma_crss",
                           "--cluster", "threads"], capture_output=True, text=True)
     assert out.returncode == 2 and "did you mean 'sma_cross'" in out.stderr
+
+
+def test_accumulator_buffers_are_zeroed_and_reused():
+    from admf_dask.sweep import _Scratch
+
+    scratch = _Scratch(keep=2)
+    a = scratch.take(3, 5)
+    assert a.shape == (3, 5) and not a.any()
+    a[:] = 7.0
+    base = a.base
+    scratch.give(a)
+    b = scratch.take(2, 6)  # fits in the kept buffer: the same memory, zeroed again
+    assert b.shape == (2, 6) and not b.any() and np.shares_memory(b, base)
+    c = scratch.take(4, 5)  # the kept buffer is taken: a new one
+    assert not np.shares_memory(c, base)
+    scratch.give(b)
+    scratch.give(c)
+    d = scratch.take(3, 4)  # the smallest kept buffer that fits (15 of 15 and 20)
+    assert np.shares_memory(d, base)
+
+
+def test_group_timeline_is_the_union_with_positions_and_is_kept_by_data_key():
+    from types import SimpleNamespace
+
+    from admf_dask.bars import Bars
+    from admf_dask.kernels.stats import periods_per_year
+    from admf_dask.sweep import group_timeline
+
+    a = generate_bars("AAA", "2020-01-01", "2020-12-31", seed=1)
+    b = generate_bars("BBB", "2020-03-01", "2021-06-30", seed=2)
+    gapped = Bars("CCC", a.timestamp[::3].copy(), {k: v[::3].copy() for k, v in a.columns.items()})
+    sets = [SimpleNamespace(bars=x, data_key=f"k-{x.symbol}") for x in (a, b, gapped)]
+    tl = group_timeline(sets)
+    union = np.unique(np.concatenate([a.timestamp, b.timestamp, gapped.timestamp]))
+    np.testing.assert_array_equal(tl.stamps, union)
+    for s, pos in zip(sets, tl.positions):
+        np.testing.assert_array_equal(pos, np.searchsorted(union, s.bars.timestamp))
+        np.testing.assert_array_equal(tl.stamps[pos], s.bars.timestamp)
+    assert tl.periods_per_year == periods_per_year(union)
+    assert group_timeline(sets) is tl  # same data keys: kept
+    aligned = group_timeline([SimpleNamespace(bars=a, data_key="x1"), SimpleNamespace(bars=a, data_key="x2")])
+    np.testing.assert_array_equal(aligned.stamps, a.timestamp)
+    assert all(np.array_equal(p, np.arange(len(a))) for p in aligned.positions)
+    unkeyed = [SimpleNamespace(bars=a, data_key=""), SimpleNamespace(bars=b, data_key="")]
+    assert group_timeline(unkeyed) is not group_timeline(unkeyed)  # no data key: never kept
+
+
+def test_bars_periods_per_year_is_computed_once():
+    from admf_dask.kernels.stats import periods_per_year
+
+    bars = generate_bars("AAA", "2020-01-01", "2020-12-31", seed=1)
+    assert bars.periods_per_year() == periods_per_year(bars.timestamp) == 252.0
+    assert bars.__dict__["_periods_per_year"] == 252.0

@@ -11,7 +11,7 @@ Kernel rules
   public wrappers allocate with numpy instead: numpy asks Linux for huge pages
   on large arrays and numba's allocator does not, which saves ~35 ms of page
   faults per 10-million-bar output.
-- Compiled kernels are ``@numba.njit(cache=True)`` and named ``_<name>_nb`` so
+- Compiled kernels are ``@numba.njit(cache=True, nogil=True)`` and named ``_<name>_nb`` so
   other numba code (strategies, simulation) can call them directly. The public
   function of the same name without the prefix validates its arguments in
   Python (``ValueError`` naming the parameter) and calls the kernel.
@@ -117,7 +117,7 @@ def _finite_sum_nb(x, lo, hi):
     return s, bad
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _sma_fill_nb(x, window, out):
     """Write the rolling mean of ``x`` into ``out`` (same length).
 
@@ -199,14 +199,14 @@ def _sma_fill_nb(x, window, out):
         i0 = end
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _sma_nb(x, window):
     out = np.empty(x.shape[0])
     _sma_fill_nb(x, window, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _moments_fill_nb(x, window, k, zscore, out1, out2, out3):
     """Rolling mean and population std (ddof=0), emitted as bands or a z-score.
 
@@ -301,7 +301,7 @@ def _moments_fill_nb(x, window, k, zscore, out1, out2, out3):
         i0 = end
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bollinger_nb(close, window, k):
     n = close.shape[0]
     middle, upper, lower = np.empty(n), np.empty(n), np.empty(n)
@@ -309,14 +309,14 @@ def _bollinger_nb(close, window, k):
     return middle, upper, lower
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _zscore_nb(x, window):
     out = np.empty(x.shape[0])
     _moments_fill_nb(x, window, 0.0, True, out, out, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _wma_fill_nb(x, window, out):
     """Linearly weighted mean, weights 1..window (newest heaviest)."""
     n = x.shape[0]
@@ -358,14 +358,14 @@ def _wma_fill_nb(x, window, out):
         i0 = end
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _wma_nb(x, window):
     out = np.empty(x.shape[0])
     _wma_fill_nb(x, window, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _vwap_fill_nb(high, low, close, volume, window, out):
     """Rolling sum(typical * volume) / sum(volume); typical = (h + l + c) / 3."""
     n = close.shape[0]
@@ -413,7 +413,7 @@ def _vwap_fill_nb(high, low, close, volume, window, out):
         i0 = end
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _vwap_nb(high, low, close, volume, window):
     out = np.empty(close.shape[0])
     _vwap_fill_nb(high, low, close, volume, window, out)
@@ -425,7 +425,7 @@ def _vwap_nb(high, low, close, volume, window):
 # --------------------------------------------------------------------------- #
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _extremes_fill_nb(high, low, close, window, stochastic, out1, out2):
     """Rolling max of ``high`` and min of ``low``, O(n) for any window.
 
@@ -492,7 +492,7 @@ def _extremes_fill_nb(high, low, close, window, stochastic, out1, out2):
                 out2[i] = lower
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _donchian_nb(high, low, window):
     n = high.shape[0]
     upper, lower = np.empty(n), np.empty(n)
@@ -500,13 +500,13 @@ def _donchian_nb(high, low, window):
     return upper, lower
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _stochastic_fill_nb(high, low, close, k_window, d_window, k, d):
     _extremes_fill_nb(high, low, close, k_window, True, k, k)
     _sma_fill_nb(k, d_window, d)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _stochastic_nb(high, low, close, k_window, d_window):
     n = close.shape[0]
     k, d = np.empty(n), np.empty(n)
@@ -519,7 +519,7 @@ def _stochastic_nb(high, low, close, k_window, d_window):
 # --------------------------------------------------------------------------- #
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _roc_fill_nb(x, window, out):
     n = x.shape[0]
     out[: min(window, n)] = np.nan
@@ -529,7 +529,7 @@ def _roc_fill_nb(x, window, out):
         out[i] = v / u - 1.0 if np.isfinite(v) and np.isfinite(u) and u != 0.0 else np.nan
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _roc_nb(x, window):
     out = np.empty(x.shape[0])
     _roc_fill_nb(x, window, out)
@@ -541,7 +541,7 @@ def _roc_nb(x, window):
 # --------------------------------------------------------------------------- #
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ema_fill_nb(x, span, out):
     """EMA seeded with the SMA of the first ``span`` values of each segment."""
     alpha = 2.0 / (span + 1.0)
@@ -567,14 +567,14 @@ def _ema_fill_nb(x, span, out):
             out[i] = y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ema_nb(x, span):
     out = np.empty(x.shape[0])
     _ema_fill_nb(x, span, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _macd_fill_nb(close, fast, slow, signal, line, sig, hist):
     _ema_fill_nb(close, fast, hist)  # hist as scratch for the fast EMA
     _ema_fill_nb(close, slow, line)
@@ -585,7 +585,7 @@ def _macd_fill_nb(close, fast, slow, signal, line, sig, hist):
         hist[i] = line[i] - sig[i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _macd_nb(close, fast, slow, signal):
     n = close.shape[0]
     line, sig, hist = np.empty(n), np.empty(n), np.empty(n)
@@ -593,7 +593,7 @@ def _macd_nb(close, fast, slow, signal):
     return line, sig, hist
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rsi_fill_nb(close, window, out):
     """Wilder RSI; a window with no movement gives 50, only gains 100."""
     changes = -1  # price changes seen in the segment; -1: no previous close
@@ -632,14 +632,14 @@ def _rsi_fill_nb(close, window, out):
         out[i] = 100.0 * gain / total if total > 0.0 else 50.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rsi_nb(close, window):
     out = np.empty(close.shape[0])
     _rsi_fill_nb(close, window, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _atr_fill_nb(high, low, close, window, out):
     """Wilder ATR: first value = mean(TR[1..window]) of each segment."""
     bars = -1  # true ranges seen in the segment; -1: no previous close
@@ -672,14 +672,14 @@ def _atr_fill_nb(high, low, close, window, out):
         out[i] = acc
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _atr_nb(high, low, close, window):
     out = np.empty(close.shape[0])
     _atr_fill_nb(high, low, close, window, out)
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _obv_fill_nb(close, volume, out):
     """On-balance volume, 0 on the first bar of each segment."""
     started = False
@@ -703,7 +703,7 @@ def _obv_fill_nb(close, volume, out):
         out[i] = acc
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _obv_nb(close, volume):
     out = np.empty(close.shape[0])
     _obv_fill_nb(close, volume, out)

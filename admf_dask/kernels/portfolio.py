@@ -1,7 +1,7 @@
 """Equal-weight portfolio of a parameter sweep: one row per parameter set across all symbols.
 
 Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
-pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True, nogil=True)``;
 float64 price arrays in (inputs may be read-only). Unlike the other kernels, the
 ``*_with_equity`` kernels also *add into* accumulators the caller owns, so that a
 task can fold symbol after symbol into them.
@@ -89,7 +89,7 @@ _EXPOSURE = 15       # columns of the statistics row (STAT_NAMES)
 _BUY_AND_HOLD = 16
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def trade_acc_init(m):
     """Empty pooled trade accumulators, float64 ``(m, 9)``: ``trade_init()`` on every row."""
     st = trade_init()
@@ -107,13 +107,13 @@ def trade_acc_init(m):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def accumulators_init(m, n_timeline):
     """Empty ``(equity_acc (m, T), trade_acc (m, 9), extra_acc (m, 3))`` for ``m`` sets, ``T`` timestamps."""
     return np.zeros((m, n_timeline)), trade_acc_init(m), np.zeros((m, EXTRA_WIDTH))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def merge_trade_acc(a, b):
     """Pooled trade accumulators of two disjoint sets of trades: a new ``(m, 9)`` array.
 
@@ -131,7 +131,7 @@ def merge_trade_acc(a, b):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def merge_accumulators(acc_a, acc_b):
     """Combine two ``(equity_acc, trade_acc, extra_acc)`` tuples of disjoint symbol groups.
 
@@ -150,7 +150,7 @@ def merge_accumulators(acc_a, acc_b):
     return eq_a + eq_b, merge_trade_acc(tr_a, tr_b), ex_a + ex_b
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc):
     if n == 0:
         raise ValueError("portfolio kernels: a symbol without bars cannot be a sleeve")
@@ -168,7 +168,7 @@ def _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc):
             raise ValueError("portfolio kernels: timeline_pos must be strictly increasing")
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _gaps(timeline_pos):
     """Bars ``t`` followed by a gap in the union timeline (``pos[t + 1] > pos[t] + 1``)."""
     n = timeline_pos.shape[0]
@@ -190,7 +190,7 @@ def _add_run(row, equity_buf, t0, t1, p0):
         seg[i] += src[i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _sleeve_add(row, timeline_pos, gaps, equity_buf, cash):
     # Add the sleeve's curve on the union timeline into ``row``: cash before its
     # first bar, bar t's equity from its own timestamp up to the next bar's (or
@@ -270,35 +270,35 @@ def _batch_eq(kind, ind, idx, fparams, open_, high, low, close, timeline_pos, pe
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_cross(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(CROSS, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_rsi(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(RSI, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_bb_reversion(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(BB_REVERSION, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
                      eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_bb_breakout(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(BB_BREAKOUT, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
                      eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_donchian(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(DONCHIAN, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
                      eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _eq_momentum(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
     return _batch_eq(MOMENTUM, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
                      eq, tr, ex)
@@ -355,7 +355,7 @@ _EQ_KERNELS = {CROSS: _eq_cross, RSI: _eq_rsi, BB_REVERSION: _eq_bb_reversion, B
                DONCHIAN: _eq_donchian, MOMENTUM: _eq_momentum}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def targets_batch_with_equity(targets, open_, high, low, close, timeline_pos, periods_per_year,
                               cash, commission, slippage_bps, whole_units, stop_loss, take_profit,
                               equity_acc, trade_acc, extra_acc):
@@ -400,7 +400,7 @@ def targets_batch_with_equity(targets, open_, high, low, close, timeline_pos, pe
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def portfolio_stats(equity_acc, trade_acc, extra_acc, periods_per_year):
     """The equal-weight portfolio row of each parameter set: float64 (m, N_STATS), ``STAT_NAMES`` order.
 
@@ -433,7 +433,7 @@ def portfolio_stats(equity_acc, trade_acc, extra_acc, periods_per_year):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def rebase_equity(equity_acc, timeline, union, sleeves, cash):
     """A group's summed sleeve equity ``(m, T_group)`` on its own ``timeline``, moved onto ``union``.
 

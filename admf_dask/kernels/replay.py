@@ -1,7 +1,7 @@
 """Signal replay: stored target streams -> ensemble targets -> statistics rows.
 
 Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
-pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True, nogil=True)``;
 float64 price arrays in (inputs may be read-only); kernels allocate their outputs.
 Like :func:`admf_dask.kernels.portfolio.targets_batch_with_equity`, the
 ``*_with_equity`` kernel also adds into accumulators the caller owns.
@@ -70,7 +70,7 @@ VOTE = 0
 FRACTION = 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def events_from_targets(targets):
     """Sparse change events of each row of an int (K, n) target matrix.
 
@@ -115,7 +115,7 @@ def events_from_targets(targets):
     return ptr, bar, value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def dense_targets(ptr, bar, value, n):
     """The int8 (K, n) target matrix of ``events_from_targets``' events: its exact inverse."""
     k_rows = ptr.shape[0] - 1
@@ -141,7 +141,7 @@ def dense_targets(ptr, bar, value, n):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _segments(signals):
     """Union of the rows' change bars and the signal states on each segment.
 
@@ -257,7 +257,7 @@ def _ensemble(vote, with_acc, seg_target, signals, weights, threshold, direction
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _vote_eq(signals, weights, threshold, direction, o, h, lo, c, pos, ppy, cash, comm, slip,
              whole, sl, tp, eq, tr, ex):
     buf = np.empty(signals.shape[1] + 1, dtype=np.int64)
@@ -265,7 +265,7 @@ def _vote_eq(signals, weights, threshold, direction, o, h, lo, c, pos, ppy, cash
                      cash, comm, slip, whole, sl, tp, eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fraction_eq(signals, weights, threshold, direction, o, h, lo, c, pos, ppy, cash, comm, slip,
                  whole, sl, tp, eq, tr, ex):
     buf = np.empty(signals.shape[1] + 1)
@@ -273,7 +273,7 @@ def _fraction_eq(signals, weights, threshold, direction, o, h, lo, c, pos, ppy, 
                      ppy, cash, comm, slip, whole, sl, tp, eq, tr, ex)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _vote_rows(signals, weights, threshold, direction, o, h, lo, c, ppy, cash, comm, slip, whole, sl,
           tp):
     buf = np.empty(signals.shape[1] + 1, dtype=np.int64)
@@ -283,7 +283,7 @@ def _vote_rows(signals, weights, threshold, direction, o, h, lo, c, ppy, cash, c
                      cash, comm, slip, whole, sl, tp, eq, eq, eq)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fraction_rows(signals, weights, threshold, direction, o, h, lo, c, ppy, cash, comm, slip, whole,
               sl, tp):
     buf = np.empty(signals.shape[1] + 1)
@@ -293,7 +293,7 @@ def _fraction_rows(signals, weights, threshold, direction, o, h, lo, c, ppy, cas
                      ppy, cash, comm, slip, whole, sl, tp, eq, eq, eq)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _check_ensemble(signals, weights, rule, direction, open_, high, low, close):
     n = close.shape[0]
     if open_.shape[0] != n or high.shape[0] != n or low.shape[0] != n or signals.shape[1] != n:
@@ -310,7 +310,7 @@ def _check_ensemble(signals, weights, rule, direction, open_, high, low, close):
                          "or SHORT_ONLY (-1)")
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def ensemble_batch_with_equity(signals, weights, rule, threshold, direction, open_, high, low,
                                close, timeline_pos, periods_per_year, cash, commission,
                                slippage_bps, whole_units, stop_loss, take_profit, equity_acc,
@@ -354,7 +354,7 @@ def ensemble_batch_with_equity(signals, weights, rule, threshold, direction, ope
                         whole_units, stop_loss, take_profit, equity_acc, trade_acc, extra_acc)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def ensemble_batch(signals, weights, rule, threshold, direction, open_, high, low, close,
                    periods_per_year, cash, commission, slippage_bps, whole_units, stop_loss,
                    take_profit):

@@ -1,8 +1,11 @@
 """Backtest simulation kernels: targets -> next-open fills -> equity -> statistics.
 
 Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
-pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True, nogil=True)``;
 float64 price arrays in (inputs may be read-only); kernels allocate their outputs.
+``nogil`` lets a Dask worker's event loop serve its peers and the scheduler while a
+kernel runs: holding the GIL, a worker busy with a 0.5 s task kept the others
+waiting for the indicator sets it held (a second of a 9 s sweep on 2 workers).
 
 Two entry points run one state machine, ``_run``, so they cannot disagree:
 
@@ -103,7 +106,7 @@ __all__ = ["simulate", "simulate_stats", "simulate_stats_batch", "sim_init", "si
 _FULL_EQUITY = 1.0 - sys.float_info.epsilon
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _whole_units(budget, per_unit):
     """``budget // per_unit`` as backtesting.py computes it, without the slow fmod path when safe."""
     q = budget / per_unit
@@ -116,7 +119,7 @@ def _whole_units(budget, per_unit):
     return whole
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _units(equity, fill, commission, whole_units):
     if whole_units:
         # Same float operations as backtesting.py's _Broker._process_orders, so that
@@ -125,7 +128,7 @@ def _units(equity, fill, commission, whole_units):
     return equity / (fill * (1.0 + commission))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _units_fraction(equity, f, fill, commission, whole_units):
     """Units of a position of ``f`` (0 < f < 1) of ``equity``.
 
@@ -198,7 +201,7 @@ def _open_units_ol(raw, cash, fill, commission, whole_units):
     return None
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _exit(cash, direction, units, entry_price, entry_comm, fill, commission):
     """Close the position at ``fill``: new cash, net PnL, net return."""
     exit_comm = units * fill * commission
@@ -208,7 +211,7 @@ def _exit(cash, direction, units, entry_price, entry_comm, fill, commission):
     return cash, pnl, ret
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _record_trade(trade_int, trade_float, k, entry_bar, exit_bar, direction, units,
                   entry_price, exit_price, pnl, ret):
     trade_int[k, 0] = entry_bar
@@ -221,7 +224,7 @@ def _record_trade(trade_int, trade_float, k, entry_bar, exit_bar, direction, uni
     trade_float[k, 4] = ret
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def sim_init(cash):
     """Start state of the per-bar state machine ``sim_step``: flat, ``cash`` in hand.
 
@@ -233,7 +236,7 @@ def sim_init(cash):
     return (0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0, False, float(cash), 0, 1.0)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bps,
              whole_units, stop_loss, take_profit, record, equity_out, position_out,
              trade_int, trade_float):
@@ -339,7 +342,7 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
     return sim, bar_st, trade_st
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _run(open_, high, low, close, targets, cash, commission, slippage_bps, whole_units,
          stop_loss, take_profit, record, equity_out, position_out, trade_int, trade_float):
     """The state machine over a target array. Writes per-bar and per-trade arrays only if ``record``.
@@ -369,7 +372,7 @@ def _run(open_, high, low, close, targets, cash, commission, slippage_bps, whole
     return sim[10], bar_st, trade_st
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _check_inputs(open_, high, low, close, targets):
     n = close.shape[0]
     if (open_.shape[0] != n or high.shape[0] != n or low.shape[0] != n
@@ -378,7 +381,7 @@ def _check_inputs(open_, high, low, close, targets):
             "simulate: open, high, low, close and targets need the same number of bars")
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
              slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
     """Reference single run: equity curve, position and closed trades.
@@ -434,7 +437,7 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     return equity, position, trades
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
                    commission=0.0, slippage_bps=0.0, whole_units=False,
                    stop_loss=np.nan, take_profit=np.nan):
@@ -458,7 +461,7 @@ def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_0
     return finalize(bar_st, trade_st, close, periods_per_year)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
                          commission=0.0, slippage_bps=0.0, whole_units=False,
                          stop_loss=np.nan, take_profit=np.nan):

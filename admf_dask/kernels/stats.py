@@ -1,7 +1,7 @@
 """Backtest statistics: one flat float64 row per run.
 
 Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
-pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True, nogil=True)``;
 float64 arrays in (inputs may be read-only); kernels allocate their outputs.
 
 The statistics are accumulated by two small compiled functions, ``bar_update``
@@ -105,7 +105,7 @@ TRADE_FIELDS = (
 _NAN = np.nan
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def bar_init():
     """Empty per-bar accumulator state (a tuple of 14 floats)."""
     # first_eq, prev_eq, min_eq, n_ret, s1, s2, sneg2, peak, peak_bar,
@@ -114,7 +114,7 @@ def bar_init():
             0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def bar_update(st, t, equity, in_market):
     """Fold bar ``t`` (equity at its close, in the market during it) into ``st``."""
     (first_eq, prev_eq, min_eq, n_ret, s1, s2, sneg2, peak, peak_bar,
@@ -150,14 +150,14 @@ def bar_update(st, t, equity, in_market):
             max_dd, max_dur, underwater, exposed, n_bars + 1.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def trade_init():
     """Empty per-trade accumulator state (a tuple of 9 floats)."""
     # n, wins, sum_pos, sum_neg, sum_ret, sum_log1p, ruined, best, worst
     return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -np.inf, np.inf)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def trade_update(st, pnl, ret):
     """Fold one closed trade (net cash PnL, net return) into ``st``."""
     n, wins, sum_pos, sum_neg, sum_ret, sum_log1p, ruined, best, worst = st
@@ -173,7 +173,7 @@ def trade_update(st, pnl, ret):
             max(best, ret), min(worst, ret))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def finalize(bar_st, trade_st, close, periods_per_year):
     """Turn accumulator states into a float64 row ordered as ``STAT_NAMES``."""
     (first_eq, last_eq, min_eq, m, s1, s2, sneg2, peak, peak_bar,
@@ -222,7 +222,7 @@ def finalize(bar_st, trade_st, close, periods_per_year):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def compute_stats(equity, position, trades, close, periods_per_year):
     """Statistics row (ordered as ``STAT_NAMES``) of a finished simulation.
 

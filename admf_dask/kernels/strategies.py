@@ -1,7 +1,7 @@
 """Fused strategy kernels: indicator arrays -> targets computed inline -> statistics rows.
 
 Kernel rules (every module in ``admf_dask.kernels``): numpy and numba only (no
-pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True)``;
+pandas, dask or fsspec); compiled functions use ``@numba.njit(cache=True, nogil=True)``;
 float64 arrays in (inputs may be read-only); kernels allocate their outputs.
 
 One call evaluates a whole batch of parameter sets of one built-in strategy on
@@ -70,7 +70,7 @@ LONG_ONLY = 1
 SHORT_ONLY = -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def signal_step(kind, ind, i0, i1, i2, p0, p1, close, t, state):
     """The strategy state at bar ``t`` (-1 / 0 / +1) given its state at ``t - 1``.
 
@@ -132,7 +132,7 @@ def signal_step(kind, ind, i0, i1, i2, p0, p1, close, t, state):
     return 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _clip(state, direction):
     if direction == LONG_ONLY:
         return max(state, 0)
@@ -141,7 +141,7 @@ def _clip(state, direction):
     return state
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _check(ind, idx, fparams, open_, high, low, close):
     n = close.shape[0]
     if open_.shape[0] != n or high.shape[0] != n or low.shape[0] != n or ind.shape[1] != n:
@@ -189,32 +189,32 @@ def _batch(kind, ind, idx, fparams, open_, high, low, close, periods_per_year, c
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_cross(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(CROSS, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_rsi(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(RSI, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_bb_reversion(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(BB_REVERSION, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_bb_breakout(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(BB_BREAKOUT, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_donchian(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(DONCHIAN, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _batch_momentum(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
     return _batch(MOMENTUM, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
 
@@ -283,7 +283,7 @@ def run_cross_batch(ind, fast_idx, slow_idx, open_, high, low, close, periods_pe
                               stop_loss, take_profit, direction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def strategy_targets(kind, ind, idx, fparams, close, direction=LONG_SHORT):
     """Target arrays (int8, m x n) of the batch: the rule ``run_strategy_batch`` trades.
 
