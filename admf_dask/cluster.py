@@ -113,7 +113,8 @@ def _admf_version() -> str:
 def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, label: str,
               keys: Sequence[str] | None = None, retries: int = 0,
               on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
-              drain_on_error: bool = False, extra_args: Sequence[Sequence[Any]] | None = None) -> list[Any]:
+              drain_on_error: bool = False, extra_args: Sequence[Sequence[Any]] | None = None,
+              window: int | None = None) -> list[Any]:
     """Run ``fn(item)`` for every item on the cluster; return results in item order.
 
     ``keys`` (deterministic task keys) let identical work collapse onto one task.
@@ -128,37 +129,60 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     worker cannot be stopped. With ``drain_on_error`` the run instead waits for all
     other tasks and hands their results to ``on_result``, so a caller that must undo
     side effects (files written) sees every one of them.
+
+    ``window`` keeps at most that many tasks submitted and not finished, submitting the
+    next as one finishes (in item order), instead of all at once. Tasks that share big
+    inputs (a sweep's indicator sets) are not queued by the scheduler: submitted at
+    once, they were all handed out up front, and at the end one worker still had a
+    second of work queued while the other sat idle.
     """
     extra = extra_args if extra_args is not None else [()] * len(items)
-    futures = [client.submit(fn, item, *args, key=keys[i] if keys is not None else None, retries=retries,
-                             pure=False) for i, (item, args) in enumerate(zip(items, extra))]
+
+    def submit(i: int) -> Any:
+        return client.submit(fn, items[i], *extra[i], key=keys[i] if keys is not None else None, retries=retries,
+                             pure=False)
+
+    first = len(items) if window is None else min(len(items), max(1, window))
+    futures = [submit(i) for i in range(first)]
     return collect(client, futures, label=label, on_result=on_result, progress=progress,
-                   drain_on_error=drain_on_error)
+                   drain_on_error=drain_on_error, more=(submit(i) for i in range(first, len(items))),
+                   total=len(items))
 
 
 def collect(client: Any, futures: Sequence[Any], *, label: str,
             on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
-            drain_on_error: bool = False) -> list[Any]:
+            drain_on_error: bool = False, more: Iterator[Any] | None = None, total: int | None = None) -> list[Any]:
     """Wait for futures already submitted, with a progress bar; results in their order.
 
     The error handling of :func:`run_tasks` (which submits, then calls this).
+    ``more`` yields further futures, each submitted when one finishes (their results
+    follow in that order; ``total`` counts them all); after an error none is submitted.
     """
     from distributed import as_completed
 
+    futures = list(futures)
     index = {f.key: i for i, f in enumerate(futures)}
-    results: list[Any] = [None] * len(futures)
-    bar = Progress(label, len(futures), enabled=progress)
+    results: list[Any] = [None] * (total if total is not None else len(futures))
+    bar = Progress(label, len(results), enabled=progress)
     first_error: BaseException | None = None
+    pending = as_completed(futures)
     try:
-        for future in as_completed(futures):
+        for future in pending:
             if future.status == "error":
                 if first_error is None:
                     exc = future.exception()
                     first_error = exc if isinstance(exc, AdmfError) else exc.with_traceback(future.traceback())
+                    more = None
                     if not drain_on_error:
                         client.cancel(futures)
                         break
                 continue
+            if more is not None:
+                nxt = next(more, None)
+                if nxt is not None:
+                    index[nxt.key] = len(futures)
+                    futures.append(nxt)
+                    pending.add(nxt)
             i = index[future.key]
             results[i] = future.result()
             if on_result is not None:

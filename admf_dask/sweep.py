@@ -510,7 +510,8 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
       but every range needs every symbol's input (shared between tasks). Best for
       many parameter sets, where the narrow shape writes gigabytes of accumulators.
 
-    A range's accumulators fit ``_ACC_BYTES`` in both.
+    A range's accumulators fit ``_ACC_BYTES`` in both. The last ranges are then
+    halved (:func:`_halve_tail`).
     """
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
     # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
@@ -519,7 +520,26 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
     max_step = max(1, _ACC_BYTES // (8 * max(timeline_len, 1)))
     shapes = [_narrow(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step),
               _wide(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step)]
-    return min(shapes, key=lambda parts: _overhead(parts, len(symbols), timeline_len, load_seconds))
+    best = min(shapes, key=lambda parts: _overhead(parts, len(symbols), timeline_len, load_seconds))
+    return _halve_tail(best, threads)
+
+
+def _halve_tail(parts: list[tuple[tuple[str, ...], int, int]], threads: int) -> list[tuple[tuple[str, ...], int, int]]:
+    """Halve the last ``2 x threads`` set ranges, so that the sweep ends in small tasks.
+
+    Tasks run about in submission order; when the last ones are as big as the rest,
+    one worker can sit idle for most of a task's time while another finishes.
+    """
+    ranges = sorted({(lo, hi) for _, lo, hi in parts})
+    tail = {r for r in ranges[-2 * max(threads, 1):] if r[1] - r[0] >= 2}
+    out: list[tuple[tuple[str, ...], int, int]] = []
+    for group, lo, hi in parts:
+        if (lo, hi) in tail:
+            mid = (lo + hi) // 2
+            out += [(group, lo, mid), (group, mid, hi)]
+        else:
+            out.append((group, lo, hi))
+    return out if len(out) <= MAX_TASKS else parts
 
 
 def _narrow(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, target: float,
@@ -813,7 +833,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         tables: dict[int, pa.Table] = {}
         if tasks:
             for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
-                                 progress=progress, label=kind,
+                                 progress=progress, label=kind, window=2 * max(threads, 1) + 2,
                                  keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks]):
                 tables[out["part"]] = out["table"]
                 for sym, counters in out["counters"].items():

@@ -52,3 +52,31 @@ def test_quickstart_runs_unchanged_on_dask_scheduler_and_worker_processes(tmp_pa
     # summary rows + the sweep's top 5 + the replay's top 5
     assert table(out) == table(reference) and len(table(out)) == 8 + 5 + 5
     assert "indicators: 0 computed" in text  # the replay, on worker processes
+
+
+def _square_slowly(x: int) -> int:
+    import time
+
+    time.sleep(0.02)
+    return x * x
+
+
+def test_run_tasks_with_a_window_keeps_that_many_in_flight_and_returns_all_in_order():
+    from distributed import Client, LocalCluster
+
+    from admf_dask.cluster import run_tasks
+
+    seen: list[int] = []
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        most = []
+
+        def on_result(i: int, r: int) -> None:
+            seen.append(i)
+            most.append(len([f for f in client.futures.values() if f.status == "pending"]))
+
+        out = run_tasks(client, _square_slowly, list(range(25)), label="t", progress=False, window=3,
+                        on_result=on_result, keys=[f"sq-{i}" for i in range(25)])
+    assert out == [i * i for i in range(25)]
+    assert sorted(seen) == list(range(25))
+    assert max(most) <= 3  # never more than the window submitted and unfinished

@@ -329,3 +329,18 @@ def test_bars_periods_per_year_is_computed_once():
     bars = generate_bars("AAA", "2020-01-01", "2020-12-31", seed=1)
     assert bars.periods_per_year() == periods_per_year(bars.timestamp) == 252.0
     assert bars.__dict__["_periods_per_year"] == 252.0
+
+
+def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():
+    from admf_dask.sweep import _halve_tail
+
+    parts = [(("A", "B"), lo, min(lo + 10, 45)) for lo in range(0, 45, 10)]
+    out = _halve_tail(parts, threads=1)
+    assert out[:3] == parts[:3]
+    assert out[3:] == [(("A", "B"), 30, 35), (("A", "B"), 35, 40), (("A", "B"), 40, 42), (("A", "B"), 42, 45)]
+    narrow = [(g, lo, lo + 4) for lo in (0, 4) for g in (("A",), ("B",))]
+    halved = _halve_tail(narrow, threads=2)  # every range of every group, covering each set once per group
+    for g in (("A",), ("B",)):
+        spans = sorted((lo, hi) for grp, lo, hi in halved if grp == g)
+        assert spans == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert _halve_tail([(("A",), 0, 1)], threads=4) == [(("A",), 0, 1)]  # one set: nothing to halve
