@@ -492,21 +492,23 @@ class IndicatorHub:
         if held is not None or (consumers > 1 and self.client is not None):
             fut = self.submit(symbol, plan, start, end)
             if consumers > 1:
-                self._spread(fut)
+                self._spread(fut, consumers)
             return fut
         return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint)
 
-    def _spread(self, fut: Any) -> None:
-        """Copy a shared set to every worker as soon as it is built.
+    def _spread(self, fut: Any, consumers: int) -> None:
+        """Copy a set that many tasks share to every worker as soon as it is built.
 
-        Consumers of a shared set run everywhere, and a task starts only once all
+        Consumers of such a set run everywhere, and a task starts only once all
         its inputs are at hand: left to the consumers, every worker would fetch the
         sets it lacks after the last one is built, and wait. A tiny task per worker
-        pulls each set over while the next sets are still being built.
+        pulls each set over while the next sets are still being built. Only for sets
+        with at least two consumers per worker; a set two tasks share is fetched
+        when needed (the tiny tasks would cost more than the wait).
         """
         if self._workers is None:
             self._workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
-        if len(self._workers) < 2 or fut.key in self._spreading:
+        if len(self._workers) < 2 or consumers < 2 * len(self._workers) or fut.key in self._spreading:
             return
         self._spreading[fut.key] = [
             self.client.submit(_arrived, fut, workers=[w], allow_other_workers=False, pure=False,

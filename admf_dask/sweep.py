@@ -528,9 +528,12 @@ def _halve_tail(parts: list[tuple[tuple[str, ...], int, int]], threads: int) -> 
     """Halve the last ``2 x threads`` set ranges, so that the sweep ends in small tasks.
 
     Tasks run about in submission order; when the last ones are as big as the rest,
-    one worker can sit idle for most of a task's time while another finishes.
+    one worker can sit idle for most of a task's time while another finishes. Only
+    when the sweep has at least ``8 x threads`` ranges: a short sweep is all tail.
     """
     ranges = sorted({(lo, hi) for _, lo, hi in parts})
+    if len(ranges) < 8 * max(threads, 1):
+        return parts
     tail = {r for r in ranges[-2 * max(threads, 1):] if r[1] - r[0] >= 2}
     out: list[tuple[tuple[str, ...], int, int]] = []
     for group, lo, hi in parts:

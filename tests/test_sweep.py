@@ -334,13 +334,15 @@ def test_bars_periods_per_year_is_computed_once():
 def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():
     from admf_dask.sweep import _halve_tail
 
-    parts = [(("A", "B"), lo, min(lo + 10, 45)) for lo in range(0, 45, 10)]
+    parts = [(("A", "B"), lo, min(lo + 10, 85)) for lo in range(0, 85, 10)]
     out = _halve_tail(parts, threads=1)
-    assert out[:3] == parts[:3]
-    assert out[3:] == [(("A", "B"), 30, 35), (("A", "B"), 35, 40), (("A", "B"), 40, 42), (("A", "B"), 42, 45)]
-    narrow = [(g, lo, lo + 4) for lo in (0, 4) for g in (("A",), ("B",))]
-    halved = _halve_tail(narrow, threads=2)  # every range of every group, covering each set once per group
+    assert out[:7] == parts[:7]
+    assert out[7:] == [(("A", "B"), 70, 75), (("A", "B"), 75, 80), (("A", "B"), 80, 82), (("A", "B"), 82, 85)]
+    assert _halve_tail(parts, threads=2) == parts  # 9 ranges for 2 threads: too short to have a tail
+    narrow = [(g, lo, lo + 4) for lo in range(0, 32, 4) for g in (("A",), ("B",))]
+    halved = _halve_tail(narrow, threads=1)  # every group's tasks of a halved range, each set once per group
     for g in (("A",), ("B",)):
         spans = sorted((lo, hi) for grp, lo, hi in halved if grp == g)
-        assert spans == [(0, 2), (2, 4), (4, 6), (6, 8)]
-    assert _halve_tail([(("A",), 0, 1)], threads=4) == [(("A",), 0, 1)]  # one set: nothing to halve
+        assert spans == [(lo, lo + 4) for lo in range(0, 24, 4)] + [(24, 26), (26, 28), (28, 30), (30, 32)]
+    ones = [(("A",), i, i + 1) for i in range(8)]
+    assert _halve_tail(ones, threads=1) == ones  # single sets: nothing to halve
