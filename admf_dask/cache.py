@@ -195,7 +195,7 @@ class IndicatorCache:
     A pack holds every indicator one hub task computed for one data key, in one
     ``.pack`` file: an 8-byte magic, the length of a JSON header (``names``:
     ``<token>.<output>`` per row, ``tokens`` and their ``sha256``, the matrix shape),
-    the header, then the float64 matrix, one row per output (``pack_bytes``). A symbol
+    the header, then the float64 matrix, one row per output (``pack_parts``). A symbol
     costs one write and, later, one read per pack, not one per indicator; reading is
     a view of the bytes, no decoding (an ``.npz`` cost ~1 ms more per pack). Each pack
     is written whole (temp file + rename, or one PUT), so listing the data key's
@@ -271,11 +271,6 @@ def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[
     header = json.dumps({"names": names, "tokens": tokens, "sha256": sums, "shape": [len(rows), n]}).encode()
     return [_MAGIC + len(header).to_bytes(8, "little") + header,
             *(memoryview(np.ascontiguousarray(r, dtype="<f8")).cast("B") for r in rows)]
-
-
-def pack_bytes(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray]) -> bytes:
-    """A pack file as one ``bytes`` (see :func:`pack_parts`)."""
-    return b"".join(pack_parts(names, tokens, sums, rows))
 
 
 def unpack(raw: bytes) -> tuple[list[str], list[str], list[str], np.ndarray]:
