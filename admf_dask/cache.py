@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +43,8 @@ from .config import token
 from .indicators import IndicatorPlan, IndicatorSpec
 from .storage import StorageRef
 
-__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "InlineSet", "build_indicator_set",
-           "resolve"]
+__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "InlineSet", "MappedSet",
+           "build_indicator_set", "build_mapped_set", "resolve"]
 
 
 @dataclass
@@ -178,8 +181,9 @@ def _register_sizeof() -> None:
     def _sizeof_set(obj: IndicatorSet) -> int:
         return int(obj.matrix.nbytes + obj.bars.nbytes + 1000)
 
-
-_register_sizeof()
+    @sizeof.register(MappedSet)
+    def _sizeof_mapped(obj: MappedSet) -> int:  # the matrix is a file's pages, not the worker's memory
+        return int(obj.bars.nbytes + 1000)
 
 
 def data_key(symbol_fingerprint: str, bars: Bars) -> str:
@@ -268,9 +272,15 @@ def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[
     The head is the magic, the header length (uint64 LE) and the JSON header; rows have equal lengths.
     """
     n = len(rows[0]) if rows else 0
-    header = json.dumps({"names": names, "tokens": tokens, "sha256": sums, "shape": [len(rows), n]}).encode()
-    return [_MAGIC + len(header).to_bytes(8, "little") + header,
+    return [_pack_head(names, tokens, sums, (len(rows), n)),
             *(memoryview(np.ascontiguousarray(r, dtype="<f8")).cast("B") for r in rows)]
+
+
+def _pack_head(names: list[str], tokens: list[str], sums: list[str], shape: tuple[int, int]) -> bytes:
+    """Magic, header length, JSON header padded with spaces so that the rows start 64-byte aligned."""
+    header = json.dumps({"names": names, "tokens": tokens, "sha256": sums, "shape": list(shape)}).encode()
+    header += b" " * (-(16 + len(header)) % 64)
+    return _MAGIC + len(header).to_bytes(8, "little") + header
 
 
 def unpack(raw: bytes) -> tuple[list[str], list[str], list[str], np.ndarray]:
@@ -386,9 +396,131 @@ class InlineSet:
                                    fingerprint=self.fingerprint)
 
 
-def resolve(source: IndicatorSet | InlineSet) -> IndicatorSet:
-    """The set itself: a hub future arrives resolved; an inline request is built here."""
-    return source.build() if isinstance(source, InlineSet) else source
+def resolve(source: IndicatorSet | InlineSet | MappedSet) -> IndicatorSet:
+    """The set itself: a hub future arrives resolved; an inline request is built here; a mapped one is mapped."""
+    return source.build() if isinstance(source, (InlineSet, MappedSet)) else source
+
+
+# Sets mapped in this process, by pack path (see MappedSet). Dropped at the end of each
+# sweep (IndicatorHub.release), so that no mapping outlives its run's use of the file.
+_MAPPED: dict[str, IndicatorSet] = {}
+_MAPPED_LOCK = threading.Lock()
+
+
+def _forget_mapped() -> int:
+    with _MAPPED_LOCK:
+        n = len(_MAPPED)
+        _MAPPED.clear()
+    return n
+
+
+@dataclass(frozen=True)
+class MappedSet:
+    """A shared set written whole to one pack on local storage: each process maps that file.
+
+    What a consumer task receives instead of the set itself when many tasks on several
+    workers of one machine share it (:meth:`IndicatorHub.source`). The matrix is the
+    pack file's pages in the OS page cache, mapped by every worker process that needs
+    it (copy-on-write, never written): one copy per machine instead of one per worker,
+    and nothing moved between workers. Only the bars travel with this receipt.
+    """
+
+    path: str
+    offset: int
+    shape: tuple[int, int]
+    names: tuple[tuple[str, str], ...]
+    symbol: str
+    data_key: str
+    bars: Bars
+    counters: HubCounters
+
+    def build(self) -> IndicatorSet:
+        with _MAPPED_LOCK:
+            held = _MAPPED.get(self.path)
+        if held is not None:
+            return held
+        matrix = np.memmap(self.path, dtype="<f8", mode="c", offset=self.offset, shape=self.shape)
+        mapped = IndicatorSet.from_matrix(self.symbol, self.data_key, self.bars, matrix, list(self.names),
+                                          self.counters)
+        with _MAPPED_LOCK:
+            return _MAPPED.setdefault(self.path, mapped)
+
+
+def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
+                     cache_ref: StorageRef, fingerprint: str | None = None) -> MappedSet:
+    """Task: a symbol's whole set as one pack on the local cache, mapped; the receipt for its consumers.
+
+    The pack of exactly these specs is mapped if it exists and every checksum holds;
+    otherwise every spec is computed straight into a mapping of a new pack file
+    (header first, with the checksums filled in at the end, then renamed into place),
+    so the set is never held twice. Same file format as :meth:`IndicatorCache.save`.
+    """
+    store = BarStore.open(bars_ref, fingerprint)
+    bars = store.read(symbol, start=start, end=end)
+    key = data_key(store.symbol_fingerprint(symbol), bars)
+    specs = list({spec.token: spec for spec in specs}.values())
+    cache = IndicatorCache(cache_ref)
+    storage = cache.storage
+    rel = f"{cache._dir(key)}/pack-{token_of_pack(sorted(s.token for s in specs))}.pack"
+    path = storage.path(rel)
+    names = [(spec.token, out) for spec in specs for out in spec.outputs]
+    row = {name: i for i, name in enumerate(names)}
+    shape = (len(names), len(bars))
+    counters = HubCounters()
+    found = _map_pack(path, specs, names, shape)
+    if found is not None:
+        counters.loaded_storage += len(specs)
+        return MappedSet(path, found, shape, tuple(names), symbol, key, bars, counters)
+    sums = ["0" * 64] * len(specs)
+    head = _pack_head([f"{t}.{o}" for t, o in names], [s.token for s in specs], sums, shape)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            f.truncate(len(head) + 8 * shape[0] * shape[1])
+        matrix = np.memmap(tmp, dtype="<f8", mode="r+", offset=len(head), shape=shape)
+        for spec in specs:
+            arrays = spec.compute(bars.columns)
+            for out in spec.outputs:
+                matrix[row[(spec.token, out)]] = arrays[out]
+        sums = [_checksum(spec, {out: matrix[row[(spec.token, out)]] for out in spec.outputs}) for spec in specs]
+        final_head = _pack_head([f"{t}.{o}" for t, o in names], [s.token for s in specs], sums, shape)
+        if len(final_head) != len(head):  # pragma: no cover - sha256 hex digests have a fixed length
+            raise RuntimeError("pack header changed length")
+        with open(tmp, "r+b") as f:
+            f.write(final_head)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    counters.computed += len(specs)
+    del matrix
+    return MappedSet(path, len(head), shape, tuple(names), symbol, key, bars, counters)
+
+
+def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, str]],
+              shape: tuple[int, int]) -> int | None:
+    """The matrix offset of the pack at ``path`` if it holds exactly ``names`` and every checksum holds."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if magic == _MAGIC else None
+        if header is None or header["names"] != [f"{t}.{o}" for t, o in names] or tuple(header["shape"]) != shape:
+            return None
+        offset = 16 + size
+        if os.path.getsize(path) != offset + 8 * shape[0] * shape[1]:
+            return None
+        matrix = np.memmap(path, dtype="<f8", mode="r", offset=offset, shape=shape)
+        row = {name: i for i, name in enumerate(names)}
+        sums = dict(zip(header["tokens"], header["sha256"]))
+        for spec in specs:
+            if sums.get(spec.token) != _checksum(spec, {o: matrix[row[(spec.token, o)]] for o in spec.outputs}):
+                return None
+        return offset
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class IndicatorHub:
@@ -429,6 +561,8 @@ class IndicatorHub:
         self._counters = HubCounters()
         self._workers: list[str] | None = None
         self._spreading: dict[str, list[Any]] = {}  # set key -> its _arrived tasks, one per worker
+        self._local: bool | None = None  # every worker on this machine and the cache on local disk
+        self._mapped = False  # MappedSets were handed out: workers hold mappings until release()
 
     def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
         return f"indicators-{symbol}-{token([self.bars_ref, symbol, str(start), str(end), sorted(plan.tokens), __version__])[:20]}"
@@ -484,12 +618,44 @@ class IndicatorHub:
         set's counters back with :meth:`settle`.
         """
         held = self._held(symbol, start, end, plan) if self.client is not None else None
+        if held is None and self._maps(consumers):
+            key = f"indicators-mapped-{self._key(symbol, start, end, plan).removeprefix('indicators-')}"
+            fut = self.client.submit(build_mapped_set, self.bars_ref, symbol, start, end, plan.specs,
+                                     self.cache_ref, fingerprint=self.fingerprint, key=key, pure=False)
+            self._pending[fut.key] = fut
+            self._mapped = True
+            return fut
         if held is not None or (consumers > 1 and self.client is not None):
             fut = self.submit(symbol, plan, start, end)
             if consumers > 1:
                 self._spread(fut, consumers)
             return fut
         return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint)
+
+    def _worker_addresses(self) -> list[str]:
+        if self._workers is None:
+            self._workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        return self._workers
+
+    def _maps(self, consumers: int) -> bool:
+        """Whether a set with these consumers goes through a mapped pack (:class:`MappedSet`).
+
+        When many tasks on several workers share it, the cache is on local disk and every
+        worker runs on this machine: then the workers map one file instead of each
+        receiving a private copy. A worker elsewhere cannot see this machine's files.
+        """
+        if self.client is None or self.cache_ref is None or consumers < 2:
+            return False
+        workers = self._worker_addresses()
+        if len(workers) < 2 or consumers < 2 * len(workers):
+            return False
+        if self._local is None:
+            import socket
+
+            here = {"127.0.0.1", "localhost", socket.gethostname()}
+            hosts = {w.split("://", 1)[-1].rsplit(":", 1)[0] for w in workers}
+            self._local = self.cache_ref.open().is_local and hosts <= here
+        return self._local
 
     def _spread(self, fut: Any, consumers: int) -> None:
         """Copy a set that many tasks share to every worker as soon as it is built.
@@ -501,13 +667,12 @@ class IndicatorHub:
         with at least two consumers per worker; a set two tasks share is fetched
         when needed (the tiny tasks would cost more than the wait).
         """
-        if self._workers is None:
-            self._workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
-        if len(self._workers) < 2 or consumers < 2 * len(self._workers) or fut.key in self._spreading:
+        workers = self._worker_addresses()
+        if len(workers) < 2 or consumers < 2 * len(workers) or fut.key in self._spreading:
             return
         self._spreading[fut.key] = [
             self.client.submit(_arrived, fut, workers=[w], allow_other_workers=False, pure=False,
-                               key=f"spread-{fut.key}-{i}") for i, w in enumerate(self._workers)]
+                               key=f"spread-{fut.key}-{i}") for i, w in enumerate(workers)]
 
     def settle(self, source: Any, counters: HubCounters) -> None:
         """Record the counters of a set that a task has already brought back.
@@ -532,3 +697,13 @@ class IndicatorHub:
         """Drop the sets held in memory (worker memory is freed when no task needs them)."""
         self._sets.clear()
         self._spreading.clear()
+        if self._mapped:
+            self._mapped = False
+            try:
+                self.client.run(_forget_mapped)
+            except Exception:  # a cluster going down drops its mappings anyway
+                pass
+            _forget_mapped()
+
+
+_register_sizeof()

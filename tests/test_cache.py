@@ -205,7 +205,7 @@ def test_a_shared_set_is_spread_to_every_worker_as_soon_as_it_is_built(dataset, 
 
     plan = sma_grid_plan()
     with connect({"kind": "local", "n_workers": 2, "dashboard_address": ""}) as client:
-        hub = IndicatorHub(dataset, StorageRef.make(str(tmp_path / "cache")), client=client)
+        hub = IndicatorHub(dataset, None, client=client)  # no local cache to map: the set itself is spread
         fut = hub.source("AAA", plan, consumers=5)
         # five consumers wait on the set (and on a gate no worker can run), as a sweep's containers would:
         # without waiters, Dask's memory manager would rightly drop the extra copy again
@@ -221,3 +221,69 @@ def test_a_shared_set_is_spread_to_every_worker_as_soon_as_it_is_built(dataset, 
         assert client.submit(_on_worker, fut).result()
         client.cancel([*waiting, gate])
         hub.release()
+
+
+def _mapped_matrix(source):
+    from admf_dask.cache import resolve
+
+    s = resolve(source)
+    return np.asarray(s.matrix).copy(), s.rows, isinstance(s.matrix, np.memmap)
+
+
+def test_a_set_many_workers_share_on_one_machine_is_one_mapped_pack(dataset, tmp_path):
+    from admf_dask.cache import IndicatorCache, MappedSet, build_indicator_set
+    from admf_dask.cluster import connect
+
+    plan = sma_grid_plan()
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    reference = build_indicator_set(dataset.ref, "AAA", None, None, plan.specs, None)
+    with connect({"kind": "local", "n_workers": 2, "dashboard_address": ""}) as client:
+        hub = IndicatorHub(dataset, cache, client=client)
+        fut = hub.source("AAA", plan, consumers=8)
+        receipt = fut.result()
+        assert isinstance(receipt, MappedSet) and receipt.bars.symbol == "AAA"
+        assert hub.counters.computed == 26
+        # consumers on both workers map the same file; the values are the set's
+        for w in client.scheduler_info()["workers"]:
+            matrix, rows, mapped = client.submit(_mapped_matrix, fut, workers=[w], pure=False).result()
+            assert mapped
+            for name, i in rows.items():
+                np.testing.assert_array_equal(matrix[i], reference.matrix[reference.rows[name]])
+        # the file is an ordinary pack: another session loads it, checksums and all
+        loaded, corrupt = IndicatorCache(cache).load(receipt.data_key, plan.specs, receipt.shape[1])
+        assert len(loaded) == 26 and corrupt == 0
+        hub.release()
+        key = fut.key
+        del fut
+        _forgotten(client, key)
+        # a new hub (the next sweep) maps the existing pack instead of computing
+        hub2 = IndicatorHub(dataset, cache, client=client)
+        fut2 = hub2.source("AAA", plan, consumers=8)
+        again = fut2.result()
+        assert again.path == receipt.path and hub2.counters.loaded_storage == 26 and hub2.counters.computed == 0
+        hub2.release()
+        key = fut2.key
+        del fut2
+        _forgotten(client, key)
+        # a damaged pack is not mapped: computed again, and written whole
+        with open(receipt.path, "r+b") as f:
+            f.seek(receipt.offset + 8 * 100)
+            f.write(b"\x00" * 64)
+        hub3 = IndicatorHub(dataset, cache, client=client)
+        fut3 = hub3.source("AAA", plan, consumers=8)
+        third = fut3.result()
+        assert hub3.counters.computed == 26 and third.path == receipt.path
+        matrix, rows, _ = client.submit(_mapped_matrix, fut3, pure=False).result()
+        for name, i in rows.items():
+            np.testing.assert_array_equal(matrix[i], reference.matrix[reference.rows[name]])
+        hub3.release()
+
+
+def _forgotten(client, key) -> None:
+    """Wait until the scheduler has forgotten a dropped future's key (as at the end of a sweep)."""
+    import time
+
+    deadline = time.time() + 30
+    while key in client.who_has() and time.time() < deadline:
+        time.sleep(0.05)
+    assert key not in client.who_has()
