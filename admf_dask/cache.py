@@ -640,14 +640,16 @@ class IndicatorHub:
     def _maps(self, consumers: int) -> bool:
         """Whether a set with these consumers goes through a mapped pack (:class:`MappedSet`).
 
-        When many tasks on several workers share it, the cache is on local disk and every
-        worker runs on this machine: then the workers map one file instead of each
-        receiving a private copy. A worker elsewhere cannot see this machine's files.
+        When several tasks share it (two or more per worker), the cache is on local disk
+        and every worker runs on this machine: then the workers map one file instead of
+        each receiving a private copy, and building it straight into the file is also the
+        cheaper build (one copy of the set, not a matrix plus the pack written from it),
+        so one worker takes this path too. A worker elsewhere cannot see this machine's files.
         """
         if self.client is None or self.cache_ref is None or consumers < 2:
             return False
         workers = self._worker_addresses()
-        if len(workers) < 2 or consumers < 2 * len(workers):
+        if consumers < 2 * len(workers):
             return False
         if self._local is None:
             import socket
