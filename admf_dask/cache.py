@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +40,7 @@ from . import __version__
 from .bars import BarStore, Bars
 from .config import token
 from .indicators import IndicatorPlan, IndicatorSpec
-from .storage import StorageRef
+from .storage import StorageRef, replacing
 
 __all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "InlineSet", "MappedSet",
            "build_indicator_set", "build_mapped_set", "resolve"]
@@ -473,9 +472,7 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
         return MappedSet(path, found, shape, tuple(names), symbol, key, bars, counters)
     sums = ["0" * 64] * len(specs)
     head = _pack_head([f"{t}.{o}" for t, o in names], [s.token for s in specs], sums, shape)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
+    with replacing(path) as tmp:
         with open(tmp, "wb") as f:
             f.truncate(len(head) + 8 * shape[0] * shape[1])
         matrix = np.memmap(tmp, dtype="<f8", mode="r+", offset=len(head), shape=shape)
@@ -489,13 +486,8 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
             raise RuntimeError("pack header changed length")
         with open(tmp, "r+b") as f:
             f.write(final_head)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        del matrix
     counters.computed += len(specs)
-    del matrix
     return MappedSet(path, len(head), shape, tuple(names), symbol, key, bars, counters)
 
 

@@ -19,6 +19,8 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,24 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import StorageError
 
-__all__ = ["Storage", "StorageRef"]
+__all__ = ["Storage", "StorageRef", "replacing"]
+
+
+@contextmanager
+def replacing(target: str) -> Iterator[str]:
+    """A temporary sibling of the local file ``target`` to write: renamed onto it on success, removed on failure.
+
+    Readers see the old file or the whole new one, never a part.
+    """
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 @dataclass(frozen=True)
@@ -148,17 +167,9 @@ class Storage:
         chunks = data if isinstance(data, list) else [data]
         try:
             if self.is_local:  # plain os calls: fsspec's open/mv/exists cost ~1 ms per small file
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                try:
-                    with open(tmp, "wb") as f:
-                        for chunk in chunks:
-                            f.write(chunk)
-                    os.replace(tmp, target)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
-                    raise
+                with replacing(target) as tmp, open(tmp, "wb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
             else:
                 self.fs.pipe_file(target, data if len(chunks) == 1 else b"".join(chunks))
         except OSError as exc:
