@@ -610,7 +610,7 @@ class IndicatorHub:
         set's counters back with :meth:`settle`.
         """
         held = self._held(symbol, start, end, plan) if self.client is not None else None
-        if held is None and self._maps(consumers):
+        if held is None and plan.specs and self._maps(consumers):  # nothing to map without indicators
             key = f"indicators-mapped-{self._key(symbol, start, end, plan).removeprefix('indicators-')}"
             fut = self.client.submit(build_mapped_set, self.bars_ref, symbol, start, end, plan.specs,
                                      self.cache_ref, fingerprint=self.fingerprint, key=key, pure=False)

@@ -287,3 +287,14 @@ def _forgotten(client, key) -> None:
     while key in client.who_has() and time.time() < deadline:
         time.sleep(0.05)
     assert key not in client.who_has()
+
+
+def test_a_plan_without_indicators_is_never_mapped(dataset, tmp_path):
+    from admf_dask.cluster import connect
+
+    empty = IndicatorPlan.from_requests([])
+    with connect({"kind": "local", "n_workers": 1, "dashboard_address": ""}) as client:
+        hub = IndicatorHub(dataset, StorageRef.make(str(tmp_path / "cache")), client=client)
+        s = hub.source("AAA", empty, consumers=8).result()
+        assert s.matrix.shape == (0, len(dataset.read("AAA"))) and s.bars.symbol == "AAA"
+        hub.release()
