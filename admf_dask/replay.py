@@ -42,7 +42,7 @@ from .errors import ConfigError, did_you_mean
 from .kernels.stats import STAT_NAMES
 from .signals import COST_KEYS, SignalSet
 from .storage import StorageRef
-from .sweep import SweepResult, run_grid
+from .sweep import SweepResult, check_run_settings, run_grid
 
 __all__ = ["ReplayConfig", "ReplayJob", "run_replay", "RULES"]
 
@@ -92,9 +92,7 @@ class ReplayConfig:
         if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1e6):
             raise ConfigError(f"threshold must be a number > 0, got {self.threshold!r}", key="threshold")
         direction_code(self.direction)
-        if self.metric not in STAT_NAMES:
-            raise ConfigError(f"unknown metric {self.metric!r}", key="metric",
-                              hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+        check_run_settings(self)
         if self.weights is None and self.grid is None and self.sample is None:
             raise ConfigError("give the weight vectors: weights (a list), grid (values per member) or sample (N)",
                               key="weights")
@@ -111,10 +109,6 @@ class ReplayConfig:
         if self.grid is not None and (not isinstance(self.grid, list) or not self.grid
                                       or not all(_number(v) for v in self.grid)):
             raise ConfigError(f"grid must be a non-empty list of numbers, got {self.grid!r}", key="grid")
-        if not 0 < self.batch_seconds <= 60:
-            raise ConfigError("batch_seconds must be > 0 and <= 60", key="batch_seconds")
-        if self.retries < 0 or self.top < 0 or self.max_backtests < 1:
-            raise ConfigError("retries and top must be >= 0, max_backtests >= 1", key="retries")
 
     def bind(self, signal_set: SignalSet) -> ReplayJob:
         """The replay of this set: weight lengths, symbols and costs checked against it."""

@@ -41,8 +41,8 @@ from . import __version__
 from .bars import BarStore, Bars
 from .config import token
 from .errors import ConfigError, DataError, did_you_mean
-from .kernels.stats import STAT_NAMES
 from .storage import StorageRef
+from .sweep import check_metric
 
 __all__ = ["Member", "SignalSet", "SignalsConfig", "generate_signals", "MANIFEST", "FORMAT"]
 
@@ -102,9 +102,8 @@ class SignalsConfig:
                               "id), not both and not neither", key="configs")
         if self.top < 1:
             raise ConfigError("top must be >= 1", key="top")
-        if self.metric is not None and self.metric not in STAT_NAMES:
-            raise ConfigError(f"unknown metric {self.metric!r}", key="metric",
-                              hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+        if self.metric is not None:
+            check_metric(self.metric)
         if self.retries < 0:
             raise ConfigError("retries must be >= 0", key="retries")
         _costs("long_short", self.cash, self.commission, self.slippage_bps, self.whole_units, self.stop_loss,

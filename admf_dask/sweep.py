@@ -59,6 +59,22 @@ _ACC_BYTES = 64 << 20  # cap on a task's portfolio accumulators (sets x union ti
 _MIN_TASK_SECONDS = 0.01
 
 
+def check_metric(metric: str) -> None:
+    """ConfigError unless ``metric`` is one of the statistics (``STAT_NAMES``)."""
+    if metric not in STAT_NAMES:
+        raise ConfigError(f"unknown metric {metric!r}", key="metric",
+                          hint=did_you_mean(metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+
+
+def check_run_settings(config: Any) -> None:
+    """The settings every config that :func:`run_grid` runs has: metric, top, batch_seconds, retries, max_backtests."""
+    check_metric(config.metric)
+    if not 0 < config.batch_seconds <= 60:
+        raise ConfigError("batch_seconds must be > 0 and <= 60", key="batch_seconds")
+    if config.retries < 0 or config.top < 0 or config.max_backtests < 1:
+        raise ConfigError("retries and top must be >= 0, max_backtests >= 1", key="retries")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """What to sweep. Settings are validated once, here; tasks receive this object.
@@ -101,15 +117,9 @@ class SweepConfig:
         get_strategy(self.strategy)
         _costs(self.direction, self.cash, self.commission, self.slippage_bps, self.whole_units,
                self.stop_loss, self.take_profit)
-        if self.metric not in STAT_NAMES:
-            raise ConfigError(f"unknown metric {self.metric!r}", key="metric",
-                              hint=did_you_mean(self.metric, STAT_NAMES) or f"choose from {', '.join(STAT_NAMES)}")
+        check_run_settings(self)
         if self.sample is not None and self.sample < 1:
             raise ConfigError("sample must be >= 1", key="sample")
-        if not 0 < self.batch_seconds <= 60:
-            raise ConfigError("batch_seconds must be > 0 and <= 60", key="batch_seconds")
-        if self.retries < 0 or self.top < 0 or self.max_backtests < 1:
-            raise ConfigError("retries and top must be >= 0, max_backtests >= 1", key="retries")
         expand_params(self.strategy, self.params, self.sample, self.seed)  # fail now, not on a worker
 
     @property
