@@ -308,6 +308,14 @@ def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _set_rows(specs: Sequence[IndicatorSpec]) -> tuple[list[IndicatorSpec], list[tuple[str, str]],
+                                                     dict[tuple[str, str], int]]:
+    """A set's rows: the unique specs, ``(token, output)`` per row in their order, and the row of each."""
+    specs = list({spec.token: spec for spec in specs}.values())
+    names = [(spec.token, out) for spec in specs for out in spec.outputs]
+    return specs, names, {name: i for i, name in enumerate(names)}
+
+
 def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
                         cache_ref: StorageRef | None, *priors: IndicatorSet,
                         fingerprint: str | None = None) -> IndicatorSet:
@@ -329,9 +337,7 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         key = data_key(store.symbol_fingerprint(symbol), bars)
     cache = IndicatorCache(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
-    specs = list({spec.token: spec for spec in specs}.values())
-    names = [(spec.token, out) for spec in specs for out in spec.outputs]
-    row = {name: i for i, name in enumerate(names)}
+    specs, names, row = _set_rows(specs)
     # One matrix for the whole set, filled row by row: every array is copied into it
     # once, as soon as it is at hand, so no second full copy of the set is ever held.
     matrix = np.empty((len(names), len(bars)))
@@ -457,13 +463,9 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
     store = BarStore.open(bars_ref, fingerprint)
     bars = store.read(symbol, start=start, end=end)
     key = data_key(store.symbol_fingerprint(symbol), bars)
-    specs = list({spec.token: spec for spec in specs}.values())
+    specs, names, row = _set_rows(specs)
     cache = IndicatorCache(cache_ref)
-    storage = cache.storage
-    rel = f"{cache._dir(key)}/pack-{token_of_pack(sorted(s.token for s in specs))}.pack"
-    path = storage.path(rel)
-    names = [(spec.token, out) for spec in specs for out in spec.outputs]
-    row = {name: i for i, name in enumerate(names)}
+    path = cache.storage.path(f"{cache._dir(key)}/pack-{token_of_pack(sorted(s.token for s in specs))}.pack")
     shape = (len(names), len(bars))
     counters = HubCounters()
     found = _map_pack(path, specs, names, shape)
