@@ -197,6 +197,25 @@ def test_one_hot_on_signals_stored_with_a_direction(rule, direction):
 # ---------------------------------------------------------------- general weights
 
 
+def replay_is_targets_then_simulation(signals, weights, rule, threshold, direction, targets, ohlc, tl, costs):
+    """The replay kernels equal simulating ``targets`` (built in numpy by the test): with and without
+    portfolio accumulators, and as plain statistics rows. Returns both accumulating kernels' outputs."""
+    o, h, l, c = ohlc
+    pos, n_timeline = tl
+    m = weights.shape[0]
+    got = with_equity(ensemble_batch_with_equity, m, n_timeline, signals, weights, rule, threshold,
+                      direction, o, h, l, c, pos, PPY, CASH, *cost_args(costs))
+    ref = with_equity(targets_batch_with_equity, m, n_timeline, targets, o, h, l, c, pos, PPY, CASH,
+                      *cost_args(costs))
+    assert_same(got, ref)
+    np.testing.assert_array_equal(
+        got[0], simulate_stats_batch(o, h, l, c, targets, PPY, CASH, *cost_args(costs)))
+    np.testing.assert_array_equal(
+        ensemble_batch(signals, weights, rule, threshold, direction, o, h, l, c, PPY, CASH,
+                       *cost_args(costs)), got[0])
+    return got, ref
+
+
 @pytest.mark.parametrize("costs", COSTS)
 @pytest.mark.parametrize("direction", [LONG_SHORT, LONG_ONLY, SHORT_ONLY])
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5])
@@ -210,17 +229,8 @@ def test_vote_equals_numpy_targets_then_simulation(threshold, direction, costs):
     weights[5] = np.full(k_rows, 1 / k_rows)          # sums landing exactly on thresholds
     targets = vote_targets(signals, weights, threshold, direction)
     assert targets.dtype == np.int8
-    pos, n_timeline = timeline(n, 9)
-    got = with_equity(ensemble_batch_with_equity, m, n_timeline, signals, weights, VOTE, threshold,
-                      direction, o, h, l, c, pos, PPY, CASH, *cost_args(costs))
-    ref = with_equity(targets_batch_with_equity, m, n_timeline, targets, o, h, l, c, pos, PPY, CASH,
-                      *cost_args(costs))
-    assert_same(got, ref)
-    np.testing.assert_array_equal(
-        got[0], simulate_stats_batch(o, h, l, c, targets, PPY, CASH, *cost_args(costs)))
-    np.testing.assert_array_equal(
-        ensemble_batch(signals, weights, VOTE, threshold, direction, o, h, l, c, PPY, CASH,
-                       *cost_args(costs)), got[0])
+    replay_is_targets_then_simulation(signals, weights, VOTE, threshold, direction, targets, (o, h, l, c),
+                                      timeline(n, 9), costs)
 
 
 @pytest.mark.parametrize("costs", COSTS)
@@ -236,17 +246,8 @@ def test_fraction_equals_numpy_targets_then_simulation(direction, costs):
     targets = fraction_targets(signals, weights, direction)
     assert targets.dtype == np.float64
     assert ((np.abs(targets) > 0) & (np.abs(targets) < 1)).any() and (np.abs(targets) == 1).any()
-    pos, n_timeline = timeline(n, 12)
-    got = with_equity(ensemble_batch_with_equity, m, n_timeline, signals, weights, FRACTION, 0.0,
-                      direction, o, h, l, c, pos, PPY, CASH, *cost_args(costs))
-    ref = with_equity(targets_batch_with_equity, m, n_timeline, targets, o, h, l, c, pos, PPY, CASH,
-                      *cost_args(costs))
-    assert_same(got, ref)
-    np.testing.assert_array_equal(
-        got[0], simulate_stats_batch(o, h, l, c, targets, PPY, CASH, *cost_args(costs)))
-    np.testing.assert_array_equal(
-        ensemble_batch(signals, weights, FRACTION, 0.0, direction, o, h, l, c, PPY, CASH,
-                       *cost_args(costs)), got[0])
+    got, ref = replay_is_targets_then_simulation(signals, weights, FRACTION, 0.0, direction, targets, (o, h, l, c),
+                                                 timeline(n, 12), costs)
     # The portfolio rows of the accumulators are those of the plain path too.
     np.testing.assert_array_equal(portfolio_stats(*got[1:], PPY), portfolio_stats(*ref[1:], PPY))
 

@@ -443,13 +443,17 @@ def test_slippage_moves_every_fill_against_the_trader():
     assert more[-1] < equity[-1] < CASH
 
 
-def test_stop_loss_then_flat_until_target_changes():
-    # Long from bar 1 at 100; bar 3 trades down through the 5 % stop at 95.
+def stop_bars():
+    """Nine bars around 100 whose bar 3 trades down to 90 (through a 5 % stop from an entry at 100)."""
     o = np.array([100.0, 100.0, 101.0, 99.0, 96.0, 97.0, 98.0, 99.0, 100.0])
-    h = o + 2.0
     l = o - 2.0
     l[3] = 90.0
-    c = o + 0.5
+    return o, o + 2.0, l, o + 0.5
+
+
+def test_stop_loss_then_flat_until_target_changes():
+    # Long from bar 1 at 100; bar 3 trades down through the 5 % stop at 95.
+    o, h, l, c = stop_bars()
     targets = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1], dtype=np.int8)
     equity, position, trades = simulate(o, h, l, c, targets, CASH, 0.0, 0.0, False, 0.05)
     tr = dict(zip(TRADE_FIELDS, trades))
@@ -778,11 +782,7 @@ def test_nan_target_is_flat():
 def test_stop_then_change_of_fraction_alone_stays_flat():
     # Long 0.5 from bar 1 at 100; bar 3 hits the 5 % stop. The target then moves
     # to 0.3 (same direction: stays flat), then to -0.3 (enters short at bar 7).
-    o = np.array([100.0, 100.0, 101.0, 99.0, 96.0, 97.0, 98.0, 99.0, 100.0])
-    h = o + 2.0
-    l = o - 2.0
-    l[3] = 90.0
-    c = o + 0.5
+    o, h, l, c = stop_bars()
     targets = np.array([0.5, 0.5, 0.5, 0.5, 0.3, 0.3, -0.3, -0.3, -0.3])
     _, position, trades = simulate(o, h, l, c, targets, CASH, 0.0, 0.0, False, 0.05)
     tr = dict(zip(TRADE_FIELDS, trades))
