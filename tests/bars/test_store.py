@@ -108,6 +108,21 @@ def test_read_opens_only_the_symbols_files_in_range(tmp_path, small_bars):
     assert all("symbol=CCC" in p for p in fs.opened)
 
 
+@pytest.mark.parametrize("whole_file_rows", [0, 10**9], ids=["through-the-handle", "read-whole"])
+def test_small_files_read_whole_and_large_ones_through_the_handle_give_the_same_bars(
+        tmp_path, small_bars, monkeypatch, whole_file_rows):
+    import admf_dask.bars.store as store_module
+
+    monkeypatch.setattr(store_module, "_WHOLE_FILE_ROWS", whole_file_rows)
+    BarStore(str(tmp_path)).write(small_bars)
+    store = BarStore(str(tmp_path))
+    for bars in small_bars:
+        pd.testing.assert_frame_equal(store.read(bars.symbol).to_frame(), bars.to_frame())
+        part = store.read(bars.symbol, start="2021-12-15", end="2022-01-15", columns=["open", "close"])
+        pd.testing.assert_frame_equal(part.to_frame(), bars.to_frame().loc["2021-12-15":"2022-01-15",
+                                                                           ["open", "close"]])
+
+
 def test_iter_chunks_stays_within_budget_and_equals_read(tmp_path):
     bars = generate_bars("MIN", "2024-01-01", "2024-02-29", freq="minute", seed=3)
     store = BarStore(str(tmp_path))
