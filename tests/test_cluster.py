@@ -80,3 +80,29 @@ def test_run_tasks_with_a_window_keeps_that_many_in_flight_and_returns_all_in_or
     assert out == [i * i for i in range(25)]
     assert sorted(seen) == list(range(25))
     assert max(most) <= 3  # never more than the window submitted and unfinished
+
+
+def _worker_settings() -> dict:
+    import os
+
+    import dask
+
+    return {"malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            **{key: dask.config.get(key) for key in ("distributed.worker.profile.interval",
+                                                     "distributed.admin.tick.interval")}}
+
+
+def test_local_workers_get_the_malloc_and_quiet_monitoring_settings_but_a_users_setting_wins():
+    import dask
+    import distributed  # noqa: F401  (its defaults registered before the config is changed below)
+
+    from admf_dask.cluster import QUIET_MONITORING, WORKER_MALLOC
+
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):  # the user's own choice
+        with connect({"kind": "local", "n_workers": 1, "threads_per_worker": 1, "dashboard_address": ""},
+                     echo=lambda m: None) as client:
+            (found,) = client.run(_worker_settings).values()
+    assert found == {"malloc": WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"],
+                     "distributed.worker.profile.interval": QUIET_MONITORING["distributed.worker.profile.interval"],
+                     "distributed.admin.tick.interval": "50ms"}
+    assert dask.config.get("distributed.worker.profile.interval") == "10ms"  # this process's config is untouched
