@@ -316,7 +316,7 @@ class ReplayFeed:
     def settle(self, source: Any, counters: Any) -> None:
         pass
 
-    def probe_input(self, symbol: str) -> ReplayInput:
+    def probe_input(self, symbol: str, sample: list[dict[str, Any]]) -> ReplayInput:
         return self.source(symbol, 1).build()
 
     def summary(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 import threading
 import time
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .bars import BarStore
 from .config import token
-from .errors import AdmfError, ConfigError, did_you_mean
+from .errors import AdmfError, ConfigError, StorageError, did_you_mean
 from .kernels.stats import STAT_NAMES
 from .storage import Storage, StorageRef
 
@@ -370,7 +371,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     (futures Dask resolved) or :class:`~admf_dask.cache.InlineSet` requests built here.
     Also folds each symbol's sleeve into the equal-weight portfolio accumulators of
     the task's set range, on the group's own timeline (the union of its symbols'
-    bars), and writes them with that timeline (``portfolio/part-<j>.npz``) before
+    bars), and writes them with that timeline (``portfolio/part-<j>.acc``) before
     the marker; :func:`reduce_portfolio` rebases them onto the union of all groups.
     A task that is the only one of its range (``whole_range``) holds every symbol:
     it adds the range's PORTFOLIO rows to its own results instead.
@@ -400,9 +401,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
                                                                        timeline.periods_per_year)],
                                      promote_options="default")
         else:
-            buf = io.BytesIO()
-            np.savez(buf, equity=acc[0], trades=acc[1], extra=acc[2], timeline=timeline.stamps)
-            storage.write_bytes(buf.getvalue(), f"portfolio/part-{task.part:06d}.npz")
+            storage.write_bytes(_arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2],
+                                               "timeline": timeline.stamps}), f"portfolio/part-{task.part:06d}.acc")
     finally:
         _SCRATCH.give(equity)
     buf = io.BytesIO()
@@ -426,8 +426,9 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     storage = run_ref.open()
     accs = []
     for j in parts:
-        with np.load(io.BytesIO(storage.read_bytes(f"portfolio/part-{j:06d}.npz"))) as npz:
-            accs.append((npz["equity"], npz["trades"], npz["extra"], npz["timeline"]))
+        part = f"portfolio/part-{j:06d}.acc"
+        arrays = _arrays_read(storage.read_bytes(part), storage.display(part))
+        accs.append((arrays["equity"], arrays["trades"], arrays["extra"], arrays["timeline"]))
     union = np.unique(np.concatenate([a[3] for a in accs]))
     total = None
     for equity, trades, extra, timeline in accs:
@@ -435,6 +436,42 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         acc = (rebase_equity(equity, timeline, union, sleeves, float(cash)), trades, extra)
         total = acc if total is None else merge_accumulators(total, acc)
     return _portfolio_table(lo, hi, param_sets, total, union)
+
+
+_ARRAYS_MAGIC = b"ADMFARR1"
+
+
+def _arrays_parts(arrays: Mapping[str, np.ndarray]) -> list[Any]:
+    """Named arrays as buffers to write in order, not copied: magic, header length, JSON header, raw bytes.
+
+    A task's portfolio accumulators are a few MB; ``np.savez`` spent ~9 ms per task
+    zipping and checksumming them, this format nothing beyond the write.
+    """
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    header = json.dumps({name: [a.dtype.str, list(a.shape)] for name, a in arrays.items()}).encode()
+    return [_ARRAYS_MAGIC, len(header).to_bytes(8, "little"), header,
+            *(memoryview(a).cast("B") for a in arrays.values() if a.size)]
+
+
+def _arrays_read(raw: bytes, where: str) -> dict[str, np.ndarray]:
+    """The arrays of :func:`_arrays_parts`' file ``raw`` (views of it); a StorageError naming ``where`` if damaged."""
+    try:
+        if raw[:8] != _ARRAYS_MAGIC:
+            raise ValueError("not an accumulator file")
+        size = int.from_bytes(raw[8:16], "little")
+        offset = 16 + size
+        out = {}
+        for name, (dtype, shape) in json.loads(raw[16:offset]).items():
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            out[name] = np.frombuffer(raw, dt, count, offset).reshape(shape)
+            offset += count * dt.itemsize
+        if offset != len(raw):
+            raise ValueError(f"{len(raw) - offset} bytes too many")
+        return out
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StorageError(f"damaged portfolio accumulators ({exc})", file=where,
+                           hint="rerun with --force to recompute the run") from None
 
 
 def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union: np.ndarray,
@@ -617,23 +654,39 @@ def _overhead(parts: list[tuple[tuple[str, ...], int, int]], n_symbols: int, tim
     return acc_bytes * _ACC_SECONDS_PER_BYTE + loads + len(parts) * _TASK_SECONDS
 
 
-def _probe(config: Any, data: Any, sets: list[dict]) -> float:
-    """Seconds per bar-evaluation of the job, measured here on one symbol's input (kernel warm)."""
+_PROBE_SETS = 64
+_PROBE_BAR_EVALS = 3_000_000  # per timed probe run: ~25 ms
+
+
+def _probe(config: Any, data: Any, sample: list[dict]) -> float:
+    """Seconds per bar-evaluation of the containers' kernel work, measured here on one symbol's input.
+
+    ``data`` holds what a container gets (for a sweep, the sample's indicators: they are
+    built once per symbol by the hub, not per set). Only the kernel call is timed, on
+    accumulators allocated and touched beforehand (containers reuse theirs), best of
+    two: timing the indicators and fresh accumulators too made the estimate 2-3x the
+    containers' real cost, and their tasks a third of ``batch_seconds``.
+    """
     from .kernels.portfolio import accumulators_init
 
     n = len(data.bars)
-    if n < 2:
+    if n < 2 or not sample:
         return 1e-8
-    sample = sets[: min(len(sets), 64)]
     pos = np.arange(n, dtype=np.int64)
 
-    def run(param_sets):  # the containers' exact path, so the kernels compiled here are the ones workers load
-        config.stats(data, config.prepare(param_sets), (pos, accumulators_init(len(param_sets), n)))
+    def run(param_sets, acc):  # the containers' exact path, so the kernels compiled here are the ones workers load
+        config.stats(data, config.prepare(param_sets), (pos, acc))
 
-    run(sample[:1])  # compile, or load from numba's cache
-    t0 = time.perf_counter()
-    run(sample)
-    return max((time.perf_counter() - t0) / (len(sample) * n), 1e-10)
+    run(sample[:1], accumulators_init(1, n))  # compile, or load from numba's cache
+    sample = sample[:max(8, -(-_PROBE_BAR_EVALS // n))]  # enough work to time, no more
+    acc = accumulators_init(len(sample), n)
+    acc[0].fill(0.0)  # np.zeros hands out untouched pages: fault them in now, not in the timed runs
+    best = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        run(sample, acc)
+        best = min(best, time.perf_counter() - t0)
+    return max(best / (len(sample) * n), 1e-10)
 
 
 def _estimate(n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dict[str, Any]:
@@ -705,7 +758,8 @@ class SweepFeed:
     A *feed* is what :func:`run_grid` asks for per-symbol inputs: ``source(symbol,
     consumers)`` (what a task receives: a future or a request its config's ``load``
     resolves), ``settle(source, counters)`` (counters a task brought back),
-    ``probe_input(symbol)`` (one symbol's input, built here for the probe),
+    ``probe_input(symbol, sample)`` (one symbol's input for the parameter sets of
+    ``sample``, built here for the probe),
     ``summary()`` and ``release()``.
     """
 
@@ -727,11 +781,12 @@ class SweepFeed:
     def settle(self, source: Any, counters: Any) -> None:
         self.hub.settle(source, counters)
 
-    def probe_input(self, symbol: str) -> Any:
+    def probe_input(self, symbol: str, sample: list[dict[str, Any]]) -> Any:
         from .cache import IndicatorSet
 
         bars = self.bars.read(symbol, start=self.config.start, end=self.config.end)
-        return IndicatorSet(symbol, "probe", bars, {})  # indicators computed in the probe, not cached
+        specs = self.config.prepare(sample).plan.specs  # the sample's indicators, computed here, not cached
+        return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
 
     def summary(self) -> dict[str, Any]:
         return {"indicators": self.hub.counters.line(), "hub": self.hub.counters.as_dict()}
@@ -801,10 +856,11 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                                   f"{config.max_backtests:,}", key="max_backtests",
                                   hint="narrow the grid, use sample:, or pass --yes to run it anyway")
             longest = max(symbols, key=bars_per_symbol.__getitem__)
+            sample = sets[:_PROBE_SETS]
             t_load = time.perf_counter()
-            probe_input = source.probe_input(longest)
+            probe_input = source.probe_input(longest, sample)
             t_load = time.perf_counter() - t_load
-            spb = _probe(config, probe_input, sets)
+            spb = _probe(config, probe_input, sample)
             layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
                              max(bars_per_symbol.values()), t_load)
             run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,

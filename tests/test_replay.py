@@ -254,7 +254,7 @@ def test_cli_signals_and_replay_with_exit_2_on_bad_weights(tmp_path, dataset):
 def test_a_replay_resumes_from_its_committed_tasks(tmp_path, made):
     """The replay runs on the sweep engine: a run cut short keeps its committed tasks and finishes the rest."""
     root, signal_set = made
-    config = ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1], rule="fraction", batch_seconds=1e-4)
+    config = ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1], rule="fraction", batch_seconds=1e-6)
     with connect(THREADS) as client:
         first = run_replay(config, root, client, progress=False)
         assert first.summary["tasks"] > 2

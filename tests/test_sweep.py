@@ -113,7 +113,7 @@ def test_portfolio_rows_are_the_mean_of_the_sleeves(tmp_path, dataset, batch_sec
     config = SweepConfig(strategy="sma_cross", params=params, commission=0.001, batch_seconds=batch_seconds)
     with connect(THREADS) as client:
         result = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
-    partials = list((tmp_path / "runs" / result.run_id).glob("portfolio/part-*.npz"))
+    partials = list((tmp_path / "runs" / result.run_id).glob("portfolio/part-*.acc"))
     assert bool(partials) == reduced
     sets, _ = expand_params("sma_cross", params)
     portfolio = result.portfolio
@@ -295,6 +295,45 @@ def test_accumulator_buffers_are_zeroed_and_reused():
     scratch.give(c)
     d = scratch.take(3, 4)  # the smallest kept buffer that fits (15 of 15 and 20)
     assert np.shares_memory(d, base)
+
+
+def test_the_probe_times_the_kernel_only_on_an_input_that_holds_the_samples_indicators(tmp_path, dataset):
+    """Indicators are built once per symbol by the hub, not per task: the probe must not time them."""
+    from admf_dask.indicators import computations
+    from admf_dask.sweep import _PROBE_SETS, SweepFeed, _probe
+
+    config = SweepConfig(strategy="sma_cross", params={"fast": list(range(5, 40)), "slow": [50, 60, 70]})
+    sets, _ = expand_params("sma_cross", config.params)
+    sample = sets[:_PROBE_SETS]
+    feed = SweepFeed(config, sets, dataset, StorageRef.make(str(tmp_path / "root")), client=None)
+    before = computations()
+    data = feed.probe_input("SYM000", sample)
+    built = computations() - before
+    assert built == len({w for p in sample for w in (p["fast"], p["slow"])})  # each window once, here
+    spb = _probe(config, data, sample)
+    assert computations() - before == built  # the timed runs computed nothing
+    assert 1e-10 <= spb < 1e-5
+
+
+def test_accumulator_files_round_trip_and_a_damaged_one_is_named(tmp_path):
+    from admf_dask.errors import StorageError
+    from admf_dask.storage import Storage
+    from admf_dask.sweep import _arrays_parts, _arrays_read
+
+    rng = np.random.default_rng(3)
+    arrays = {"equity": rng.random((4, 7)), "trades": rng.random((4, 9)), "extra": np.zeros((0, 3)),
+              "timeline": np.arange(7, dtype=np.int64) * 86_400_000_000_000}
+    storage = Storage(str(tmp_path))
+    storage.write_bytes(_arrays_parts(arrays), "portfolio/part-000001.acc")
+    raw = storage.read_bytes("portfolio/part-000001.acc")
+    back = _arrays_read(raw, "part-1")
+    assert list(back) == list(arrays)
+    for name, a in arrays.items():
+        assert back[name].dtype == a.dtype and back[name].shape == a.shape and np.array_equal(back[name], a)
+    for damaged in (raw[:-8], raw + b"x", b"PK" + raw[2:]):
+        with pytest.raises(StorageError, match="damaged portfolio accumulators") as info:
+            _arrays_read(damaged, "runs/r/portfolio/part-000001.acc")
+        assert "runs/r/portfolio/part-000001.acc" in str(info.value)
 
 
 def test_group_timeline_is_the_union_with_positions_and_is_kept_by_data_key():
