@@ -454,7 +454,12 @@ def _arrays_parts(arrays: Mapping[str, np.ndarray]) -> list[Any]:
 
 
 def _arrays_read(raw: bytes, where: str) -> dict[str, np.ndarray]:
-    """The arrays of :func:`_arrays_parts`' file ``raw`` (views of it); a StorageError naming ``where`` if damaged."""
+    """The arrays of :func:`_arrays_parts`' file ``raw``; a StorageError naming ``where`` if damaged.
+
+    Writable (views of one copy of ``raw``): numba compiles and caches a kernel apart for
+    read-only arrays, which each worker would then load on its first reduce.
+    """
+    raw = bytearray(raw)
     try:
         if raw[:8] != _ARRAYS_MAGIC:
             raise ValueError("not an accumulator file")

@@ -330,6 +330,7 @@ def test_accumulator_files_round_trip_and_a_damaged_one_is_named(tmp_path):
     assert list(back) == list(arrays)
     for name, a in arrays.items():
         assert back[name].dtype == a.dtype and back[name].shape == a.shape and np.array_equal(back[name], a)
+        assert back[name].flags.writeable  # numba would compile (and each worker load) read-only variants
     for damaged in (raw[:-8], raw + b"x", b"PK" + raw[2:]):
         with pytest.raises(StorageError, match="damaged portfolio accumulators") as info:
             _arrays_read(damaged, "runs/r/portfolio/part-000001.acc")
