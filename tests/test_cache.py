@@ -186,6 +186,10 @@ def test_a_set_is_one_read_only_matrix_that_pickles_and_weighs_what_it_holds(dat
     assert back.rows == s.rows and back.data_key == s.data_key
     np.testing.assert_array_equal(back.get(plan.specs[0]), s.get(plan.specs[0]))
     assert sizeof(s) >= s.matrix.nbytes + s.bars.nbytes
+    # the periods per year were worked out once, where the set was built, and travel with it
+    from admf_dask.kernels.stats import periods_per_year
+
+    assert back.bars.__dict__.get("_periods_per_year") == periods_per_year(dataset.read("AAA").timestamp) == 252.0
 
 
 def _both(a, b) -> None:

@@ -297,6 +297,24 @@ def test_accumulator_buffers_are_zeroed_and_reused():
     assert np.shares_memory(d, base)
 
 
+def test_big_accumulator_buffers_come_from_their_own_mapping_and_are_reused_zeroed():
+    import mmap
+
+    from admf_dask.sweep import _Scratch
+
+    scratch = _Scratch(keep=2)
+    a = scratch.take(64, 10_000)  # 5.1 MB: an anonymous mapping the OS may back with huge pages
+    assert a.shape == (64, 10_000) and a.flags.writeable and not a.any()
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    assert isinstance(getattr(root.base, "obj", root.base), mmap.mmap)  # frombuffer: a memoryview of the mapping
+    a[:] = 3.0
+    scratch.give(a)
+    b = scratch.take(32, 20_000)
+    assert np.shares_memory(a, b) and not b.any()
+
+
 def test_the_probe_times_the_kernel_only_on_an_input_that_holds_the_samples_indicators(tmp_path, dataset):
     """Indicators are built once per symbol by the hub, not per task: the probe must not time them."""
     from admf_dask.indicators import computations
