@@ -480,12 +480,12 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
     path = cache.storage.path(f"{cache._dir(key)}/pack-{token_of_pack(sorted(s.token for s in specs))}.pack")
     shape = (len(names), len(bars))
     counters = HubCounters()
-    found = _map_pack(path, specs, names, shape)
+    found = _map_pack(path, specs, names, row, shape)
     if found is not None:
         counters.loaded_storage += len(specs)
         return MappedSet(path, found, shape, tuple(names), symbol, key, bars, counters)
-    sums = ["0" * 64] * len(specs)
-    head = _pack_head([f"{t}.{o}" for t, o in names], [s.token for s in specs], sums, shape)
+    row_names, tokens = [f"{t}.{o}" for t, o in names], [s.token for s in specs]
+    head = _pack_head(row_names, tokens, ["0" * 64] * len(specs), shape)
     with replacing(path) as tmp:
         with open(tmp, "wb") as f:
             f.truncate(len(head) + 8 * shape[0] * shape[1])
@@ -495,7 +495,7 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
             for out in spec.outputs:
                 matrix[row[(spec.token, out)]] = arrays[out]
         sums = [_checksum(spec, {out: matrix[row[(spec.token, out)]] for out in spec.outputs}) for spec in specs]
-        final_head = _pack_head([f"{t}.{o}" for t, o in names], [s.token for s in specs], sums, shape)
+        final_head = _pack_head(row_names, tokens, sums, shape)
         if len(final_head) != len(head):  # pragma: no cover - sha256 hex digests have a fixed length
             raise RuntimeError("pack header changed length")
         with open(tmp, "r+b") as f:
@@ -506,8 +506,9 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
 
 
 def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, str]],
-              shape: tuple[int, int]) -> int | None:
-    """The matrix offset of the pack at ``path`` if it holds exactly ``names`` and every checksum holds."""
+              row: dict[tuple[str, str], int], shape: tuple[int, int]) -> int | None:
+    """The matrix offset of the pack at ``path`` if it holds exactly ``names`` (``row`` of each) and every
+    checksum holds."""
     try:
         with open(path, "rb") as f:
             magic = f.read(8)
@@ -519,7 +520,6 @@ def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, 
         if os.path.getsize(path) != offset + 8 * shape[0] * shape[1]:
             return None
         matrix = np.memmap(path, dtype="<f8", mode="r", offset=offset, shape=shape)
-        row = {name: i for i, name in enumerate(names)}
         sums = dict(zip(header["tokens"], header["sha256"]))
         for spec in specs:
             if sums.get(spec.token) != _checksum(spec, {o: matrix[row[(spec.token, o)]] for o in spec.outputs}):

@@ -290,10 +290,13 @@ def group_timeline(indicator_sets: Sequence[Any]) -> Timeline:
     if all(len(a) == len(stamps[0]) and np.array_equal(a, stamps[0]) for a in stamps[1:]):
         union = stamps[0] if stamps else np.empty(0, np.int64)  # aligned symbols: nothing to merge
         positions = tuple(np.arange(len(union), dtype=np.int64) for _ in stamps)
+        # the first symbol's bars are the timeline: their value, worked out where the set was built
+        ppy = indicator_sets[0].bars.periods_per_year() if len(union) > 1 else 252.0
     else:
         union = np.unique(np.concatenate(stamps))
         positions = tuple(np.searchsorted(union, a).astype(np.int64) for a in stamps)
-    timeline = Timeline(union, positions, periods_per_year(union) if len(union) > 1 else 252.0)
+        ppy = periods_per_year(union) if len(union) > 1 else 252.0
+    timeline = Timeline(union, positions, ppy)
     if key is None:
         return timeline
     with _TIMELINES_LOCK:

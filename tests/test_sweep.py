@@ -377,6 +377,7 @@ def test_group_timeline_is_the_union_with_positions_and_is_kept_by_data_key():
     aligned = group_timeline([SimpleNamespace(bars=a, data_key="x1"), SimpleNamespace(bars=a, data_key="x2")])
     np.testing.assert_array_equal(aligned.stamps, a.timestamp)
     assert all(np.array_equal(p, np.arange(len(a))) for p in aligned.positions)
+    assert aligned.periods_per_year == periods_per_year(a.timestamp)  # the bars' own value, reused
     unkeyed = [SimpleNamespace(bars=a, data_key=""), SimpleNamespace(bars=b, data_key="")]
     assert group_timeline(unkeyed) is not group_timeline(unkeyed)  # no data key: never kept
 
