@@ -279,7 +279,7 @@ def test_cli_rejects_a_bad_param_spec_with_exit_2(tmp_path, dataset):
 
 
 def test_accumulator_buffers_are_zeroed_and_reused():
-    from admf_dask.sweep import _Scratch
+    from admf_dask.sweep.container import _Scratch
 
     scratch = _Scratch(keep=2)
     a = scratch.take(3, 5)
@@ -300,7 +300,7 @@ def test_accumulator_buffers_are_zeroed_and_reused():
 def test_big_accumulator_buffers_come_from_their_own_mapping_and_are_reused_zeroed():
     import mmap
 
-    from admf_dask.sweep import _Scratch
+    from admf_dask.sweep.container import _Scratch
 
     scratch = _Scratch(keep=2)
     a = scratch.take(64, 10_000)  # 5.1 MB: an anonymous mapping the OS may back with huge pages
@@ -318,7 +318,8 @@ def test_big_accumulator_buffers_come_from_their_own_mapping_and_are_reused_zero
 def test_the_probe_times_the_kernel_only_on_an_input_that_holds_the_samples_indicators(tmp_path, dataset):
     """Indicators are built once per symbol by the hub, not per task: the probe must not time them."""
     from admf_dask.indicators import computations
-    from admf_dask.sweep import _PROBE_SETS, SweepFeed, _probe
+    from admf_dask.sweep.layout import _PROBE_SETS, _probe
+    from admf_dask.sweep.run import SweepFeed
 
     config = SweepConfig(strategy="sma_cross", params={"fast": list(range(5, 40)), "slow": [50, 60, 70]})
     sets, _ = expand_params("sma_cross", config.params)
@@ -336,7 +337,7 @@ def test_the_probe_times_the_kernel_only_on_an_input_that_holds_the_samples_indi
 def test_accumulator_files_round_trip_and_a_damaged_one_is_named(tmp_path):
     from admf_dask.errors import StorageError
     from admf_dask.storage import Storage
-    from admf_dask.sweep import _arrays_parts, _arrays_read
+    from admf_dask.sweep.portfolio import _arrays_parts, _arrays_read
 
     rng = np.random.default_rng(3)
     arrays = {"equity": rng.random((4, 7)), "trades": rng.random((4, 9)), "extra": np.zeros((0, 3)),
@@ -391,7 +392,7 @@ def test_bars_periods_per_year_is_computed_once():
 
 
 def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():
-    from admf_dask.sweep import _halve_tail
+    from admf_dask.sweep.layout import _halve_tail
 
     parts = [(("A", "B"), lo, min(lo + 10, 85)) for lo in range(0, 85, 10)]
     out = _halve_tail(parts, threads=1)
