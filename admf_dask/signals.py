@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -192,11 +191,11 @@ def _resolve(config: SignalsConfig, bars: BarStore, root: StorageRef) -> _Plan:
         raise DataError(f"run {config.from_run} was made from dataset fingerprint {run['data_fingerprint'][:12]}, "
                         f"the bar store at {bars.url} has {bars.fingerprint[:12]}", key="from_run",
                         hint="use the dataset the sweep ran on")
-    table = pd.read_parquet(io.BytesIO(storage.read_bytes("results.parquet")))
+    from .sweep import SweepResult
+
     swept = run["config"]
     metric = config.metric or "sharpe"
-    rows = table[table["symbol"] == "PORTFOLIO"].sort_values(metric, ascending=False, na_position="last",
-                                                             kind="stable").head(config.top)
+    rows = SweepResult(run["run_id"], ref.url, run.get("summary", {}), None, storage).top(config.top, metric)
     from .strategies import get_strategy
 
     names = get_strategy(swept["strategy"]).param_names

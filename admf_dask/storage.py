@@ -175,6 +175,29 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
 
+    @contextmanager
+    def writing(self, *parts: str) -> Iterator[Any]:
+        """A binary file to write a large file into, streamed: committed whole when the block ends, or not at all.
+
+        Local disk: a temporary sibling renamed into place. Object stores: a local
+        temporary file uploaded in one put when the block ends (an upload streamed
+        straight to the store would commit a half-written object if the block failed).
+        """
+        import tempfile
+
+        target = self.path(*parts)
+        try:
+            if self.is_local:
+                with replacing(target) as tmp, open(tmp, "wb") as f:
+                    yield f
+            else:
+                with tempfile.NamedTemporaryFile(prefix="admf-", suffix=".part") as f:
+                    yield f
+                    f.flush()
+                    self.fs.put_file(f.name, target)
+        except OSError as exc:
+            raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
+
     def read_json(self, *parts: str) -> Any:
         raw = self.read_bytes(*parts)
         try:

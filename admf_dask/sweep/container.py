@@ -170,8 +170,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     the marker; :func:`reduce_portfolio` rebases them onto the union of all groups.
     A task that is the only one of its range (``whole_range``) holds every symbol:
     it adds the range's PORTFOLIO rows to its own results instead.
-    Returns the rows (an Arrow table, so the client need not read them back) and
-    the hub counters of each symbol's indicator set.
+    Returns the row count (the rows stay in storage: the client streams them into the
+    final table range by range) and the hub counters of each symbol's indicator set.
     """
     from ..kernels.portfolio import EXTRA_WIDTH, trade_acc_init
 
@@ -205,5 +205,5 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
     storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
                         "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
-    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0, "table": table,
+    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0,
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)}}

@@ -5,12 +5,14 @@ The row's definition is in :mod:`admf_dask.kernels.portfolio`.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import StorageError
 from ..storage import StorageRef
@@ -19,11 +21,12 @@ from .results import PORTFOLIO, _stats_table
 
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
-                     param_sets: ParamSets, cash: float) -> pa.Table:
-    """Task: merge the partial accumulators of one set range into its portfolio rows.
+                     param_sets: ParamSets, cash: float) -> str:
+    """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
     The parts of a range cover every symbol once; the union of their timelines is
     the sweep's union timeline, onto which each part's equity is rebased first.
+    Returns the rows' file (``portfolio/rows-<lo>.parquet``, relative to the run).
     """
     from ..kernels.portfolio import merge_accumulators, rebase_equity
 
@@ -39,7 +42,12 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         sleeves = int(extra[0, 2]) if len(extra) else 0
         acc = (rebase_equity(equity, timeline, union, sleeves, float(cash)), trades, extra)
         total = acc if total is None else merge_accumulators(total, acc)
-    return _portfolio_table(lo, hi, param_sets, total, union)
+    table = _portfolio_table(lo, hi, param_sets, total, union)
+    name = f"portfolio/rows-{lo:09d}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(buf.getvalue(), name)
+    return name
 
 _ARRAYS_MAGIC = b"ADMFARR1"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ import pyarrow.parquet as pq
 
 from ..kernels.stats import STAT_NAMES
 from ..storage import Storage
-from .grid import SweepConfig
 
 PORTFOLIO = "PORTFOLIO"  # the symbol column of the equal-weight portfolio rows
 
@@ -38,51 +36,116 @@ def _rows_table(task: Any, batch: Any, stats: list[np.ndarray]) -> pa.Table:
                         {name: values * n_sym for name, values in batch.columns().items()},
                         np.vstack(stats) if stats else np.empty((0, len(STAT_NAMES))))
 
-def _final_table(storage: Storage, n_parts: int, held: Mapping[int, pa.Table],
-                 portfolio: list[pa.Table]) -> pa.Table:
-    """Every part's rows (those this session's tasks returned, the committed others read back) and the
-    portfolio rows, ordered by set id, then symbol, each set's PORTFOLIO row last."""
-    tables = []
-    for j in range(n_parts):
-        if j in held:
-            tables.append(held[j])
-        else:
-            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(f"results/part-{j:06d}.parquet"))))
-    table = pa.concat_tables([*tables, *portfolio], promote_options="default")
-    is_portfolio = pc.equal(table.column("symbol"), PORTFOLIO)
-    order = pc.sort_indices(table.append_column("_portfolio", is_portfolio),
-                            sort_keys=[("set_id", "ascending"), ("_portfolio", "ascending"), ("symbol", "ascending")])
-    return table.take(order)
+def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
+                      portfolio: Mapping[int, str]) -> int:
+    """Stream the final table ``results.parquet`` from the committed parts, one set range at a time.
 
-@dataclass
+    Rows are ordered by set id, then symbol, each set's PORTFOLIO row last. A range's
+    rows are those of its parts (``results/part-<j>.parquet``) plus its portfolio rows
+    (``portfolio[lo]``, a file under the run, when a reduce task wrote them); they are
+    read, sorted and written as a row group before the next range is read, so the
+    client holds one range's rows at a time, never the whole table. Returns the row count.
+    """
+    rows = 0
+    with storage.writing("results.parquet") as f:
+        writer = None
+        try:
+            for lo, hi in sorted(ranges):
+                files = [f"results/part-{j:06d}.parquet" for j in ranges[(lo, hi)]]
+                if lo in portfolio:
+                    files.append(portfolio[lo])
+                table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(name))) for name in files],
+                                         promote_options="default")
+                is_portfolio = pc.equal(table.column("symbol"), PORTFOLIO)
+                order = pc.sort_indices(table.append_column("_portfolio", is_portfolio),
+                                        sort_keys=[("set_id", "ascending"), ("_portfolio", "ascending"),
+                                                   ("symbol", "ascending")])
+                table = table.take(order)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, table.schema)
+                elif not table.schema.equals(writer.schema):
+                    table = table.cast(writer.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
 class SweepResult:
-    """A finished sweep: its id, where it lives, the table and the run summary."""
+    """A finished sweep (or replay): its id, where it lives, its summary, and its table, read when asked for.
 
-    run_id: str
-    url: str
-    table: pd.DataFrame
-    summary: dict[str, Any]
-    config: SweepConfig
+    The table stays in storage (``results.parquet`` under the run) and is read lazily:
+    :attr:`portfolio` and :meth:`top` read only what they need, so a result of millions
+    of rows is never loaded whole unless :attr:`table` is used.
+    """
+
+    def __init__(self, run_id: str, url: str, summary: dict[str, Any], config: Any,
+                 storage: Storage | None = None, table: pd.DataFrame | None = None) -> None:
+        self.run_id, self.url, self.summary, self.config = run_id, url, summary, config
+        self._storage = storage
+        self._table = table
+
+    def __repr__(self) -> str:
+        return f"SweepResult({self.run_id!r}, {self.url!r}, {self.summary.get('status')!r})"
+
+    def _read(self, portfolio: bool | None) -> pd.DataFrame:
+        if self._table is not None:
+            t = self._table
+            if portfolio is not None:
+                t = t[(t["symbol"] == PORTFOLIO) == portfolio].reset_index(drop=True)
+            return t
+        filters = None if portfolio is None else [("symbol", "==" if portfolio else "!=", PORTFOLIO)]
+        with self._storage.fs.open(self._storage.path("results.parquet"), "rb") as f:
+            return pq.read_table(f, filters=filters).to_pandas()
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Every row (read whole: for large results prefer :meth:`top`, :attr:`portfolio` or :meth:`batches`)."""
+        if self._table is None:
+            self._table = self._read(None)
+        return self._table
 
     @property
     def portfolio(self) -> pd.DataFrame:
         """One equal-weight portfolio row per parameter set (``symbol == "PORTFOLIO"``)."""
-        return self.table[self.table["symbol"] == PORTFOLIO].reset_index(drop=True)
+        return self._read(True)
 
     @property
     def per_symbol(self) -> pd.DataFrame:
         """One row per (parameter set, symbol)."""
-        return self.table[self.table["symbol"] != PORTFOLIO].reset_index(drop=True)
+        return self._read(False)
+
+    def batches(self, batch_rows: int = 65_536) -> Any:
+        """The table as pandas frames of at most ``batch_rows`` rows, in table order, read one at a time."""
+        if self._table is not None:
+            for i in range(0, len(self._table), batch_rows):
+                yield self._table.iloc[i:i + batch_rows]
+            return
+        with self._storage.fs.open(self._storage.path("results.parquet"), "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas()
 
     def top(self, n: int | None = None, metric: str | None = None, per_symbol: bool = False) -> pd.DataFrame:
         """The best parameter sets by ``metric`` of their portfolio row (or of single symbols).
 
-        Highest first; for ``max_drawdown`` (negative) that is the shallowest.
+        Highest first; for ``max_drawdown`` (negative) that is the shallowest; ties keep table order.
+        The per-symbol ranking streams the table, keeping only the best ``n`` rows so far.
         """
         metric = metric or self.config.metric
         n = self.config.top if n is None else n
-        rows = self.per_symbol if per_symbol else self.portfolio
-        return rows.sort_values(metric, ascending=False, na_position="last", kind="stable").head(n)
+
+        def best(rows: pd.DataFrame) -> pd.DataFrame:
+            return rows.sort_values(metric, ascending=False, na_position="last", kind="stable").head(n)
+
+        if not per_symbol:
+            return best(self.portfolio)
+        kept = None
+        for frame in self.batches():
+            frame = frame[frame["symbol"] != PORTFOLIO]
+            kept = best(frame if kept is None else pd.concat([kept, frame]))
+        return kept if kept is not None else self.per_symbol
 
     def lines(self) -> list[str]:
         s = self.summary

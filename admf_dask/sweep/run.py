@@ -16,15 +16,11 @@ nothing; ``force=True`` starts it afresh.
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import __version__
 from ..bars import BarStore
@@ -35,7 +31,7 @@ from .container import ContainerTask, run_container
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _bars_in_range, _estimate, _layout, _probe
 from .portfolio import reduce_portfolio
-from .results import SweepResult, _final_table
+from .results import SweepResult, write_final_table
 
 
 def _peak_rss() -> int:
@@ -129,9 +125,8 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         storage.fs.rm(storage.path(), recursive=True)
     run = storage.read_json("run.json") if storage.exists("run.json") else None
     if run is not None and run.get("status") == "complete":
-        table = pd.read_parquet(io.BytesIO(storage.read_bytes("results.parquet")))
-        return SweepResult(run_id, run_ref.url, table, {**run["summary"], "status": "complete (already done)"},
-                           config)
+        return SweepResult(run_id, run_ref.url, {**run["summary"], "status": "complete (already done)"},
+                           config, storage)
 
     client = ensure_client(client)
     source = feed(client)
@@ -188,25 +183,19 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id,
                                        whole_range=len(ranges[(lo, hi)]) == 1))
             deps.append([sources[sym] for sym in group])
-        tables: dict[int, pa.Table] = {}
         if tasks:
             for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
                                  progress=progress, label=kind, window=2 * max(threads, 1) + 2,
                                  keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks]):
-                tables[out["part"]] = out["table"]
                 for sym, counters in out["counters"].items():
                     source.settle(sources[sym], counters)
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
-        portfolio = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
-                              extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
-                                          for (lo, hi), parts in split.items()],
-                              keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
+        written = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
+                            extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
+                                        for (lo, hi), parts in split.items()],
+                            keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
-        arrow = _final_table(storage, len(layout), tables, portfolio)
-        buf = io.BytesIO()
-        pq.write_table(arrow, buf)
-        storage.write_bytes(buf.getvalue(), "results.parquet")
-        table = arrow.to_pandas()
+        write_final_table(storage, ranges, {lo: name for (lo, _), name in zip(split, written)})
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
@@ -217,4 +206,4 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         storage.write_json({**run, "status": "complete", "summary": summary}, "run.json")
     finally:
         source.release()
-    return SweepResult(run_id, run_ref.url, table, summary, config)
+    return SweepResult(run_id, run_ref.url, summary, config, storage)
