@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from contextlib import ExitStack, closing, contextmanager
+from itertools import pairwise
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -315,49 +317,240 @@ class BarStore:
         with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
             return dict(zip(names, pool.map(lambda s: self._read(s, start, end, columns, False), names)))
 
-    def iter_chunks(self, symbol: str, max_bytes: int = 64 << 20, start: object = None, end: object = None,
-                    columns: Sequence[str] | None = None) -> Iterator[Bars]:
-        """Yield a symbol's bars in time order as chunks of at most ``max_bytes`` each.
+    # ------------------------------------------------------------------ bounded reading
+    def iter_chunks(self, symbol: str, max_bytes: int | None = None, start: object = None, end: object = None,
+                    columns: Sequence[str] | None = None, *, max_rows: int | None = None) -> Iterator[Bars]:
+        """Yield a symbol's bars in ``[start, end]`` in time order, as chunks of bounded size.
 
-        Memory stays bounded by about two chunks however long the history is. The
-        chunks, concatenated, equal :meth:`read` over the same range.
+        Give exactly one bound: ``max_rows`` (bars per chunk), or ``max_bytes``, which
+        allows ``max_bytes // (8 * (1 + len(columns)))`` bars per chunk (8 bytes for the
+        timestamp and for each value column read). Concatenated, the chunks equal
+        :meth:`read` over the same range, array for array. A range holding no bars
+        yields nothing.
+
+        Chunk boundaries fall on Parquet row-group boundaries (files, one per calendar
+        year, are runs of whole row groups): a chunk is as many whole row groups as fit,
+        and only a row group larger than a chunk is cut inside it, into equal parts
+        (sizes differing by at most one bar). :meth:`row_groups` lists the row groups,
+        so a caller can choose a bound that fits them.
+
+        Each chunk is built in its own preallocated, **writable** numpy arrays (one per
+        column, owned by the chunk: no chunk shares memory with another chunk or with
+        pyarrow), filled from record batches of ``_BATCH_ROWS`` (16384) bars decoded one
+        row group at a time, with pyarrow's pre-buffering off and a small read buffer,
+        so a large row group is never held whole. Memory above what the caller had
+        stays within two chunks (the one the caller still holds and the one being
+        built) plus pyarrow's reader state, which does not grow with the chunk: about
+        one page, its decompressed copy and the dictionary per column read (pyarrow
+        writes 1 MiB pages and dictionaries), measured at 4-8 MiB for all six columns
+        (``tests/bars/test_store_chunks.py`` checks 2.5 chunks + 12 MiB).
+
+        The arguments are checked when this is called, not at the first chunk: a
+        missing bound or an unknown symbol or column raises :class:`DataError` here.
         """
         cols = self._columns(columns)
-        row_bytes = 8 * (1 + len(cols))
-        rows_per_chunk = max_bytes // row_bytes
-        if rows_per_chunk < 1:
-            raise DataError(f"max_bytes={max_bytes} is smaller than one bar ({row_bytes} bytes)", key="max_bytes")
+        rows = _chunk_rows(max_bytes, max_rows, len(cols))
+        self.entry(symbol)
         lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
-        pending: list[Bars] = []
-        pending_rows = 0
-        for meta in self._files(symbol, lo, hi):
-            for piece in self._iter_file(meta, symbol, cols, lo, hi, rows_per_chunk):
-                pending.append(piece)
-                pending_rows += len(piece)
-                while pending_rows >= rows_per_chunk:
-                    chunk, pending = _split(_concat(symbol, pending, cols), rows_per_chunk)
-                    pending_rows -= len(chunk)
-                    yield chunk
-        if pending_rows:
-            yield _concat(symbol, pending, cols)
+        return self._iter_chunks(symbol, cols, lo, hi, rows)
 
-    def _iter_file(self, meta, symbol, cols, lo, hi, batch_rows) -> Iterator[Bars]:
-        path = self.storage.path(meta["path"])
+    def _iter_chunks(self, symbol: str, cols: list[str], lo: int, hi: int, rows: int) -> Iterator[Bars]:
+        reader = _RowReader(self, symbol, cols)
+        plan = self._plan(symbol, cols, lo, hi, rows)
         try:
-            with self._arrow_fs.open_input_file(path) as handle:
-                pf = pq.ParquetFile(handle)
-                for batch in pf.iter_batches(batch_size=batch_rows, columns=["timestamp", *cols]):
-                    bars = Bars.from_arrow(symbol, pa.Table.from_batches([batch]))
-                    ts = bars.timestamp
-                    a, b = np.searchsorted(ts, lo, "left"), np.searchsorted(ts, hi, "right")
-                    if b > a:
-                        yield bars if (a, b) == (0, len(ts)) else _slice(bars, a, b)
+            for segments in plan:
+                # Nothing in this frame refers to the chunk once it is yielded, so a
+                # caller that drops it frees it before the next one is built.
+                yield reader.fill(segments)
+        finally:
+            plan.close()
+            reader.close()
+
+    def _plan(self, symbol: str, cols: list[str], lo: int, hi: int, rows: int) -> Iterator[list[_Segment]]:
+        """The chunks of :meth:`iter_chunks`, each a list of segments, worked out lazily.
+
+        A file wholly inside the range that fits in the chunk being planned is taken
+        whole without opening it; other files are opened (their footer) and planned
+        row group by row group.
+        """
+        chunk: list[_Segment] = []
+        n = 0
+        for meta in self._files(symbol, lo, hi):
+            if lo <= meta["first_ns"] and meta["last_ns"] <= hi and n + meta["rows"] <= rows:
+                chunk.append(_Segment(meta, None, None, 0, meta["rows"]))
+                n += meta["rows"]
+                continue
+            with closing(self._file_segments(meta, symbol, cols, lo, hi)) as segments:
+                for seg in segments:
+                    size = seg.stop - seg.start
+                    if n + size <= rows:
+                        chunk.append(seg)
+                        n += size
+                        continue
+                    if chunk:
+                        yield chunk
+                    chunk, n = [], 0
+                    if size <= rows:
+                        chunk, n = [seg], size
+                        continue
+                    parts = -(-size // rows)  # a row group larger than a chunk: equal parts
+                    cuts = [seg.start + size * i // parts for i in range(parts + 1)]
+                    for a, b in pairwise(cuts):
+                        yield [seg._replace(start=a, stop=b)]
+        if chunk:
+            yield chunk
+
+    def read_head(self, symbol: str, max_rows: int, start: object = None, end: object = None,
+                  columns: Sequence[str] | None = None) -> Bars:
+        """The first ``max_rows`` bars of ``[start, end]`` (fewer if the range holds fewer).
+
+        Equals ``read(symbol, start, end, columns)`` cut to its first ``max_rows`` bars,
+        but opens only the files and decodes only the row groups those bars are in
+        (and a row group straddling ``start`` twice: its timestamps first, to find
+        where the range begins), so probing a symbol costs the same whatever the
+        length of its history. The arrays are writable and owned by the result.
+        """
+        cols = self._columns(columns)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 0:
+            raise DataError(f"max_rows must be an integer >= 0, got {max_rows!r}", key="max_rows")
+        self.entry(symbol)
+        lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
+        max_rows = int(max_rows)
+        chosen: list[_Segment] = []
+        n = 0
+        for meta in self._files(symbol, lo, hi):
+            if n == max_rows:
+                break
+            if lo <= meta["first_ns"] and meta["last_ns"] <= hi and n + meta["rows"] <= max_rows:
+                chosen.append(_Segment(meta, None, None, 0, meta["rows"]))
+                n += meta["rows"]
+                continue
+            with closing(self._file_segments(meta, symbol, cols, lo, hi)) as segments:
+                for seg in segments:
+                    take = min(seg.stop - seg.start, max_rows - n)
+                    chosen.append(seg._replace(stop=seg.start + take))
+                    n += take
+                    if n == max_rows:
+                        break
+        reader = _RowReader(self, symbol, cols)
+        try:
+            return reader.fill(chosen)
+        finally:
+            reader.close()
+
+    def rows_in_range(self, symbol: str, start: object = None, end: object = None) -> int:
+        """The exact number of bars of ``symbol`` in ``[start, end]`` (inclusive).
+
+        Files wholly inside the range count by the manifest (nothing is opened). Of a
+        file straddling a bound, the footer is opened and its row groups counted by
+        their timestamp statistics; only a row group straddling the bound has its
+        timestamp column read (in batches), to count exactly.
+        """
+        self.entry(symbol)
+        lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
+        total = 0
+        for meta in self._files(symbol, lo, hi):
+            if lo <= meta["first_ns"] and meta["last_ns"] <= hi:
+                total += meta["rows"]
+                continue
+            with closing(self._file_segments(meta, symbol, [], lo, hi)) as segments:
+                total += sum(seg.stop - seg.start for seg in segments)
+        return total
+
+    def row_groups(self, symbol: str, start: object = None, end: object = None) -> list[tuple[int, int, int]]:
+        """``(first_ns, last_ns, rows)`` of every row group holding bars in ``[start, end]``, in time order.
+
+        Whole row groups (``rows`` counts all their bars, also those outside the
+        range), from the Parquet footers of the symbol's files in the range: only the
+        footers are read, the first and last timestamps being the row groups'
+        statistics (a file written without statistics has its timestamps read instead).
+        A planner uses this to choose chunk lengths that :meth:`iter_chunks` keeps whole.
+        """
+        self.entry(symbol)
+        lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
+        out: list[tuple[int, int, int]] = []
+        for meta in self._files(symbol, lo, hi):
+            with self._reading(meta, symbol), self._parquet(meta, symbol, [], footer_only=True) as pf:
+                md = pf.metadata
+                for i in range(md.num_row_groups):
+                    rows = md.row_group(i).num_rows
+                    if rows == 0:
+                        continue
+                    bounds = _ts_stats(md, i)
+                    if bounds is None:
+                        bounds = _ts_bounds(pf, i)
+                    if bounds[1] >= lo and bounds[0] <= hi:
+                        out.append((bounds[0], bounds[1], rows))
+        return out
+
+    # ------------------------------------------------------------------ bounded reading: helpers
+    def _file_segments(self, meta: dict[str, Any], symbol: str, cols: list[str], lo: int,
+                       hi: int) -> Iterator[_Segment]:
+        """The row groups of one file holding bars in ``[lo, hi]``, as segments with exact row bounds.
+
+        Opens the file's footer; a row group that straddles a bound (by its timestamp
+        statistics) has its timestamps streamed to find exactly where the range starts
+        and ends in it. Lazy: a caller that stops early reads nothing further.
+        """
+        with self._reading(meta, symbol), self._parquet(meta, symbol, cols, footer_only=True) as pf:
+            md = pf.metadata
+            inside = lo <= meta["first_ns"] and meta["last_ns"] <= hi
+            for i in range(md.num_row_groups):
+                rows = md.row_group(i).num_rows
+                if rows == 0:
+                    continue
+                bounds = None if inside else _ts_stats(md, i)
+                if inside or (bounds is not None and lo <= bounds[0] and bounds[1] <= hi):
+                    segment = _Segment(meta, md, i, 0, rows)
+                elif bounds is not None and (bounds[1] < lo or bounds[0] > hi):
+                    continue
+                else:
+                    a, b = _ts_range(pf, i, lo, hi)
+                    if b <= a:
+                        continue
+                    segment = _Segment(meta, md, i, a, b)
+                yield segment
+
+    @contextmanager
+    def _reading(self, meta: dict[str, Any], symbol: str) -> Iterator[None]:
+        """Report failures of pyarrow or the filesystem as a StorageError naming the file."""
+        try:
+            yield
         except FileNotFoundError:
             raise StorageError("a data file listed in the manifest is missing", symbol=symbol,
-                               file=self.storage.display(meta["path"])) from None
-        except (pa.ArrowException, OSError) as exc:
+                               file=self.storage.display(meta["path"]),
+                               hint="the dataset was changed outside admf; re-ingest this symbol") from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise StorageError(f"cannot read data file: {exc}", symbol=symbol,
                                file=self.storage.display(meta["path"])) from None
+
+    @contextmanager
+    def _parquet(self, meta: dict[str, Any], symbol: str, cols: list[str], *, metadata: Any = None,
+                 footer_only: bool = False) -> Iterator[pq.ParquetFile]:
+        """One data file opened for bounded reads; its footer checked against the manifest.
+
+        Pre-buffering is off and reads go through a ``_IO_BUFFER`` buffer, so pyarrow
+        holds a page at a time per column, never a whole column chunk. Files of up to
+        ``_WHOLE_FILE_ROWS`` rows are read in one call (one request on object storage)
+        unless only the footer is wanted. Other filesystems than the local one are
+        read without fsspec's read-ahead cache (s3fs's would fetch 50 MiB blocks).
+        """
+        path = self.storage.path(meta["path"])
+        if isinstance(self._arrow_fs, pafs.LocalFileSystem):
+            handle = self._arrow_fs.open_input_file(path)
+        else:
+            handle = pa.PythonFile(self.storage.fs.open(path, "rb", cache_type="none"), mode="r")
+        try:
+            source = handle
+            if meta["rows"] <= _WHOLE_FILE_ROWS and not footer_only:
+                source = pa.BufferReader(handle.read())
+                handle.close()
+            pf = pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=_IO_BUFFER)
+            if metadata is None:
+                _check_footer(pf, meta, symbol, cols, self.storage.display(meta["path"]))
+            yield pf
+        finally:
+            handle.close()
 
     def to_dask(self, symbols: Iterable[str] | None = None, start: object = None, end: object = None,
                 columns: Sequence[str] | None = None):
@@ -459,20 +652,171 @@ def _overlaps(stats: Any, lo: int, hi: int) -> bool:
     return int(stats.max_raw) >= lo and int(stats.min_raw) <= hi
 
 
-def _slice(bars: Bars, a: int, b: int) -> Bars:
-    return Bars(bars.symbol, bars.timestamp[a:b], {k: v[a:b] for k, v in bars.columns.items()})
+# Bounded reads (iter_chunks, read_head, rows_in_range): pyarrow's read buffer per column
+# (see BarStore._parquet), and rows per record batch decoded before being copied into a
+# chunk's arrays: 128 KiB per column, whatever the chunk size. Batches proportional to
+# the chunk cost memory for nothing (an eighth of a 16 MiB chunk, 43690 rows, even made
+# mimalloc keep ~30 MiB more), and smaller ones only add per-batch overhead.
+_IO_BUFFER = 64 << 10
+_BATCH_ROWS = 1 << 14
 
 
-def _concat(symbol: str, pieces: list[Bars], cols: list[str]) -> Bars:
-    if len(pieces) == 1:
-        return pieces[0]
-    return Bars(symbol, np.concatenate([p.timestamp for p in pieces]),
-                {c: np.concatenate([p.columns[c] for p in pieces]) for c in cols})
+def _chunk_rows(max_bytes: object, max_rows: object, ncols: int) -> int:
+    """Bars per chunk from exactly one of ``max_bytes`` and ``max_rows`` (see BarStore.iter_chunks)."""
+    if (max_bytes is None) == (max_rows is None):
+        raise DataError("give exactly one of max_bytes and max_rows" if max_rows is not None else
+                        "give max_bytes or max_rows: the chunk size has no default",
+                        key="max_bytes" if max_rows is None else "max_bytes, max_rows")
+    key, value = ("max_rows", max_rows) if max_bytes is None else ("max_bytes", max_bytes)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"{key} must be an integer, got {value!r}", key=key)
+    if key == "max_rows":
+        if value < 1:
+            raise DataError(f"max_rows must be >= 1, got {value}", key=key)
+        return int(value)
+    row_bytes = 8 * (1 + ncols)
+    if value < row_bytes:
+        raise DataError(f"max_bytes={value} is smaller than one bar ({row_bytes} bytes)", key=key)
+    return int(value) // row_bytes
 
 
-def _split(bars: Bars, n: int) -> tuple[Bars, list[Bars]]:
-    head = _slice(bars, 0, n)
-    return head, ([_slice(bars, n, len(bars))] if len(bars) > n else [])
+class _Segment(NamedTuple):
+    """Rows ``[start, stop)`` of one data file: of its row group ``group``, or of the whole file if None."""
+
+    meta: dict[str, Any]   # the file's manifest entry
+    metadata: Any          # its pyarrow FileMetaData, when the footer was already read
+    group: int | None
+    start: int
+    stop: int
+
+
+class _RowReader:
+    """Copies segments of data files, in order, into preallocated arrays: builds the chunks.
+
+    One record-batch stream is open at a time (the row group being read); it stays
+    open between chunks only when a chunk ends inside a row group, so the next
+    chunk goes on from there instead of decoding the row group again. The file of
+    the stream is the only one open.
+    """
+
+    def __init__(self, store: BarStore, symbol: str, cols: list[str]) -> None:
+        self.store, self.symbol, self.cols = store, symbol, cols
+        self.names = ["timestamp", *cols]
+        self.path: str | None = None               # the open file, if any
+        self.file = ExitStack()
+        self.pf: pq.ParquetFile | None = None
+        self.key: tuple[str, int | None] | None = None
+        self.batches: Iterator[pa.RecordBatch] | None = None
+        self.rows = 0                              # rows of the stream (row group or file)
+        self.pos = 0                               # row of the stream at arrays[.][off]
+        self.arrays: list[np.ndarray] = []
+        self.off = self.length = 0
+
+    def fill(self, segments: list[_Segment]) -> Bars:
+        n = sum(s.stop - s.start for s in segments)
+        out = [np.empty(n, np.int64), *(np.empty(n, np.float64) for _ in self.cols)]
+        at = 0
+        for seg in segments:
+            with self.store._reading(seg.meta, self.symbol):
+                at = self._copy(seg, out, at)
+        return Bars(self.symbol, out[0], dict(zip(self.cols, out[1:])))
+
+    def _copy(self, seg: _Segment, out: list[np.ndarray], at: int) -> int:
+        if (seg.meta["path"], seg.group) != self.key or self.pos > seg.start:
+            self._open(seg)
+        while self.pos < seg.stop:
+            if self.off == self.length:
+                self._next_batch(seg)
+            n = min(self.length - self.off, seg.stop - self.pos)
+            if self.pos < seg.start:  # rows before the range (a row group straddling its start)
+                n = min(n, seg.start - self.pos)
+            else:
+                for dst, src in zip(out, self.arrays):
+                    dst[at:at + n] = src[self.off:self.off + n]
+                at += n
+            self.off += n
+            self.pos += n
+        if self.pos == self.rows:  # the stream is done: free its reader and last batch now
+            self.batches, self.arrays, self.key = None, [], None
+            self.off = self.length = 0
+        return at
+
+    def _open(self, seg: _Segment) -> None:
+        self.batches, self.arrays, self.key = None, [], None
+        self.off = self.length = 0
+        if seg.meta["path"] != self.path:
+            self.close()
+            self.pf = self.file.enter_context(
+                self.store._parquet(seg.meta, self.symbol, self.cols, metadata=seg.metadata))
+            self.path = seg.meta["path"]
+        md = self.pf.metadata
+        self.rows = md.num_rows if seg.group is None else md.row_group(seg.group).num_rows
+        self.batches = self.pf.iter_batches(batch_size=_BATCH_ROWS, columns=self.names, use_threads=False,
+                                            row_groups=None if seg.group is None else [seg.group])
+        self.key, self.pos = (seg.meta["path"], seg.group), 0
+
+    def _next_batch(self, seg: _Segment) -> None:
+        batch = next(self.batches, None)
+        while batch is not None and batch.num_rows == 0:
+            batch = next(self.batches, None)
+        if batch is None:
+            raise StorageError(f"data file ends at row {self.pos} of a stream of {self.rows}",
+                               symbol=self.symbol, file=self.store.storage.display(seg.meta["path"]))
+        self.arrays = [batch.column(0).view(pa.int64()).to_numpy(),
+                       *(batch.column(i).to_numpy(zero_copy_only=False) for i in range(1, len(self.names)))]
+        self.off, self.length = 0, batch.num_rows
+
+    def close(self) -> None:
+        self.batches, self.arrays, self.key, self.pf, self.path = None, [], None, None, None
+        self.file.close()
+
+
+def _check_footer(pf: pq.ParquetFile, meta: dict[str, Any], symbol: str, cols: list[str], where: str) -> None:
+    if pf.metadata.num_rows != meta["rows"]:
+        raise StorageError(f"data file has {pf.metadata.num_rows} rows, the manifest says {meta['rows']}",
+                           symbol=symbol, file=where)
+    schema = pf.schema_arrow
+    for name in ["timestamp", *cols]:
+        index = schema.get_field_index(name)
+        if index < 0:
+            raise StorageError(f"data file has no column {name!r}", symbol=symbol, file=where, key=name)
+        if not schema.field(index).type.equals(ARROW_SCHEMA.field(name).type):
+            raise StorageError(f"column {name!r} has type {schema.field(index).type}, expected "
+                               f"{ARROW_SCHEMA.field(name).type}", symbol=symbol, file=where, key=name)
+
+
+def _ts_stats(md: Any, group: int) -> tuple[int, int] | None:
+    """(first, last) timestamp of a row group from its statistics, or None if it has none."""
+    column = md.row_group(group).column(md.schema.names.index("timestamp"))
+    stats = column.statistics if column.is_stats_set else None
+    if stats is None or not stats.has_min_max:
+        return None
+    return int(stats.min_raw), int(stats.max_raw)
+
+
+def _ts_batches(pf: pq.ParquetFile, group: int) -> Iterator[np.ndarray]:
+    for b in pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=["timestamp"], use_threads=False):
+        if b.num_rows:
+            yield b.column(0).view(pa.int64()).to_numpy()
+
+
+def _ts_range(pf: pq.ParquetFile, group: int, lo: int, hi: int) -> tuple[int, int]:
+    """Rows ``[a, b)`` of a row group inside ``[lo, hi]``, from its timestamps streamed in batches."""
+    a = b = 0
+    for ts in _ts_batches(pf, group):
+        a += int(np.searchsorted(ts, lo, "left"))
+        b += int(np.searchsorted(ts, hi, "right"))
+        if ts[-1] > hi:  # timestamps are sorted: nothing further is in range
+            break
+    return a, b
+
+
+def _ts_bounds(pf: pq.ParquetFile, group: int) -> tuple[int, int]:
+    first = last = None
+    for ts in _ts_batches(pf, group):
+        first = int(ts[0]) if first is None else first
+        last = int(ts[-1])
+    return first, last
 
 
 def _partition_frame(symbol: str, timestamp: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
