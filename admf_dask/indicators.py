@@ -6,6 +6,11 @@ cache and the sweep key results by it). An :class:`IndicatorPlan` collects the
 specs a sweep requests, keeps each token once, and computes them over the
 columns of one symbol.
 
+A spec also computes a series in time chunks (out-of-core along time): each
+chunk comes with ``spec.halo`` bars from before it and the state the previous
+chunk left, and the chunks' outputs joined are the whole series' bit for bit
+(see :mod:`admf_dask.kernels.indicators` for what the halo and state hold).
+
 Examples
 --------
 >>> spec = IndicatorSpec.make("bollinger", window=20)
@@ -14,6 +19,13 @@ Examples
 >>> plan = IndicatorPlan.from_requests([IndicatorSpec.make("sma", window=w) for w in (5, 20, 5)])
 >>> plan.requested, plan.unique, plan.required_columns
 (3, 2, ('close',))
+
+>>> sma3 = IndicatorSpec.make("sma", window=3)
+>>> x = np.arange(1.0, 8.0)
+>>> first, state = sma3.compute_chunk({"close": x[:4]}, 0, sma3.init_state())
+>>> rest, state = sma3.compute_chunk({"close": x[4 - sma3.halo :]}, sma3.halo, state)
+>>> np.concatenate([first["value"], rest["value"]])
+array([nan, nan,  2.,  3.,  4.,  5.,  6.])
 """
 
 from __future__ import annotations
@@ -63,8 +75,14 @@ class Param:
 class IndicatorDef:
     """Registry entry: how to compute one indicator kind.
 
-    ``kernel(*input arrays, **params)`` returns one array or a tuple matching
-    ``outputs``; ``lookback(params)`` is the number of leading NaN (warm-up) bars.
+    ``kernel(*input arrays, **params)`` is the public whole-series function (one
+    array or a tuple matching ``outputs``); ``lookback(params)`` is the number of
+    leading NaN (warm-up) bars. What :class:`IndicatorSpec` runs is the chunk
+    kernel, of which ``kernel`` is the one-chunk case:
+    ``chunk(*input arrays, h, *params in the order of `params`, state, *outputs)``
+    writes the outputs of the bars after ``h`` halo bars and updates ``state`` in
+    place; ``halo(params)`` is the number of past bars it reads and
+    ``init_state(params)`` the float64 state of nothing processed.
     """
 
     kernel: Callable
@@ -73,6 +91,9 @@ class IndicatorDef:
     outputs: tuple[str, ...]
     lookback: Callable[[Mapping[str, int | float]], int]
     check: Callable[[Mapping[str, int | float]], None] | None = None
+    chunk: Callable = field(kw_only=True)
+    halo: Callable[[Mapping[str, int | float]], int] = field(kw_only=True)
+    init_state: Callable[[Mapping[str, int | float]], np.ndarray] = field(kw_only=True)
 
 
 def _check_macd(p: Mapping[str, int | float]) -> None:
@@ -87,12 +108,25 @@ def _check_macd(p: Mapping[str, int | float]) -> None:
 _W = Param("window")
 
 INDICATORS: dict[str, IndicatorDef] = {
-    "sma": IndicatorDef(k.sma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
-    "ema": IndicatorDef(k.ema, ("close",), (Param("span"),), ("value",), lambda p: p["span"] - 1),
-    "wma": IndicatorDef(k.wma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
-    "rsi": IndicatorDef(k.rsi, ("close",), (Param("window", default=14),), ("value",), lambda p: p["window"]),
+    "sma": IndicatorDef(
+        k.sma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1,
+        chunk=k._sma_chunk_nb, halo=lambda p: p["window"], init_state=lambda p: k._sma_state_nb(p["window"]),
+    ),
+    "ema": IndicatorDef(
+        k.ema, ("close",), (Param("span"),), ("value",), lambda p: p["span"] - 1,
+        chunk=k._ema_chunk_nb, halo=lambda p: 0, init_state=lambda p: k._ema_state_nb(p["span"]),
+    ),
+    "wma": IndicatorDef(
+        k.wma, ("close",), (_W,), ("value",), lambda p: p["window"] - 1,
+        chunk=k._wma_chunk_nb, halo=lambda p: p["window"], init_state=lambda p: k._wma_state_nb(p["window"]),
+    ),
+    "rsi": IndicatorDef(
+        k.rsi, ("close",), (Param("window", default=14),), ("value",), lambda p: p["window"],
+        chunk=k._rsi_chunk_nb, halo=lambda p: 0, init_state=lambda p: k._rsi_state_nb(p["window"]),
+    ),
     "atr": IndicatorDef(
-        k.atr, ("high", "low", "close"), (Param("window", default=14),), ("value",), lambda p: p["window"]
+        k.atr, ("high", "low", "close"), (Param("window", default=14),), ("value",), lambda p: p["window"],
+        chunk=k._atr_chunk_nb, halo=lambda p: 0, init_state=lambda p: k._atr_state_nb(p["window"]),
     ),
     "bollinger": IndicatorDef(
         k.bollinger,
@@ -100,6 +134,9 @@ INDICATORS: dict[str, IndicatorDef] = {
         (Param("window", default=20), Param("k", float, 0.0, 2.0)),
         ("middle", "upper", "lower"),
         lambda p: p["window"] - 1,
+        chunk=k._bollinger_chunk_nb,
+        halo=lambda p: p["window"],
+        init_state=lambda p: k._moments_state_nb(p["window"]),
     ),
     "macd": IndicatorDef(
         k.macd,
@@ -108,21 +145,41 @@ INDICATORS: dict[str, IndicatorDef] = {
         ("line", "signal", "hist"),
         lambda p: p["slow"] + p["signal"] - 2,
         _check_macd,
+        chunk=k._macd_chunk_nb,
+        halo=lambda p: 0,
+        init_state=lambda p: k._macd_state_nb(p["fast"], p["slow"], p["signal"]),
     ),
     "donchian": IndicatorDef(
-        k.donchian, ("high", "low"), (Param("window", default=20),), ("upper", "lower"), lambda p: p["window"] - 1
+        k.donchian, ("high", "low"), (Param("window", default=20),), ("upper", "lower"), lambda p: p["window"] - 1,
+        chunk=k._donchian_chunk_nb, halo=lambda p: p["window"] - 1,
+        init_state=lambda p: k._extremes_state_nb(p["window"]),
     ),
-    "zscore": IndicatorDef(k.zscore, ("close",), (_W,), ("value",), lambda p: p["window"] - 1),
-    "roc": IndicatorDef(k.roc, ("close",), (_W,), ("value",), lambda p: p["window"]),
+    "zscore": IndicatorDef(
+        k.zscore, ("close",), (_W,), ("value",), lambda p: p["window"] - 1,
+        chunk=k._zscore_chunk_nb, halo=lambda p: p["window"], init_state=lambda p: k._moments_state_nb(p["window"]),
+    ),
+    "roc": IndicatorDef(
+        k.roc, ("close",), (_W,), ("value",), lambda p: p["window"],
+        chunk=k._roc_chunk_nb, halo=lambda p: p["window"], init_state=lambda p: k._roc_state_nb(p["window"]),
+    ),
     "stochastic": IndicatorDef(
         k.stochastic,
         ("high", "low", "close"),
         (Param("k_window", default=14), Param("d_window", default=3)),
         ("k", "d"),
         lambda p: p["k_window"] + p["d_window"] - 2,
+        chunk=k._stochastic_chunk_nb,
+        halo=lambda p: p["k_window"] - 1,  # %D's past %K values are in the state
+        init_state=lambda p: k._stochastic_state_nb(p["k_window"], p["d_window"]),
     ),
-    "obv": IndicatorDef(k.obv, ("close", "volume"), (), ("value",), lambda p: 0),
-    "vwap": IndicatorDef(k.vwap, ("high", "low", "close", "volume"), (_W,), ("value",), lambda p: p["window"] - 1),
+    "obv": IndicatorDef(
+        k.obv, ("close", "volume"), (), ("value",), lambda p: 0,
+        chunk=k._obv_chunk_nb, halo=lambda p: 0, init_state=lambda p: k._obv_state_nb(),
+    ),
+    "vwap": IndicatorDef(
+        k.vwap, ("high", "low", "close", "volume"), (_W,), ("value",), lambda p: p["window"] - 1,
+        chunk=k._vwap_chunk_nb, halo=lambda p: p["window"], init_state=lambda p: k._vwap_state_nb(p["window"]),
+    ),
 }
 
 
@@ -200,23 +257,88 @@ class IndicatorSpec:
         """Warm-up length: the number of leading NaN bars of the output.
 
         For recursive indicators (EMA, RSI, ATR, MACD) values keep a decaying
-        memory of all earlier bars, so a chunk computed with only ``lookback``
-        bars of history differs slightly from the full-series value.
+        memory of all earlier bars, so a chunk computed from only ``lookback``
+        bars of history (and no state) differs slightly from the full-series
+        value; :meth:`compute_chunk` carries that memory in its state instead.
         """
         return int(self.definition.lookback(dict(self.params)))
 
+    @property
+    def halo(self) -> int:
+        """Past input bars :meth:`compute_chunk` needs before a chunk (the most any of its kernels reads).
+
+        0 for recursive indicators (EMA, RSI, ATR, MACD, OBV), whose memory is all in the state.
+        """
+        return int(self.definition.halo(dict(self.params)))
+
+    def init_state(self) -> np.ndarray:
+        """The state of nothing processed: a flat float64 array (storable as it is), fixed length per spec."""
+        return np.array(self.definition.init_state(dict(self.params)), dtype=np.float64)
+
     def compute(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the kernel over ``columns`` (name -> 1-D array); return output name -> array."""
+        """Run the kernel over ``columns`` (name -> 1-D array); return output name -> array.
+
+        The whole series as one chunk: ``compute_chunk(columns, 0, init_state())[0]``.
+        """
+        return self.compute_chunk(columns, 0, self.init_state())[0]
+
+    def compute_chunk(
+        self, columns: Mapping[str, np.ndarray], h: int, state: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Compute one time chunk: ``(output name -> array of the chunk's bars, new state)``.
+
+        ``columns`` maps each input column to a 1-D array of ``h`` halo bars (the
+        bars just before the chunk, already processed) followed by the chunk's
+        bars; pass ``h = min(self.halo, bars processed)`` (more is fine: only the
+        last ``halo`` are read). ``state`` is :meth:`init_state` for the first
+        chunk, then the state the previous chunk returned; it is not modified.
+        Chunks computed this way and joined equal :meth:`compute` of the whole
+        series bit for bit. Counts one computation (:func:`computations`).
+        """
         missing = [c for c in self.inputs if c not in columns]
         if missing:
             raise DataError(
                 f"{self.label} needs column(s) {missing}; got {sorted(columns)}",
                 key=missing[0],
             )
-        result = self.definition.kernel(*(columns[c] for c in self.inputs), **dict(self.params))
+        arrays = k._arrays(**{c: columns[c] for c in self.inputs})
+        n = arrays[0].shape[0]
+        if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= h <= n:
+            raise ValueError(f"{self.label}: the halo h must be an integer from 0 to the {n} bars given, got {h!r}")
+        h = int(h)
+        new = self.init_state()
+        given = np.asarray(state, dtype=np.float64)
+        if given.shape != new.shape:
+            raise ValueError(f"{self.label}: state must be a float64 array of shape {new.shape}, got {given.shape}")
+        new[:] = given  # a copy: the kernel updates it in place, the caller's stays as it was
+        done = new[0]  # bars processed so far
+        if not (done >= 0 and float(done).is_integer()):
+            raise ValueError(f"{self.label}: state[0] (bars processed) must be a whole number >= 0, got {done!r}")
+        if not min(self.halo, done) <= h <= done:
+            raise ValueError(
+                f"{self.label}: the halo h must be from min(halo={self.halo}, bars processed={int(done)}) "
+                f"to the bars processed, got {h}"
+            )
+        outputs = tuple(np.empty(n - h) for _ in self.outputs)  # numpy allocates (huge pages), see kernels
+        self.definition.chunk(*arrays, h, *self._kernel_params(), new, *outputs)
         _COMPUTED[0] += 1
-        arrays = result if isinstance(result, tuple) else (result,)
-        return dict(zip(self.outputs, arrays))
+        return dict(zip(self.outputs, outputs)), new
+
+    def _kernel_params(self) -> list[float]:
+        """Parameter values in the kernel's order, validated again: compiled kernels trust them
+        (no bounds checks), and a spec built without :meth:`make` skipped the checks."""
+        given = dict(self.params)
+        definition = self.definition
+        if set(given) != {p.name for p in definition.params}:
+            raise ConfigError(
+                f"{self.label} must have exactly the parameters {[p.name for p in definition.params]}",
+                key=self.name,
+                hint="build specs with IndicatorSpec.make",
+            )
+        values = {p.name: p.validate(self.name, given[p.name]) for p in definition.params}
+        if definition.check is not None:
+            definition.check(values)
+        return list(values.values())
 
 
 _COMPUTED = [0]  # indicator kernel runs in this process (a list: incremented in place from any thread)
@@ -226,8 +348,8 @@ def computations() -> int:
     """How many indicator kernels this process has run: the ground truth behind "computes no indicator".
 
     Every indicator anywhere (hub, probe, ``backtest`` on bare bars) is computed by
-    :meth:`IndicatorSpec.compute`, which counts here; read it on each worker with
-    ``client.run(computations)``.
+    :meth:`IndicatorSpec.compute` or, a chunk at a time, :meth:`IndicatorSpec.compute_chunk`;
+    each call counts one here. Read it on each worker with ``client.run(computations)``.
     """
     return _COMPUTED[0]
 
