@@ -62,29 +62,53 @@ with the same set range and the same union timeline combine with
 :func:`merge_accumulators` (sums, except best = max and worst = min;
 :func:`merge_trade_acc`); :func:`portfolio_stats` turns the final accumulators
 into rows. All symbols of the portfolio must be mapped onto the *same* union
-timeline (the union over every symbol of the sweep, fixed before the tasks run).
+timeline (the union over every symbol of the sweep, fixed before the tasks run),
+or a group's own timeline moved onto it with :func:`rebase_equity`.
 
 Nothing of size ``m x n`` is allocated beyond the caller's accumulators.
+
+Time chunks and windows
+-----------------------
+Those two kernels are the one-chunk case of the chunk kernels
+(:func:`~admf_dask.kernels.strategies.strategy_chunk`,
+:func:`~admf_dask.kernels.simulate.simulate_stats_chunk`,
+:func:`~admf_dask.kernels.replay.ensemble_chunk` with ``timeline_pos`` and
+``equity_acc``), then :func:`~admf_dask.kernels.state.finalize_runs` and
+:func:`fold_sleeves`. Out of core, the union timeline is cut into windows and
+``equity_acc`` holds one window's columns: each symbol's chunk is its bars in
+the window (possibly none), its ``timeline_pos`` relative to the window's first
+column; before the chunk's first bar the sleeve's value is its equity before the
+chunk (its cash if nothing was processed yet), after the last bar it is carried
+to the window's end, as over the whole timeline. A finished window is folded into
+the portfolio bar states with :func:`portfolio_fold` (``bar_update`` over the mean
+curve with the global timeline index) and can be dropped; :func:`fold_sleeves`
+pools each symbol's trades and extras once, at its end, from its run states;
+:func:`portfolio_finalize` gives the rows. :func:`portfolio_stats` is the
+one-window case. The same additions in the same order: bit-identical rows and
+accumulators wherever the windows are cut.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from admf_dask.kernels.simulate import sim_init, sim_step
-from admf_dask.kernels.stats import N_STATS, bar_init, bar_update, finalize, trade_init
-from admf_dask.kernels.strategies import (
-    BB_BREAKOUT, BB_REVERSION, CROSS, DONCHIAN, MOMENTUM, RSI, _check, _clip, signal_step,
+from admf_dask.kernels.simulate import _chunk_stats_eq
+from admf_dask.kernels.state import (
+    BAR_WIDTH, TRADE0, check_timeline, close_ends, finalize_runs, run_state_init,
 )
+from admf_dask.kernels.stats import N_STATS, bar_init, bar_update, finalize, trade_init
+from admf_dask.kernels.strategies import _CHUNK_EQ_KERNELS, _check
 
 __all__ = [
-    "EXTRA_WIDTH", "TRADE_ACC_WIDTH", "accumulators_init", "merge_accumulators",
-    "merge_trade_acc", "portfolio_stats", "rebase_equity", "strategy_batch_with_equity",
-    "targets_batch_with_equity", "trade_acc_init",
+    "EXTRA_WIDTH", "PORTFOLIO_STATE_WIDTH", "TRADE_ACC_WIDTH", "accumulators_init", "fold_sleeves",
+    "merge_accumulators", "merge_trade_acc", "portfolio_finalize", "portfolio_fold",
+    "portfolio_state_init", "portfolio_stats", "rebase_equity", "starting_equity",
+    "strategy_batch_with_equity", "targets_batch_with_equity", "trade_acc_init",
 ]
 
 TRADE_ACC_WIDTH = 9  # trade_init's state: n, wins, sum_pos, sum_neg, sum_ret, sum_log1p, ruined, best, worst
 EXTRA_WIDTH = 3      # exposure sum, buy-and-hold sum, sleeve count
+PORTFOLIO_STATE_WIDTH = BAR_WIDTH  # bar_init's state of the mean curve
 _EXPOSURE = 15       # columns of the statistics row (STAT_NAMES)
 _BUY_AND_HOLD = 16
 
@@ -151,68 +175,19 @@ def merge_accumulators(acc_a, acc_b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc):
-    if n == 0:
-        raise ValueError("portfolio kernels: a symbol without bars cannot be a sleeve")
-    if timeline_pos.shape[0] != n:
-        raise ValueError("portfolio kernels: timeline_pos needs one entry per bar")
-    if (equity_acc.shape[0] != m or trade_acc.shape[0] != m or extra_acc.shape[0] != m
+def _check_folds(m, trade_acc, extra_acc):
+    if (trade_acc.shape[0] != m or extra_acc.shape[0] != m
             or trade_acc.shape[1] != TRADE_ACC_WIDTH or extra_acc.shape[1] != EXTRA_WIDTH):
         raise ValueError("portfolio kernels: accumulators must be equity (m, T), trade (m, 9) "
                          "and extra (m, 3) for the batch's m parameter sets")
-    n_timeline = equity_acc.shape[1]
-    if timeline_pos[0] < 0 or timeline_pos[n - 1] >= n_timeline:
-        raise ValueError("portfolio kernels: timeline_pos points outside the union timeline")
-    for t in range(1, n):
-        if timeline_pos[t] <= timeline_pos[t - 1]:
-            raise ValueError("portfolio kernels: timeline_pos must be strictly increasing")
 
 
 @numba.njit(cache=True, nogil=True)
-def _gaps(timeline_pos):
-    """Bars ``t`` followed by a gap in the union timeline (``pos[t + 1] > pos[t] + 1``)."""
-    n = timeline_pos.shape[0]
-    out = np.empty(n, dtype=np.int64)
-    g = 0
-    for t in range(n - 1):
-        if timeline_pos[t + 1] > timeline_pos[t] + 1:
-            out[g] = t
-            g += 1
-    return out[:g]
-
-
-@numba.njit(inline="always")
-def _add_run(row, equity_buf, t0, t1, p0):
-    # Bars t0 .. t1 - 1 sit at the contiguous positions p0 .. p0 + t1 - t0 - 1.
-    seg = row[p0:p0 + t1 - t0]
-    src = equity_buf[t0:t1]
-    for i in range(t1 - t0):
-        seg[i] += src[i]
-
-
-@numba.njit(cache=True, nogil=True)
-def _sleeve_add(row, timeline_pos, gaps, equity_buf, cash):
-    # Add the sleeve's curve on the union timeline into ``row``: cash before its
-    # first bar, bar t's equity from its own timestamp up to the next bar's (or
-    # the end). The bar loop only buffers the curve; this separate (not inlined)
-    # function adds it, runs of bars at contiguous positions as plain vector
-    # adds. Filling inside the bar loop cost 27 % on 184 SMA sets x 2,520 bars,
-    # this ~12 %; inlining it also slowed the targets kernel's bar loop 1.9x.
-    n = equity_buf.shape[0]
-    for j in range(timeline_pos[0]):
-        row[j] += cash
-    t0 = 0
-    for i in range(gaps.shape[0]):
-        t = gaps[i]
-        _add_run(row, equity_buf, t0, t + 1, timeline_pos[t0])
-        e = equity_buf[t]
-        for j in range(timeline_pos[t] + 1, timeline_pos[t + 1]):
-            row[j] += e
-        t0 = t + 1
-    _add_run(row, equity_buf, t0, n, timeline_pos[t0])
-    e = equity_buf[n - 1]
-    for j in range(timeline_pos[n - 1] + 1, row.shape[0]):
-        row[j] += e
+def _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc):
+    if n == 0:
+        raise ValueError("portfolio kernels: a symbol without bars cannot be a sleeve")
+    check_timeline(n, m, timeline_pos, equity_acc)
+    _check_folds(m, trade_acc, extra_acc)
 
 
 @numba.njit(inline="always")
@@ -231,83 +206,34 @@ def _fold_sleeve(k, row_stats, trade_st, trade_acc, extra_acc):
     extra_acc[k, 2] += 1.0
 
 
-@numba.njit(inline="always")
-def _batch_eq(kind, ind, idx, fparams, open_, high, low, close, timeline_pos, periods_per_year,
-              cash, commission, slippage_bps, whole_units, stop_loss, take_profit, direction,
-              equity_acc, trade_acc, extra_acc):
-    # strategies._batch plus the sleeve bookkeeping; the simulation and statistics
-    # calls are the same, in the same order, so the rows are bit-identical.
-    m = idx.shape[0]
-    n = close.shape[0]
-    out = np.empty((m, N_STATS))
-    dummy_f = np.empty(0)
-    dummy_i = np.empty((0, 3), dtype=np.int64)
-    dummy_t = np.empty((0, 5))
-    equity_buf = np.empty(n)  # one set's curve on the symbol's own bars
-    gaps = _gaps(timeline_pos)
+@numba.njit(cache=True, nogil=True)
+def fold_sleeves(state, rows, trade_acc, extra_acc):
+    """Pool finished sleeves into the trade and extra accumulators, once per symbol at its end.
+
+    ``state`` (m, RUN_STATE_WIDTH): the runs' final states (their trade
+    accumulators); ``rows`` (m, N_STATS): their :func:`~admf_dask.kernels.state.finalize_runs`
+    rows (exposure, buy-and-hold). Set ``k``'s trades are merged into
+    ``trade_acc[k]`` and ``[exposure, buy_and_hold_return, 1]`` added into ``extra_acc[k]``.
+    """
+    m = state.shape[0]
+    if rows.shape[0] != m or rows.shape[1] != N_STATS:
+        raise ValueError("fold_sleeves: rows must be (m, N_STATS) for the state's m runs")
+    _check_folds(m, trade_acc, extra_acc)
     for k in range(m):
-        i0 = idx[k, 0]
-        i1 = idx[k, 1]
-        i2 = idx[k, 2]
-        p0 = fparams[k, 0]
-        p1 = fparams[k, 1]
-        sim = sim_init(cash)
-        bar_st = bar_init()
-        trade_st = trade_init()
-        state = 0
-        target = 0  # decided at the previous bar's close
-        for t in range(n):
-            sim, bar_st, trade_st = sim_step(
-                sim, bar_st, trade_st, t, target, open_[t], high[t], low[t], close[t],
-                commission, slippage_bps, whole_units, stop_loss, take_profit, False,
-                dummy_f, dummy_f, dummy_i, dummy_t)
-            state = signal_step(kind, ind, i0, i1, i2, p0, p1, close, t, state)
-            target = _clip(state, direction)
-            equity_buf[t] = bar_st[1]  # equity at t's close
-        _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, cash)
-        out[k] = finalize(bar_st, trade_st, close, periods_per_year)
-        _fold_sleeve(k, out[k], trade_st, trade_acc, extra_acc)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_cross(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(CROSS, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex)
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_rsi(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(RSI, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex)
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_bb_reversion(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(BB_REVERSION, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
-                     eq, tr, ex)
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_bb_breakout(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(BB_BREAKOUT, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
-                     eq, tr, ex)
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_donchian(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(DONCHIAN, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
-                     eq, tr, ex)
-
-
-@numba.njit(cache=True, nogil=True)
-def _eq_momentum(ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d, eq, tr, ex):
-    return _batch_eq(MOMENTUM, ind, idx, fp, o, h, lo, c, pos, ppy, cash, comm, slip, whole, sl, tp, d,
-                     eq, tr, ex)
+        r = TRADE0
+        trade_st = (state[k, r], state[k, r + 1], state[k, r + 2], state[k, r + 3], state[k, r + 4],
+                    state[k, r + 5], state[k, r + 6], state[k, r + 7], state[k, r + 8])
+        _fold_sleeve(k, rows[k], trade_st, trade_acc, extra_acc)
 
 
 def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close, timeline_pos,
                                periods_per_year, cash, commission, slippage_bps, whole_units,
                                stop_loss, take_profit, direction, equity_acc, trade_acc, extra_acc):
     """``run_strategy_batch`` on one symbol that also adds its sleeves into the accumulators.
+
+    The one-chunk case of :func:`~admf_dask.kernels.strategies.strategy_chunk` with
+    ``equity_acc``, then :func:`~admf_dask.kernels.state.finalize_runs` and
+    :func:`fold_sleeves`.
 
     Parameters
     ----------
@@ -343,16 +269,17 @@ def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close,
     # Dispatched in Python so that only the kind in use is compiled (see run_strategy_batch).
     _check(ind, idx, fparams, open_, high, low, close)
     _check_acc(close.shape[0], idx.shape[0], timeline_pos, equity_acc, trade_acc, extra_acc)
-    kernel = _EQ_KERNELS.get(int(kind))
+    kernel = _CHUNK_EQ_KERNELS.get(int(kind))
     if kernel is None:
         raise ValueError("strategy_batch_with_equity: unknown strategy kind")
-    return kernel(ind, idx, fparams, open_, high, low, close, timeline_pos, float(periods_per_year),
-                  float(cash), float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
-                  float(take_profit), int(direction), equity_acc, trade_acc, extra_acc)
-
-
-_EQ_KERNELS = {CROSS: _eq_cross, RSI: _eq_rsi, BB_REVERSION: _eq_bb_reversion, BB_BREAKOUT: _eq_bb_breakout,
-               DONCHIAN: _eq_donchian, MOMENTUM: _eq_momentum}
+    state = run_state_init(idx.shape[0], float(cash))
+    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state, float(commission),
+           float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction),
+           timeline_pos, equity_acc)
+    first, last = close_ends(close)
+    rows = finalize_runs(state, first, last, float(periods_per_year))
+    fold_sleeves(state, rows, trade_acc, extra_acc)
+    return rows
 
 
 @numba.njit(cache=True, nogil=True)
@@ -366,7 +293,8 @@ def targets_batch_with_equity(targets, open_, high, low, close, timeline_pos, pe
     already clipped to the direction mode (as ``backtest.run_batch`` does). The
     other arguments are those of :func:`strategy_batch_with_equity`. Returns
     float64 (m, N_STATS), bit-identical to
-    :func:`admf_dask.kernels.simulate.simulate_stats_batch`'s rows.
+    :func:`admf_dask.kernels.simulate.simulate_stats_batch`'s rows. The one-chunk
+    case of :func:`~admf_dask.kernels.simulate.simulate_stats_chunk` with ``equity_acc``.
     """
     n = close.shape[0]
     m = targets.shape[0]
@@ -375,28 +303,95 @@ def targets_batch_with_equity(targets, open_, high, low, close, timeline_pos, pe
         raise ValueError(
             "targets_batch_with_equity: open, high, low, close and targets need the same number of bars")
     _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc)
-    cash = float(cash)
-    out = np.empty((m, N_STATS))
-    dummy_f = np.empty(0)
-    dummy_i = np.empty((0, 3), dtype=np.int64)
-    dummy_t = np.empty((0, 5))
-    equity_buf = np.empty(n)
-    gaps = _gaps(timeline_pos)
+    state = run_state_init(m, cash)
+    _chunk_stats_eq(open_, high, low, close, targets, 0, None, state, commission, slippage_bps,
+                    whole_units, stop_loss, take_profit, timeline_pos, equity_acc)
+    first, last = close_ends(close)
+    rows = finalize_runs(state, first, last, periods_per_year)
+    fold_sleeves(state, rows, trade_acc, extra_acc)
+    return rows
+
+
+# ---------------------------------------------------------------- portfolio statistics
+
+
+@numba.njit(cache=True, nogil=True)
+def portfolio_state_init(m):
+    """Empty portfolio bar states, float64 ``(m, PORTFOLIO_STATE_WIDTH)``: ``bar_init()`` per row."""
+    st = bar_init()
+    out = np.empty((m, PORTFOLIO_STATE_WIDTH))
     for k in range(m):
-        sim = sim_init(cash)
-        bar_st = bar_init()
-        trade_st = trade_init()
-        tk = targets[k]
-        for t in range(n):
-            raw = tk[t - 1] if t > 0 else 0
-            sim, bar_st, trade_st = sim_step(
-                sim, bar_st, trade_st, t, raw, open_[t], high[t], low[t], close[t],
-                commission, slippage_bps, whole_units, stop_loss, take_profit, False,
-                dummy_f, dummy_f, dummy_i, dummy_t)
-            equity_buf[t] = bar_st[1]
-        _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, cash)
-        out[k] = finalize(bar_st, trade_st, close, periods_per_year)
-        _fold_sleeve(k, out[k], trade_st, trade_acc, extra_acc)
+        for j in range(PORTFOLIO_STATE_WIDTH):
+            out[k, j] = st[j]
+    return out
+
+
+@numba.njit(inline="always")
+def _pfold(equity_acc, sleeves, t0, pstate):
+    m = equity_acc.shape[0]
+    n_window = equity_acc.shape[1]
+    for k in range(m):
+        s = sleeves[k]
+        if not s > 0.0:
+            continue
+        p = pstate[k]
+        bar_st = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                  p[12], p[13])
+        for j in range(n_window):
+            bar_st = bar_update(bar_st, t0 + j, equity_acc[k, j] / s, False)
+        for j in range(PORTFOLIO_STATE_WIDTH):
+            p[j] = bar_st[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def portfolio_fold(equity_acc, sleeves, t0, pstate):
+    """Fold a window of the summed equity into the portfolio bar states.
+
+    ``equity_acc`` (m, T_w): the window's columns of the union timeline, which
+    start at global timeline index ``t0`` (the columns folded before);
+    ``sleeves`` float64 (m,): each row's sleeve count (``extra_acc[:, 2]`` once
+    every symbol is folded); ``pstate`` (m, PORTFOLIO_STATE_WIDTH) from
+    :func:`portfolio_state_init`, updated in place: ``bar_update`` over the mean
+    curve ``equity_acc[k, j] / sleeves[k]`` at global index ``t0 + j``. Rows
+    without a sleeve are left alone.
+    """
+    m = equity_acc.shape[0]
+    if sleeves.shape[0] != m or pstate.shape[0] != m or pstate.shape[1] != PORTFOLIO_STATE_WIDTH:
+        raise ValueError("portfolio_fold: sleeves must be (m,) and pstate (m, PORTFOLIO_STATE_WIDTH)")
+    for k in range(m):
+        if sleeves[k] > 0.0 and pstate[k, PORTFOLIO_STATE_WIDTH - 1] != t0:
+            raise ValueError("portfolio_fold: t0 must equal the timeline columns already folded")
+    _pfold(equity_acc, sleeves, t0, pstate)
+
+
+@numba.njit(cache=True, nogil=True)
+def portfolio_finalize(pstate, trade_acc, extra_acc, periods_per_year):
+    """The portfolio rows (m, N_STATS) from the folded bar states and the pooled accumulators.
+
+    Bar statistics from ``pstate`` (:func:`portfolio_fold`), pooled trade
+    statistics from ``trade_acc[k]``, ``exposure`` and ``buy_and_hold_return`` the
+    sleeve means (module docstring). A row with no sleeve (or no timeline) is all NaN.
+    """
+    m = pstate.shape[0]
+    if (trade_acc.shape[0] != m or extra_acc.shape[0] != m
+            or trade_acc.shape[1] != TRADE_ACC_WIDTH or extra_acc.shape[1] != EXTRA_WIDTH):
+        raise ValueError("portfolio_stats: accumulators must be equity (m, T), trade (m, 9) and extra (m, 3)")
+    out = np.full((m, N_STATS), np.nan)
+    for k in range(m):
+        sleeves = extra_acc[k, 2]
+        p = pstate[k]
+        if not sleeves > 0.0 or p[PORTFOLIO_STATE_WIDTH - 1] == 0.0:
+            continue
+        bar_st = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                  p[12], p[13])
+        trade_st = (trade_acc[k, 0], trade_acc[k, 1], trade_acc[k, 2], trade_acc[k, 3],
+                    trade_acc[k, 4], trade_acc[k, 5], trade_acc[k, 6], trade_acc[k, 7],
+                    trade_acc[k, 8])
+        # buy-and-hold is overwritten with the sleeves' mean below
+        row = finalize(bar_st, trade_st, 1.0, 1.0, periods_per_year)
+        row[_EXPOSURE] = extra_acc[k, 0] / sleeves
+        row[_BUY_AND_HOLD] = extra_acc[k, 1] / sleeves
+        out[k] = row
     return out
 
 
@@ -407,50 +402,50 @@ def portfolio_stats(equity_acc, trade_acc, extra_acc, periods_per_year):
     Mean curve ``equity_acc[k] / sleeves`` through ``bar_update`` over the union
     timeline and ``finalize``; pooled trade statistics from ``trade_acc[k]``;
     ``exposure`` and ``buy_and_hold_return`` the sleeve means (module docstring).
-    A row with no sleeve (or an empty timeline) is all NaN.
+    A row with no sleeve (or an empty timeline) is all NaN. The one-window case
+    of :func:`portfolio_fold` and :func:`portfolio_finalize`.
     """
     m = equity_acc.shape[0]
-    n_timeline = equity_acc.shape[1]
     if (trade_acc.shape[0] != m or extra_acc.shape[0] != m
             or trade_acc.shape[1] != TRADE_ACC_WIDTH or extra_acc.shape[1] != EXTRA_WIDTH):
         raise ValueError("portfolio_stats: accumulators must be equity (m, T), trade (m, 9) and extra (m, 3)")
-    out = np.full((m, N_STATS), np.nan)
-    no_close = np.ones(1)  # buy-and-hold is overwritten with the sleeves' mean below
-    for k in range(m):
-        sleeves = extra_acc[k, 2]
-        if not sleeves > 0.0 or n_timeline == 0:
-            continue
-        bar_st = bar_init()
-        for t in range(n_timeline):
-            bar_st = bar_update(bar_st, t, equity_acc[k, t] / sleeves, False)
-        trade_st = (trade_acc[k, 0], trade_acc[k, 1], trade_acc[k, 2], trade_acc[k, 3],
-                    trade_acc[k, 4], trade_acc[k, 5], trade_acc[k, 6], trade_acc[k, 7],
-                    trade_acc[k, 8])
-        row = finalize(bar_st, trade_st, no_close, periods_per_year)
-        row[_EXPOSURE] = extra_acc[k, 0] / sleeves
-        row[_BUY_AND_HOLD] = extra_acc[k, 1] / sleeves
-        out[k] = row
-    return out
+    pstate = portfolio_state_init(m)
+    _pfold(equity_acc, extra_acc[:, 2], 0, pstate)
+    return portfolio_finalize(pstate, trade_acc, extra_acc, periods_per_year)
 
 
 @numba.njit(cache=True, nogil=True)
-def rebase_equity(equity_acc, timeline, union, sleeves, cash):
+def starting_equity(m, sleeves, cash):
+    """float64 (m,): ``sleeves`` starting cashes added one by one, as the sleeves' curves were.
+
+    The ``before`` of :func:`rebase_equity` for a group rebased over the whole series.
+    """
+    before = 0.0
+    for _ in range(sleeves):
+        before += cash
+    return np.full(m, before)
+
+
+@numba.njit(cache=True, nogil=True)
+def rebase_equity(equity_acc, timeline, union, before):
     """A group's summed sleeve equity ``(m, T_group)`` on its own ``timeline``, moved onto ``union``.
 
     ``union`` (sorted, a superset of ``timeline``) is the union timeline of every
-    group. Between the group's timestamps its sum is carried forward (each sleeve
-    is, so their sum is); before its first timestamp it is ``sleeves`` starting
-    cashes, added one by one as the sleeves would have been. A container folds its
-    symbols onto its own timeline, so no task waits for the union of all symbols.
+    group (or a window of it, with the group's timestamps in that window). Between
+    the group's timestamps its sum is carried forward (each sleeve is, so their
+    sum is); before its first timestamp it is ``before[k]`` (float64 (m,)): the
+    group's value carried in from the previous window, or over the whole series
+    its sleeves' starting cashes added one by one as the sleeves would have been
+    (:func:`starting_equity`). A container folds its symbols onto its own
+    timeline, so no task waits for the union of all symbols.
     """
     m = equity_acc.shape[0]
     n_union = union.shape[0]
     n = timeline.shape[0]
     if equity_acc.shape[1] != n:
         raise ValueError("rebase_equity: equity_acc needs one column per timeline entry")
-    before = 0.0
-    for _ in range(sleeves):
-        before += cash
+    if before.shape[0] != m:
+        raise ValueError("rebase_equity: before needs one value per row of equity_acc")
     src = np.empty(n_union, dtype=np.int64)  # the group's latest timestamp at or before each union one
     j = -1
     for u in range(n_union):
@@ -459,6 +454,7 @@ def rebase_equity(equity_acc, timeline, union, sleeves, cash):
         src[u] = j
     out = np.empty((m, n_union))
     for k in range(m):
+        b = before[k]
         for u in range(n_union):
-            out[k, u] = before if src[u] < 0 else equity_acc[k, src[u]]
+            out[k, u] = b if src[u] < 0 else equity_acc[k, src[u]]
     return out

@@ -7,16 +7,25 @@ float64 price arrays in (inputs may be read-only); kernels allocate their output
 kernel runs: holding the GIL, a worker busy with a 0.5 s task kept the others
 waiting for the indicator sets it held (a second of a 9 s sweep on 2 workers).
 
-Two entry points run one state machine, ``_run``, so they cannot disagree:
+One state machine, ``sim_step`` (one bar), driven by one loop, ``_targets_run``
+(one run over a time chunk of bars from its run state, see
+:mod:`admf_dask.kernels.state`), so the entry points cannot disagree:
 
 * ``simulate`` is the reference path: equity curve, position and the closed
-  trades, for reports and tests.
+  trades, for reports and tests. It is the one-chunk case of ``simulate_chunk``,
+  which records a chunk's bars and the trades closed within it (global bar
+  indices), so a series simulated chunk by chunk gives the same curve and trades.
 * ``simulate_stats`` (and ``simulate_stats_batch`` over many target rows) is the
   fused path for sweeps: the same loop with recording switched off, folding each
   bar and each closed trade into the accumulators of
   ``admf_dask.kernels.stats`` as it goes; no per-bar arrays, no allocation in the
   loop. ``compute_stats(*simulate(...), close, ppy)`` equals
-  ``simulate_stats(...)`` bit for bit (the tests pin it).
+  ``simulate_stats(...)`` bit for bit (the tests pin it). ``simulate_stats_batch``
+  is the one-chunk case of ``simulate_stats_chunk`` (which can also add each
+  run's sleeve equity into a portfolio accumulator row) and ``finalize_runs``.
+
+Whatever the chunks, the per-bar calls are the same, with the same values in the
+same order, as over the whole series: results are bit-identical.
 
 Execution semantics
 -------------------
@@ -96,11 +105,23 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from admf_dask.kernels.stats import (
-    N_STATS, TRADE_FIELDS, bar_init, bar_update, finalize, trade_init, trade_update,
+from admf_dask.kernels.state import (
+    N_TRADES, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends,
+    finalize_runs, h_base, pack_run, run_state_init, sim_init, sleeve_before, t0_arg, t_base,
+    unpack_run,
 )
+from admf_dask.kernels.stats import TRADE_FIELDS, bar_update, trade_update
 
-__all__ = ["simulate", "simulate_stats", "simulate_stats_batch", "sim_init", "sim_step", "TRADE_FIELDS"]
+__all__ = [
+    "TRADE_FIELDS",
+    "sim_init",
+    "sim_step",
+    "simulate",
+    "simulate_chunk",
+    "simulate_stats",
+    "simulate_stats_batch",
+    "simulate_stats_chunk",
+]
 
 # backtesting.py's default order size: "all equity" as a fraction just below 1.
 _FULL_EQUITY = 1.0 - sys.float_info.epsilon
@@ -224,21 +245,9 @@ def _record_trade(trade_int, trade_float, k, entry_bar, exit_bar, direction, uni
     trade_float[k, 4] = ret
 
 
-@numba.njit(cache=True, nogil=True)
-def sim_init(cash):
-    """Start state of the per-bar state machine ``sim_step``: flat, ``cash`` in hand.
-
-    A tuple ``(direction, units, entry_price, entry_comm, entry_bar, sl_price,
-    tp_price, stopped_dir, ruined, cash, n_trades, fraction)``; callers only pass
-    it on. ``fraction`` is the size fraction of the open position (float
-    targets only; int-target loops never read it).
-    """
-    return (0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0, False, float(cash), 0, 1.0)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bps,
-             whole_units, stop_loss, take_profit, record, equity_out, position_out,
+             whole_units, stop_loss, take_profit, record, bar0, tr0, equity_out, position_out,
              trade_int, trade_float):
     """Advance the simulation over bar ``t``; ``raw`` is the target decided at ``t - 1``.
 
@@ -250,8 +259,10 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
     and the fused strategy kernels (``admf_dask.kernels.strategies``, targets
     computed inline) both call it, so they cannot disagree. Folds the bar and any
     closed trade into the statistics states ``bar_st`` / ``trade_st``; writes the
-    per-bar and per-trade arrays only if ``record``. Returns
-    ``(sim, bar_st, trade_st)``.
+    per-bar and per-trade arrays only if ``record``: bar ``t`` at ``t - bar0``, the
+    run's trade number ``j`` at row ``j - tr0`` (a chunk's arrays start at its
+    first bar and at the trades closed before it). ``t`` is the global bar index.
+    Returns ``(sim, bar_st, trade_st)``.
     """
     (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
      stopped_dir, ruined, cash, n_tr, frac) = sim
@@ -277,7 +288,7 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
                                            entry_comm, fill, commission)
                     trade_st = trade_update(trade_st, pnl, ret)
                     if record:
-                        _record_trade(trade_int, trade_float, n_tr, entry_bar, t,
+                        _record_trade(trade_int, trade_float, n_tr - tr0, entry_bar, t,
                                       direction, units, entry_price, fill, pnl, ret)
                     n_tr += 1
                     direction = 0
@@ -323,7 +334,7 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
                                    exit_fill, commission)
             trade_st = trade_update(trade_st, pnl, ret)
             if record:
-                _record_trade(trade_int, trade_float, n_tr, entry_bar, t,
+                _record_trade(trade_int, trade_float, n_tr - tr0, entry_bar, t,
                               direction, units, entry_price, exit_fill, pnl, ret)
             n_tr += 1
             direction = 0
@@ -335,41 +346,110 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
 
     bar_st = bar_update(bar_st, t, equity, in_market)
     if record:
-        equity_out[t] = equity
-        position_out[t] = direction * units
+        equity_out[t - bar0] = equity
+        position_out[t - bar0] = direction * units
     sim = (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
            stopped_dir, ruined, cash, n_tr, frac)
     return sim, bar_st, trade_st
 
 
-@numba.njit(cache=True, nogil=True)
-def _run(open_, high, low, close, targets, cash, commission, slippage_bps, whole_units,
-         stop_loss, take_profit, record, equity_out, position_out, trade_int, trade_float):
-    """The state machine over a target array. Writes per-bar and per-trade arrays only if ``record``.
+def _pending_as(pending, like):
+    """The pending target of a state (a float) as the loop's target type: int for int rows."""
 
-    Returns ``(n_trades, bar_state, trade_state)``.
-    """
+
+@overload(_pending_as, inline="always")
+def _pending_as_ol(pending, like):
+    dt = like.dtype
+    if isinstance(dt, types.Float):
+        return lambda pending, like: pending
+    if _int_like(dt):
+        return lambda pending, like: int(pending)
+    return None
+
+
+@numba.njit(inline="always")
+def _targets_run(tk, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                 stop_loss, take_profit, record, with_eq, equity_out, position_out, trade_int,
+                 trade_float, equity_buf):
+    # One run over a chunk's bars from its state row, which it updates. ``record``
+    # and ``with_eq`` are constants at every call site: the statistics-only loop
+    # carries no recording branches at all (4x faster than a runtime flag). The
+    # arrays are viewed from the chunk's first bar and indexed by the loop
+    # counter (an index offset by a runtime ``h`` costs numba's negative-index
+    # checks on every read); with ``t0`` None (the chunk starts the series) ``tb``
+    # and ``hh`` are constants 0 and the views the arrays themselves: the loop of
+    # before chunks (state.t_base).
+    tb = t_base(t0)
+    hh = h_base(h, t0)
+    nc = close.shape[0] - hh
+    o_ = chunk_view(open_, h, t0)
+    h_ = chunk_view(high, h, t0)
+    l_ = chunk_view(low, h, t0)
+    c_ = chunk_view(close, h, t0)
+    tc = chunk_view(tk, h, t0)
+    sim, bar_st, trade_st, signal, pending = unpack_run(row)
+    tr0 = sim[10]
+    first = _pending_as(pending, tk)  # decided at the previous chunk's last close
+    for j in range(nc):
+        raw = tc[j - 1] if j > 0 else first
+        sim, bar_st, trade_st = sim_step(
+            sim, bar_st, trade_st, tb + j, raw, o_[j], h_[j], l_[j], c_[j],
+            commission, slippage_bps, whole_units, stop_loss, take_profit, record, tb, tr0,
+            equity_out, position_out, trade_int, trade_float)
+        if with_eq:
+            equity_buf[j] = bar_st[1]  # equity at the close
+    if nc > 0:
+        pending = float(tc[nc - 1])
+    pack_run(row, sim, bar_st, trade_st, signal, pending)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_stats(tk, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+               stop_loss, take_profit):
+    # One run, statistics only: compiled apart, as the loop of before chunks was
+    # (inlined into the batch loop it ran ~5 % slower).
+    dummy_f = np.empty(0)
+    _targets_run(tk, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                 stop_loss, take_profit, False, False, dummy_f, dummy_f,
+                 np.empty((0, 3), dtype=np.int64), np.empty((0, 5)), dummy_f)
+
+
+@numba.njit(inline="always")
+def _stats_chunk(with_eq, open_, high, low, close, targets, h, t0, state, commission,
+                 slippage_bps, whole_units, stop_loss, take_profit, timeline_pos, equity_acc):
+    m = targets.shape[0]
     n = close.shape[0]
-    sim = sim_init(cash)
-    bar_st = bar_init()
-    trade_st = trade_init()
-    # Two copies of the loop so that ``record`` is a constant in each: the
-    # statistics-only loop then carries no recording branches at all (4x faster).
-    if record:
-        for t in range(n):
-            raw = targets[t - 1] if t > 0 else 0
-            sim, bar_st, trade_st = sim_step(
-                sim, bar_st, trade_st, t, raw, open_[t], high[t], low[t], close[t],
-                commission, slippage_bps, whole_units, stop_loss, take_profit, True,
-                equity_out, position_out, trade_int, trade_float)
-    else:
-        for t in range(n):
-            raw = targets[t - 1] if t > 0 else 0
-            sim, bar_st, trade_st = sim_step(
-                sim, bar_st, trade_st, t, raw, open_[t], high[t], low[t], close[t],
-                commission, slippage_bps, whole_units, stop_loss, take_profit, False,
-                equity_out, position_out, trade_int, trade_float)
-    return sim[10], bar_st, trade_st
+    dummy_f = np.empty(0)
+    dummy_i = np.empty((0, 3), dtype=np.int64)
+    dummy_t = np.empty((0, 5))
+    equity_buf = np.empty(n - h if with_eq else 0)  # one run's curve on the chunk's bars
+    gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
+    for k in range(m):
+        row = state[k]
+        before = sleeve_before(row) if with_eq else 0.0
+        if with_eq:
+            _targets_run(targets[k], open_, high, low, close, h, t0, row, commission, slippage_bps,
+                         whole_units, stop_loss, take_profit, False, True, dummy_f, dummy_f,
+                         dummy_i, dummy_t, equity_buf)
+        else:
+            _row_stats(targets[k], open_, high, low, close, h, t0, row, commission, slippage_bps,
+                       whole_units, stop_loss, take_profit)
+        if with_eq:
+            _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, before)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_stats(open_, high, low, close, targets, h, t0, state, commission, slippage_bps,
+                 whole_units, stop_loss, take_profit):
+    _stats_chunk(False, open_, high, low, close, targets, h, t0, state, commission, slippage_bps,
+                 whole_units, stop_loss, take_profit, np.empty(0, dtype=np.int64), np.empty((0, 0)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_stats_eq(open_, high, low, close, targets, h, t0, state, commission, slippage_bps,
+                    whole_units, stop_loss, take_profit, timeline_pos, equity_acc):
+    _stats_chunk(True, open_, high, low, close, targets, h, t0, state, commission, slippage_bps,
+                 whole_units, stop_loss, take_profit, timeline_pos, equity_acc)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,9 +462,62 @@ def _check_inputs(open_, high, low, close, targets):
 
 
 @numba.njit(cache=True, nogil=True)
+def simulate_chunk(open_, high, low, close, targets, h, t0, state, commission=0.0,
+                   slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
+    """``simulate`` over one time chunk: the chunk's equity, position and the trades it closed.
+
+    Parameters
+    ----------
+    open_, high, low, close : float64 arrays (h + c,)
+        ``h`` halo bars (processed by the previous chunk; not read) and the
+        chunk's ``c`` bars (see :mod:`admf_dask.kernels.state`).
+    targets : int or float array (h + c,)
+        Aligned with the prices; ``targets[i]`` is decided at chunk bar ``i``. The
+        chunk's first bar trades the state's pending target.
+    h, t0 : int
+        Halo bars, and the global index of the chunk's first bar (the bars
+        processed before it).
+    state : float64 (1, RUN_STATE_WIDTH)
+        The run's state (:func:`~admf_dask.kernels.state.run_state_init` with the
+        starting cash), updated in place.
+    commission, slippage_bps, whole_units, stop_loss, take_profit
+        As :func:`simulate`.
+
+    Returns
+    -------
+    ``(equity (c,), position (c,), trades)``: the chunk's bars, and the trades
+    closed within it (``TRADE_FIELDS``, global entry and exit bars). Concatenated
+    over the chunks of a series, they are ``simulate``'s on the whole series.
+    """
+    _check_inputs(open_, high, low, close, targets)
+    n = close.shape[0]
+    check_state(state, 1, t_base(t0), h, n)
+    nc = n - h
+    equity = np.empty(nc)
+    position = np.empty(nc)
+    # Trades closed in the chunk: at most the position carried in plus one per entry.
+    trade_int = np.empty((nc + 1, 3), dtype=np.int64)
+    trade_float = np.empty((nc + 1, 5))
+    tr0 = int(state[0, N_TRADES])
+    _targets_run(targets, open_, high, low, close, h, t0, state[0], commission, slippage_bps,
+                 whole_units, stop_loss, take_profit, True, False, equity, position, trade_int,
+                 trade_float, equity)
+    n_tr = int(state[0, N_TRADES]) - tr0
+    trades = (
+        trade_int[:n_tr, 0].copy(), trade_int[:n_tr, 1].copy(), trade_int[:n_tr, 2].copy(),
+        trade_float[:n_tr, 0].copy(), trade_float[:n_tr, 1].copy(),
+        trade_float[:n_tr, 2].copy(), trade_float[:n_tr, 3].copy(),
+        trade_float[:n_tr, 4].copy(),
+    )
+    return equity, position, trades
+
+
+@numba.njit(cache=True, nogil=True)
 def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
              slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
     """Reference single run: equity curve, position and closed trades.
+
+    The one-chunk case of :func:`simulate_chunk`.
 
     Parameters
     ----------
@@ -420,21 +553,9 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     >>> entry_bar, exit_bar, direction, size, entry_px, exit_px, pnl, ret = trades  # doctest: +SKIP
     """
     _check_inputs(open_, high, low, close, targets)
-    n = close.shape[0]
-    equity = np.empty(n)
-    position = np.empty(n)
-    trade_int = np.empty((n, 3), dtype=np.int64)
-    trade_float = np.empty((n, 5))
-    n_tr, _, _ = _run(open_, high, low, close, targets, cash, commission, slippage_bps,
-                      whole_units, stop_loss, take_profit, True, equity, position,
-                      trade_int, trade_float)
-    trades = (
-        trade_int[:n_tr, 0].copy(), trade_int[:n_tr, 1].copy(), trade_int[:n_tr, 2].copy(),
-        trade_float[:n_tr, 0].copy(), trade_float[:n_tr, 1].copy(),
-        trade_float[:n_tr, 2].copy(), trade_float[:n_tr, 3].copy(),
-        trade_float[:n_tr, 4].copy(),
-    )
-    return equity, position, trades
+    state = run_state_init(1, cash)
+    return simulate_chunk(open_, high, low, close, targets, 0, None, state, commission, slippage_bps,
+                          whole_units, stop_loss, take_profit)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -453,12 +574,55 @@ def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_0
     >>> dict(zip(STAT_NAMES, row))["sharpe"]                                # doctest: +SKIP
     """
     _check_inputs(open_, high, low, close, targets)
+    state = run_state_init(1, cash)
     dummy_f = np.empty(0)
-    _, bar_st, trade_st = _run(open_, high, low, close, targets, cash, commission,
-                               slippage_bps, whole_units, stop_loss, take_profit, False,
-                               dummy_f, dummy_f, np.empty((0, 3), dtype=np.int64),
-                               np.empty((0, 5)))
-    return finalize(bar_st, trade_st, close, periods_per_year)
+    _targets_run(targets, open_, high, low, close, 0, None, state[0], commission, slippage_bps,
+                 whole_units, stop_loss, take_profit, False, False, dummy_f, dummy_f,
+                 np.empty((0, 3), dtype=np.int64), np.empty((0, 5)), dummy_f)
+    first, last = close_ends(close)
+    return finalize_runs(state, first, last, periods_per_year)[0]
+
+
+def simulate_stats_chunk(open_, high, low, close, targets, h, t0, state, commission=0.0,
+                         slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan,
+                         timeline_pos=None, equity_acc=None):
+    """Advance ``m`` runs over a target matrix's time chunk, folding statistics only.
+
+    Parameters
+    ----------
+    open_, high, low, close : float64 (h + c,)
+        ``h`` halo bars, then the chunk's ``c`` bars (:mod:`admf_dask.kernels.state`).
+    targets : int or float (m, h + c)
+        One row per run, aligned with the prices (``targets[k, i]`` is decided at
+        chunk bar ``i``; the chunk's first bar trades the state's pending target).
+    h, t0 : int
+        Halo bars and the global index of the chunk's first bar.
+    state : float64 (m, RUN_STATE_WIDTH)
+        The runs' states, updated in place.
+    commission, slippage_bps, whole_units, stop_loss, take_profit
+        As :func:`simulate`.
+    timeline_pos, equity_acc : int64 (c,), float64 (m, T), optional
+        Also add each run's sleeve equity over the chunk into ``equity_acc[k]``:
+        the run's equity before the chunk up to the chunk's first bar's position,
+        then its equity at each close carried forward to the next bar's position
+        and, after the last bar, to the end of the row (see
+        :mod:`admf_dask.kernels.portfolio`).
+
+    Finish with :func:`~admf_dask.kernels.state.finalize_runs`; ``simulate_stats_batch``
+    is the one-chunk case.
+    """
+    h, t0 = int(h), int(t0)
+    _check_inputs(open_, high, low, close, targets)
+    if targets.ndim != 2:
+        raise ValueError("simulate_stats_chunk: targets must be (m, bars)")
+    check_state(state, targets.shape[0], t0, h, close.shape[0])
+    args = (open_, high, low, close, targets, h, t0_arg(t0), state, float(commission), float(slippage_bps),
+            bool(whole_units), float(stop_loss), float(take_profit))
+    if equity_acc is None:
+        _chunk_stats(*args)
+        return
+    check_timeline(close.shape[0] - h, targets.shape[0], timeline_pos, equity_acc)
+    _chunk_stats_eq(*args, timeline_pos, equity_acc)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -468,17 +632,12 @@ def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cas
     """``simulate_stats`` for each row of a (m, n) target matrix: returns (m, N_STATS).
 
     One row per parameter set over the same bars and costs: the shape a sweep
-    batch produces. Runs on one core; parallelism is the caller's business.
+    batch produces. Runs on one core; parallelism is the caller's business. The
+    one-chunk case of :func:`simulate_stats_chunk`.
     """
     _check_inputs(open_, high, low, close, targets)
-    m = targets.shape[0]
-    out = np.empty((m, N_STATS))
-    dummy_f = np.empty(0)
-    dummy_i = np.empty((0, 3), dtype=np.int64)
-    dummy_t = np.empty((0, 5))
-    for k in range(m):
-        _, bar_st, trade_st = _run(open_, high, low, close, targets[k], cash, commission,
-                                   slippage_bps, whole_units, stop_loss, take_profit, False,
-                                   dummy_f, dummy_f, dummy_i, dummy_t)
-        out[k] = finalize(bar_st, trade_st, close, periods_per_year)
-    return out
+    state = run_state_init(targets.shape[0], cash)
+    _chunk_stats(open_, high, low, close, targets, 0, None, state, commission, slippage_bps,
+                 whole_units, stop_loss, take_profit)
+    first, last = close_ends(close)
+    return finalize_runs(state, first, last, periods_per_year)

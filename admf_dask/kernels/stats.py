@@ -6,11 +6,15 @@ float64 arrays in (inputs may be read-only); kernels allocate their outputs.
 
 The statistics are accumulated by two small compiled functions, ``bar_update``
 (one call per bar) and ``trade_update`` (one call per closed trade), whose state
-is a tuple of floats, then turned into a row by ``finalize``. ``compute_stats``
+is a tuple of floats, then turned into a row by ``finalize`` (which needs only
+the first and last close besides: the buy-and-hold return). ``compute_stats``
 drives them from a finished equity curve and trade list; the fused simulation
 (``admf_dask.kernels.simulate.simulate_stats``) drives them from inside its bar
 loop. Both call the same functions with the same values in the same order, so
-the two paths give bit-identical rows.
+the two paths give bit-identical rows. The states are plain floats, so a run
+processed in time chunks carries them from chunk to chunk in its run state
+(:mod:`admf_dask.kernels.state`). :class:`PeriodsPerYearStream` is
+:func:`periods_per_year` over timestamps that arrive chunk by chunk.
 
 Statistic definitions (all fractions, not percent; ``N`` is ``periods_per_year``;
 ``r_t = equity[t] / equity[t-1] - 1`` for ``t = 1 .. n-1``, ``m = n - 1`` returns):
@@ -174,8 +178,12 @@ def trade_update(st, pnl, ret):
 
 
 @numba.njit(cache=True, nogil=True)
-def finalize(bar_st, trade_st, close, periods_per_year):
-    """Turn accumulator states into a float64 row ordered as ``STAT_NAMES``."""
+def finalize(bar_st, trade_st, first_close, last_close, periods_per_year):
+    """Turn accumulator states into a float64 row ordered as ``STAT_NAMES``.
+
+    ``first_close`` and ``last_close`` are the symbol's first and last close (the
+    buy-and-hold return needs nothing else). No bar folded: an all-NaN row.
+    """
     (first_eq, last_eq, min_eq, m, s1, s2, sneg2, peak, peak_bar,
      max_dd, max_dur, underwater, exposed, n_bars) = bar_st
     n_tr, wins, sum_pos, sum_neg, sum_ret, sum_log1p, tr_ruined, best, worst = trade_st
@@ -218,7 +226,7 @@ def finalize(bar_st, trade_st, close, periods_per_year):
         out[13] = worst
         out[14] = sum_ret / n_tr
     out[15] = exposed / n_bars
-    out[16] = close[close.shape[0] - 1] / close[0] - 1.0
+    out[16] = last_close / first_close - 1.0
     return out
 
 
@@ -256,7 +264,9 @@ def compute_stats(equity, position, trades, close, periods_per_year):
     trade_st = trade_init()
     for k in range(pnl.shape[0]):
         trade_st = trade_update(trade_st, pnl[k], ret[k])
-    return finalize(bar_st, trade_st, close, periods_per_year)
+    if n == 0:
+        return finalize(bar_st, trade_st, np.nan, np.nan, periods_per_year)
+    return finalize(bar_st, trade_st, close[0], close[close.shape[0] - 1], periods_per_year)
 
 
 _NS_PER_DAY = 86_400 * 10**9
@@ -286,19 +296,28 @@ def periods_per_year(timestamps_ns) -> float:
     >>> periods_per_year(minutes)
     98280.0
     """
-    ts = np.asarray(timestamps_ns)
-    if ts.dtype.kind == "M":
-        ts = ts.astype("datetime64[ns]").view(np.int64)
-    ts = ts.astype(np.int64, copy=False)
+    ts = _as_ns(timestamps_ns)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(
             f"periods_per_year needs a 1-d array of at least two timestamps, got shape {ts.shape}")
     spacing = float(np.median(np.diff(ts)))
-    if not spacing > 0:
-        raise ValueError("periods_per_year needs ascending timestamps (median spacing <= 0)")
     # 1970-01-01 was a Thursday; Monday is 0.
     weekday = (ts // _NS_PER_DAY + 3) % 7
-    has_weekends = float(np.mean(weekday >= 5)) > 2 / 7 * 0.6
+    return _classify(spacing, float(np.mean(weekday >= 5)))
+
+
+def _as_ns(timestamps_ns) -> np.ndarray:
+    ts = np.asarray(timestamps_ns)
+    if ts.dtype.kind == "M":
+        ts = ts.astype("datetime64[ns]").view(np.int64)
+    return ts.astype(np.int64, copy=False)
+
+
+def _classify(spacing: float, weekend_share: float) -> float:
+    """Bars per year from the median spacing (ns) and the share of bars on weekends."""
+    if not spacing > 0:
+        raise ValueError("periods_per_year needs ascending timestamps (median spacing <= 0)")
+    has_weekends = weekend_share > 2 / 7 * 0.6
     days = spacing / _NS_PER_DAY
     if days >= 300:
         return 1.0
@@ -311,3 +330,93 @@ def periods_per_year(timestamps_ns) -> float:
     if has_weekends:
         return round(365.0 * _NS_PER_DAY / spacing, 6)
     return round(252.0 * 6.5 * 3600e9 / spacing, 6)
+
+
+class PeriodsPerYearStream:
+    """``periods_per_year`` of timestamps that arrive chunk by chunk (numpy and plain Python).
+
+    ``update(chunk)`` takes the next timestamps (int64 ns or datetime64, in order;
+    the spacing across the chunk boundary counts); :meth:`value` gives exactly
+    ``periods_per_year`` of all timestamps so far. The state is small and exact:
+    the count of each distinct spacing (the median is read off the counts with
+    ``np.median``'s float64 rounding: the middle value, or the mean of the two
+    middle values, ``(a + b) / 2`` in float64, for an even count), the number of
+    timestamps on weekends, the count and the last timestamp. Regular bars have a
+    handful of distinct spacings (the bar, the overnight, weekend and holiday
+    gaps); irregular ones as many as spacings, at worst.
+
+    :meth:`to_arrays` / :meth:`from_arrays` store and restore it as int64 arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> minutes = np.datetime64("2024-01-02T14:30", "ns") + np.arange(390) * 60 * 10**9
+    >>> stream = PeriodsPerYearStream()
+    >>> for chunk in np.array_split(minutes, 7):
+    ...     stream.update(chunk)
+    >>> stream.value() == periods_per_year(minutes)
+    True
+    """
+
+    __slots__ = ("counts", "last", "n", "spacings", "weekend")
+
+    def __init__(self) -> None:
+        self.spacings = np.empty(0, dtype=np.int64)  # distinct spacings, ascending
+        self.counts = np.empty(0, dtype=np.int64)    # how often each occurs
+        self.n = 0                                   # timestamps seen
+        self.weekend = 0                             # of which on a Saturday or Sunday
+        self.last = 0                                # the last timestamp (if n > 0)
+
+    def update(self, timestamps_ns) -> None:
+        """Fold the next timestamps in (a 1-d array, possibly empty)."""
+        ts = _as_ns(timestamps_ns)
+        if ts.ndim != 1:
+            raise ValueError(f"periods_per_year needs a 1-d array of timestamps, got shape {ts.shape}")
+        if ts.shape[0] == 0:
+            return
+        weekday = (ts // _NS_PER_DAY + 3) % 7
+        self.weekend += int(np.count_nonzero(weekday >= 5))
+        diffs = np.diff(ts, prepend=np.int64(self.last)) if self.n else np.diff(ts)
+        if diffs.shape[0]:
+            values, counts = np.unique(diffs, return_counts=True)
+            merged = np.concatenate([self.spacings, values])
+            order = np.argsort(merged, kind="stable")
+            merged = merged[order]
+            both = np.concatenate([self.counts, counts.astype(np.int64)])[order]
+            keep = np.r_[True, merged[1:] != merged[:-1]]
+            self.spacings = merged[keep]
+            self.counts = np.add.reduceat(both, np.flatnonzero(keep)).astype(np.int64)
+        self.n += int(ts.shape[0])
+        self.last = int(ts[-1])
+
+    def median_spacing(self) -> float:
+        """``float(np.median(np.diff(all timestamps)))``, from the counts."""
+        total = int(self.counts.sum())
+        if total == 0:
+            raise ValueError(
+                f"periods_per_year needs a 1-d array of at least two timestamps, got shape ({self.n},)")
+        upto = np.cumsum(self.counts)
+        hi = self.spacings[int(np.searchsorted(upto, total // 2, side="right"))]
+        if total % 2:
+            return float(hi)
+        lo = self.spacings[int(np.searchsorted(upto, total // 2 - 1, side="right"))]
+        return (float(lo) + float(hi)) / 2.0
+
+    def value(self) -> float:
+        """``periods_per_year`` of every timestamp folded in so far."""
+        spacing = self.median_spacing()
+        return _classify(spacing, self.weekend / self.n)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The state as int64 arrays: ``spacings``, ``counts`` and ``scalars`` = [n, weekend, last]."""
+        return {"spacings": self.spacings.copy(), "counts": self.counts.copy(),
+                "scalars": np.array([self.n, self.weekend, self.last], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> PeriodsPerYearStream:
+        """The stream stored by :meth:`to_arrays`."""
+        out = cls()
+        out.spacings = np.asarray(arrays["spacings"], dtype=np.int64).copy()
+        out.counts = np.asarray(arrays["counts"], dtype=np.int64).copy()
+        out.n, out.weekend, out.last = (int(x) for x in np.asarray(arrays["scalars"], dtype=np.int64))
+        return out

@@ -16,6 +16,17 @@ same per-bar step the reference :func:`~admf_dask.kernels.simulate.simulate`
 runs, so the rows equal ``compute_stats(*simulate(...))`` on the same targets.
 Nothing of size bars x parameter sets (or even one target array) is allocated.
 
+Chunks: :func:`strategy_chunk` advances the batch over a time chunk of bars from
+its run states (``(m, RUN_STATE_WIDTH)``, :mod:`admf_dask.kernels.state`: the
+simulation, the accumulators, the strategy state and the pending target), with
+``h`` halo bars in front that CROSS and DONCHIAN read for bar ``t - 1``;
+optionally it also adds each set's sleeve equity into a portfolio accumulator
+row. :func:`finalize_runs` turns the states into rows. :func:`run_strategy_batch`
+(and :func:`run_cross_batch`) is the one-chunk case, :func:`strategy_targets` that
+of :func:`strategy_targets_chunk`: splitting the bars anywhere gives bit-identical
+rows. ``signal_step`` sees the chunk's local bar index, so at the chunk's first
+bar its ``t - 1`` is the halo's last bar.
+
 Strategy kinds and their target rule
 ------------------------------------
 ``signal_step`` gives the strategy's *state* at bar ``t`` from its state at
@@ -49,13 +60,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from admf_dask.kernels.simulate import sim_init, sim_step
-from admf_dask.kernels.stats import N_STATS, bar_init, finalize, trade_init
+from admf_dask.kernels.simulate import sim_step
+from admf_dask.kernels.state import (
+    SIGNAL, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, finalize_runs,
+    h_base, pack_run, run_state_init, sleeve_before, t0_arg, t_base, unpack_run,
+)
 
 __all__ = [
     "BB_BREAKOUT", "BB_REVERSION", "CROSS", "DONCHIAN", "LONG_ONLY", "LONG_SHORT",
-    "MOMENTUM", "RSI", "SHORT_ONLY", "run_cross_batch", "run_strategy_batch",
-    "signal_step", "strategy_targets",
+    "MOMENTUM", "RSI", "SHORT_ONLY", "finalize_runs", "run_cross_batch", "run_strategy_batch",
+    "signal_step", "strategy_chunk", "strategy_targets", "strategy_targets_chunk",
 ]
 
 CROSS = 0
@@ -156,73 +170,184 @@ def _check(ind, idx, fparams, open_, high, low, close):
 
 
 @numba.njit(inline="always")
-def _batch(kind, ind, idx, fparams, open_, high, low, close, periods_per_year, cash, commission,
-           slippage_bps, whole_units, stop_loss, take_profit, direction):
-    # Inlined into one kernel per kind, where ``kind`` is a constant: the signal
-    # rule then compiles to straight-line code in the bar loop (3x faster than
-    # branching on a runtime kind every bar).
+def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
+           slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos, equity_acc):
+    # Inlined into one kernel per kind (and per ``with_eq``), where ``kind`` is a
+    # constant: the signal rule then compiles to straight-line code in the bar
+    # loop (3x faster than branching on a runtime kind every bar). With ``t0``
+    # None (a chunk that starts the series) ``tb`` and ``hh`` are constants 0 and
+    # the loop is the whole-series loop of before chunks (state.t_base).
     m = idx.shape[0]
-    n = close.shape[0]
-    out = np.empty((m, N_STATS))
+    tb = t_base(t0)
+    hh = h_base(h, t0)
+    nc = close.shape[0] - hh
     dummy_f = np.empty(0)
     dummy_i = np.empty((0, 3), dtype=np.int64)
     dummy_t = np.empty((0, 5))
+    equity_buf = np.empty(nc if with_eq else 0)  # one set's curve on the chunk's bars
+    gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
     for k in range(m):
+        # The chunk's bars, indexed by the loop counter (an index offset by a
+        # runtime h costs numba's negative-index checks on every read); the
+        # arrays themselves when the chunk starts the series (state.chunk_view).
+        o_ = chunk_view(open_, h, t0)
+        h_ = chunk_view(high, h, t0)
+        l_ = chunk_view(low, h, t0)
+        c_ = chunk_view(close, h, t0)
         i0 = idx[k, 0]
         i1 = idx[k, 1]
         i2 = idx[k, 2]
         p0 = fparams[k, 0]
         p1 = fparams[k, 1]
-        sim = sim_init(cash)
-        bar_st = bar_init()
-        trade_st = trade_init()
-        state = 0
-        target = 0  # decided at the previous bar's close
-        for t in range(n):
+        before = sleeve_before(state[k]) if with_eq else 0.0
+        sim, bar_st, trade_st, signal, pending = unpack_run(state[k])
+        target = int(pending)  # decided at the previous bar's close
+        for j in range(nc):
             sim, bar_st, trade_st = sim_step(
-                sim, bar_st, trade_st, t, target, open_[t], high[t], low[t], close[t],
-                commission, slippage_bps, whole_units, stop_loss, take_profit, False,
+                sim, bar_st, trade_st, tb + j, target, o_[j], h_[j], l_[j], c_[j],
+                commission, slippage_bps, whole_units, stop_loss, take_profit, False, 0, 0,
                 dummy_f, dummy_f, dummy_i, dummy_t)
-            state = signal_step(kind, ind, i0, i1, i2, p0, p1, close, t, state)
-            target = _clip(state, direction)
-        out[k] = finalize(bar_st, trade_st, close, periods_per_year)
-    return out
+            # The local index: bar hh + j - 1 is the halo's last bar at the chunk's
+            # first bar, and hh + j == 0 only at the series' first bar (h >= 1 once t0 > 0).
+            signal = signal_step(kind, ind, i0, i1, i2, p0, p1, close, hh + j, signal)
+            target = _clip(signal, direction)
+            if with_eq:
+                equity_buf[j] = bar_st[1]  # equity at the close
+        pack_run(state[k], sim, bar_st, trade_st, signal, target)
+        if with_eq:
+            _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, before)
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_cross(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(CROSS, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_cross(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(CROSS, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_rsi(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(RSI, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_eq_cross(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(CROSS, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_bb_reversion(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(BB_REVERSION, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_rsi(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(RSI, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_bb_breakout(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(BB_BREAKOUT, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_eq_rsi(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(RSI, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_donchian(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(DONCHIAN, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_bb_reversion(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(BB_REVERSION, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
-def _batch_momentum(ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction):
-    return _batch(MOMENTUM, ind, idx, fparams, o, h, lo, c, ppy, cash, comm, slip, whole, sl, tp, direction)
+def _chunk_eq_bb_reversion(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(BB_REVERSION, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_bb_breakout(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(BB_BREAKOUT, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_eq_bb_breakout(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(BB_BREAKOUT, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_donchian(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(DONCHIAN, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_eq_donchian(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(DONCHIAN, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_momentum(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
+    _chunk(MOMENTUM, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+           np.empty(0, dtype=np.int64), np.empty((0, 0)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_eq_momentum(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
+    _chunk(MOMENTUM, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+
+
+_CHUNK_KERNELS = {CROSS: _chunk_cross, RSI: _chunk_rsi, BB_REVERSION: _chunk_bb_reversion,
+                  BB_BREAKOUT: _chunk_bb_breakout, DONCHIAN: _chunk_donchian, MOMENTUM: _chunk_momentum}
+_CHUNK_EQ_KERNELS = {CROSS: _chunk_eq_cross, RSI: _chunk_eq_rsi, BB_REVERSION: _chunk_eq_bb_reversion,
+                     BB_BREAKOUT: _chunk_eq_bb_breakout, DONCHIAN: _chunk_eq_donchian,
+                     MOMENTUM: _chunk_eq_momentum}
+
+
+def _check_halo(kind, h, t0):
+    if (kind == CROSS or kind == DONCHIAN) and t0 > 0 and h < 1:
+        raise ValueError("strategy kernels: CROSS and DONCHIAN read bar t - 1: a chunk after the "
+                         "first needs h >= 1 halo bar")
+
+
+def strategy_chunk(kind, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
+                   slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos=None,
+                   equity_acc=None):
+    """Advance ``m`` parameter sets of one strategy kind over a time chunk of one symbol.
+
+    Parameters
+    ----------
+    kind, ind, idx, fparams, commission, slippage_bps, whole_units, stop_loss, take_profit, direction
+        As :func:`run_strategy_batch`; ``ind`` (k, h + c) holds the indicator rows
+        of the halo and the chunk's bars (computed on the whole series, or carried).
+    open_, high, low, close : float64 (h + c,)
+        ``h`` halo bars (the previous chunk's last bars), then the chunk's ``c`` bars.
+    h, t0 : int
+        Halo bars (at least 1 for CROSS and DONCHIAN once ``t0 > 0``: their rule
+        reads bar ``t - 1``) and the global index of the chunk's first bar.
+    state : float64 (m, RUN_STATE_WIDTH)
+        The sets' run states (:func:`~admf_dask.kernels.state.run_state_init`),
+        updated in place; the strategy state and the pending target are carried in it.
+    timeline_pos, equity_acc : int64 (c,), float64 (m, T), optional
+        Also add each set's sleeve equity over the chunk into ``equity_acc[k]``, as
+        :func:`admf_dask.kernels.simulate.simulate_stats_chunk` does.
+
+    Finish a symbol with :func:`finalize_runs`; :func:`run_strategy_batch` is the
+    one-chunk case (``h = t0 = 0``).
+    """
+    # Dispatch here, in Python, not in a compiled function: numba compiles every branch
+    # of a compiled dispatcher, and only the kind in use should pay for compilation.
+    h, t0, kind = int(h), int(t0), int(kind)
+    _check(ind, idx, fparams, open_, high, low, close)
+    check_state(state, idx.shape[0], t0, h, close.shape[0])
+    _check_halo(kind, h, t0)
+    kernels = _CHUNK_KERNELS if equity_acc is None else _CHUNK_EQ_KERNELS
+    kernel = kernels.get(kind)
+    if kernel is None:
+        raise ValueError("strategy kernels: unknown strategy kind")
+    args = (ind, idx, fparams, open_, high, low, close, h, t0_arg(t0), state, float(commission),
+            float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction))
+    if equity_acc is None:
+        kernel(*args)
+        return
+    check_timeline(close.shape[0] - h, idx.shape[0], timeline_pos, equity_acc)
+    kernel(*args, timeline_pos, equity_acc)
 
 
 def run_strategy_batch(kind, ind, idx, fparams, open_, high, low, close, periods_per_year,
                        cash=10_000.0, commission=0.0, slippage_bps=0.0, whole_units=False,
                        stop_loss=np.nan, take_profit=np.nan, direction=LONG_SHORT):
     """Statistics rows of ``m`` parameter sets of one strategy kind on one symbol.
+
+    The one-chunk case of :func:`strategy_chunk`: start states, the whole series
+    as one chunk, :func:`finalize_runs`.
 
     Parameters
     ----------
@@ -246,19 +371,15 @@ def run_strategy_batch(kind, ind, idx, fparams, open_, high, low, close, periods
     -------
     float64 (m, N_STATS), rows ordered as ``STAT_NAMES``.
     """
-    # Dispatch here, in Python, not in a compiled function: numba compiles every branch
-    # of a compiled dispatcher, and only the kind in use should pay for compilation.
     _check(ind, idx, fparams, open_, high, low, close)
-    kernel = _BATCH_KERNELS.get(int(kind))
+    kernel = _CHUNK_KERNELS.get(int(kind))
     if kernel is None:
         raise ValueError("run_strategy_batch: unknown strategy kind")
-    return kernel(ind, idx, fparams, open_, high, low, close, float(periods_per_year), float(cash),
-                  float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
-                  float(take_profit), int(direction))
-
-
-_BATCH_KERNELS = {CROSS: _batch_cross, RSI: _batch_rsi, BB_REVERSION: _batch_bb_reversion,
-                  BB_BREAKOUT: _batch_bb_breakout, DONCHIAN: _batch_donchian, MOMENTUM: _batch_momentum}
+    state = run_state_init(idx.shape[0], float(cash))
+    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state, float(commission),
+           float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction))
+    first, last = close_ends(close)
+    return finalize_runs(state, first, last, float(periods_per_year))
 
 
 def run_cross_batch(ind, fast_idx, slow_idx, open_, high, low, close, periods_per_year,
@@ -284,19 +405,41 @@ def run_cross_batch(ind, fast_idx, slow_idx, open_, high, low, close, periods_pe
 
 
 @numba.njit(cache=True, nogil=True)
+def strategy_targets_chunk(kind, ind, idx, fparams, close, h, t0, state, direction=LONG_SHORT):
+    """Targets (int8, m x c) of a time chunk's ``c`` bars: the rule :func:`strategy_chunk` trades.
+
+    ``ind`` (k, h + c) and ``close`` (h + c,) hold ``h`` halo bars then the chunk's
+    bars, ``t0`` is the chunk's first global bar (as :func:`strategy_chunk`; ``h >= 1``
+    for CROSS and DONCHIAN once ``t0 > 0``). Only the strategy state column
+    (``SIGNAL``) of ``state`` (m, RUN_STATE_WIDTH) is read and updated.
+    """
+    m = idx.shape[0]
+    n = close.shape[0]
+    if ind.shape[1] != n:
+        raise ValueError("strategy kernels: close and the indicator rows need the same number of bars")
+    if state.ndim != 2 or state.shape[0] != m or h < 0 or h > n or h > t0:
+        raise ValueError("strategy_targets_chunk: state must be (m, RUN_STATE_WIDTH) and 0 <= h <= t0")
+    if (kind == CROSS or kind == DONCHIAN) and t0 > 0 and h < 1:
+        raise ValueError("strategy kernels: CROSS and DONCHIAN read bar t - 1: a chunk after the "
+                         "first needs h >= 1 halo bar")
+    out = np.empty((m, n - h), dtype=np.int8)
+    for k in range(m):
+        signal = int(state[k, SIGNAL])
+        for i in range(h, n):
+            signal = signal_step(kind, ind, idx[k, 0], idx[k, 1], idx[k, 2], fparams[k, 0],
+                                 fparams[k, 1], close, i, signal)
+            out[k, i - h] = _clip(signal, direction)
+        state[k, SIGNAL] = float(signal)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def strategy_targets(kind, ind, idx, fparams, close, direction=LONG_SHORT):
     """Target arrays (int8, m x n) of the batch: the rule ``run_strategy_batch`` trades.
 
     For the single-run reference path (``simulate`` needs a target array); a
-    sweep uses ``run_strategy_batch``, which never builds these.
+    sweep uses ``run_strategy_batch``, which never builds these. The one-chunk
+    case of :func:`strategy_targets_chunk`.
     """
-    m = idx.shape[0]
-    n = close.shape[0]
-    out = np.empty((m, n), dtype=np.int8)
-    for k in range(m):
-        state = 0
-        for t in range(n):
-            state = signal_step(kind, ind, idx[k, 0], idx[k, 1], idx[k, 2], fparams[k, 0],
-                                fparams[k, 1], close, t, state)
-            out[k, t] = _clip(state, direction)
-    return out
+    state = run_state_init(idx.shape[0], 0.0)
+    return strategy_targets_chunk(kind, ind, idx, fparams, close, 0, 0, state, direction)

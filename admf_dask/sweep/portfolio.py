@@ -28,7 +28,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     the sweep's union timeline, onto which each part's equity is rebased first.
     Returns the rows' file (``portfolio/rows-<lo>.parquet``, relative to the run).
     """
-    from ..kernels.portfolio import merge_accumulators, rebase_equity
+    from ..kernels.portfolio import merge_accumulators, rebase_equity, starting_equity
 
     storage = run_ref.open()
     accs = []
@@ -40,7 +40,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     total = None
     for equity, trades, extra, timeline in accs:
         sleeves = int(extra[0, 2]) if len(extra) else 0
-        acc = (rebase_equity(equity, timeline, union, sleeves, float(cash)), trades, extra)
+        acc = (rebase_equity(equity, timeline, union, starting_equity(len(equity), sleeves, float(cash))), trades, extra)
         total = acc if total is None else merge_accumulators(total, acc)
     table = _portfolio_table(lo, hi, param_sets, total, union)
     name = f"portfolio/rows-{lo:09d}.parquet"
