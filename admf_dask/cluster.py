@@ -138,13 +138,17 @@ def _admf_version() -> str:
 def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, label: str,
               keys: Sequence[str] | None = None, retries: int = 0,
               on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
-              drain_on_error: bool = False, extra_args: Sequence[Sequence[Any]] | None = None,
+              drain_on_error: bool = False,
+              extra_args: Sequence[Sequence[Any]] | Callable[[int], Sequence[Any]] | None = None,
               window: int | None = None) -> list[Any]:
     """Run ``fn(item)`` for every item on the cluster; return results in item order.
 
     ``keys`` (deterministic task keys) let identical work collapse onto one task.
     ``extra_args[i]`` are further arguments of item i's call, typically futures of
-    data already on the cluster (Dask resolves them on the worker).
+    data already on the cluster (Dask resolves them on the worker). It may be a
+    function of ``i`` instead, called when item i is submitted: with ``window``, the
+    inputs of later tasks (a sweep's indicator sets) are then asked for only when the
+    cluster gets to them, not all up front.
     ``on_result(i, result)`` is called as each task finishes, in completion order,
     so a caller can commit or record finished work before the rest is done. The
     first task that fails (after ``retries``) stops the run and its error is raised
@@ -161,10 +165,16 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     once, they were all handed out up front, and at the end one worker still had a
     second of work queued while the other sat idle.
     """
-    extra = extra_args if extra_args is not None else [()] * len(items)
+    if extra_args is None:
+        def extra(i: int) -> Sequence[Any]:
+            return ()
+    elif callable(extra_args):
+        extra = extra_args
+    else:
+        extra = extra_args.__getitem__
 
     def submit(i: int) -> Any:
-        return client.submit(fn, items[i], *extra[i], key=keys[i] if keys is not None else None, retries=retries,
+        return client.submit(fn, items[i], *extra(i), key=keys[i] if keys is not None else None, retries=retries,
                              pure=False)
 
     first = len(items) if window is None else min(len(items), max(1, window))
