@@ -42,8 +42,8 @@ from .config import token
 from .indicators import IndicatorPlan, IndicatorSpec
 from .storage import StorageRef, replacing
 
-__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "InlineSet", "MappedSet",
-           "build_indicator_set", "build_mapped_set", "resolve"]
+__all__ = ["HubCounters", "IndicatorCache", "IndicatorHub", "IndicatorSet", "IndicatorStream", "InlineSet",
+           "MappedSet", "build_indicator_set", "build_mapped_set", "resolve", "stream_key"]
 
 
 @dataclass
@@ -213,8 +213,14 @@ class IndicatorCache:
     def _dir(self, key: str) -> str:
         return f"indicators/v{__version__}/{key}"
 
-    def load(self, key: str, specs: Sequence[IndicatorSpec], n: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
-        """Arrays of those ``specs`` found in the packs of ``key``, and how many were corrupt."""
+    def load(self, key: str, specs: Sequence[IndicatorSpec], n: int,
+             states: dict[str, np.ndarray] | None = None) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+        """Arrays of those ``specs`` found in the packs of ``key``, and how many were corrupt.
+
+        With ``states`` (a dict to fill), only indicators stored with their end state
+        (chunks of a streamed series, see :class:`IndicatorStream`) are found, and each
+        one's state is put in ``states[token]``.
+        """
         wanted = {s.token: s for s in specs}
         found: dict[str, dict[str, np.ndarray]] = {}
         corrupt: set[str] = set()
@@ -229,16 +235,21 @@ class IndicatorCache:
             if len(found) == len(wanted):
                 break
             try:
-                names, tokens, sums, data = unpack(fs.cat_file(path))
+                names, tokens, sums, data, stored = unpack(fs.cat_file(path), with_states=True)
                 sums = dict(zip(tokens, sums))
                 rows = {name: i for i, name in enumerate(names)}
                 for tok in (set(sums) & set(wanted)) - set(found):
                     spec = wanted[tok]
+                    if states is not None and tok not in stored:
+                        continue  # a whole-series entry: no state to go on from
+                    end = np.asarray(stored.get(tok, ()), dtype=np.float64) if states is not None else None
                     keys = [f"{tok}.{o}" for o in spec.outputs]
                     arrays = {o: data[rows[k]] for o, k in zip(spec.outputs, keys) if k in rows}
                     if (len(arrays) == len(spec.outputs) and data.shape[1:] == (n,)
-                            and sums[tok] == _checksum(spec, arrays)):
+                            and sums[tok] == _checksum(spec, arrays, end)):
                         found[tok] = arrays
+                        if states is not None:
+                            states[tok] = end
                         corrupt.discard(tok)
                     else:
                         corrupt.add(tok)
@@ -247,43 +258,56 @@ class IndicatorCache:
                 self.storage.remove([path.removeprefix(self.storage.root.rstrip("/") + "/")])
         return found, len(corrupt - set(found))
 
-    def save(self, key: str, computed: dict[str, tuple[IndicatorSpec, dict[str, np.ndarray]]]) -> None:
-        """Write one pack with every computed indicator (token -> (spec, arrays))."""
+    def save(self, key: str, computed: dict[str, tuple[IndicatorSpec, dict[str, np.ndarray]]],
+             states: dict[str, np.ndarray] | None = None) -> None:
+        """Write one pack with every computed indicator (token -> (spec, arrays)).
+
+        ``states`` (token -> the kernel state at the end of these bars) are stored with
+        them for chunks of a streamed series, and covered by their checksums.
+        """
         if not computed:
             return
         names, rows, tokens, sums = [], [], [], []
         for tok, (spec, arrays) in computed.items():
             tokens.append(tok)
-            sums.append(_checksum(spec, arrays))
+            sums.append(_checksum(spec, arrays, None if states is None else states[tok]))
             for output in spec.outputs:
                 names.append(f"{tok}.{output}")
                 rows.append(arrays[output])
         name = token_of_pack(sorted(computed))
-        self.storage.write_bytes(pack_parts(names, tokens, sums, rows), f"{self._dir(key)}/pack-{name}.pack")
+        stored = None if states is None else {tok: [float(v) for v in states[tok]] for tok in computed}
+        self.storage.write_bytes(pack_parts(names, tokens, sums, rows, stored), f"{self._dir(key)}/pack-{name}.pack")
 
 
 _MAGIC = b"ADMFPK01"
 
 
-def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray]) -> list[Any]:
+def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[np.ndarray],
+               states: dict[str, list[float]] | None = None) -> list[Any]:
     """A pack file as buffers to write in order: the head, then each row's float64 LE bytes, not copied.
 
     The head is the magic, the header length (uint64 LE) and the JSON header; rows have equal lengths.
+    ``states`` (token -> floats) go into the header (JSON keeps a float's exact value).
     """
     n = len(rows[0]) if rows else 0
-    return [_pack_head(names, tokens, sums, (len(rows), n)),
+    return [_pack_head(names, tokens, sums, (len(rows), n), states),
             *(memoryview(np.ascontiguousarray(r, dtype="<f8")).cast("B") for r in rows)]
 
 
-def _pack_head(names: list[str], tokens: list[str], sums: list[str], shape: tuple[int, int]) -> bytes:
+def _pack_head(names: list[str], tokens: list[str], sums: list[str], shape: tuple[int, int],
+               states: dict[str, list[float]] | None = None) -> bytes:
     """Magic, header length, JSON header padded with spaces so that the rows start 64-byte aligned."""
-    header = json.dumps({"names": names, "tokens": tokens, "sha256": sums, "shape": list(shape)}).encode()
+    head: dict[str, Any] = {"names": names, "tokens": tokens, "sha256": sums, "shape": list(shape)}
+    if states is not None:
+        head["states"] = states
+    header = json.dumps(head).encode()
     header += b" " * (-(16 + len(header)) % 64)
     return _MAGIC + len(header).to_bytes(8, "little") + header
 
 
-def unpack(raw: bytes) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """(names, tokens, sha256s, matrix) of a pack; ValueError if it is not a whole pack."""
+def unpack(raw: bytes, with_states: bool = False) -> tuple:
+    """(names, tokens, sha256s, matrix) of a pack, and its end states (token -> floats) ``with_states``;
+    ValueError if it is not a whole pack."""
     if raw[:8] != _MAGIC:
         raise ValueError("not an indicator pack")
     size = int.from_bytes(raw[8:16], "little")
@@ -293,6 +317,8 @@ def unpack(raw: bytes) -> tuple[list[str], list[str], list[str], np.ndarray]:
     if len(raw) != offset + 8 * r * n or len(header["names"]) != r:
         raise ValueError("truncated indicator pack")
     data = np.frombuffer(raw, dtype="<f8", count=r * n, offset=offset).reshape(r, n)
+    if with_states:
+        return header["names"], header["tokens"], header["sha256"], data, dict(header.get("states") or {})
     return header["names"], header["tokens"], header["sha256"], data
 
 
@@ -300,11 +326,14 @@ def token_of_pack(tokens: list[str]) -> str:
     return hashlib.sha256("|".join(tokens).encode()).hexdigest()[:16]
 
 
-def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> str:
+def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray], state: np.ndarray | None = None) -> str:
     h = hashlib.sha256(spec.token.encode())
     for name in spec.outputs:
         h.update(name.encode())
         h.update(np.ascontiguousarray(arrays[name], dtype="<f8"))  # hashed in place, not copied
+    if state is not None:
+        h.update(b"state")
+        h.update(np.ascontiguousarray(state, dtype="<f8"))
     return h.hexdigest()
 
 
@@ -382,6 +411,80 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     if cache is not None:
         cache.save(key, computed)
     return IndicatorSet.from_matrix(symbol, key, bars, matrix, names, counters)
+
+
+class IndicatorStream:
+    """One symbol's indicator rows chunk by chunk: the hub for a series that is never held whole.
+
+    The payload builder of a :class:`~admf_dask.stream.SymbolStream`: for each chunk of
+    new bars (with the halo bars in front) it fills the rows ``rows`` (``(token,
+    output)`` pairs, in the kernel's order; an output of None is a single-output
+    indicator's only one) for the new bars, carrying every spec's kernel state to the
+    next chunk (:meth:`~admf_dask.indicators.IndicatorSpec.compute_chunk`).
+
+    With a cache, each chunk's indicators are looked up in storage first, under the
+    chunk's own content key (the symbol's data fingerprint, the start of the range, the
+    chunk's position and length) together with the state at its end, checksummed like
+    every pack, so a later chunk can go on from a chunk loaded from storage; a corrupt
+    entry is recomputed. ``persist=True`` also writes the chunks it computed: the run
+    does that when other tasks read the same chunks (the symbol in several set ranges).
+    ``counters`` count per spec per symbol: computed if any chunk was, else loaded.
+    """
+
+    def __init__(self, specs: Sequence[IndicatorSpec], rows: Sequence[tuple[str, str | None]],
+                 cache_ref: StorageRef | None, key: str, persist: bool = False) -> None:
+        self.specs, names, _ = _set_rows(specs)
+        by_token = {spec.token: spec for spec in self.specs}
+        self.rows = []  # (spec, output) per row to fill
+        for tok, output in rows:
+            spec = by_token[tok]
+            self.rows.append((spec, output if output is not None else spec.outputs[0]))
+        self.halo = max((spec.halo for spec in self.specs), default=0)
+        self.states = {spec.token: spec.init_state() for spec in self.specs}
+        self.cache = IndicatorCache(cache_ref) if cache_ref is not None else None
+        self.key, self.persist = key, persist
+        self._computed: set[str] = set()
+        self._loaded: set[str] = set()
+        self._corrupt = 0
+
+    def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
+        """Fill ``out`` (one row per entry of ``rows``, one column per new bar) for the chunk starting at ``t0``."""
+        n = out.shape[1]
+        key = token([self.key, t0, n])[:24]
+        loaded: dict[str, dict[str, np.ndarray]] = {}
+        ends: dict[str, np.ndarray] = {}
+        if self.cache is not None:
+            loaded, corrupt = self.cache.load(key, self.specs, n, states=ends)
+            self._corrupt += corrupt
+        values: dict[str, dict[str, np.ndarray]] = {}
+        computed: dict[str, tuple[IndicatorSpec, dict[str, np.ndarray]]] = {}
+        for spec in self.specs:
+            tok = spec.token
+            if tok in loaded:
+                values[tok], self.states[tok] = loaded[tok], ends[tok]
+                self._loaded.add(tok)
+            else:
+                values[tok], self.states[tok] = spec.compute_chunk(columns, hb, self.states[tok])
+                computed[tok] = (spec, values[tok])
+                self._computed.add(tok)
+        for i, (spec, output) in enumerate(self.rows):
+            out[i] = values[spec.token][output]
+        if self.persist and self.cache is not None and computed:
+            self.cache.save(key, computed, {tok: self.states[tok] for tok in computed})
+
+    @property
+    def counters(self) -> HubCounters:
+        return HubCounters(computed=len(self._computed), loaded_storage=len(self._loaded - self._computed),
+                           corrupt=self._corrupt)
+
+
+def stream_key(symbol_fingerprint: str, start: Any) -> str:
+    """The part of an :class:`IndicatorStream`'s chunk keys that names the series: the symbol's data and range start.
+
+    A chunk's values depend on every bar before it from the start of the range (EMAs
+    remember them all), so the start is part of the key; the end is not.
+    """
+    return token(["stream", symbol_fingerprint, str(start), __version__])[:24]
 
 
 def _arrived(indicator_set: IndicatorSet) -> None:
@@ -685,11 +788,12 @@ class IndicatorHub:
     def settle(self, source: Any, counters: HubCounters) -> None:
         """Record the counters of a set that a task has already brought back.
 
-        ``source`` is what :meth:`source` (or :meth:`submit`) gave that task. Saves
+        ``source`` is what :meth:`source` (or :meth:`submit`) gave that task, or None for
+        a task that streamed the symbol's indicators itself (:class:`IndicatorStream`). Saves
         :attr:`counters` a round trip per set; a shared set is counted once however
         many tasks report it.
         """
-        if isinstance(source, InlineSet) or self._pending.pop(source.key, None) is not None:
+        if source is None or isinstance(source, InlineSet) or self._pending.pop(source.key, None) is not None:
             self._counters.add(counters)
 
     @property
@@ -700,6 +804,15 @@ class IndicatorHub:
             for c in self.client.gather([self.client.submit(_counters_of, f, pure=False) for f in pending]):
                 self._counters.add(c)
         return self._counters
+
+    def forget(self, symbol: str) -> None:
+        """Drop the sets of one symbol held in memory (its last consumer is done): workers free them.
+
+        A run calls this as it goes, so the sets held at once are those of the tasks in
+        flight, not every symbol's; the storage cache still serves a later request.
+        """
+        for fut, _, _ in self._sets.pop(symbol, []):
+            self._spreading.pop(fut.key, None)
 
     def release(self) -> None:
         """Drop the sets held in memory (worker memory is freed when no task needs them)."""
