@@ -47,7 +47,8 @@ from admf_dask.kernels.stats import STAT_NAMES, TRADE_FIELDS, compute_stats
 from admf_dask.kernels.strategies import run_strategy_batch, strategy_targets
 from admf_dask.strategies import BatchPlan, Strategy, direction_code, get_strategy, prepare_batch
 
-__all__ = ["BacktestResult", "backtest", "batch_stats", "batch_targets", "run_batch"]
+__all__ = ["BacktestResult", "StreamInput", "backtest", "batch_chunk", "batch_stats", "batch_targets", "run_batch",
+           "stream_input"]
 
 
 @dataclass(frozen=True)
@@ -355,3 +356,129 @@ def batch_targets(data: Any, batch: BatchPlan, direction: int) -> np.ndarray:
         ind, idx = _ind_matrix(batch, data, bars)
         return strategy_targets(s.kind, ind, idx, batch.fparams, _f64(bars.columns["close"]), direction)
     return _user_target_matrix(s, batch, bars, _arrays(batch, data, bars), direction)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@dataclass(frozen=True)
+class StreamInput:
+    """What a :class:`~admf_dask.stream.SymbolStream` needs to feed a batch's chunk kernels.
+
+    ``halo`` bars before each chunk, ``rows`` payload rows of ``dtype`` filled by
+    ``build`` for each chunk's new bars (see :data:`admf_dask.stream.Builder`), and
+    ``counters()``, the indicator hub's counters for the symbol when it is done.
+    """
+
+    halo: int
+    rows: int
+    dtype: Any
+    build: Any
+    counters: Any
+
+
+def stream_input(batch: BatchPlan, costs: _Costs, symbol: str, series_key: str, cache_ref: Any = None,
+                 persist: bool = False) -> StreamInput:
+    """The chunk-by-chunk input of one symbol for a prepared batch.
+
+    Built-in strategies read their indicator rows (``batch.rows``), streamed by an
+    :class:`~admf_dask.cache.IndicatorStream` (cached per chunk under ``series_key``,
+    see :func:`~admf_dask.cache.stream_key`). User strategies get target rows: their
+    function is called on each chunk with history bars before it and its declared
+    indicators over the same bars, under the streaming contract of :class:`_UserTargets`.
+    """
+    from .cache import IndicatorStream
+
+    s = batch.strategy
+    if s.builtin:
+        hub = IndicatorStream(batch.plan.specs, batch.rows, cache_ref, series_key, persist)
+        return StreamInput(hub.halo, len(batch.rows), np.float64, hub, lambda: hub.counters)
+    rows = [(spec.token, out) for spec in batch.plan.specs for out in spec.outputs]
+    hub = IndicatorStream(batch.plan.specs, rows, cache_ref, series_key, persist)
+    user = _UserTargets(s, batch, symbol, hub, rows, costs.direction)
+    return StreamInput(max(hub.halo, user.halo), len(batch.params), np.int8, user, lambda: hub.counters)
+
+
+class _UserTargets:
+    """Payload builder of a user strategy: its targets for each chunk, computed with history before the chunk.
+
+    The streaming contract. A strategy's ``lookback`` L (:meth:`~admf_dask.strategies.Strategy.lookback`)
+    is how many bars of history a target needs. Each call gets the chunk with 2L bars
+    before it (bars and declared indicators, whose values there are exact): the first L
+    are history for the next L, and those L bars, right before the chunk, were already
+    decided in the chunk before with all their history. The targets the function gives
+    them now must equal those; if not, it reads further back than it declared, and the
+    run stops with a DataError naming the strategy, the symbol and the bar.
+    """
+
+    def __init__(self, s: Strategy, batch: BatchPlan, symbol: str, hub: Any, rows: list[tuple[str, str]],
+                 direction: int) -> None:
+        self.s, self.batch, self.symbol, self.hub, self.direction = s, batch, symbol, hub, direction
+        self.lookback = max((s.lookback(p) for p in batch.params), default=0)
+        self.halo = 2 * self.lookback
+        self.row = {name: i for i, name in enumerate(rows)}
+        self.inputs = [s.make_inputs(p) for p in batch.params]
+        self._ind_tail = np.empty((len(rows), 0))  # indicator values of the last `halo` bars
+        self._tgt_tail = np.empty((len(batch.params), 0), dtype=np.int8)  # and the targets given for them
+
+    def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
+        m, n = out.shape
+        fresh = np.empty((len(self.row), n))
+        self.hub(columns, hb, t0, fresh)
+        back = min(self.halo, hb, self._ind_tail.shape[1])  # history bars the function sees
+        # halo bars compared with the chunk before: those with their L bars of history in the
+        # buffer, or all of them when the buffer starts at the series' first bar
+        check = back if t0 == back else max(0, back - self.lookback)
+        ind = np.concatenate([self._ind_tail[:, self._ind_tail.shape[1] - back:], fresh], axis=1)
+        bars = Bars(self.symbol, columns["timestamp"][hb - back:],
+                    {c: v[hb - back:] for c, v in columns.items() if c != "timestamp"})
+        raw = np.empty((m, back + n), dtype=np.int8)
+        for k, p in enumerate(self.batch.params):
+            named = {name: ind[self.row[(spec.token, output or spec.outputs[0])]]
+                     for name, (spec, output) in self.inputs[k].items()}
+            raw[k] = self.s.user_targets(bars, named, p)
+            if check:
+                before = self._tgt_tail[k, self._tgt_tail.shape[1] - check:]
+                bad = np.flatnonzero(raw[k, back - check:back] != before)
+                if len(bad):
+                    t = t0 - check + int(bad[0])
+                    raise DataError(f"strategy {self.s.name!r} {dict(p)} gave bar {t} the target "
+                                    f"{raw[k, back - check + bad[0]]} with {back} bars of history before the chunk, "
+                                    f"and {before[bad[0]]} in the chunk before: it reads further back than its "
+                                    f"lookback of {self.lookback} bars", symbol=self.symbol, row=t,
+                                    key="strategy.lookback",
+                                    hint="declare a longer lookback on the function (fn.lookback = N bars), "
+                                         "or give a larger --memory-budget")
+        out[:] = raw[:, back:]
+        if self.direction > 0:
+            np.maximum(out, 0, out=out)
+        elif self.direction < 0:
+            np.minimum(out, 0, out=out)
+        if self.halo:  # what the next chunk's history bars were given: indicator values and raw targets
+            keep = min(self.halo, back + n)
+            self._ind_tail = ind[:, back + n - keep:].copy()
+            self._tgt_tail = raw[:, back + n - keep:].copy()
+
+
+def batch_chunk(batch: BatchPlan, costs: _Costs, columns: Mapping[str, np.ndarray], payload: np.ndarray,
+                h: int, t0: int, state: np.ndarray, portfolio: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Advance a prepared batch's run ``state`` over one chunk: the streaming form of :func:`batch_stats`.
+
+    ``columns`` (open, high, low, close) and ``payload`` (the batch's indicator rows,
+    or a user strategy's target rows, from :func:`stream_input`) hold ``h`` halo bars
+    then the chunk's bars; ``t0`` is the global index of the chunk's first bar.
+    ``portfolio=(timeline_pos, equity_acc)`` also adds each set's sleeve over the chunk.
+    Finish with :func:`~admf_dask.kernels.state.finalize_runs`.
+    """
+    from .kernels.simulate import simulate_stats_chunk
+    from .kernels.strategies import strategy_chunk
+
+    o, hi, lo, c = (_f64(columns[k]) for k in ("open", "high", "low", "close"))
+    pos, eq = portfolio if portfolio is not None else (None, None)
+    if batch.strategy.builtin:
+        strategy_chunk(batch.strategy.kind, payload, batch.idx, batch.fparams, o, hi, lo, c, h, t0, state,
+                       costs.commission, costs.slippage_bps, costs.whole_units, costs.stop_loss, costs.take_profit,
+                       costs.direction, pos, eq)
+    else:
+        simulate_stats_chunk(o, hi, lo, c, payload, h, t0, state, costs.commission, costs.slippage_bps,
+                             costs.whole_units, costs.stop_loss, costs.take_profit, pos, eq)

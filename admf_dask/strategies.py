@@ -72,6 +72,15 @@ and ``backtest(bars, "mystrats:above_sma", {"window": 30})``. The generic
 engine path computes the targets of a batch with the function, then runs
 :func:`~admf_dask.kernels.simulate.simulate_stats_batch`.
 
+A history longer than a task's memory budget is given to the function in time
+chunks (:mod:`admf_dask.stream`). Its ``lookback`` says how many bars of history a
+target needs: an int or a function of the parameters, as ``above_sma.lookback = 0``
+(it reads only the current bar and its SMA, whose values the engine supplies); by
+default the longest warm-up of its indicators plus one bar. The function then gets
+each chunk with twice that many bars before it and must return, for the last
+``lookback`` of them, the targets it returned for them in the chunk before; a
+strategy that reads further back is stopped with an error naming the bar.
+
 Examples
 --------
 >>> s = get_strategy("sma_cross")
@@ -230,6 +239,25 @@ class Strategy:
     def specs(self, params: Mapping[str, Any]) -> list[IndicatorSpec]:
         """The indicator specs of a validated parameter set (for an IndicatorPlan)."""
         return [spec for spec, _ in self.inputs(params)]
+
+    def lookback(self, params: Mapping[str, Any]) -> int:
+        """Bars of history a user strategy's target needs (its streaming contract, see the module docstring).
+
+        The function's ``lookback`` attribute (an int, or a function of the parameters),
+        else derived from its declared indicators: the longest warm-up plus one bar
+        (enough for a rule that compares a bar with the one before it). 0 for built-ins,
+        whose kernels carry their state instead.
+        """
+        if self.builtin:
+            return 0
+        declared = getattr(self.function, "lookback", None)
+        if declared is not None:
+            value = declared(**params) if callable(declared) else declared
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ConfigError(f"strategy {self.name!r}: lookback must be a whole number of bars >= 0, "
+                                  f"got {value!r}", key="strategy.lookback")
+            return int(value)
+        return max((spec.lookback for spec in self.specs(params)), default=0) + 1
 
     def user_targets(self, bars: Any, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> np.ndarray:
         """Call a user strategy and check what it returns: int8 targets, one per bar."""
