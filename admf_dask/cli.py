@@ -177,10 +177,13 @@ def _param_spec(pair: str) -> tuple[str, object]:
               help="Refuse bigger sweeps unless --yes.")
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a run that exists (finished or not).")
+@click.option("--memory-budget", metavar="SIZE",
+              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
+                   "longer histories are read and backtested in time chunks.")
 @storage_option
 def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
           slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
-          retries, max_backtests, yes, force, storage_options) -> None:
+          retries, max_backtests, yes, force, memory_budget, storage_options) -> None:
     """Sweep a strategy's parameters over the symbols of STORE on a Dask cluster.
 
     Results go to <storage>/runs/<run-id>/ (one row per parameter set and symbol),
@@ -203,7 +206,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
                          start=start, end=end, direction=direction, cash=cash, commission=commission,
                          slippage_bps=slippage_bps, whole_units=whole_units, stop_loss=stop_loss,
                          take_profit=take_profit, metric=metric, top=top, batch_seconds=batch_seconds,
-                         retries=retries, max_backtests=max_backtests)
+                         retries=retries, max_backtests=max_backtests, memory_budget=memory_budget)
     bar_store = BarStore(store, options)
     bar_store.manifest  # a wrong STORE fails before a cluster starts
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
@@ -249,9 +252,12 @@ def _member(spec: str, direction: str) -> dict:
 @click.option("--storage", default=".", show_default=True, help="Root for signals/, runs/ and cache/.")
 @click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
 @click.option("--force", is_flag=True, help="Rewrite the set even if it is complete.")
+@click.option("--memory-budget", metavar="SIZE",
+              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
+                   "longer histories are read and backtested in time chunks.")
 @storage_option
 def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
-            slippage_bps, storage, cluster, force, storage_options) -> None:
+            slippage_bps, storage, cluster, force, memory_budget, storage_options) -> None:
     """Generate and store the signals of strategy configurations over STORE (phase 1 of replay).
 
     Each configuration's target series is stored per symbol as sparse change events
@@ -271,7 +277,8 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     config = SignalsConfig(configs=[_member(c, direction) for c in configs] if configs else None,
                            from_run=from_run, top=top, metric=metric,
                            symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
-                           start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps)
+                           start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps,
+                           memory_budget=memory_budget)
     bar_store = BarStore(store, options)
     bar_store.manifest
     with ExitStack() as stack:
@@ -322,9 +329,12 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--max-backtests", type=click.IntRange(min=1), default=10_000_000, show_default=True)
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a replay run that exists.")
+@click.option("--memory-budget", metavar="SIZE",
+              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
+                   "longer histories are read and backtested in time chunks.")
 @storage_option
 def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
-           storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force,
+           storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force, memory_budget,
            storage_options) -> None:
     """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
 
@@ -347,7 +357,8 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
                           grid=[float(v) for v in grid.split(",") if v] if grid else None, sample=sample, seed=seed,
                           symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
                           direction=direction, commission=commission, metric=metric, top=top,
-                          batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests)
+                          batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests,
+                          memory_budget=memory_budget)
     root = StorageRef.make(storage, options)
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
     with ExitStack() as stack:

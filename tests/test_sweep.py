@@ -326,7 +326,7 @@ def test_the_probe_times_the_kernel_only_on_an_input_that_holds_the_samples_indi
     sample = sets[:_PROBE_SETS]
     feed = SweepFeed(config, sets, dataset, StorageRef.make(str(tmp_path / "root")), client=None)
     before = computations()
-    data = feed.probe_input("SYM000", sample)
+    data = feed.probe_input("SYM000", sample, 100_000)
     built = computations() - before
     assert built == len({w for p in sample for w in (p["fast"], p["slow"])})  # each window once, here
     spb = _probe(config, data, sample)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import mmap
 import threading
 import time
@@ -13,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import AdmfError
 from ..storage import StorageRef
 from .grid import ParamSets
 from .portfolio import _arrays_parts, _portfolio_table
-from .results import _rows_table
+from .results import _rows_table, write_part
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class ContainerTask:
     run_ref: StorageRef
     run_id: str
     whole_range: bool = False  # the only task of its set range: it writes the portfolio rows itself
+    stream: Any = None  # a streaming.StreamSpec: the symbols are read in time chunks (run_stream_container)
 
 def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> AdmfError:
     """Find the parameter set that fails (deterministic bugs) and name it."""
@@ -54,8 +53,9 @@ def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> 
 class Timeline:
     """A container's own timeline: the sorted union of its symbols' bar timestamps (int64 ns).
 
-    ``positions[i]`` places symbol ``i``'s bars on it; ``periods_per_year`` is the
-    timeline's own (that of the portfolio rows).
+    ``positions[i]`` places symbol ``i``'s bars on it (symbols with the same bar times
+    share one positions array); ``periods_per_year`` is the timeline's own (that of the
+    portfolio rows).
     """
 
     stamps: np.ndarray
@@ -64,6 +64,9 @@ class Timeline:
 
 _TIMELINES: OrderedDict[tuple, Timeline] = OrderedDict()
 _TIMELINES_KEEP = 8
+# What the kept timelines may hold in all: memory Dask does not see (it is no task's result), so a
+# worker paused for memory could not free it by spilling. One minute-bar timeline of 20 years is 16 MB.
+_TIMELINES_BYTES = 64 << 20
 _TIMELINES_LOCK = threading.Lock()
 
 def group_timeline(indicator_sets: Sequence[Any]) -> Timeline:
@@ -86,7 +89,7 @@ def group_timeline(indicator_sets: Sequence[Any]) -> Timeline:
     stamps = [np.asarray(s.bars.timestamp, dtype=np.int64) for s in indicator_sets]
     if all(len(a) == len(stamps[0]) and np.array_equal(a, stamps[0]) for a in stamps[1:]):
         union = stamps[0] if stamps else np.empty(0, np.int64)  # aligned symbols: nothing to merge
-        positions = tuple(np.arange(len(union), dtype=np.int64) for _ in stamps)
+        positions = (np.arange(len(union), dtype=np.int64),) * len(stamps)  # one array, shared
         # the first symbol's bars are the timeline: their value, worked out where the set was built
         ppy = indicator_sets[0].bars.periods_per_year() if len(union) > 1 else 252.0
     else:
@@ -98,9 +101,16 @@ def group_timeline(indicator_sets: Sequence[Any]) -> Timeline:
         return timeline
     with _TIMELINES_LOCK:
         _TIMELINES[key] = timeline
-        while len(_TIMELINES) > _TIMELINES_KEEP:
+        while len(_TIMELINES) > _TIMELINES_KEEP or (len(_TIMELINES) > 1 and _timelines_bytes() > _TIMELINES_BYTES):
             _TIMELINES.popitem(last=False)
     return timeline
+
+
+def _timelines_bytes() -> int:
+    total = 0
+    for t in _TIMELINES.values():
+        total += t.stamps.nbytes + sum(p.nbytes for p in {id(p): p for p in t.positions}.values())
+    return total
 
 class _Scratch:
     """Equity accumulators reused across the tasks of a worker process.
@@ -109,13 +119,14 @@ class _Scratch:
     task pays the page faults of new memory (on a VM, ~2 us a page: ~40 ms for
     65 MB, as much as the kernel's work on it), and two workers doing so at once
     slow each other down. Zeroing memory already mapped costs a few ms. At most
-    ``keep`` buffers stay (one per thread in practice), each at most ``_ACC_BYTES``.
+    ``keep`` buffers stay (one per thread in practice), at most ``max_bytes`` in all.
     """
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 4, max_bytes: int = 128 << 20) -> None:
         self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
         self._keep = keep
+        self._max_bytes = max_bytes  # kept buffers are memory Dask does not see: bounded
 
     def take(self, m: int, n: int) -> np.ndarray:
         """A zeroed float64 ``(m, n)`` array, a view of a kept buffer when one is big enough."""
@@ -139,6 +150,8 @@ class _Scratch:
         with self._lock:
             self._free.append(buf)
             self._free = sorted(self._free, key=len)[-self._keep:]
+            while len(self._free) > 1 and sum(b.nbytes for b in self._free) > self._max_bytes:
+                self._free.pop()  # the largest goes first
 
 _SCRATCH = _Scratch()
 
@@ -200,9 +213,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
                                                "timeline": timeline.stamps}), f"portfolio/part-{task.part:06d}.acc")
     finally:
         _SCRATCH.give(equity)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(buf.getvalue(), f"results/part-{task.part:06d}.parquet")
+    write_part(storage, table, f"results/part-{task.part:06d}.parquet")
     storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
                         "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
     return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0,

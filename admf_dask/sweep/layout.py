@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from ..bars import BarStore
 from ..kernels.stats import STAT_NAMES
 
 MAX_TASKS = 20_000  # a bigger graph stalls the scheduler; batches grow instead
@@ -17,8 +16,8 @@ _MIN_TASK_SECONDS = 0.01
 
 
 def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], seconds_per_bar: float,
-            batch_seconds: float, threads: int, timeline_len: int, load_seconds: float = 0.0
-            ) -> list[tuple[tuple[str, ...], int, int]]:
+            batch_seconds: float, threads: int, timeline_len: int, load_seconds: float = 0.0,
+            budget: int | None = None, bar_bytes: int = 48) -> list[tuple[tuple[str, ...], int, int]]:
     """Cut the sweep into (symbols, lo, hi) containers of about the target work each.
 
     Every container uses the same parameter-set ranges, so the portfolio partials of
@@ -34,16 +33,20 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
       but every range needs every symbol's input (shared between tasks). Best for
       many parameter sets, where the narrow shape writes gigabytes of accumulators.
 
-    A range's accumulators fit ``_ACC_BYTES`` in both. The last ranges are then
+    A range's accumulators fit ``_ACC_BYTES`` in both, and with a memory ``budget`` a
+    task's accumulators fit half of it and its symbols' inputs (``bar_bytes`` a bar:
+    the bar columns and indicator rows) the other half. The last ranges are then
     halved (:func:`_halve_tail`).
     """
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
     # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
     # batch_seconds itself asks for less (tests do, to get many tasks from little work).
     target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
-    max_step = max(1, _ACC_BYTES // (8 * max(timeline_len, 1)))
-    shapes = [_narrow(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step),
-              _wide(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step)]
+    acc_cap = _ACC_BYTES if budget is None else min(_ACC_BYTES, budget // 2)
+    max_step = max(1, acc_cap // (8 * max(timeline_len, 1)))
+    max_bars = None if budget is None else max(1, budget // 2 // max(bar_bytes, 1))
+    shapes = [_narrow(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step, max_bars),
+              _wide(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step, max_bars)]
     best = min(shapes, key=lambda parts: _overhead(parts, len(symbols), timeline_len, load_seconds))
     return _halve_tail(best, threads)
 
@@ -68,7 +71,7 @@ def _halve_tail(parts: list[tuple[tuple[str, ...], int, int]], threads: int) -> 
     return out if len(out) <= MAX_TASKS else parts
 
 def _narrow(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, target: float,
-            max_step: int) -> list[tuple[tuple[str, ...], int, int]]:
+            max_step: int, max_bars: int | None = None) -> list[tuple[tuple[str, ...], int, int]]:
     longest = max(bars_per_symbol.values(), default=1)
     while True:
         step = min(max(1, int(target / max(spb * longest, 1e-12))), n_sets, max_step)
@@ -77,12 +80,17 @@ def _narrow(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], sp
             hi = min(lo + step, n_sets)
             group: list[str] = []
             work = 0.0
+            held = 0
             for s in symbols:
+                if group and max_bars is not None and held + bars_per_symbol[s] > max_bars:
+                    parts.append((tuple(group), lo, hi))
+                    group, work, held = [], 0.0, 0
                 group.append(s)
                 work += spb * bars_per_symbol[s] * (hi - lo)
+                held += bars_per_symbol[s]
                 if work >= target:
                     parts.append((tuple(group), lo, hi))
-                    group, work = [], 0.0
+                    group, work, held = [], 0.0, 0
             if group:
                 parts.append((tuple(group), lo, hi))
         if len(parts) <= MAX_TASKS:
@@ -90,17 +98,20 @@ def _narrow(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], sp
         target *= 2 * len(parts) / MAX_TASKS
 
 def _wide(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, target: float,
-          max_step: int) -> list[tuple[tuple[str, ...], int, int]]:
+          max_step: int, max_bars: int | None = None) -> list[tuple[tuple[str, ...], int, int]]:
     while True:
         groups: list[tuple[str, ...]] = []
         group: list[str] = []
         work = 0.0
-        for s in symbols:  # the fewest groups in which one parameter set fits the target
-            if group and work + spb * bars_per_symbol[s] > target:
+        held = 0
+        for s in symbols:  # the fewest groups in which one parameter set fits the target (and the memory)
+            if group and (work + spb * bars_per_symbol[s] > target
+                          or (max_bars is not None and held + bars_per_symbol[s] > max_bars)):
                 groups.append(tuple(group))
-                group, work = [], 0.0
+                group, work, held = [], 0.0, 0
             group.append(s)
             work += spb * bars_per_symbol[s]
+            held += bars_per_symbol[s]
         if group:
             groups.append(tuple(group))
         heaviest = max(sum(bars_per_symbol[s] for s in g) for g in groups)
@@ -109,6 +120,66 @@ def _wide(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb:
         if len(parts) <= MAX_TASKS:
             return parts
         target *= 2 * len(parts) / MAX_TASKS
+
+_STREAM_ROWS = 16_384  # bars per chunk a streaming layout aims at: per-chunk costs stay under ~10 %
+_STREAM_MIN_SETS = 8  # sets per range a streaming task needs to pay for reading its symbols' bars again
+
+
+def _stream_layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], threads: int, budget: int,
+                   payload_bytes: int, halo: int, aligned: bool) -> tuple[list[tuple[tuple[str, ...], int, int]], int]:
+    """Containers for symbols read in chunks, and the bars per chunk: ``(parts, rows)``.
+
+    A streaming task reads all of its symbols' bars and computes their indicators, so
+    the fewer set ranges the better; but every thread needs a task, so there are at
+    least ``threads`` tasks, and up to ``2 x threads`` while a range keeps at least
+    ``_STREAM_MIN_SETS`` sets. Symbols of a range go in as few lockstep groups as the
+    budget allows at ``_STREAM_ROWS`` bars per chunk (one group: no partial portfolio
+    accumulators at all; each further group writes one set of windows per range).
+    """
+    from ..budget import chunk_rows
+
+    want = max(1, 2 * threads)
+
+    def ranges_for(groups: int) -> int:
+        r = min(n_sets, -(-want // groups))
+        if n_sets // max(r, 1) < _STREAM_MIN_SETS:
+            r = max(min(n_sets, -(-threads // groups)), n_sets // _STREAM_MIN_SETS)
+        return max(1, min(r, n_sets))
+
+    longest = max(bars_per_symbol[s] for s in symbols)
+    target = min(longest, max(_STREAM_ROWS, halo + 1))
+    n_groups = 1
+    while True:
+        step = -(-n_sets // ranges_for(n_groups))
+        size = -(-len(symbols) // n_groups)
+        rows = chunk_rows(budget, symbols=size, sets=step, payload_bytes=payload_bytes, aligned=aligned)
+        if rows >= target or size == 1:
+            break
+        n_groups = -(-len(symbols) // max(1, size * 3 // 4 if size > 1 else 1))
+    while rows < halo + 1 and step > 1:  # one symbol per group and still short: fewer sets per task
+        step = max(1, step // 2)
+        rows = chunk_rows(budget, symbols=1, sets=step, payload_bytes=payload_bytes)
+    groups = _balanced(symbols, bars_per_symbol, n_groups)
+    parts = [(g, lo, min(lo + step, n_sets)) for lo in range(0, n_sets, step) for g in groups]
+    return parts, max(halo + 1, min(rows, longest))
+
+
+def _balanced(symbols: list[str], bars_per_symbol: dict[str, int], n: int) -> list[tuple[str, ...]]:
+    """``symbols`` in ``n`` consecutive groups of about equal bars (in the given order)."""
+    total = sum(bars_per_symbol[s] for s in symbols)
+    groups: list[tuple[str, ...]] = []
+    group: list[str] = []
+    acc = 0
+    for s in symbols:
+        group.append(s)
+        acc += bars_per_symbol[s]
+        if acc * n >= total * (len(groups) + 1) and len(groups) < n - 1:
+            groups.append(tuple(group))
+            group = []
+    if group:
+        groups.append(tuple(group))
+    return groups
+
 
 _ACC_SECONDS_PER_BYTE = 8e-9  # write + read back + rebase + merge of an npz accumulator (measured: 60 MB ~0.5 s)
 _TASK_SECONDS = 0.005  # scheduling, the rows table and the commit of one task
@@ -158,28 +229,61 @@ def _probe(config: Any, data: Any, sample: list[dict]) -> float:
         best = min(best, time.perf_counter() - t0)
     return max(best / (len(sample) * n), 1e-10)
 
+def plan_layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, batch_seconds: float,
+                threads: int, budget: int, payload_bytes: float, halo: int, aligned: bool,
+                load_seconds: float = 0.0) -> dict[str, Any]:
+    """The task layout of a run within a memory budget: what ``run.json`` records.
+
+    A symbol whose whole history, its payload (indicator or signal rows) and one set's
+    accumulators fit the ``budget`` is held whole (today's containers: its input built
+    once, shared by the tasks that need it); the others are *streamed*, read in chunks
+    of ``chunk_rows`` bars (:func:`_stream_layout`). When both kinds are present the
+    whole-series symbols are grouped within the streaming layout's set ranges, so every
+    range's portfolio partials still merge. Returns ``{"layout": [[symbols, lo, hi,
+    streamed], ...], "chunk_rows": n (0 without streaming), "memory_per_task": bytes}``.
+    """
+    from ..budget import chunk_bytes, whole_bytes
+
+    bar_bytes = 6 * 8 + payload_bytes
+    streamed = [s for s in symbols
+                if whole_bytes({s: bars_per_symbol[s]}, 1, payload_bytes) > budget]
+    whole = [s for s in symbols if s not in set(streamed)]
+    parts: list[tuple[tuple[str, ...], int, int, bool]] = []
+    rows = 0
+    if not streamed:
+        parts = [(g, lo, hi, False) for g, lo, hi in
+                 _layout(n_sets, symbols, bars_per_symbol, spb, batch_seconds, threads,
+                         max(bars_per_symbol.values()), load_seconds, budget, int(bar_bytes))]
+    else:
+        sparts, rows = _stream_layout(n_sets, streamed, bars_per_symbol, threads, budget, payload_bytes, halo,
+                                      aligned)
+        for lo, hi in sorted({(lo, hi) for _, lo, hi in sparts}):
+            timeline = max((bars_per_symbol[s] for s in whole), default=0)
+            max_bars = max(1, int((budget - 8 * (hi - lo + 2) * timeline) // bar_bytes)) if whole else 1
+            group: list[str] = []
+            held = 0
+            for s in whole:
+                if group and held + bars_per_symbol[s] > max_bars:
+                    parts.append((tuple(group), lo, hi, False))
+                    group, held = [], 0
+                group.append(s)
+                held += bars_per_symbol[s]
+            if group:
+                parts.append((tuple(group), lo, hi, False))
+        parts += [(g, lo, hi, True) for g, lo, hi in sparts]
+    memory = 0
+    for group, lo, hi, is_streamed in parts:
+        if is_streamed:
+            need = chunk_bytes(rows, symbols=len(group), sets=hi - lo, payload_bytes=payload_bytes, aligned=aligned)
+        else:
+            need = whole_bytes({s: bars_per_symbol[s] for s in group}, hi - lo, payload_bytes, aligned)
+        memory = max(memory, need)
+    return {"layout": [[list(g), lo, hi, st] for g, lo, hi, st in parts], "chunk_rows": rows,
+            "memory_per_task": memory}
+
+
 def _estimate(n_sets: int, bars_per_symbol: dict[str, int], n_parts: int) -> dict[str, Any]:
     n_sym = len(bars_per_symbol)
-    max_bars = max(bars_per_symbol.values(), default=0)
     return {"param_sets": n_sets, "symbols": n_sym, "backtests": n_sets * n_sym,
             "bar_evaluations": n_sets * sum(bars_per_symbol.values()), "tasks": n_parts,
-            # bars + ~30 indicator arrays per symbol in memory, plus the rows a task returns
-            "memory_per_task_mb": round(max_bars * 8 * 40 / 1e6 + n_sets * 8 * (len(STAT_NAMES) + 8) / 1e6, 1),
             "output_mb": round(n_sets * n_sym * 8 * (len(STAT_NAMES) + 8) / 1e6, 1)}
-
-def _bars_in_range(store: BarStore, symbol: str, start: Any, end: Any) -> int:
-    if start is None and end is None:
-        return int(store.entry(symbol)["rows"])
-    from ..bars.store import _MAX_NS, _MIN_NS, to_ns
-
-    lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
-    total = 0
-    for f in store.entry(symbol)["files"]:
-        if f["last_ns"] < lo or f["first_ns"] > hi:
-            continue
-        if lo <= f["first_ns"] and f["last_ns"] <= hi:
-            total += f["rows"]
-        else:  # a partial file: estimate by its time share
-            span = max(f["last_ns"] - f["first_ns"], 1)
-            total += int(f["rows"] * (min(hi, f["last_ns"]) - max(lo, f["first_ns"])) / span) + 1
-    return total

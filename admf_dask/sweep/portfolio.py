@@ -24,30 +24,114 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                      param_sets: ParamSets, cash: float) -> str:
     """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
-    The parts of a range cover every symbol once; the union of their timelines is
-    the sweep's union timeline, onto which each part's equity is rebased first.
+    The parts of a range cover every symbol once; each part's summed equity is on its own
+    group's timeline. Parts held whole (``portfolio/part-<j>.acc``) are read one at a time,
+    rebased onto the union of their timelines and summed in part order: the task holds the
+    sum and one part, never every part. Parts of streaming containers come in windows
+    (``portfolio/part-<j>/w-<k>.acc``); they, and that sum as one more part, are merged in
+    time order, a step at a time up to the earliest last timestamp among the windows at
+    hand: each rebased onto the union of the step's timestamps (carried forward, starting
+    cash before its first bar) and summed in part order. Every step is folded into the
+    portfolio statistics (:func:`~admf_dask.kernels.portfolio.portfolio_fold`), so the
+    union timeline of a streamed range is never held whole either.
     Returns the rows' file (``portfolio/rows-<lo>.parquet``, relative to the run).
     """
-    from ..kernels.portfolio import merge_accumulators, rebase_equity, starting_equity
+    from ..kernels.portfolio import (
+        merge_trade_acc, portfolio_fold, portfolio_state_init, rebase_equity, starting_equity,
+    )
+    from ..kernels.stats import PeriodsPerYearStream
 
     storage = run_ref.open()
-    accs = []
-    for j in parts:
-        part = f"portfolio/part-{j:06d}.acc"
-        arrays = _arrays_read(storage.read_bytes(part), storage.display(part))
-        accs.append((arrays["equity"], arrays["trades"], arrays["extra"], arrays["timeline"]))
-    union = np.unique(np.concatenate([a[3] for a in accs]))
-    total = None
-    for equity, trades, extra, timeline in accs:
-        sleeves = int(extra[0, 2]) if len(extra) else 0
-        acc = (rebase_equity(equity, timeline, union, starting_equity(len(equity), sleeves, float(cash))), trades, extra)
-        total = acc if total is None else merge_accumulators(total, acc)
-    table = _portfolio_table(lo, hi, param_sets, total, union)
+    heads = [_read_part(storage, j) for j in parts]  # small: trades, extra, and the timeline of whole parts
+    trades, extra = heads[0]["trades"], heads[0]["extra"]
+    for h in heads[1:]:
+        trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]
+    m = len(extra)
+    readers: list[_PartReader] = []
+    whole = [(j, h) for j, h in zip(parts, heads) if "windows" not in h]
+    if whole:  # the sum of the whole parts, one part read at a time: a part of the merge below
+        union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
+        total, before = None, None
+        for j, h in whole:
+            equity = _read_part(storage, j, equity=True)["equity"]
+            start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
+            step = rebase_equity(equity, h["timeline"], union, start)
+            total = step if total is None else total + step
+            before = start if before is None else before + start
+            del equity, step
+        readers.append(_PartReader(storage, [], total, union, before))
+    for j, h in zip(parts, heads):
+        if "windows" in h:
+            files = [f"portfolio/part-{j:06d}/w-{k:06d}.acc" for k in range(int(h["windows"][0]))]
+            readers.append(_PartReader(storage, files, np.empty((m, 0)), np.empty(0, np.int64),
+                                       starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))))
+    sleeves = np.ascontiguousarray(extra[:, 2])
+    pstate = portfolio_state_init(m)
+    spacing = PeriodsPerYearStream()
+    folded = 0
+    while True:
+        live = [r for r in readers if r.pending()]
+        if not live:
+            break
+        cut = min(r.last() for r in live)
+        pieces = [r.take(cut) for r in readers]
+        stamps = np.unique(np.concatenate([ts for _, ts in pieces]))
+        total = None
+        for r, (equity, ts) in zip(readers, pieces):
+            if len(ts):
+                step = rebase_equity(equity, ts, stamps, r.before)
+                r.before = np.ascontiguousarray(equity[:, -1])
+            else:
+                step = np.repeat(r.before[:, None], len(stamps), axis=1)
+            total = step if total is None else total + step
+        portfolio_fold(total, sleeves, folded, pstate)
+        spacing.update(stamps)
+        folded += len(stamps)
+    table = _stream_portfolio_table(lo, hi, param_sets, pstate, trades, extra,
+                                    spacing.value() if folded > 1 else 252.0)
     name = f"portfolio/rows-{lo:09d}.parquet"
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(buf.getvalue(), name)
     return name
+
+
+def _read_part(storage: Any, part: int, equity: bool = False) -> dict[str, np.ndarray]:
+    """A part's accumulator file: everything but its equity (dropped at once), or with it."""
+    name = f"portfolio/part-{part:06d}.acc"
+    arrays = _arrays_read(storage.read_bytes(name), storage.display(name))
+    if not equity:  # copies: views would keep the whole file's bytes, equity included, alive
+        arrays = {k: v.copy() for k, v in arrays.items() if k != "equity"}
+    return arrays
+
+
+class _PartReader:
+    """One part's summed equity in time order: in memory, then window files (see :func:`reduce_portfolio`)."""
+
+    def __init__(self, storage: Any, files: list[str], equity: np.ndarray, stamps: np.ndarray,
+                 before: np.ndarray) -> None:
+        self.storage, self._files = storage, list(files)
+        self._equity, self._stamps, self._pos = equity, stamps, 0
+        self.before = before  # the part's value before the stamps to come
+
+    def pending(self) -> bool:
+        while self._pos >= len(self._stamps):
+            if not self._files:
+                return False
+            name = self._files.pop(0)
+            arrays = _arrays_read(self.storage.read_bytes(name), self.storage.display(name))
+            self._equity, self._stamps, self._pos = arrays["equity"], arrays["timeline"], 0
+        return True
+
+    def last(self) -> int:
+        return int(self._stamps[-1])
+
+    def take(self, cut: int) -> tuple[np.ndarray, np.ndarray]:
+        a = self._pos
+        b = max(a, int(np.searchsorted(self._stamps, cut, side="right")))
+        self._pos = b
+        return self._equity[:, a:b], self._stamps[a:b]
+
 
 _ARRAYS_MAGIC = b"ADMFARR1"
 
@@ -95,7 +179,19 @@ def _portfolio_table(lo: int, hi: int, param_sets: ParamSets, acc: tuple, union:
 
     if ppy is None:
         ppy = periods_per_year(union) if len(union) > 1 else 252.0
-    rows = portfolio_stats(acc[0], acc[1], acc[2], ppy)
+    return _rows_of_sets(lo, hi, param_sets, portfolio_stats(acc[0], acc[1], acc[2], ppy))
+
+
+def _stream_portfolio_table(lo: int, hi: int, param_sets: ParamSets, pstate: np.ndarray, trades: np.ndarray,
+                            extra: np.ndarray, ppy: float) -> pa.Table:
+    """The PORTFOLIO rows of sets [lo, hi) from folded portfolio states (:func:`~admf_dask.kernels.portfolio.portfolio_fold`)."""
+    from ..kernels.portfolio import portfolio_finalize
+
+    return _rows_of_sets(lo, hi, param_sets, portfolio_finalize(pstate, trades, extra, ppy))
+
+
+def _rows_of_sets(lo: int, hi: int, param_sets: ParamSets, rows: np.ndarray) -> pa.Table:
+    """PORTFOLIO rows of sets [lo, hi) as a table: set ids, parameters, the statistics ``rows``."""
     sets = [dict(p) for p in param_sets]
     params = {name: [p.get(name) for p in sets] for name in dict.fromkeys(k for p in sets for k in p)}
     return _stats_table(np.arange(lo, hi, dtype=np.int64), pa.array([PORTFOLIO] * len(sets), pa.string()),

@@ -25,11 +25,13 @@ from typing import Any
 from .. import __version__
 from ..bars import BarStore
 from ..config import token
-from ..errors import ConfigError
+from ..budget import format_bytes
+from ..errors import ConfigError, DataError
 from ..storage import StorageRef
 from .container import ContainerTask, run_container
 from .grid import SweepConfig, _frozen, expand_params
-from .layout import _PROBE_SETS, _bars_in_range, _estimate, _layout, _probe
+from .layout import _PROBE_SETS, _estimate, _probe, plan_layout
+from .streaming import run_stream_container
 from .portfolio import reduce_portfolio
 from .results import SweepResult, write_final_table
 
@@ -68,18 +70,68 @@ class SweepFeed:
     def settle(self, source: Any, counters: Any) -> None:
         self.hub.settle(source, counters)
 
-    def probe_input(self, symbol: str, sample: list[dict[str, Any]]) -> Any:
+    def probe_input(self, symbol: str, sample: list[dict[str, Any]], max_rows: int) -> Any:
         from ..cache import IndicatorSet
 
-        bars = self.bars.read(symbol, start=self.config.start, end=self.config.end)
+        # a bounded slice: the probe times the kernel per bar, it needs no whole history
+        bars = self.bars.read_head(symbol, max_rows, start=self.config.start, end=self.config.end)
         specs = self.config.prepare(sample).plan.specs  # the sample's indicators, computed here, not cached
         return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
+
+    def shape(self, sets: list[dict[str, Any]]) -> tuple[float, int]:
+        """Payload bytes per bar of a symbol (its indicator rows, or a user strategy's targets) and the halo."""
+        batch = self.config.prepare(sets)
+        specs = batch.plan.specs
+        halo = max((spec.halo for spec in specs), default=0)
+        if batch.strategy.builtin:
+            return 8.0 * len(batch.rows), halo
+        outputs = sum(len(spec.outputs) for spec in specs)
+        lookback = max(batch.strategy.lookback(p) for p in batch.params)
+        return 8.0 * outputs + len(sets), max(halo, lookback)
+
+    def stream_spec(self, rows: int, persist: bool) -> Any:
+        from .streaming import StreamSpec
+
+        return StreamSpec(self.bars.ref, self.bars.fingerprint, rows, self.hub.cache_ref if persist else None, persist)
+
+    def done(self, symbol: str) -> None:
+        """No task of the run needs the symbol's set any more: the hub lets go of it (workers free it)."""
+        self.hub.forget(symbol)
 
     def summary(self) -> dict[str, Any]:
         return {"indicators": self.hub.counters.line(), "hub": self.hub.counters.as_dict()}
 
     def release(self) -> None:
         self.hub.release()
+
+_PROBE_MAX_ROWS = 200_000  # bars the probe reads: enough to time the kernel on, whatever the history
+
+
+def _budget(config: Any, client: Any, payload: float, halo: int) -> int:
+    """The run's memory budget per task, checked against the workers and the smallest chunk (ConfigError)."""
+    from ..budget import BAR_BYTES, budget_error, default_budget, worker_memory
+
+    limit, threads = worker_memory(client)
+    budget = config.memory_budget or default_budget(limit, threads)
+    need = (halo + 1) * (BAR_BYTES + payload + 8)  # the smallest chunk: one symbol, one set, halo + 1 bars
+    error = budget_error(budget, limit, threads, int(need), "this strategy's indicators")
+    if error is not None:
+        raise error
+    return budget
+
+
+def _aligned(bars: BarStore, symbols: list[str]) -> bool:
+    """Whether the symbols look like they share their bar times (same first and last bar and count)."""
+    keys = {(e["first_ns"], e["last_ns"], e["rows"]) for e in (bars.entry(s) for s in symbols)}
+    return len(keys) == 1
+
+
+def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
+    """Task: a container, held whole (:func:`run_container`) or streamed along time (:func:`run_stream_container`)."""
+    if task.stream is not None:
+        return run_stream_container(task)
+    return run_container(task, *sources)
+
 
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SweepResult:
@@ -131,33 +183,51 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
     client = ensure_client(client)
     source = feed(client)
     try:
-        bars_per_symbol = {s: _bars_in_range(bars, s, config.start, config.end) for s in symbols}
-        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        bars_per_symbol = {s: bars.rows_in_range(s, config.start, config.end) for s in symbols}
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        threads = sum(w.get("nthreads", 1) for w in workers.values())
         if run is None:
             estimate = _estimate(len(sets), bars_per_symbol, 0)
             if estimate["backtests"] > config.max_backtests and not yes:
                 raise ConfigError(f"the {kind} has {estimate['backtests']:,} backtests, over max_backtests="
                                   f"{config.max_backtests:,}", key="max_backtests",
                                   hint="narrow the grid, use sample:, or pass --yes to run it anyway")
+            if min(bars_per_symbol.values(), default=0) < 2:
+                empty = min(symbols, key=bars_per_symbol.__getitem__)
+                raise DataError(f"{bars_per_symbol[empty]} bar(s) of {empty} in the range: at least two are needed",
+                                symbol=empty, key="start", hint="widen the start/end range")
+            payload, halo = source.shape(sets)
+            budget = _budget(config, client, payload, halo)
             longest = max(symbols, key=bars_per_symbol.__getitem__)
             sample = sets[:_PROBE_SETS]
             t_load = time.perf_counter()
-            probe_input = source.probe_input(longest, sample)
-            t_load = time.perf_counter() - t_load
+            probe_rows = int(max(2, min(_PROBE_MAX_ROWS, budget // (48 + payload + 8 * len(sample)))))
+            probe_input = source.probe_input(longest, sample, probe_rows)
+            t_load = (time.perf_counter() - t_load) * bars_per_symbol[longest] / max(len(probe_input.bars), 1)
             spb = _probe(config, probe_input, sample)
-            layout = _layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads,
-                             max(bars_per_symbol.values()), t_load)
+            del probe_input
+            plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
+                               payload, halo, _aligned(bars, symbols), t_load)
             run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
-                   "layout": [[list(g), lo, hi] for g, lo, hi in layout]}
+                   "memory_budget": budget, **plan}
             storage.write_json(run, "run.json")
-        layout = [(tuple(g), lo, hi) for g, lo, hi in run["layout"]]
+        layout = [(tuple(g), lo, hi, bool(rest[0]) if rest else False) for g, lo, hi, *rest in run["layout"]]
+        rows = int(run.get("chunk_rows", 0))
         estimate = _estimate(len(sets), bars_per_symbol, len(layout))
         echo(f"{kind} {run_id}: {config.label}, {estimate['param_sets']:,} parameter sets{note} x "
              f"{estimate['symbols']} symbols = {estimate['backtests']:,} backtests, "
              f"{estimate['bar_evaluations']:,} bar-evaluations; {estimate['tasks']} tasks, "
-             f"~{estimate['memory_per_task_mb']} MB per task, ~{estimate['output_mb']} MB of results")
+             f"~{format_bytes(run.get('memory_per_task', 0))} per task "
+             f"(budget {format_bytes(run.get('memory_budget', 0))}), ~{estimate['output_mb']} MB of results")
+        streamed = sorted({s for g, _, _, st in layout if st for s in g})
+        if streamed:
+            chunks = [-(-bars_per_symbol[s] // rows) for s in streamed]
+            echo(f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
+                 f"{min(chunks)}-{max(chunks)} chunks per symbol" if min(chunks) != max(chunks) else
+                 f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
+                 f"{chunks[0]} chunks per symbol")
 
         done = set()
         storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
@@ -170,28 +240,44 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
 
         t0 = time.perf_counter()
         ranges: dict[tuple[int, int], list[int]] = {}
-        for j, (_, lo, hi) in enumerate(layout):
+        for j, (_, lo, hi, _) in enumerate(layout):
             ranges.setdefault((lo, hi), []).append(j)
-        consumers = Counter(sym for j in todo for sym in layout[j][0])
+        # streamed symbols' indicator chunks go to the cache only when tasks after the first ones
+        # read them again (more set ranges than threads); tasks running at once would all compute them
+        persist = len(ranges) > threads
+        spec = source.stream_spec(rows, persist) if streamed else None
+        consumers = Counter(sym for j in todo if not layout[j][3] for sym in layout[j][0])
         sources: dict[str, Any] = {}
-        tasks, deps = [], []
-        for j in todo:
-            group, lo, hi = layout[j]
-            for sym in group:
+        frozen = {r: _frozen(sets[r[0]:r[1]]) for r in ranges}  # one per set range, shared by its tasks
+        tasks = [ContainerTask(j, layout[j][0], layout[j][1], layout[j][2], frozen[layout[j][1:3]],
+                               config, run_ref, run_id, whole_range=len(ranges[layout[j][1:3]]) == 1,
+                               stream=spec if layout[j][3] else None) for j in todo]
+
+        def inputs(i: int) -> list[Any]:  # the hub's sets of a task, asked for when the task is submitted
+            task = tasks[i]
+            if task.stream is not None:
+                return []
+            for sym in task.symbols:
                 if sym not in sources:
                     sources[sym] = source.source(sym, consumers[sym])
-            tasks.append(ContainerTask(j, group, lo, hi, _frozen(sets[lo:hi]), config, run_ref, run_id,
-                                       whole_range=len(ranges[(lo, hi)]) == 1))
-            deps.append([sources[sym] for sym in group])
+            return [sources[sym] for sym in task.symbols]
+
+        def finished(i: int, out: dict[str, Any]) -> None:
+            for sym, counters in out["counters"].items():
+                source.settle(sources.get(sym), counters)
+            if tasks[i].stream is None:
+                for sym in tasks[i].symbols:  # the last task that needs a set: let the workers drop it
+                    consumers[sym] -= 1
+                    if consumers[sym] == 0 and sources.pop(sym, None) is not None:
+                        source.done(sym)
+
         if tasks:
-            for out in run_tasks(client, run_container, tasks, extra_args=deps, retries=config.retries,
-                                 progress=progress, label=kind, window=2 * max(threads, 1) + 2,
-                                 keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks]):
-                for sym, counters in out["counters"].items():
-                    source.settle(sources[sym], counters)
+            run_tasks(client, run_part, tasks, extra_args=inputs, retries=config.retries, progress=progress,
+                      label=kind, window=2 * max(threads, 1) + 2, on_result=finished,
+                      keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks])
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
         written = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
-                            extra_args=[(parts, lo, hi, _frozen(sets[lo:hi]), config.cash)
+                            extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash)
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0

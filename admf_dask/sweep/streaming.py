@@ -1,0 +1,128 @@
+"""The streaming container: a symbol group x a set range, read and backtested chunk by chunk.
+
+What :func:`~admf_dask.sweep.container.run_container` does for symbols held whole,
+for symbols whose history does not fit the task's memory budget: every symbol of
+the group is read as bounded time chunks (:class:`~admf_dask.stream.SymbolStream`),
+in lockstep (:func:`~admf_dask.stream.windows`), and each parameter set's run
+state (:mod:`admf_dask.kernels.state`) is carried from chunk to chunk. The rows are
+the same as the whole-series container's, bit for bit.
+
+The portfolio accumulators cover one window of the group's timeline at a time. The
+only task of its set range folds them into the portfolio statistics as it goes
+(:func:`~admf_dask.kernels.portfolio.portfolio_fold`); otherwise each window is
+written (``portfolio/part-<j>/w-<k>.acc``: the window's summed equity and its
+timestamps) and the part's pooled trades last (``portfolio/part-<j>.acc``), and
+:func:`~admf_dask.sweep.portfolio.reduce_portfolio` merges the parts' windows in
+time order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import AdmfError, DataError
+from ..storage import StorageRef
+from .portfolio import _arrays_parts, _stream_portfolio_table
+from .results import _rows_table, write_part
+
+__all__ = ["StreamSpec", "run_stream_container"]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How a streaming container reads: the bar store, the bars per chunk, the indicator cache.
+
+    ``persist``: write the indicator chunks computed to the cache (when other tasks of
+    the run read the same symbols).
+    """
+
+    bars_ref: StorageRef
+    fingerprint: str
+    rows: int
+    cache_ref: StorageRef | None
+    persist: bool = False
+
+
+def run_stream_container(task: Any) -> dict[str, Any]:
+    """Task: the container of :func:`~admf_dask.sweep.container.run_container`, streamed along time.
+
+    ``task.stream`` (a :class:`StreamSpec`) says how to read; the task holds at most
+    two chunks of each of its symbols, their payload rows, the run states and one
+    window of portfolio accumulators. Returns what ``run_container`` returns.
+    """
+    from ..bars import BarStore
+    from ..kernels.portfolio import EXTRA_WIDTH, fold_sleeves, portfolio_fold, portfolio_state_init, trade_acc_init
+    from ..kernels.state import finalize_runs, run_state_init, sleeve_before
+    from ..kernels.stats import PeriodsPerYearStream
+    from ..stream import SymbolStream, windows
+
+    t_start = time.perf_counter()
+    spec: StreamSpec = task.stream
+    config = task.config
+    store = BarStore.open(spec.bars_ref, spec.fingerprint)
+    batch = config.prepare([dict(p) for p in task.param_sets])
+    m = len(task.param_sets)
+    cash = float(config.cash)
+    inputs, streams, states = [], [], []
+    for symbol in task.symbols:
+        inp = config.stream_input(batch, symbol, store, spec)
+        inputs.append(inp)
+        streams.append(SymbolStream(store, symbol, config.start, config.end, spec.rows, inp.halo, inp.rows,
+                                    inp.dtype, inp.build))
+        states.append(run_state_init(m, cash))
+    storage = task.run_ref.open()
+    sleeves = np.full(m, float(len(task.symbols)))
+    pstate = portfolio_state_init(m) if task.whole_range else None
+    union = PeriodsPerYearStream()
+    folded = 0  # timeline columns so far
+    n_windows = 0
+    for window in windows(streams):
+        acc = np.zeros((m, len(window.stamps)))
+        for i, piece in enumerate(window.pieces):
+            if piece.n == 0:  # nothing of this symbol in the window: its sleeve holds its last value
+                acc += np.array([sleeve_before(row) for row in states[i]])[:, None]
+                continue
+            try:
+                config.stats_chunk(piece, batch, states[i], (window.position(i), acc))
+            except AdmfError:
+                raise
+            except Exception as exc:
+                raise AdmfError(f"{config.label} failed on bars {piece.t0}..{piece.t0 + piece.n - 1}: "
+                                f"{type(exc).__name__}: {exc}", symbol=piece.symbol,
+                                key=f"run {task.run_id} part {task.part}") from None
+        if pstate is not None:
+            portfolio_fold(acc, sleeves, folded, pstate)
+        else:
+            storage.write_bytes(_arrays_parts({"equity": acc, "timeline": window.stamps}),
+                                f"portfolio/part-{task.part:06d}/w-{n_windows:06d}.acc")
+        union.update(window.stamps)
+        folded += len(window.stamps)
+        n_windows += 1
+    trades, extra = trade_acc_init(m), np.zeros((m, EXTRA_WIDTH))
+    rows = []
+    for stream, state in zip(streams, states):
+        if stream.seen < 2:
+            raise DataError(f"{stream.seen} bar(s) in the range: at least two are needed to backtest",
+                            symbol=stream.symbol, key="start", hint="widen the start/end range")
+        r = finalize_runs(state, stream.first_close, stream.last_close, stream.spacing.value())
+        fold_sleeves(state, r, trades, extra)
+        rows.append(r)
+    table = _rows_table(task, batch, rows)
+    if pstate is not None:
+        ppy = union.value() if folded > 1 else 252.0
+        table = pa.concat_tables([table, _stream_portfolio_table(task.lo, task.hi, task.param_sets, pstate, trades,
+                                                                 extra, ppy)], promote_options="default")
+    else:
+        storage.write_bytes(_arrays_parts({"trades": trades, "extra": extra,
+                                           "windows": np.array([n_windows], dtype=np.int64)}),
+                            f"portfolio/part-{task.part:06d}.acc")
+    write_part(storage, table, f"results/part-{task.part:06d}.parquet")
+    storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
+                        "lo": task.lo, "hi": task.hi, "windows": n_windows}, f"done/part-{task.part:06d}.json")
+    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start,
+            "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)}}
