@@ -25,6 +25,7 @@ Replaying a one-hot weight vector reproduces the member's own backtest exactly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -38,7 +39,7 @@ from . import __version__
 from .bars import BarStore, Bars
 from .cache import HubCounters, data_key
 from .config import token
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, DataError, did_you_mean
 from .kernels.stats import STAT_NAMES
 from .signals import COST_KEYS, SignalSet
 from .storage import StorageRef
@@ -82,6 +83,7 @@ class ReplayConfig:
     batch_seconds: float = 0.5
     retries: int = 2
     max_backtests: int = 10_000_000
+    memory_budget: int | str | None = None
 
     def __post_init__(self) -> None:
         from .strategies import direction_code
@@ -235,6 +237,10 @@ class ReplayJob:
         return self.config.max_backtests
 
     @property
+    def memory_budget(self) -> int | None:
+        return self.config.memory_budget
+
+    @property
     def cash(self) -> float:
         return self.costs["cash"]
 
@@ -271,6 +277,82 @@ class ReplayJob:
                                           o, h, lo, c, pos, _ppy(bars, True, None), costs.cash, costs.commission,
                                           costs.slippage_bps, costs.whole_units, costs.stop_loss,
                                           costs.take_profit, eq, tr, ex)
+
+
+    # The streaming container's hooks (admf_dask.sweep.streaming): the members' signal rows chunk by chunk.
+    def stream_input(self, batch: WeightBatch, symbol: str, store: BarStore, spec: Any) -> Any:
+        from .backtest import StreamInput
+
+        events = SignalEvents(_opened(self.set_ref), symbol)
+        return StreamInput(0, len(self.labels), np.int8, events, lambda: HubCounters())
+
+    def stats_chunk(self, piece: Any, batch: WeightBatch, state: np.ndarray, portfolio: Any) -> None:
+        from .backtest import _costs, _f64
+        from .kernels.replay import ensemble_chunk
+
+        costs = _costs("long_short", **self.costs)
+        o, h, lo, c = (_f64(piece.columns[k]) for k in ("open", "high", "low", "close"))
+        pos, eq = portfolio
+        ensemble_chunk(piece.payload, batch.weights, self.rule, self.threshold, self.direction, o, h, lo, c,
+                       piece.h, piece.t0, state, costs.commission, costs.slippage_bps, costs.whole_units,
+                       costs.stop_loss, costs.take_profit, pos, eq)
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(ref: StorageRef) -> SignalSet:
+    """A signal set's manifest, read once per process and set (tasks of one replay share it)."""
+    return SignalSet.open(ref)
+
+
+class SignalEvents:
+    """Payload builder of a streamed replay: a symbol's stored change events as dense signal rows, chunk by chunk.
+
+    The part is read once and checked against its checksum (events are sparse: a few per
+    trade); each chunk's rows are the events that fall on its bars, starting from the
+    values in force before it. Every event must land on a bar, and the symbol must have
+    the set's number of bars, or the set does not belong to these bars (DataError).
+    """
+
+    def __init__(self, signal_set: SignalSet, symbol: str) -> None:
+        self.set, self.symbol = signal_set, symbol
+        self.entry = signal_set.manifest["parts"][symbol]
+        table = signal_set.read_part(symbol)
+        member = table.column("member").to_numpy().astype(np.int64)
+        k = len(signal_set.manifest["members"])
+        self.ptr = np.searchsorted(member, np.arange(k + 1)).astype(np.int64)
+        self.stamps = table.column("timestamp").to_numpy().astype(np.int64)
+        self.values = table.column("target").to_numpy().astype(np.int8)
+        self.prev = np.zeros(k, dtype=np.int64)
+        self.mapped = 0  # events placed on bars so far
+
+    def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
+        from .kernels.replay import dense_targets_chunk
+
+        ts = columns["timestamp"][hb:]
+        n = len(ts)
+        bars, values, ptr = [], [], [0]
+        for k in range(len(self.ptr) - 1):
+            row = self.stamps[self.ptr[k]:self.ptr[k + 1]]
+            a, b = np.searchsorted(row, ts[0], "left"), np.searchsorted(row, ts[-1], "right")
+            pos = np.searchsorted(ts, row[a:b])
+            if len(pos) and (pos.max() >= n or (ts[np.minimum(pos, n - 1)] != row[a:b]).any()):
+                raise DataError(f"signal part {self.entry['file']} has events on timestamps that are not bars of "
+                                f"{self.symbol}", symbol=self.symbol, file=self.set.ref.url,
+                                hint="replay over the set's own date range and dataset")
+            bars.append(t0 + pos)
+            values.append(self.values[self.ptr[k] + a:self.ptr[k] + b])
+            ptr.append(ptr[-1] + len(pos))
+        self.mapped += ptr[-1]
+        out[:] = dense_targets_chunk(np.array(ptr, dtype=np.int64), np.concatenate(bars).astype(np.int64),
+                                     np.concatenate(values).astype(np.int8), t0, n, self.prev)
+        if t0 + n == self.entry["bars"] and self.mapped != len(self.stamps):
+            raise DataError(f"signal part {self.entry['file']} does not match the bars of {self.symbol}",
+                            symbol=self.symbol, file=self.set.ref.url,
+                            hint="replay over the set's own date range and dataset")
+        if t0 + n > self.entry["bars"]:
+            raise DataError(f"signal part {self.entry['file']} does not match the bars of {self.symbol} "
+                            f"(more than the {self.entry['bars']} bars the set expects)", symbol=self.symbol,
+                            file=self.set.ref.url, hint="replay over the set's own date range and dataset")
 
 
 def _build(source: SignalSource) -> ReplayInput:
@@ -316,8 +398,23 @@ class ReplayFeed:
     def settle(self, source: Any, counters: Any) -> None:
         pass
 
-    def probe_input(self, symbol: str, sample: list[dict[str, Any]]) -> ReplayInput:
-        return self.source(symbol, 1).build()
+    def done(self, symbol: str) -> None:
+        pass  # the run dropping its future is all: nothing else holds a symbol's input
+
+    def probe_input(self, symbol: str, sample: list[dict[str, Any]], max_rows: int) -> ReplayInput:
+        bars = self.bars.read_head(symbol, max_rows, start=self.job.start, end=self.job.end)
+        k = len(self.job.labels)
+        signals = np.zeros((k, len(bars)), dtype=np.int8)  # the kernel's speed does not depend on them much
+        signals[:, len(bars) // 3:] = 1
+        return ReplayInput(bars, signals)
+
+    def shape(self, sets: list[dict[str, Any]]) -> tuple[float, int]:
+        return float(len(self.job.labels)), 0  # int8 signal rows; no indicator, no halo
+
+    def stream_spec(self, rows: int, persist: bool) -> Any:
+        from .sweep.streaming import StreamSpec
+
+        return StreamSpec(self.bars.ref, self.bars.fingerprint, rows, None, False)
 
     def summary(self) -> dict[str, Any]:
         after = indicator_runs(self.client)

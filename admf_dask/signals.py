@@ -92,9 +92,11 @@ class SignalsConfig:
     stop_loss: float | None = None
     take_profit: float | None = None
     retries: int = 2
+    memory_budget: int | str | None = None
 
     def __post_init__(self) -> None:
         from .backtest import _costs
+        from .budget import parse_budget
 
         if (self.configs is None) == (self.from_run is None):
             raise ConfigError("give either configs (a list of strategy configurations) or from_run (a sweep run "
@@ -105,6 +107,7 @@ class SignalsConfig:
             check_metric(self.metric)
         if self.retries < 0:
             raise ConfigError("retries must be >= 0", key="retries")
+        object.__setattr__(self, "memory_budget", parse_budget(self.memory_budget))
         _costs("long_short", self.cash, self.commission, self.slippage_bps, self.whole_units, self.stop_loss,
                self.take_profit)
         if self.configs is not None:
@@ -216,6 +219,147 @@ def _missing(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+class MemberTargets:
+    """Payload builder of a signal set: every member's targets (int8 rows) for each chunk of one symbol.
+
+    Members of one strategy and direction form a batch: a built-in's indicator rows are
+    streamed (:class:`~admf_dask.cache.IndicatorStream`) and its rule run with the
+    strategy state carried (:func:`~admf_dask.kernels.strategies.strategy_targets_chunk`);
+    a user strategy's targets come from its function with its lookback of halo bars.
+    """
+
+    def __init__(self, members: Sequence[Member], symbol: str, series_key: str) -> None:
+        from .backtest import _UserTargets
+        from .cache import IndicatorStream
+        from .kernels.state import run_state_init
+        from .strategies import direction_code, prepare_batch
+
+        self.groups = []
+        self.halo = 0
+        by: dict[tuple[str, str], list[int]] = {}
+        for k, m in enumerate(members):
+            by.setdefault((m.strategy, m.direction), []).append(k)
+        for (strategy, direction), ks in by.items():
+            batch = prepare_batch(strategy, [members[k].params for k in ks])
+            code = direction_code(direction)
+            if batch.strategy.builtin:
+                hub = IndicatorStream(batch.plan.specs, batch.rows, None, series_key)
+                builder = (hub, run_state_init(len(ks), 0.0), [np.empty((len(batch.rows), 0))])
+                self.halo = max(self.halo, hub.halo)
+            else:
+                rows = [(spec.token, out) for spec in batch.plan.specs for out in spec.outputs]
+                hub = IndicatorStream(batch.plan.specs, rows, None, series_key)
+                builder = _UserTargets(batch.strategy, batch, symbol, hub, rows, code)
+                self.halo = max(self.halo, hub.halo, builder.halo)
+            self.groups.append((ks, batch, code, builder))
+
+    def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
+        from .kernels.strategies import strategy_targets_chunk
+
+        n = out.shape[1]
+        for ks, batch, code, builder in self.groups:
+            if not isinstance(builder, tuple):
+                sub = np.empty((len(ks), n), dtype=np.int8)
+                builder(columns, hb, t0, sub)
+                out[ks] = sub
+                continue
+            hub, state, last = builder
+            h = 1 if t0 > 0 else 0
+            ind = np.empty((len(batch.rows), h + n))
+            ind[:, :h] = last[0]
+            hub(columns, hb, t0, ind[:, h:])
+            close = np.ascontiguousarray(columns["close"][hb - h:], dtype=np.float64)
+            out[ks] = strategy_targets_chunk(batch.strategy.kind, ind, batch.idx, batch.fparams, close, h, t0,
+                                             state, code)
+            last[0] = ind[:, -1:].copy()
+
+
+def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, symbols: Sequence[str],
+                start: Any, end: Any, members: Sequence[Member], rows: int, cache_ref: StorageRef | None
+                ) -> list[dict[str, Any]]:
+    """Task: the signal parts of some symbols, written (or found written) under ``parts/``; their entries.
+
+    A symbol of at most ``rows`` bars is held whole: its indicators come through the hub's
+    storage cache (:func:`~admf_dask.cache.build_indicator_set`: those of the sweep the
+    members came from are loaded, not recomputed) and each member's targets are what its
+    backtest trades (:func:`~admf_dask.backtest.batch_targets`).
+    A longer symbol is read in chunks of at most ``rows`` bars (:class:`~admf_dask.stream.SymbolStream`);
+    each member's targets are what its backtest trades, computed with every state carried
+    from chunk to chunk (:class:`MemberTargets`), and their change events are appended to the
+    part chunk by chunk (:func:`~admf_dask.kernels.replay.events_from_targets_chunk`), so a
+    task holds one chunk of bars whatever the history, plus the symbol's events (sparse:
+    a few per trade), which are written once the symbol is done, ordered by member, then time.
+    """
+    from .cache import stream_key
+    from .kernels.replay import events_from_targets_chunk
+    from .stream import SymbolStream
+
+    storage = set_ref.open()
+    store = BarStore.open(bars_ref, fingerprint)
+    entries = []
+    for symbol in symbols:
+        name = f"parts/{symbol}.parquet"
+        if storage.exists(name):  # written whole by an earlier, interrupted run of the same set
+            raw = storage.read_bytes(name)
+            events = pq.read_metadata(io.BytesIO(raw)).num_rows
+            n, first, last = _span(store, symbol, start, end)
+        elif store.rows_in_range(symbol, start, end) <= rows:
+            raw, events, n, first, last = _whole_part(storage, store, name, symbol, start, end, members, cache_ref)
+        else:
+            targets = MemberTargets(members, symbol, stream_key(store.symbol_fingerprint(symbol), start))
+            stream = SymbolStream(store, symbol, start, end, rows, targets.halo, len(members), np.int8, targets)
+            prev = np.zeros(len(members), dtype=np.int64)
+            pieces = []
+            first = last = None
+            while stream.pending():
+                piece = stream.take(stream.last_stamp())
+                ptr, bar, value = events_from_targets_chunk(piece.payload, piece.h, piece.t0, prev)
+                member = np.repeat(np.arange(len(members), dtype=np.int16), np.diff(ptr))
+                pieces.append(pa.table({"member": member, "timestamp": piece.stamps[bar - piece.t0].astype(np.int64),
+                                        "target": value}))
+                first = int(piece.stamps[0]) if first is None else first
+                last = int(piece.stamps[-1])
+            n = stream.seen
+            table = pa.concat_tables(pieces) if pieces else pa.table(
+                {"member": np.empty(0, np.int16), "timestamp": np.empty(0, np.int64), "target": np.empty(0, np.int8)})
+            table = table.sort_by([("member", "ascending"), ("timestamp", "ascending")])
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            raw = buf.getvalue()
+            storage.write_bytes(raw, name)
+            events = table.num_rows
+        entries.append({"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                        "events": events, "bars": n, "first_ns": first, "last_ns": last})
+    return entries
+
+
+def _whole_part(storage: Any, store: BarStore, name: str, symbol: str, start: Any, end: Any,
+                members: Sequence[Member], cache_ref: StorageRef | None) -> tuple:
+    """One symbol's part from its whole history: ``(bytes, events, bars, first_ns, last_ns)``."""
+    from .backtest import batch_targets
+    from .cache import build_indicator_set
+    from .indicators import IndicatorPlan
+    from .strategies import direction_code, get_strategy, prepare_batch
+
+    plan = IndicatorPlan.from_requests(spec for m in members for spec in get_strategy(m.strategy).specs(m.params))
+    iset = build_indicator_set(store.ref, symbol, start, end, plan.specs, cache_ref, fingerprint=store.fingerprint)
+    targets = np.empty((len(members), len(iset.bars)), dtype=np.int8)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, m in enumerate(members):
+        groups.setdefault((m.strategy, m.direction), []).append(k)
+    for (strategy, direction), ks in groups.items():
+        batch = prepare_batch(strategy, [members[k].params for k in ks])
+        targets[ks] = batch_targets(iset, batch, direction_code(direction))
+    table = _events_table(iset.bars.timestamp, targets)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    raw = buf.getvalue()
+    storage.write_bytes(raw, name)
+    ts = iset.bars.timestamp
+    n = len(ts)
+    return raw, table.num_rows, n, int(ts[0]) if n else None, int(ts[-1]) if n else None
+
+
 def _events_table(timestamps: np.ndarray, targets: np.ndarray) -> pa.Table:
     from .kernels.replay import events_from_targets
 
@@ -224,51 +368,14 @@ def _events_table(timestamps: np.ndarray, targets: np.ndarray) -> pa.Table:
     return pa.table({"member": member, "timestamp": timestamps[bar].astype(np.int64), "target": value})
 
 
-def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, symbols: Sequence[str],
-                start: Any, end: Any, members: Sequence[Member], cache_ref: StorageRef | None
-                ) -> list[dict[str, Any]]:
-    """Task: the signal parts of some symbols, written (or found written) under ``parts/``; their entries.
-
-    Indicators come through the hub's storage cache (:func:`build_indicator_set`); each
-    member's targets are what its backtest trades (:func:`backtest.batch_targets`).
-    """
-    from .backtest import batch_targets
-    from .cache import build_indicator_set
-    from .indicators import IndicatorPlan
-    from .strategies import direction_code, get_strategy, prepare_batch
-
-    storage = set_ref.open()
-    store = BarStore.open(bars_ref, fingerprint)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for k, m in enumerate(members):
-        groups.setdefault((m.strategy, m.direction), []).append(k)
-    plan = IndicatorPlan.from_requests(spec for m in members for spec in get_strategy(m.strategy).specs(m.params))
-    entries = []
-    for symbol in symbols:
-        name = f"parts/{symbol}.parquet"
-        if storage.exists(name):  # written whole by an earlier, interrupted run of the same set
-            raw = storage.read_bytes(name)
-            bars_meta = store.read(symbol, start=start, end=end, columns=[])
-            events = pq.read_metadata(io.BytesIO(raw)).num_rows
-        else:
-            iset = build_indicator_set(bars_ref, symbol, start, end, plan.specs, cache_ref, fingerprint=fingerprint)
-            bars_meta = iset.bars
-            targets = np.empty((len(members), len(iset.bars)), dtype=np.int8)
-            for (strategy, direction), ks in groups.items():
-                batch = prepare_batch(strategy, [members[k].params for k in ks])
-                targets[ks] = batch_targets(iset, batch, direction_code(direction))
-            table = _events_table(iset.bars.timestamp, targets)
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            raw = buf.getvalue()
-            storage.write_bytes(raw, name)
-            events = table.num_rows
-        n = len(bars_meta)
-        entries.append({"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
-                        "events": events, "bars": n,
-                        "first_ns": int(bars_meta.timestamp[0]) if n else None,
-                        "last_ns": int(bars_meta.timestamp[-1]) if n else None})
-    return entries
+def _span(store: BarStore, symbol: str, start: Any, end: Any) -> tuple[int, int | None, int | None]:
+    """Bars of ``symbol`` in the range, and its first and last timestamp (read a timestamp chunk at a time)."""
+    n, first, last = 0, None, None
+    for chunk in store.iter_chunks(symbol, start=start, end=end, columns=[], max_rows=1 << 20):
+        first = int(chunk.timestamp[0]) if first is None else first
+        last = int(chunk.timestamp[-1])
+        n += len(chunk)
+    return n, first, last
 
 
 @dataclass(frozen=True)
@@ -327,10 +434,8 @@ class SignalSet:
                             hint="replay against the dataset the signals came from, or regenerate them "
                                  "(`admf signals`) on this one")
 
-    def load(self, symbol: str, bars: Bars) -> np.ndarray:
-        """The members' dense targets on ``bars`` (int8, K x n), from the verified part of ``symbol``."""
-        from .kernels.replay import dense_targets
-
+    def read_part(self, symbol: str) -> pa.Table:
+        """The events of ``symbol`` (member, timestamp, target), from its part, checked against its checksum."""
         entry = self.manifest["parts"].get(symbol)
         if entry is None:
             raise DataError(f"signal set {self.set_id} has no part for {symbol}", symbol=symbol, file=self.ref.url,
@@ -345,7 +450,15 @@ class SignalSet:
         if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
             raise DataError(f"signal part {where} fails its checksum", file=where, symbol=symbol,
                             hint="regenerate the set with `admf signals --force`")
-        table = pq.read_table(io.BytesIO(raw))
+        return pq.read_table(io.BytesIO(raw))
+
+    def load(self, symbol: str, bars: Bars) -> np.ndarray:
+        """The members' dense targets on ``bars`` (int8, K x n), from the verified part of ``symbol``."""
+        from .kernels.replay import dense_targets
+
+        table = self.read_part(symbol)
+        entry = self.manifest["parts"][symbol]
+        where = self.ref.open().display(entry["file"])
         stamps = table.column("timestamp").to_numpy()
         bar = np.searchsorted(bars.timestamp, stamps)
         if len(bars) != entry["bars"] or (len(stamps) and (bar.max() >= len(bars)
@@ -399,8 +512,9 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
     per_task = max(1, math.ceil(len(plan.symbols) / (4 * max(threads, 1))))
     groups = [plan.symbols[i:i + per_task] for i in range(0, len(plan.symbols), per_task)]
+    rows = _chunk_rows(config, client, plan.members)
     results = run_tasks(client, _write_group, [(ref, bars.ref, bars.fingerprint, g, plan.start, plan.end,
-                                                plan.members, root.child("cache")) for g in groups],
+                                                plan.members, rows, root.child("cache")) for g in groups],
                         label="signals", progress=progress, retries=config.retries,
                         keys=[f"signals-{set_id}-{i}" for i in range(len(groups))])
     parts = {e["symbol"]: {k: v for k, v in e.items() if k != "symbol"} for entries in results for e in entries}
@@ -410,6 +524,24 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
                 "source": plan.source, "parts": parts}
     storage.write_json(manifest, MANIFEST)  # the commit point
     return SignalSet(ref, manifest)
+
+
+def _chunk_rows(config: SignalsConfig, client: Any, members: Sequence[Member]) -> int:
+    """Bars per chunk of a signal set's tasks, from the memory budget (ConfigError if it cannot hold one chunk)."""
+    from .budget import BAR_BYTES, budget_error, chunk_rows, default_budget, worker_memory
+    from .strategies import prepare_batch
+
+    limit, threads = worker_memory(client)
+    budget = config.memory_budget or default_budget(limit, threads)
+    payload, halo = float(len(members)), 0
+    for m in members:
+        batch = prepare_batch(m.strategy, [m.params])
+        payload += 8 * sum(len(spec.outputs) for spec in batch.plan.specs)
+        halo = max([halo, batch.strategy.lookback(batch.params[0]), *(spec.halo for spec in batch.plan.specs)])
+    error = budget_error(budget, limit, threads, int((halo + 1) * (BAR_BYTES + payload)), "these members' indicators")
+    if error is not None:
+        raise error
+    return max(halo + 1, chunk_rows(budget, symbols=1, sets=0, payload_bytes=payload))
 
 
 def _write_group(args: tuple) -> list[dict[str, Any]]:
