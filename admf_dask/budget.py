@@ -42,7 +42,15 @@ __all__ = ["BAR_BYTES", "budget_error", "chunk_bytes", "chunk_rows", "default_bu
 # more in the buffer that puts the halo in front of the chunk; the kernel's one equity
 # row per parameter set is a scratch of 8 bytes a bar.
 BAR_BYTES = 6 * 8 * 4 + 8
-_FRACTION = 0.4  # default budget: this share of a worker thread's slice of the memory limit
+# The default budget keeps a worker under half its memory limit: its own memory (the
+# interpreter, numpy, pyarrow, dask and the loaded kernels: ~360 MB measured on a worker
+# that has run a sweep) plus one budget per thread. Dask starts spilling at 60 % of the
+# limit and pauses the worker at 80 %; the rest is headroom for what no budget counts
+# (allocator fragmentation, the reader's read-ahead, pyarrow's pools). At 40 % of the
+# limit per thread on top of that, one 900-set minute sweep peaked at 98 % of the pause
+# threshold on a 1 GiB worker.
+_SHARE = 0.5
+_WORKER_BASE = 384 << 20  # a worker's own memory
 _MIN_DEFAULT, _MAX_DEFAULT = 64 << 20, 4 << 30
 _UNKNOWN_LIMIT = 4 << 30  # a worker without a memory limit (or a threads cluster): assume this
 
@@ -85,13 +93,20 @@ def worker_memory(client: Any) -> tuple[int, int]:
 
 
 def default_budget(limit: int, threads: int) -> int:
-    """The budget of a task when none is given: a share of one worker thread's slice of its memory limit.
+    """The budget of a task when none is given: half the worker's memory limit, less the
+    worker's own memory (384 MiB), shared by its threads; 64 MiB to 4 GiB.
+
+    A constant for the worker's own memory, not a reading: the same cluster gives the
+    same chunks (and so the same chunk cache keys) in every run.
 
     >>> format_bytes(default_budget(1 << 30, 1))
-    '410 MiB'
+    '128 MiB'
+    >>> format_bytes(default_budget(8 << 30, 2))
+    '1.81 GiB'
     """
     limit = limit or _UNKNOWN_LIMIT
-    return int(min(max(_FRACTION * limit / max(threads, 1), _MIN_DEFAULT), _MAX_DEFAULT))
+    spare = _SHARE * limit - _WORKER_BASE
+    return int(min(max(spare / max(threads, 1), _MIN_DEFAULT), _MAX_DEFAULT))
 
 
 def budget_error(budget: int, limit: int, threads: int, min_bytes: int, what: str) -> ConfigError | None:
@@ -131,7 +146,16 @@ def chunk_rows(budget: int, *, symbols: int, sets: int, payload_bytes: float, al
 
 
 def whole_bytes(bars: Mapping[str, int], sets: int, payload_bytes: float, aligned: bool = True) -> int:
-    """Bytes a whole-series container holds: its symbols' bars and payload, and the accumulators on their timeline."""
+    """Bytes a whole-series container holds, or the hub task that builds one of its symbols' inputs needs.
+
+    The container: its symbols' bars and payload, and the accumulators on their timeline.
+    The hub task, for the longest symbol: the store read (up to :data:`BAR_BYTES` a bar
+    while the Parquet pages are decoded) and the payload twice (the indicator rows and
+    their cache pack). A 20-year minute symbol that the container alone would hold
+    in 272 MB needs 656 MB in the hub.
+    """
     total = sum(bars.values())
-    timeline = max(bars.values(), default=0) if aligned else total
-    return int(total * (6 * 8 + payload_bytes) + timeline * 8 * (sets + 2))
+    longest = max(bars.values(), default=0)
+    timeline = longest if aligned else total
+    held = total * (6 * 8 + payload_bytes) + timeline * 8 * (sets + 2)
+    return int(max(held, longest * (BAR_BYTES + 2 * payload_bytes)))
