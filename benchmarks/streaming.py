@@ -100,35 +100,45 @@ class Watch:
                 "pauses": pauses}
 
 
-def _sweep(client, store, params, budget=None, root=None):
-    """One sweep into a fresh root; (seconds, result, watch figures)."""
+class _Rows(list):
+    """The table's rows, each also printed to stderr as it is measured (a long run shows its progress)."""
+
+    def append(self, row) -> None:
+        super().append(row)
+        print("  ".join(str(round(v, 3) if isinstance(v, float) else v) for v in row), file=sys.stderr, flush=True)
+
+
+def _sweep(store, params, budget=None):
+    """One sweep into a fresh root, on a fresh cluster (a clean slate: no memory left over from
+    the last run); (seconds, result, watch figures)."""
+    from admf_dask.cluster import connect
     from admf_dask.storage import StorageRef
     from admf_dask.sweep import SweepConfig, run_sweep
 
     config = SweepConfig(strategy="sma_cross", params=params, direction="long_only", commission=0.001,
                          memory_budget=budget, max_backtests=10**9)
-    root = root or tempfile.mkdtemp(prefix="admf-stream-", dir=ROOT)
-    client.restart()  # a clean slate per run: no memory left over from the last
-    watch = Watch(client)
+    root = tempfile.mkdtemp(prefix="admf-stream-", dir=ROOT)
     lines = []
-    try:
-        t0 = time.perf_counter()
-        result = run_sweep(config, store, StorageRef.make(root), client, echo=lines.append, progress=False)
-        seconds = time.perf_counter() - t0
-    finally:
-        figures = watch.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with connect(LOCAL, echo=lambda m: None) as client:
+        watch = Watch(client)
+        try:
+            t0 = time.perf_counter()
+            result = run_sweep(config, store, StorageRef.make(root), client, echo=lines.append, progress=False)
+            seconds = time.perf_counter() - t0
+        finally:
+            figures = watch.stop()
+            shutil.rmtree(root, ignore_errors=True)
     figures["estimate"] = next((line for line in lines if "per task" in line), "")
     figures["chunks"] = next((line.strip() for line in lines if "read in chunks" in line), "held whole")
     return seconds, result, figures
 
 
-def _flat_memory(client, rows: list, out: dict) -> None:
+def _flat_memory(rows: list, out: dict) -> None:
     peaks = {}
     for years in (2, 8, 32):
         store = _dataset(f"stream-1x{years}y-minute", ["SYM0001"], "1990-01-01",
                          f"{1989 + years}-12-31", "minute")
-        seconds, result, fig = _sweep(client, store, GRID_100)
+        seconds, result, fig = _sweep(store, GRID_100)
         evals = result.summary["bar_evaluations"]
         peaks[years] = fig["max_peak_mb"]
         rows.append([f"1. {years} y of minute bars, 1 symbol, 900 sets", seconds, evals / seconds,
@@ -139,7 +149,7 @@ def _flat_memory(client, rows: list, out: dict) -> None:
     out["peak_rss_growth"] = round(peaks[32] / peaks[2], 3)
 
 
-def _throughput(client, rows: list, out: dict, repeat: int) -> None:
+def _throughput(rows: list, out: dict, repeat: int) -> None:
     import statistics
 
     store = _dataset("stream-1x2y-minute", ["SYM0001"], "1990-01-01", "1991-12-31", "minute")
@@ -149,7 +159,7 @@ def _throughput(client, rows: list, out: dict, repeat: int) -> None:
     chunk_budget = int(n / 16 * (200 + 8 * 100 + 8 * 900))
     for _ in range(repeat):
         for name, budget in (("whole", "900MiB"), ("chunked", chunk_budget)):
-            seconds, result, fig = _sweep(client, store, GRID_100, budget)
+            seconds, result, fig = _sweep(store, GRID_100, budget)
             rates[name].append(result.summary["bar_evaluations"] / seconds)
             if _ == 0:
                 rows.append([f"2. 2 y minute, {name} ({fig['chunks']})", seconds,
@@ -202,7 +212,7 @@ def _peer(rows: list, out: dict) -> None:
                  0.0, 0, 0, 0, "completed" if result.get("completed") else f"failed: {result.get('error')}"])
 
 
-def _big(client, rows: list, out: dict, n_symbols: int, years: int) -> None:
+def _big(rows: list, out: dict, n_symbols: int, years: int) -> None:
     from admf_dask.bars import symbol_names
 
     store = _dataset(f"stream-{n_symbols}x{years}y-minute", symbol_names(n_symbols), "2000-01-01",
@@ -211,7 +221,7 @@ def _big(client, rows: list, out: dict, n_symbols: int, years: int) -> None:
     out["big_data"] = {"symbols": n_symbols, "years": years, "bars": total,
                        "gib_in_memory": round(total * 48 / GIB, 2)}
     try:
-        seconds, result, fig = _sweep(client, store, GRID_15)
+        seconds, result, fig = _sweep(store, GRID_15)
         evals = result.summary["bar_evaluations"]
         ok = not (fig["pauses"] or fig["restarts"])
         out["big_data"].update({"seconds": round(seconds, 1), "bar_evals_per_s": round(evals / seconds),
@@ -281,16 +291,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--years", type=int, default=20, help="item 4's years (default 20)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side of item 2 (median)")
     args = parser.parse_args(argv)
-    from admf_dask.cluster import connect
-
     os.makedirs(ROOT, exist_ok=True)
-    rows: list = []
+    rows: list = _Rows()
     out: dict = {}
-    with connect(LOCAL, echo=lambda m: None) as client:
-        _flat_memory(client, rows, out)
-        _throughput(client, rows, out, args.repeat)
-        if not args.quick:
-            _big(client, rows, out, args.symbols, args.years)
+    _flat_memory(rows, out)
+    _throughput(rows, out, args.repeat)
+    if not args.quick:
+        _big(rows, out, args.symbols, args.years)
     if not args.skip_peer:
         _peer(rows, out)
     _driver(rows, out)
