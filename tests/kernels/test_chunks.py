@@ -206,13 +206,13 @@ def test_cross_and_donchian_need_a_halo_after_the_first_chunk():
     _, kind, ind, idx, fp = strategy_cases(*prices)[0]
     state = run_state_init(3, CASH)
     o, h, lo, c = prices
-    ks.strategy_chunk(kind, ind[:, :10], np.array(idx), np.array(fp, float), o[:10], h[:10], lo[:10], c[:10], 0, 0,
+    ks.strategy_chunk(kind, np.ascontiguousarray(ind[:, :10]), np.array(idx), np.array(fp, float), o[:10], h[:10], lo[:10], c[:10], 0, 0,
                       state, *cost_args(COSTS[0]), 0)
     with pytest.raises(ValueError, match="halo"):
-        ks.strategy_chunk(kind, ind[:, 10:], np.array(idx), np.array(fp, float), o[10:], h[10:], lo[10:], c[10:],
+        ks.strategy_chunk(kind, np.ascontiguousarray(ind[:, 10:]), np.array(idx), np.array(fp, float), o[10:], h[10:], lo[10:], c[10:],
                           0, 10, state, *cost_args(COSTS[0]), 0)
     with pytest.raises(ValueError, match="t0 must equal"):
-        ks.strategy_chunk(kind, ind[:, 9:], np.array(idx), np.array(fp, float), o[9:], h[9:], lo[9:], c[9:],
+        ks.strategy_chunk(kind, np.ascontiguousarray(ind[:, 9:]), np.array(idx), np.array(fp, float), o[9:], h[9:], lo[9:], c[9:],
                           1, 11, state, *cost_args(COSTS[0]), 0)
 
 
@@ -472,7 +472,7 @@ def test_portfolio_whole_series_entry_points_are_one_window():
 
         def advance(s, prices, lo_, hi_, hh, state, pos, eq, cases=cases):
             _, kind, ind, idx, fp = cases[s]
-            ks.strategy_chunk(kind, ind[:, lo_:hi_], np.array(idx, np.int64), np.array(fp, np.float64),
+            ks.strategy_chunk(kind, np.ascontiguousarray(ind[:, lo_:hi_]), np.array(idx, np.int64), np.array(fp, np.float64),
                               *(p[lo_:hi_] for p in prices), hh, lo_ + hh, state, *cost_args(costs), ks.LONG_ONLY,
                               timeline_pos=pos, equity_acc=eq)
         want = portfolio_whole(advance, syms, m, n_union)
