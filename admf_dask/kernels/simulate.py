@@ -512,7 +512,6 @@ def simulate_chunk(open_, high, low, close, targets, h, t0, state, commission=0.
     return equity, position, trades
 
 
-@numba.njit(cache=True, nogil=True)
 def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
              slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
     """Reference single run: equity curve, position and closed trades.
@@ -552,13 +551,22 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     >>> equity, position, trades = simulate(o, h, l, c, targets, commission=0.001)  # doctest: +SKIP
     >>> entry_bar, exit_bar, direction, size, entry_px, exit_px, pnl, ret = trades  # doctest: +SKIP
     """
+    # A Python front that passes every argument with one type: numba compiles a jitted
+    # function with defaults once per combination of omitted arguments (37 of them
+    # in the test suite), and each compilation of the simulation costs seconds.
+    return _simulate_nb(open_, high, low, close, targets, float(cash), float(commission), float(slippage_bps),
+                        bool(whole_units), float(stop_loss), float(take_profit))
+
+
+@numba.njit(cache=True, nogil=True)
+def _simulate_nb(open_, high, low, close, targets, cash, commission, slippage_bps, whole_units, stop_loss,
+                 take_profit):
     _check_inputs(open_, high, low, close, targets)
     state = run_state_init(1, cash)
     return simulate_chunk(open_, high, low, close, targets, 0, None, state, commission, slippage_bps,
                           whole_units, stop_loss, take_profit)
 
 
-@numba.njit(cache=True, nogil=True)
 def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
                    commission=0.0, slippage_bps=0.0, whole_units=False,
                    stop_loss=np.nan, take_profit=np.nan):
@@ -573,6 +581,14 @@ def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_0
     >>> row = simulate_stats(o, h, l, c, targets, 252.0, commission=0.002)  # doctest: +SKIP
     >>> dict(zip(STAT_NAMES, row))["sharpe"]                                # doctest: +SKIP
     """
+    return _simulate_stats_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
+                              float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
+                              float(take_profit))
+
+
+@numba.njit(cache=True, nogil=True)
+def _simulate_stats_nb(open_, high, low, close, targets, periods_per_year, cash, commission, slippage_bps,
+                       whole_units, stop_loss, take_profit):
     _check_inputs(open_, high, low, close, targets)
     state = run_state_init(1, cash)
     dummy_f = np.empty(0)
@@ -625,7 +641,6 @@ def simulate_stats_chunk(open_, high, low, close, targets, h, t0, state, commiss
     _chunk_stats_eq(*args, timeline_pos, equity_acc)
 
 
-@numba.njit(cache=True, nogil=True)
 def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cash=10_000.0,
                          commission=0.0, slippage_bps=0.0, whole_units=False,
                          stop_loss=np.nan, take_profit=np.nan):
@@ -635,6 +650,14 @@ def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cas
     batch produces. Runs on one core; parallelism is the caller's business. The
     one-chunk case of :func:`simulate_stats_chunk`.
     """
+    return _simulate_stats_batch_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
+                                    float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
+                                    float(take_profit))
+
+
+@numba.njit(cache=True, nogil=True)
+def _simulate_stats_batch_nb(open_, high, low, close, targets, periods_per_year, cash, commission, slippage_bps,
+                             whole_units, stop_loss, take_profit):
     _check_inputs(open_, high, low, close, targets)
     state = run_state_init(targets.shape[0], cash)
     _chunk_stats(open_, high, low, close, targets, 0, None, state, commission, slippage_bps,
