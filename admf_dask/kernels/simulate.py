@@ -512,6 +512,11 @@ def simulate_chunk(open_, high, low, close, targets, h, t0, state, commission=0.
     return equity, position, trades
 
 
+def _level(v):
+    # a stop or take-profit level for the jitted bodies: None means off, as NaN and 0 do
+    return np.nan if v is None else float(v)
+
+
 def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
              slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
     """Reference single run: equity curve, position and closed trades.
@@ -555,7 +560,7 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     # function with defaults once per combination of omitted arguments (37 of them
     # in the test suite), and each compilation of the simulation costs seconds.
     return _simulate_nb(open_, high, low, close, targets, float(cash), float(commission), float(slippage_bps),
-                        bool(whole_units), float(stop_loss), float(take_profit))
+                        bool(whole_units), _level(stop_loss), _level(take_profit))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -582,8 +587,8 @@ def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_0
     >>> dict(zip(STAT_NAMES, row))["sharpe"]                                # doctest: +SKIP
     """
     return _simulate_stats_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
-                              float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
-                              float(take_profit))
+                              float(commission), float(slippage_bps), bool(whole_units), _level(stop_loss),
+                              _level(take_profit))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -633,7 +638,7 @@ def simulate_stats_chunk(open_, high, low, close, targets, h, t0, state, commiss
         raise ValueError("simulate_stats_chunk: targets must be (m, bars)")
     check_state(state, targets.shape[0], t0, h, close.shape[0])
     args = (open_, high, low, close, targets, h, t0_arg(t0), state, float(commission), float(slippage_bps),
-            bool(whole_units), float(stop_loss), float(take_profit))
+            bool(whole_units), _level(stop_loss), _level(take_profit))
     if equity_acc is None:
         _chunk_stats(*args)
         return
@@ -651,8 +656,8 @@ def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cas
     one-chunk case of :func:`simulate_stats_chunk`.
     """
     return _simulate_stats_batch_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
-                                    float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
-                                    float(take_profit))
+                                    float(commission), float(slippage_bps), bool(whole_units), _level(stop_loss),
+                                    _level(take_profit))
 
 
 @numba.njit(cache=True, nogil=True)
