@@ -94,7 +94,7 @@ import numpy as np
 
 from admf_dask.kernels.simulate import _chunk_stats_eq
 from admf_dask.kernels.state import (
-    BAR_WIDTH, TRADE0, check_timeline, close_ends, finalize_runs, run_state_init,
+    BAR_WIDTH, TRADE0, check_timeline, close_ends, cost_args, finalize_runs, run_state_init,
 )
 from admf_dask.kernels.stats import N_STATS, bar_init, bar_update, finalize, trade_init
 from admf_dask.kernels.strategies import _CHUNK_EQ_KERNELS, _check
@@ -273,8 +273,8 @@ def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close,
     if kernel is None:
         raise ValueError("strategy_batch_with_equity: unknown strategy kind")
     state = run_state_init(idx.shape[0], float(cash))
-    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state, float(commission),
-           float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction),
+    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state,
+           *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit), int(direction),
            timeline_pos, equity_acc)
     first, last = close_ends(close)
     rows = finalize_runs(state, first, last, float(periods_per_year))

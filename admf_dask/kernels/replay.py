@@ -71,7 +71,7 @@ import numpy as np
 from admf_dask.kernels.portfolio import _check_acc, fold_sleeves
 from admf_dask.kernels.simulate import _pending_as, sim_step
 from admf_dask.kernels.state import (
-    _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, finalize_runs,
+    _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, cost_args, finalize_runs,
     h_base, pack_run, run_state_init, sleeve_before, t0_arg, t_base, unpack_run,
 )
 from admf_dask.kernels.strategies import LONG_ONLY, LONG_SHORT, SHORT_ONLY
@@ -439,8 +439,7 @@ def ensemble_chunk(signals, weights, rule, threshold, direction, open_, high, lo
     _check_ensemble(signals, weights, int(rule), int(direction), open_, high, low, close)
     check_state(state, weights.shape[0], t0, h, close.shape[0])
     args = (signals, weights, float(threshold), int(direction), open_, high, low, close, h, t0_arg(t0), state,
-            float(commission), float(slippage_bps), bool(whole_units), float(stop_loss),
-            float(take_profit))
+            *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit))
     if equity_acc is None:
         (_vote_chunk if rule == VOTE else _fraction_chunk)(*args)
         return

@@ -106,7 +106,7 @@ from numba import types
 from numba.extending import overload
 
 from admf_dask.kernels.state import (
-    N_TRADES, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends,
+    N_TRADES, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, cost_args,
     finalize_runs, h_base, pack_run, run_state_init, sim_init, sleeve_before, t0_arg, t_base,
     unpack_run,
 )
@@ -512,11 +512,6 @@ def simulate_chunk(open_, high, low, close, targets, h, t0, state, commission=0.
     return equity, position, trades
 
 
-def _level(v):
-    # a stop or take-profit level for the jitted bodies: None means off, as NaN and 0 do
-    return np.nan if v is None else float(v)
-
-
 def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
              slippage_bps=0.0, whole_units=False, stop_loss=np.nan, take_profit=np.nan):
     """Reference single run: equity curve, position and closed trades.
@@ -559,8 +554,8 @@ def simulate(open_, high, low, close, targets, cash=10_000.0, commission=0.0,
     # A Python front that passes every argument with one type: numba compiles a jitted
     # function with defaults once per combination of omitted arguments (37 of them
     # in the test suite), and each compilation of the simulation costs seconds.
-    return _simulate_nb(open_, high, low, close, targets, float(cash), float(commission), float(slippage_bps),
-                        bool(whole_units), _level(stop_loss), _level(take_profit))
+    return _simulate_nb(open_, high, low, close, targets, float(cash),
+                        *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -587,8 +582,7 @@ def simulate_stats(open_, high, low, close, targets, periods_per_year, cash=10_0
     >>> dict(zip(STAT_NAMES, row))["sharpe"]                                # doctest: +SKIP
     """
     return _simulate_stats_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
-                              float(commission), float(slippage_bps), bool(whole_units), _level(stop_loss),
-                              _level(take_profit))
+                              *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -637,8 +631,8 @@ def simulate_stats_chunk(open_, high, low, close, targets, h, t0, state, commiss
     if targets.ndim != 2:
         raise ValueError("simulate_stats_chunk: targets must be (m, bars)")
     check_state(state, targets.shape[0], t0, h, close.shape[0])
-    args = (open_, high, low, close, targets, h, t0_arg(t0), state, float(commission), float(slippage_bps),
-            bool(whole_units), _level(stop_loss), _level(take_profit))
+    args = (open_, high, low, close, targets, h, t0_arg(t0), state,
+            *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit))
     if equity_acc is None:
         _chunk_stats(*args)
         return
@@ -656,8 +650,7 @@ def simulate_stats_batch(open_, high, low, close, targets, periods_per_year, cas
     one-chunk case of :func:`simulate_stats_chunk`.
     """
     return _simulate_stats_batch_nb(open_, high, low, close, targets, float(periods_per_year), float(cash),
-                                    float(commission), float(slippage_bps), bool(whole_units), _level(stop_loss),
-                                    _level(take_profit))
+                                    *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -88,7 +88,7 @@ from admf_dask.kernels.stats import N_STATS, bar_init, finalize, trade_init
 
 __all__ = [
     "BAR0", "BAR_WIDTH", "PENDING", "RUN_STATE_WIDTH", "SIGNAL", "SIM_WIDTH", "STATE_FIELDS",
-    "TRADE0", "TRADE_WIDTH", "check_state", "check_timeline", "close_ends", "finalize_runs",
+    "TRADE0", "TRADE_WIDTH", "check_state", "check_timeline", "close_ends", "cost_args", "finalize_runs",
     "pack_run", "run_state_init", "sim_init", "sleeve_before", "unpack_run",
 ]
 
@@ -171,6 +171,19 @@ def _chunk_view_ol(a, h, t0):
 def t0_arg(t0):
     """What a Python dispatcher passes a chunk kernel for ``t0``: ``None`` at the series' start (see :func:`t_base`)."""
     return None if t0 == 0 else int(t0)
+
+
+def cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit):
+    """The cost arguments a Python dispatcher passes a jitted kernel, each with one type.
+
+    numba compiles a kernel once per combination of argument types (an int commission,
+    an omitted default, ``None``): every dispatcher passes ``float, float, bool, float,
+    float``. A stop or take-profit level of ``None`` is off, as NaN and 0 are.
+    """
+    def level(v):
+        return np.nan if v is None else float(v)
+
+    return float(commission), float(slippage_bps), bool(whole_units), level(stop_loss), level(take_profit)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -62,7 +62,7 @@ import numpy as np
 
 from admf_dask.kernels.simulate import sim_step
 from admf_dask.kernels.state import (
-    SIGNAL, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, finalize_runs,
+    SIGNAL, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, cost_args, finalize_runs,
     h_base, pack_run, run_state_init, sleeve_before, t0_arg, t_base, unpack_run,
 )
 
@@ -332,8 +332,8 @@ def strategy_chunk(kind, ind, idx, fparams, open_, high, low, close, h, t0, stat
     kernel = kernels.get(kind)
     if kernel is None:
         raise ValueError("strategy kernels: unknown strategy kind")
-    args = (ind, idx, fparams, open_, high, low, close, h, t0_arg(t0), state, float(commission),
-            float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction))
+    args = (ind, idx, fparams, open_, high, low, close, h, t0_arg(t0), state,
+            *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit), int(direction))
     if equity_acc is None:
         kernel(*args)
         return
@@ -376,8 +376,8 @@ def run_strategy_batch(kind, ind, idx, fparams, open_, high, low, close, periods
     if kernel is None:
         raise ValueError("run_strategy_batch: unknown strategy kind")
     state = run_state_init(idx.shape[0], float(cash))
-    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state, float(commission),
-           float(slippage_bps), bool(whole_units), float(stop_loss), float(take_profit), int(direction))
+    kernel(ind, idx, fparams, open_, high, low, close, 0, None, state,
+           *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit), int(direction))
     first, last = close_ends(close)
     return finalize_runs(state, first, last, float(periods_per_year))
 
