@@ -28,6 +28,7 @@ from admf_dask.kernels.state import (
     BAR0, PENDING, RUN_STATE_WIDTH, SIGNAL, STATE_FIELDS, TRADE0, finalize_runs, run_state_init,
 )
 from admf_dask.kernels.stats import PeriodsPerYearStream, periods_per_year
+from tests.kernels.test_replay import step_targets
 
 PPY = 252.0
 CASH = 10_000.0
@@ -530,14 +531,7 @@ def test_ensemble_chunks_equal_whole(data, seed, n, costs, direction, rule, thre
 @given(data=st.data(), seed=st.integers(0, 2**31), k_rows=st.integers(0, 4), n=st.integers(0, 70),
        p_change=st.sampled_from([0.05, 0.3, 0.9]))
 def test_event_chunks_equal_whole(data, seed, k_rows, n, p_change):
-    rng = np.random.default_rng(seed)
-    targets = np.zeros((k_rows, n), np.int8)
-    for k in range(k_rows):
-        v = 0
-        for t in range(n):
-            if rng.random() < p_change:
-                v = int(rng.integers(-1, 2))
-            targets[k, t] = v
+    targets = step_targets(np.random.default_rng(seed), k_rows, n, p_change)
     ptr, bar, value = kr.events_from_targets(targets)
     split = data.draw(splits(n)) if n else [((0, 0), 0)]
     prev = np.zeros(k_rows, np.int64)

@@ -58,6 +58,18 @@ def sparse_signals(rng, k_rows, n, changes=(5, 20), direction=LONG_SHORT):
     return out.astype(np.int8)
 
 
+def step_targets(rng, k_rows, n, p_change):
+    """(k_rows, n) int8 targets in -1 / 0 / 1 that change at each bar with probability ``p_change``."""
+    targets = np.zeros((k_rows, n), dtype=np.int8)
+    for k in range(k_rows):
+        v = 0
+        for t in range(n):
+            if rng.random() < p_change:
+                v = int(rng.integers(-1, 2))
+            targets[k, t] = v
+    return targets
+
+
 def weighted_sum(signals, weights):
     """(m, n): the sum over k in order 0 .. K-1, starting from 0.0."""
     comb = np.zeros((weights.shape[0], signals.shape[1]))
@@ -114,14 +126,7 @@ def cost_args(c):
 @given(seed=st.integers(0, 2**32 - 1), k_rows=st.integers(0, 6), n=st.integers(0, 80),
        p_change=st.sampled_from([0.02, 0.2, 0.9]))
 def test_events_round_trip(seed, k_rows, n, p_change):
-    rng = np.random.default_rng(seed)
-    targets = np.zeros((k_rows, n), dtype=np.int8)
-    for k in range(k_rows):
-        v = 0
-        for t in range(n):
-            if rng.random() < p_change:
-                v = int(rng.integers(-1, 2))
-            targets[k, t] = v
+    targets = step_targets(np.random.default_rng(seed), k_rows, n, p_change)
     ptr, bar, value = events_from_targets(targets)
     assert ptr.dtype == np.int64 and bar.dtype == np.int64 and value.dtype == np.int8
     assert ptr.shape == (k_rows + 1,) and ptr[0] == 0 and ptr[-1] == len(bar) == len(value)
