@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["AdmfError", "ConfigError", "DataError", "StorageError", "did_you_mean"]
+__all__ = ["AdmfError", "BusyError", "ConfigError", "DataError", "StorageError", "did_you_mean"]
 
 # Order in which the "where" fields are printed.
 _WHERE = ("file", "symbol", "row", "line", "key", "rule")
@@ -62,6 +62,12 @@ class ConfigError(AdmfError):
 
 class StorageError(AdmfError):
     """Storage cannot be read or written, or holds something it should not."""
+
+
+class BusyError(AdmfError):
+    """Another process holds the lease of this run or workflow: try again later (exit 75, EX_TEMPFAIL)."""
+
+    exit_code = 75
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
