@@ -310,12 +310,15 @@ def run_batch(data: Any, strategy: str | Strategy, param_sets: Sequence[Mapping[
 
 
 def batch_stats(data: Any, batch: BatchPlan, costs: _Costs, periods_per_year: float | None = None,
-                portfolio: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-                ) -> np.ndarray:
+                portfolio: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                state: np.ndarray | None = None) -> np.ndarray:
     """The statistics matrix of :func:`run_batch`: float64 (sets, ``STAT_NAMES``), no frame.
 
     For callers that run one prepared batch (:func:`~admf_dask.strategies.prepare_batch`)
-    with validated costs (``_costs``) over many symbols, as sweep containers do.
+    with validated costs (``_costs``) over many symbols, as sweep containers do. With
+    ``portfolio`` and a built-in strategy, ``state`` (start run states,
+    :func:`~admf_dask.kernels.state.run_state_init`) is advanced in place to the run
+    states at the last bar, which an incremental run goes on from.
     """
     s = batch.strategy
     bars, timed = _as_bars(data)
@@ -333,7 +336,7 @@ def batch_stats(data: Any, batch: BatchPlan, costs: _Costs, periods_per_year: fl
         return strategy_batch_with_equity(s.kind, ind, idx, batch.fparams, o, h, lo, c, pos, ppy,
                                           costs.cash, costs.commission, costs.slippage_bps,
                                           costs.whole_units, costs.stop_loss, costs.take_profit,
-                                          costs.direction, eq, tr, ex)
+                                          costs.direction, eq, tr, ex, state)
     targets = _user_target_matrix(s, batch, bars, _arrays(batch, data, bars), costs.direction)
     if portfolio is None:
         return simulate_stats_batch(o, h, lo, c, targets, ppy, costs.cash, costs.commission,

@@ -90,6 +90,9 @@ class IndicatorSet:
     copying them into a matrix of its own per task and symbol: on minute bars that
     copy (tens of MB of freshly mapped pages) cost as much as the kernel itself.
     Pickled as the matrix, so moving a set between workers moves one buffer.
+    ``states`` holds, for the indicators computed on these bars (not loaded from the
+    storage cache), each kernel's state at the last bar: what an incremental run goes
+    on from when bars are appended (:mod:`admf_dask.sweep.incremental`).
     """
 
     symbol: str
@@ -97,6 +100,7 @@ class IndicatorSet:
     bars: Bars
     values: dict[str, dict[str, np.ndarray]]
     counters: HubCounters = field(default_factory=HubCounters)
+    states: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [(tok, out) for tok, outputs in self.values.items() for out in outputs]
@@ -107,10 +111,12 @@ class IndicatorSet:
 
     @classmethod
     def from_matrix(cls, symbol: str, data_key: str, bars: Bars, matrix: np.ndarray,
-                    names: list[tuple[str, str]], counters: HubCounters) -> IndicatorSet:
+                    names: list[tuple[str, str]], counters: HubCounters,
+                    states: dict[str, np.ndarray] | None = None) -> IndicatorSet:
         """A set over an already stacked matrix (row ``i`` is ``names[i]``), without copying it."""
         obj = cls.__new__(cls)
         obj.symbol, obj.data_key, obj.bars, obj.counters = symbol, data_key, bars, counters
+        obj.states = dict(states or {})
         obj._adopt(matrix, names)
         return obj
 
@@ -129,11 +135,11 @@ class IndicatorSet:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"symbol": self.symbol, "data_key": self.data_key, "bars": self.bars, "counters": self.counters,
-                "matrix": self.matrix, "names": list(self.rows)}
+                "matrix": self.matrix, "names": list(self.rows), "states": self.states}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.symbol, self.data_key, self.bars = state["symbol"], state["data_key"], state["bars"]
-        self.counters = state["counters"]
+        self.counters, self.states = state["counters"], state.get("states", {})
         self._adopt(state["matrix"], [tuple(n) for n in state["names"]])
 
     def stacked(self, rows: Sequence[tuple[str, str | None]]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -389,10 +395,13 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         return {out: matrix[row[(spec.token, out)]] for out in spec.outputs}
 
     missing = []
+    states: dict[str, np.ndarray] = {}  # kernel states at the last bar, where known (see IndicatorSet)
     for spec in specs:
-        held = next((p.values[spec.token] for p in priors if p.data_key == key and spec.token in p.values), None)
-        if held is not None:
-            put(spec, held)
+        prior = next((p for p in priors if p.data_key == key and spec.token in p.values), None)
+        if prior is not None:
+            put(spec, prior.values[spec.token])
+            if spec.token in prior.states:
+                states[spec.token] = prior.states[spec.token]
             counters.reused_memory += 1
         else:
             missing.append(spec)
@@ -405,12 +414,13 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         counters.corrupt += corrupt
         missing = [s for s in missing if s.token not in loaded]
     computed = {}
-    for spec in missing:
-        computed[spec.token] = (spec, put(spec, spec.compute(bars.columns)))
+    for spec in missing:  # the whole series as one chunk (IndicatorSpec.compute), keeping the end state
+        arrays, states[spec.token] = spec.compute_chunk(bars.columns, 0, spec.init_state())
+        computed[spec.token] = (spec, put(spec, arrays))
     counters.computed += len(computed)
     if cache is not None:
         cache.save(key, computed)
-    return IndicatorSet.from_matrix(symbol, key, bars, matrix, names, counters)
+    return IndicatorSet.from_matrix(symbol, key, bars, matrix, names, counters, states)
 
 
 class IndicatorStream:
@@ -553,6 +563,7 @@ class MappedSet:
     data_key: str
     bars: Bars
     counters: HubCounters
+    states: tuple[tuple[str, tuple[float, ...]], ...] = ()  # kernel end states of the specs computed
 
     def build(self) -> IndicatorSet:
         with _MAPPED_LOCK:
@@ -561,7 +572,7 @@ class MappedSet:
             return held
         matrix = np.memmap(self.path, dtype="<f8", mode="c", offset=self.offset, shape=self.shape)
         mapped = IndicatorSet.from_matrix(self.symbol, self.data_key, self.bars, matrix, list(self.names),
-                                          self.counters)
+                                          self.counters, {tok: np.array(v) for tok, v in self.states})
         with _MAPPED_LOCK:
             return _MAPPED.setdefault(self.path, mapped)
 
@@ -593,8 +604,10 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
         with open(tmp, "wb") as f:
             f.truncate(len(head) + 8 * shape[0] * shape[1])
         matrix = np.memmap(tmp, dtype="<f8", mode="r+", offset=len(head), shape=shape)
+        states = []
         for spec in specs:
-            arrays = spec.compute(bars.columns)
+            arrays, end = spec.compute_chunk(bars.columns, 0, spec.init_state())
+            states.append((spec.token, tuple(float(v) for v in end)))
             for out in spec.outputs:
                 matrix[row[(spec.token, out)]] = arrays[out]
         sums = [_checksum(spec, {out: matrix[row[(spec.token, out)]] for out in spec.outputs}) for spec in specs]
@@ -605,7 +618,7 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
             f.write(final_head)
         del matrix
     counters.computed += len(specs)
-    return MappedSet(path, len(head), shape, tuple(names), symbol, key, bars, counters)
+    return MappedSet(path, len(head), shape, tuple(names), symbol, key, bars, counters, tuple(states))
 
 
 def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, str]],

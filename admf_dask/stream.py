@@ -98,6 +98,29 @@ class SymbolStream:
         self.done = False  # no more chunks in the store
         self.spacing = PeriodsPerYearStream()  # the symbol's periods per year, bar spacing by bar spacing
 
+    # -- carrying over to a later run (admf_dask.sweep.incremental)
+    def restore(self, seen: int, tail: dict[str, np.ndarray], payload_last: np.ndarray, first_close: float,
+                last_close: float, spacing: PeriodsPerYearStream) -> None:
+        """Go on from a stream that stopped after ``seen`` bars: its last bars, payload column and counters.
+
+        Make the stream with ``start`` after that stream's last bar; its bars are then
+        numbered from ``seen`` on, with ``tail`` as the halo before them.
+        """
+        self.seen, self.first_close, self.last_close, self.spacing = int(seen), first_close, last_close, spacing
+        self._tail = {c: np.asarray(v) for c, v in tail.items()}
+        self._payload = np.asarray(payload_last).reshape(-1, 1) if self._rows else None
+        self._base = self.seen
+
+    def tail(self) -> dict[str, np.ndarray]:
+        """The last ``max(1, halo)`` bars read (timestamp and value columns), what :meth:`restore` takes."""
+        return self._tail
+
+    def last_payload(self) -> np.ndarray:
+        """The payload rows' values at the last bar read (empty without payload)."""
+        if self._payload is None:
+            return np.empty(0)
+        return np.ascontiguousarray(self._payload[:, -1])
+
     # -- reading
     def _fetch(self) -> bool:
         """Read the next chunk into the buffer (the old buffer must be consumed). False at the end."""

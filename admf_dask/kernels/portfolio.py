@@ -94,7 +94,7 @@ import numpy as np
 
 from admf_dask.kernels.simulate import _chunk_stats_eq
 from admf_dask.kernels.state import (
-    BAR_WIDTH, TRADE0, check_timeline, close_ends, cost_args, finalize_runs, run_state_init,
+    BAR_WIDTH, TRADE0, check_state, check_timeline, close_ends, cost_args, finalize_runs, run_state_init,
 )
 from admf_dask.kernels.stats import N_STATS, bar_init, bar_update, finalize, trade_init
 from admf_dask.kernels.strategies import _CHUNK_EQ_KERNELS, _check
@@ -228,7 +228,7 @@ def fold_sleeves(state, rows, trade_acc, extra_acc):
 
 def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close, timeline_pos,
                                periods_per_year, cash, commission, slippage_bps, whole_units,
-                               stop_loss, take_profit, direction, equity_acc, trade_acc, extra_acc):
+                               stop_loss, take_profit, direction, equity_acc, trade_acc, extra_acc, state=None):
     """``run_strategy_batch`` on one symbol that also adds its sleeves into the accumulators.
 
     The one-chunk case of :func:`~admf_dask.kernels.strategies.strategy_chunk` with
@@ -251,6 +251,10 @@ def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close,
         merged into row ``k``.
     extra_acc : float64 (m, 3)
         ``[exposure, buy_and_hold_return, 1]`` of set ``k``'s sleeve is added into row ``k``.
+    state : float64 (m, RUN_STATE_WIDTH), optional
+        Start run states (:func:`~admf_dask.kernels.state.run_state_init`), advanced in
+        place: afterwards they hold the run states at the last bar, from which a later
+        chunk of new bars goes on (incremental runs keep them).
 
     Returns
     -------
@@ -272,7 +276,10 @@ def strategy_batch_with_equity(kind, ind, idx, fparams, open_, high, low, close,
     kernel = _CHUNK_EQ_KERNELS.get(int(kind))
     if kernel is None:
         raise ValueError("strategy_batch_with_equity: unknown strategy kind")
-    state = run_state_init(idx.shape[0], float(cash))
+    if state is None:
+        state = run_state_init(idx.shape[0], float(cash))
+    else:
+        check_state(state, idx.shape[0], 0, 0, close.shape[0])
     kernel(ind, idx, fparams, open_, high, low, close, 0, None, state,
            *cost_args(commission, slippage_bps, whole_units, stop_loss, take_profit), int(direction),
            timeline_pos, equity_acc)

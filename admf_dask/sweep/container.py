@@ -34,6 +34,8 @@ class ContainerTask:
     run_id: str
     whole_range: bool = False  # the only task of its set range: it writes the portfolio rows itself
     stream: Any = None  # a streaming.StreamSpec: the symbols are read in time chunks (run_stream_container)
+    resume: Any = None  # an incremental.Resume: go on from the state a previous run saved for this part
+    keep_state: bool = False  # save the state the symbols reach (state/part-<j>.state), for incremental runs
 
 def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> AdmfError:
     """Find the parameter set that fails (deterministic bugs) and name it."""
@@ -186,7 +188,11 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     Returns the row count (the rows stay in storage: the client streams them into the
     final table range by range) and the hub counters of each symbol's indicator set.
     """
-    from ..kernels.portfolio import EXTRA_WIDTH, trade_acc_init
+    from ..kernels.portfolio import EXTRA_WIDTH, portfolio_fold, portfolio_state_init, trade_acc_init
+    from ..kernels.state import run_state_init
+    from ..kernels.stats import PeriodsPerYearStream
+    from .incremental import whole_symbol_state, write_state
+    from .portfolio import _stream_portfolio_table
 
     t0 = time.perf_counter()
     indicator_sets = [task.config.load(src) for src in sources]
@@ -194,17 +200,33 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     timeline = group_timeline(indicator_sets)
     m = len(batch.params)
     equity = _SCRATCH.take(m, len(timeline.stamps))
+    saved: dict[str, np.ndarray] | None = {} if task.keep_state else None  # the state reached, for the next run
     try:
         acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
         stats = []
-        for symbol, iset, pos in zip(task.symbols, indicator_sets, timeline.positions):
+        for i, (symbol, iset, pos) in enumerate(zip(task.symbols, indicator_sets, timeline.positions)):
             try:
-                stats.append(task.config.stats(iset, batch, (pos, acc)))
+                if saved is None:
+                    stats.append(task.config.stats(iset, batch, (pos, acc)))
+                    continue
+                run = run_state_init(m, float(task.config.cash))
+                stats.append(task.config.stats(iset, batch, (pos, acc), state=run))
             except Exception as exc:
                 raise _fail_where(task, symbol, iset, exc) from None
+            saved.update(whole_symbol_state(i, iset, batch, run))
         table = _rows_table(task, batch, stats)
         storage = task.run_ref.open()
-        if task.whole_range:  # every symbol is here: the accumulators are final, no reduce needed
+        if task.whole_range and saved is not None:  # the portfolio folded (as a stream would), its state kept
+            pstate = portfolio_state_init(m)
+            portfolio_fold(acc[0], np.ascontiguousarray(acc[2][:, 2]), 0, pstate)
+            union = PeriodsPerYearStream()
+            union.update(timeline.stamps)
+            saved.update({"pstate": pstate, "folded": np.array([len(timeline.stamps)], dtype=np.int64),
+                          **{f"union/{k}": v for k, v in union.to_arrays().items()}})
+            table = pa.concat_tables([table, _stream_portfolio_table(task.lo, task.hi, task.param_sets, pstate,
+                                                                     acc[1], acc[2], timeline.periods_per_year)],
+                                     promote_options="default")
+        elif task.whole_range:  # every symbol is here: the accumulators are final, no reduce needed
             table = pa.concat_tables([table, _portfolio_table(task.lo, task.hi, task.param_sets, acc, timeline.stamps,
                                                                        timeline.periods_per_year)],
                                      promote_options="default")
@@ -214,7 +236,10 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     finally:
         _SCRATCH.give(equity)
     write_part(storage, table, f"results/part-{task.part:06d}.parquet")
-    storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
-                        "lo": task.lo, "hi": task.hi}, f"done/part-{task.part:06d}.json")
+    marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi}
+    if saved is not None:
+        marker["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
+    storage.write_json(marker, f"done/part-{task.part:06d}.json")
     return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0,
-            "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)}}
+            "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
+            "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)}}

@@ -120,10 +120,16 @@ class SweepConfig:
 
         return prepare_batch(self.strategy, param_sets)
 
-    def stats(self, data: Any, batch: Any, portfolio: Any) -> np.ndarray:
+    def stats(self, data: Any, batch: Any, portfolio: Any, state: np.ndarray | None = None) -> np.ndarray:
         from ..backtest import _costs, batch_stats
 
-        return batch_stats(data, batch, _costs(**self.costs), portfolio=portfolio)
+        return batch_stats(data, batch, _costs(**self.costs), portfolio=portfolio, state=state)
+
+    def resumable(self) -> bool:
+        """Whether tasks can save the engine state a later run goes on from (built-in strategies' kernels)."""
+        from ..strategies import get_strategy
+
+        return get_strategy(self.strategy).builtin
 
     def load(self, source: Any) -> Any:
         from ..cache import resolve

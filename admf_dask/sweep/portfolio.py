@@ -21,7 +21,8 @@ from .results import PORTFOLIO, _stats_table
 
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
-                     param_sets: ParamSets, cash: float) -> str:
+                     param_sets: ParamSets, cash: float, resume: Any = None,
+                     keep_state: bool = False) -> dict[str, Any]:
     """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
     The parts of a range cover every symbol once; each part's summed equity is on its own
@@ -34,12 +35,19 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     cash before its first bar) and summed in part order. Every step is folded into the
     portfolio statistics (:func:`~admf_dask.kernels.portfolio.portfolio_fold`), so the
     union timeline of a streamed range is never held whole either.
-    Returns the rows' file (``portfolio/rows-<lo>.parquet``, relative to the run).
+    With ``keep_state`` the folded state at the end (portfolio bar states, the union
+    timeline's spacing counts, the columns folded, and each part's last summed equity) is
+    written too (``portfolio/reduce-<lo>.state``). With ``resume`` (that state of the
+    previous run, :class:`~admf_dask.sweep.incremental.Resume`) the parts hold only the
+    windows after it, every part carried in from its own last value: an incremental run.
+    Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
+    "state": the state's commit record or None}``.
     """
     from ..kernels.portfolio import (
         merge_trade_acc, portfolio_fold, portfolio_state_init, rebase_equity, starting_equity,
     )
     from ..kernels.stats import PeriodsPerYearStream
+    from .incremental import read_state, write_state
 
     storage = run_ref.open()
     heads = [_read_part(storage, j) for j in parts]  # small: trades, extra, and the timeline of whole parts
@@ -49,11 +57,13 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     m = len(extra)
     readers: list[_PartReader] = []
     whole = [(j, h) for j, h in zip(parts, heads) if "windows" not in h]
+    lasts: dict[int, np.ndarray] = {}  # a whole part's summed equity at its last bar
     if whole:  # the sum of the whole parts, one part read at a time: a part of the merge below
         union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
         total, before = None, None
         for j, h in whole:
             equity = _read_part(storage, j, equity=True)["equity"]
+            lasts[j] = equity[:, -1].copy()
             start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
             step = rebase_equity(equity, h["timeline"], union, start)
             total = step if total is None else total + step
@@ -69,6 +79,13 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     pstate = portfolio_state_init(m)
     spacing = PeriodsPerYearStream()
     folded = 0
+    if resume is not None:  # every part is windows after the saved state, each carried in from its last value
+        saved = read_state(resume)
+        pstate, folded = saved["pstate"].copy(), int(saved["folded"][0])
+        spacing = PeriodsPerYearStream.from_arrays({k: saved[f"union/{k}"] for k in ("spacings", "counts",
+                                                                                      "scalars")})
+        for r, before in zip(readers, saved["befores"]):
+            r.before = before.copy()
     while True:
         live = [r for r in readers if r.pending()]
         if not live:
@@ -93,7 +110,15 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(buf.getvalue(), name)
-    return name
+    state = None
+    if keep_state:  # each part's last value, in part order (whole parts were summed into one reader)
+        windowed = iter(readers[1:] if whole else readers)
+        befores = [lasts[j] if j in lasts else next(windowed).before for j in parts]
+        state = write_state(storage, {"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
+                                      "befores": np.array(befores).reshape(len(parts), m),
+                                      **{f"union/{k}": v for k, v in spacing.to_arrays().items()}},
+                            f"portfolio/reduce-{lo:09d}.state")
+    return {"rows": name, "state": state}
 
 
 def _read_part(storage: Any, part: int, equity: bool = False) -> dict[str, np.ndarray]:

@@ -25,12 +25,13 @@ from typing import Any
 from .. import __version__
 from ..bars import BarStore
 from ..config import token
-from ..budget import format_bytes
+from ..budget import chunk_rows, format_bytes
 from ..errors import ConfigError, DataError
 from ..storage import StorageRef
 from .container import ContainerTask, run_container
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _estimate, _probe, plan_layout
+from .incremental import Resume, plan_incremental, record_chain
 from .streaming import run_stream_container
 from .portfolio import reduce_portfolio
 from .results import SweepResult, write_final_table
@@ -180,6 +181,11 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         return SweepResult(run_id, run_ref.url, {**run["summary"], "status": "complete (already done)"},
                            config, storage)
 
+    keep_state = bool(getattr(config, "resumable", lambda: False)())  # tasks save their end state
+    incremental, inc_note = None, ""
+    if run is None and keep_state:
+        incremental, inc_note = plan_incremental(root, dict(identity), kind, bars, symbols, len(sets))
+
     client = ensure_client(client)
     source = feed(client)
     try:
@@ -198,6 +204,19 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                                 symbol=empty, key="start", hint="widen the start/end range")
             payload, halo = source.shape(sets)
             budget = _budget(config, client, payload, halo)
+        if run is None and incremental is not None:  # the previous run's layout, every part streamed on
+            size = max(len(g) for g, *_ in incremental["layout"])
+            width = max(hi - lo for _, lo, hi, *_ in incremental["layout"])
+            rows = incremental["chunk_rows"] or max(2, chunk_rows(budget, symbols=size, sets=width,
+                                                                  payload_bytes=payload))
+            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
+                   "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
+                   "symbols": symbols, "param_sets": len(sets), "memory_budget": budget,
+                   "layout": [[g, lo, hi, True] for g, lo, hi, *_ in incremental["layout"]], "chunk_rows": rows,
+                   "memory_per_task": 0, "incremental_from": incremental["from"],
+                   "resume_parts": incremental["parts"], "resume_reduce": incremental["reduce"]}
+            storage.write_json(run, "run.json")
+        elif run is None:
             longest = max(symbols, key=bars_per_symbol.__getitem__)
             sample = sets[:_PROBE_SETS]
             t_load = time.perf_counter()
@@ -211,7 +230,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
-                   "memory_budget": budget, **plan}
+                   "memory_budget": budget, "full_because": inc_note, **plan}
             storage.write_json(run, "run.json")
         layout = [(tuple(g), lo, hi, bool(rest[0]) if rest else False) for g, lo, hi, *rest in run["layout"]]
         rows = int(run.get("chunk_rows", 0))
@@ -222,7 +241,13 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
              f"~{format_bytes(run.get('memory_per_task', 0))} per task "
              f"(budget {format_bytes(run.get('memory_budget', 0))}), ~{estimate['output_mb']} MB of results")
         streamed = sorted({s for g, _, _, st in layout if st for s in g})
-        if streamed:
+        prev_id = run.get("incremental_from")
+        if prev_id:
+            echo(f"  incremental: continuing from run {prev_id}, every symbol only grew; "
+                 f"only bars after its last run's are read")
+        elif run.get("full_because") and keep_state:
+            echo(f"  computed in full: {run['full_because']}")
+        if streamed and not prev_id:
             chunks = [-(-bars_per_symbol[s] // rows) for s in streamed]
             echo(f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
                  f"{min(chunks)}-{max(chunks)} chunks per symbol" if min(chunks) != max(chunks) else
@@ -244,14 +269,23 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             ranges.setdefault((lo, hi), []).append(j)
         # streamed symbols' indicator chunks go to the cache only when tasks after the first ones
         # read them again (more set ranges than threads); tasks running at once would all compute them
-        persist = len(ranges) > threads
+        persist = len(ranges) > threads and not prev_id  # new bars of an incremental run: read once
         spec = source.stream_spec(rows, persist) if streamed else None
         consumers = Counter(sym for j in todo if not layout[j][3] for sym in layout[j][0])
         sources: dict[str, Any] = {}
         frozen = {r: _frozen(sets[r[0]:r[1]]) for r in ranges}  # one per set range, shared by its tasks
+        prev_ref = root.child("runs", prev_id) if prev_id else None
+
+        def resume(meta: Mapping[str, Any] | None) -> Resume | None:
+            return Resume(prev_ref, meta["file"], meta["size"], meta["sha256"]) if meta and prev_ref else None
+
+        resume_parts = run.get("resume_parts") or {}
         tasks = [ContainerTask(j, layout[j][0], layout[j][1], layout[j][2], frozen[layout[j][1:3]],
                                config, run_ref, run_id, whole_range=len(ranges[layout[j][1:3]]) == 1,
-                               stream=spec if layout[j][3] else None) for j in todo]
+                               stream=spec if layout[j][3] else None,
+                               resume=resume(resume_parts.get(str(j), resume_parts.get(j))),
+                               keep_state=keep_state) for j in todo]
+        bars_read = Counter()
 
         def inputs(i: int) -> list[Any]:  # the hub's sets of a task, asked for when the task is submitted
             task = tasks[i]
@@ -263,6 +297,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             return [sources[sym] for sym in task.symbols]
 
         def finished(i: int, out: dict[str, Any]) -> None:
+            bars_read.update(out.get("bars", {}))
             for sym, counters in out["counters"].items():
                 source.settle(sources.get(sym), counters)
             if tasks[i].stream is None:
@@ -276,20 +311,33 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                       label=kind, window=2 * max(threads, 1) + 2, on_result=finished,
                       keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks])
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
-        written = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
-                            extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash)
+        resume_reduce = run.get("resume_reduce") or {}
+        reduced = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
+                            extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash,
+                                         resume(resume_reduce.get(str(lo))), keep_state)
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
-        write_final_table(storage, ranges, {lo: name for (lo, _), name in zip(split, written)})
+        write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)})
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
                    if wall > 0 else 0.0,
-                   "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1)}
+                   "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
+                   "bars_read": int(sum(bars_read.values())),
+                   "incremental_symbols": len(symbols) if prev_id else 0,
+                   "full_symbols": 0 if prev_id else len(symbols)}
+        if prev_id:
+            summary["incremental_from"] = prev_id
         if todo:
             summary.update(source.summary())
-        storage.write_json({**run, "status": "complete", "summary": summary}, "run.json")
+        final = {**run, "status": "complete", "summary": summary}
+        if keep_state:
+            final.update(resumable=True, symbol_versions={s: bars.symbol_fingerprint(s) for s in symbols},
+                         reduce_states={str(lo): out["state"] for (lo, _), out in zip(split, reduced)})
+        storage.write_json(final, "run.json")
+        if keep_state:
+            record_chain(root, dict(identity), kind, run_id)
     finally:
         source.release()
     return SweepResult(run_id, run_ref.url, summary, config, storage)

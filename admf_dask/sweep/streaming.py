@@ -56,6 +56,8 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     window of portfolio accumulators. Returns what ``run_container`` returns.
     """
     from ..bars import BarStore
+    from ..bars.store import to_ns
+    from .incremental import read_state, symbol_state, unpack_symbol, write_state
     from ..kernels.portfolio import EXTRA_WIDTH, fold_sleeves, portfolio_fold, portfolio_state_init, trade_acc_init
     from ..kernels.state import finalize_runs, run_state_init, sleeve_before
     from ..kernels.stats import PeriodsPerYearStream
@@ -68,18 +70,33 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     batch = config.prepare([dict(p) for p in task.param_sets])
     m = len(task.param_sets)
     cash = float(config.cash)
-    inputs, streams, states = [], [], []
-    for symbol in task.symbols:
+    saved = read_state(task.resume) if task.resume is not None else None  # an incremental run goes on from it
+    inputs, streams, states, seen0 = [], [], [], []
+    for i, symbol in enumerate(task.symbols):
         inp = config.stream_input(batch, symbol, store, spec)
         inputs.append(inp)
-        streams.append(SymbolStream(store, symbol, config.start, config.end, spec.rows, inp.halo, inp.rows,
-                                    inp.dtype, inp.build))
-        states.append(run_state_init(m, cash))
+        start = config.start
+        if saved is not None:  # only the bars after the last one the previous run saw
+            prev = unpack_symbol(saved, i)
+            start = max(to_ns(config.start, prev.last_ns + 1), prev.last_ns + 1)
+        stream = SymbolStream(store, symbol, start, config.end, spec.rows, inp.halo, inp.rows, inp.dtype, inp.build)
+        if saved is not None:
+            stream.restore(prev.seen, prev.tail, prev.payload, prev.first_close, prev.last_close, prev.spacing)
+            inp.build.states.update(prev.ind)  # the indicator kernels' states at that bar
+            states.append(prev.run)
+        else:
+            states.append(run_state_init(m, cash))
+        streams.append(stream)
+        seen0.append(stream.seen)
     storage = task.run_ref.open()
     sleeves = np.full(m, float(len(task.symbols)))
     pstate = portfolio_state_init(m) if task.whole_range else None
     union = PeriodsPerYearStream()
     folded = 0  # timeline columns so far
+    if saved is not None and pstate is not None:
+        pstate = saved["pstate"].copy()
+        union = PeriodsPerYearStream.from_arrays({k: saved[f"union/{k}"] for k in ("spacings", "counts", "scalars")})
+        folded = int(saved["folded"][0])
     n_windows = 0
     for window in windows(streams):
         acc = np.zeros((m, len(window.stamps)))
@@ -122,7 +139,18 @@ def run_stream_container(task: Any) -> dict[str, Any]:
                                            "windows": np.array([n_windows], dtype=np.int64)}),
                             f"portfolio/part-{task.part:06d}.acc")
     write_part(storage, table, f"results/part-{task.part:06d}.parquet")
-    storage.write_json({"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols),
-                        "lo": task.lo, "hi": task.hi, "windows": n_windows}, f"done/part-{task.part:06d}.json")
+    marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo,
+              "hi": task.hi, "windows": n_windows}
+    if task.keep_state:
+        keep: dict[str, np.ndarray] = {}
+        for i, (stream, inp, state) in enumerate(zip(streams, inputs, states)):
+            keep.update(symbol_state(i, state, inp.build.states, stream.last_payload(), stream.tail(),
+                                     stream.seen, stream.first_close, stream.last_close, stream.spacing))
+        if pstate is not None:
+            keep.update({"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
+                         **{f"union/{k}": v for k, v in union.to_arrays().items()}})
+        marker["state"] = write_state(storage, keep, f"state/part-{task.part:06d}.state")
+    storage.write_json(marker, f"done/part-{task.part:06d}.json")
     return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start,
-            "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)}}
+            "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)},
+            "bars": {sym: stream.seen - s0 for sym, stream, s0 in zip(task.symbols, streams, seen0)}}

@@ -1,0 +1,227 @@
+"""Incremental runs: a run over bars that were only appended goes on from the engine state of the run before.
+
+Every task of a sweep whose kernels carry their state (built-in strategies) ends by
+writing the state its symbols reached, ``state/part-<j>.state`` (the arrays format of
+the portfolio accumulators), and records the file's size and sha256 in its done
+marker; a set range's portfolio reduce does the same for the folded portfolio
+(``portfolio/reduce-<lo>.state``, recorded in ``run.json``). Per symbol the state is:
+
+======================  ==============================================================
+``<i>/run``             the parameter sets' run states (sets x ``RUN_STATE_WIDTH``)
+``<i>/ind/<token>``     each indicator kernel's state at the last bar
+``<i>/payload``         the indicator rows' values at the last bar (the chunk kernels'
+                        halo bar)
+``<i>/tail``, ``_ts``   the last ``max(1, halo)`` bars (what indicators read before a
+                        chunk)
+``<i>/i8``, ``<i>/f8``  ``[bars processed, last timestamp]``, ``[first close, last close]``
+``<i>/spacing/*``       the symbol's bar spacing counts (periods per year)
+======================  ==============================================================
+
+plus, for the only task of a set range, the portfolio's folded bar states
+(``pstate``), its timeline's spacing counts and the columns folded so far.
+
+A later run of the same configuration (same identity but the data) finds the last
+complete run through ``runs/_chain/<key>.json``. If every symbol's current version
+extends, by appended bars only, the version that run saw (the manifest's
+``lineage``, see :mod:`admf_dask.bars.store`), the new run keeps the old layout and
+each task streams only the bars after the old last one from the state saved by its
+part (:func:`~admf_dask.sweep.streaming.run_stream_container` with ``resume``). The
+chunk kernels make the result equal to a full recompute (statistics bit for bit,
+portfolio rows within 1e-12). Otherwise the run is computed in full, and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import token
+from ..errors import StorageError
+from ..storage import StorageRef
+
+__all__ = ["Resume", "chain_key", "plan_incremental", "read_state", "write_state"]
+
+CHAIN = "_chain"  # runs/_chain/<key>.json: the last complete run of a configuration, whatever the data
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a part's (or a reduce's) saved state is: a file under a previous run, its size and sha256."""
+
+    run_ref: StorageRef
+    file: str
+    size: int
+    sha256: str
+
+
+def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    """Write named arrays as one state file under a run; return what the commit records: file, size, sha256."""
+    from .portfolio import _arrays_parts
+
+    parts = _arrays_parts(arrays)
+    h = hashlib.sha256()
+    size = 0
+    for p in parts:
+        h.update(p)
+        size += len(p) if isinstance(p, bytes) else p.nbytes
+    storage.write_bytes(parts, name)
+    return {"file": name, "size": size, "sha256": h.hexdigest()}
+
+
+def read_state(resume: Resume) -> dict[str, np.ndarray]:
+    """The arrays of a saved state, checked against the size and sha256 recorded when it was committed."""
+    from .portfolio import _arrays_read
+
+    storage = resume.run_ref.open()
+    where = storage.display(resume.file)
+    try:
+        raw = storage.read_bytes(resume.file)
+    except FileNotFoundError:
+        raise StorageError("saved engine state is missing", file=where,
+                           hint="rerun with --force to recompute in full") from None
+    if len(raw) != resume.size or hashlib.sha256(raw).hexdigest() != resume.sha256:
+        raise StorageError(f"saved engine state does not match its commit record ({len(raw)} bytes, "
+                           f"{resume.size} recorded)", file=where, hint="rerun with --force to recompute in full")
+    return _arrays_read(raw, where)
+
+
+# ---------------------------------------------------------------- one symbol's state
+
+def symbol_state(i: int, run: np.ndarray, ind_states: dict[str, np.ndarray], payload_last: np.ndarray,
+                 tail: dict[str, np.ndarray], seen: int, first_close: float, last_close: float,
+                 spacing: Any) -> dict[str, np.ndarray]:
+    """The arrays of symbol ``i`` of a part (see the module table)."""
+    from ..bars.schema import VALUE_COLUMNS
+
+    p = f"{i}/"
+    out = {p + "run": np.ascontiguousarray(run, dtype=np.float64),
+           p + "payload": np.ascontiguousarray(payload_last, dtype=np.float64),
+           p + "tail_ts": np.ascontiguousarray(tail["timestamp"], dtype=np.int64),
+           p + "tail": np.stack([np.asarray(tail[c], dtype=np.float64) for c in VALUE_COLUMNS]),
+           p + "i8": np.array([seen, int(tail["timestamp"][-1])], dtype=np.int64),
+           p + "f8": np.array([first_close, last_close], dtype=np.float64)}
+    for tok, st in ind_states.items():
+        out[f"{p}ind/{tok}"] = np.asarray(st, dtype=np.float64)
+    for k, v in spacing.to_arrays().items():
+        out[f"{p}spacing/{k}"] = v
+    return out
+
+
+@dataclass
+class SymbolResume:
+    """One symbol's saved state, unpacked (see :func:`symbol_state`)."""
+
+    run: np.ndarray
+    ind: dict[str, np.ndarray]
+    payload: np.ndarray
+    tail: dict[str, np.ndarray]
+    seen: int
+    last_ns: int
+    first_close: float
+    last_close: float
+    spacing: Any
+
+
+def unpack_symbol(arrays: dict[str, np.ndarray], i: int) -> SymbolResume:
+    from ..bars.schema import VALUE_COLUMNS
+    from ..kernels.stats import PeriodsPerYearStream
+
+    p = f"{i}/"
+    tail = {"timestamp": arrays[p + "tail_ts"].copy(),
+            **{c: arrays[p + "tail"][k].copy() for k, c in enumerate(VALUE_COLUMNS)}}
+    ind = {name[len(p) + 4:]: v.copy() for name, v in arrays.items() if name.startswith(p + "ind/")}
+    spacing = PeriodsPerYearStream.from_arrays({k: arrays[f"{p}spacing/{k}"] for k in ("spacings", "counts",
+                                                                                        "scalars")})
+    seen, last_ns = (int(v) for v in arrays[p + "i8"])
+    first_close, last_close = (float(v) for v in arrays[p + "f8"])
+    return SymbolResume(arrays[p + "run"].copy(), ind, arrays[p + "payload"].copy(), tail, seen, last_ns,
+                        first_close, last_close, spacing)
+
+
+def whole_symbol_state(i: int, iset: Any, batch: Any, run: np.ndarray) -> dict[str, np.ndarray]:
+    """The state of a symbol held whole (an IndicatorSet) after the container ran it: as a stream would leave it.
+
+    Indicator end states come with the set when it computed them; one loaded from the
+    storage cache has none, and is run once more here, as one chunk, for its state.
+    """
+    from ..kernels.stats import PeriodsPerYearStream
+
+    bars = iset.bars
+    specs = batch.plan.specs
+    halo = max((spec.halo for spec in specs), default=0)
+    states = {}
+    for spec in specs:
+        st = iset.states.get(spec.token)
+        if st is None:
+            _, st = spec.compute_chunk(bars.columns, 0, spec.init_state())
+        states[spec.token] = st
+    matrix, rows = iset.stacked(batch.rows)
+    keep = min(max(1, halo), len(bars))
+    tail = {"timestamp": bars.timestamp[-keep:], **{c: v[-keep:] for c, v in bars.columns.items()}}
+    spacing = PeriodsPerYearStream()
+    spacing.update(bars.timestamp)
+    close = bars.columns["close"]
+    return symbol_state(i, run, states, matrix[rows, -1], tail, len(bars), float(close[0]), float(close[-1]),
+                        spacing)
+
+
+# ---------------------------------------------------------------- finding the run to go on from
+
+def chain_key(identity: dict[str, Any]) -> str:
+    """The configuration's key across data versions: its identity without the data fingerprint."""
+    return token({k: v for k, v in identity.items() if k != "data"})[:16]
+
+
+def extends(bars: Any, symbol: str, fingerprint: str) -> bool:
+    """Whether ``symbol``'s current version is the version ``fingerprint``, or extends it by appended bars only."""
+    entry = bars.entry(symbol)
+    if entry["fingerprint"] == fingerprint:
+        return True
+    return any(v.get("fingerprint") == fingerprint for v in entry.get("lineage") or ())
+
+
+def plan_incremental(root: StorageRef, identity: dict[str, Any], kind: str, bars: Any, symbols: list[str],
+                     n_sets: int) -> tuple[dict[str, Any] | None, str]:
+    """The previous run to go on from and what of it to reuse, or None and why not.
+
+    Returns ``(plan, note)``. ``plan`` has ``from`` (run id), ``layout`` and ``chunk_rows``
+    of that run, ``parts`` (part -> its state record) and ``reduce`` (set range start ->
+    the reduce's state record); ``note`` says in a line what happened.
+    """
+    from .. import __version__
+
+    storage = root.child("runs").open()
+    pointer = f"{CHAIN}/{kind}-{chain_key(identity)}.json"
+    if not storage.exists(pointer):
+        return None, "no earlier run of this configuration"
+    prev_id = storage.read_json(pointer).get("run_id")
+    if not storage.exists(f"{prev_id}/run.json"):
+        return None, f"the last run {prev_id} is gone"
+    prev = storage.read_json(f"{prev_id}/run.json")
+    if prev.get("status") != "complete" or prev.get("version") != __version__:
+        return None, f"the last run {prev_id} is not complete or of another version"
+    if prev.get("symbols") != symbols or prev.get("param_sets") != n_sets or not prev.get("resumable"):
+        return None, f"the last run {prev_id} cannot be continued (other symbols, sets, or no saved state)"
+    versions = prev.get("symbol_versions") or {}
+    changed = [s for s in symbols if s not in versions or not extends(bars, s, versions[s])]
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        return None, f"history changed (not only appended) for {len(changed)} symbol(s): {shown}"
+    parts = {}
+    for j in range(len(prev["layout"])):
+        name = f"{prev_id}/done/part-{j:06d}.json"
+        marker = storage.read_json(name) if storage.exists(name) else {}
+        if "state" not in marker:
+            return None, f"the last run {prev_id} saved no state for part {j}"
+        parts[j] = marker["state"]
+    return ({"from": prev_id, "layout": prev["layout"], "chunk_rows": prev.get("chunk_rows", 0), "parts": parts,
+             "reduce": prev.get("reduce_states") or {}},
+            f"continuing from run {prev_id}: {len(symbols)} symbol(s) only grew")
+
+
+def record_chain(root: StorageRef, identity: dict[str, Any], kind: str, run_id: str) -> None:
+    """Point the configuration's chain at a run that just completed (one write)."""
+    root.child("runs").open().write_json({"run_id": run_id}, f"{CHAIN}/{kind}-{chain_key(identity)}.json")
