@@ -451,6 +451,7 @@ class IndicatorStream:
             self.rows.append((spec, output if output is not None else spec.outputs[0]))
         self.halo = max((spec.halo for spec in self.specs), default=0)
         self.states = {spec.token: spec.init_state() for spec in self.specs}
+        self._run = {spec.token: spec.chunk_runner() for spec in self.specs}
         self.cache = IndicatorCache(cache_ref) if cache_ref is not None else None
         self.key, self.persist = key, persist
         self._computed: set[str] = set()
@@ -460,10 +461,10 @@ class IndicatorStream:
     def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
         """Fill ``out`` (one row per entry of ``rows``, one column per new bar) for the chunk starting at ``t0``."""
         n = out.shape[1]
-        key = token([self.key, t0, n])[:24]
         loaded: dict[str, dict[str, np.ndarray]] = {}
         ends: dict[str, np.ndarray] = {}
         if self.cache is not None:
+            key = token([self.key, t0, n])[:24]
             loaded, corrupt = self.cache.load(key, self.specs, n, states=ends)
             self._corrupt += corrupt
         values: dict[str, dict[str, np.ndarray]] = {}
@@ -474,7 +475,7 @@ class IndicatorStream:
                 values[tok], self.states[tok] = loaded[tok], ends[tok]
                 self._loaded.add(tok)
             else:
-                values[tok], self.states[tok] = spec.compute_chunk(columns, hb, self.states[tok])
+                values[tok], self.states[tok] = self._run[tok](columns, hb, self.states[tok])
                 computed[tok] = (spec, values[tok])
                 self._computed.add(tok)
         for i, (spec, output) in enumerate(self.rows):

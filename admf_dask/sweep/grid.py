@@ -141,8 +141,8 @@ class SweepConfig:
         from ..backtest import _costs, stream_input
         from ..cache import stream_key
 
-        return stream_input(batch, _costs(**self.costs), symbol, stream_key(store.symbol_fingerprint(symbol),
-                                                                              self.start), spec.cache_ref, spec.persist)
+        key = stream_key(store.symbol_fingerprint(symbol), self.start) if spec.cache_ref is not None else ""
+        return stream_input(batch, _costs(**self.costs), symbol, key, spec.cache_ref, spec.persist)
 
     def stats_chunk(self, piece: Any, batch: Any, state: np.ndarray, portfolio: Any) -> None:
         from ..backtest import _costs, batch_chunk

@@ -125,20 +125,34 @@ class SymbolResume:
     spacing: Any
 
 
-def unpack_symbol(arrays: dict[str, np.ndarray], i: int) -> SymbolResume:
+def unpack_symbol(arrays: dict[str, np.ndarray], i: int,
+                  ind_index: dict[int, dict[str, np.ndarray]] | None = None) -> SymbolResume:
+    """Symbol ``i``'s state from a part's state file (``ind_index``: :func:`indicator_states` of it)."""
     from ..bars.schema import VALUE_COLUMNS
     from ..kernels.stats import PeriodsPerYearStream
 
     p = f"{i}/"
     tail = {"timestamp": arrays[p + "tail_ts"].copy(),
             **{c: arrays[p + "tail"][k].copy() for k, c in enumerate(VALUE_COLUMNS)}}
-    ind = {name[len(p) + 4:]: v.copy() for name, v in arrays.items() if name.startswith(p + "ind/")}
+    if ind_index is None:
+        ind_index = indicator_states(arrays)
+    ind = {tok: v.copy() for tok, v in ind_index.get(i, {}).items()}
     spacing = PeriodsPerYearStream.from_arrays({k: arrays[f"{p}spacing/{k}"] for k in ("spacings", "counts",
                                                                                         "scalars")})
     seen, last_ns = (int(v) for v in arrays[p + "i8"])
     first_close, last_close = (float(v) for v in arrays[p + "f8"])
     return SymbolResume(arrays[p + "run"].copy(), ind, arrays[p + "payload"].copy(), tail, seen, last_ns,
                         first_close, last_close, spacing)
+
+
+def indicator_states(arrays: dict[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """A part's saved indicator states by symbol (``<i>/ind/<token>``): index a state file once, not per symbol."""
+    index: dict[int, dict[str, np.ndarray]] = {}
+    for name, v in arrays.items():
+        head, sep, tok = name.partition("/ind/")
+        if sep:
+            index.setdefault(int(head), {})[tok] = v
+    return index
 
 
 def whole_symbol_state(i: int, iset: Any, batch: Any, run: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,7 +187,7 @@ def _arrays_read(raw: bytes, where: str) -> dict[str, np.ndarray]:
         out = {}
         for name, (dtype, shape) in json.loads(raw[16:offset]).items():
             dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             out[name] = np.frombuffer(raw, dt, count, offset).reshape(shape)
             offset += count * dt.itemsize
         if offset != len(raw):

@@ -57,7 +57,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     """
     from ..bars import BarStore
     from ..bars.store import to_ns
-    from .incremental import read_state, symbol_state, unpack_symbol, write_state
+    from .incremental import indicator_states, read_state, symbol_state, unpack_symbol, write_state
     from ..kernels.portfolio import EXTRA_WIDTH, fold_sleeves, portfolio_fold, portfolio_state_init, trade_acc_init
     from ..kernels.state import finalize_runs, run_state_init, sleeve_before
     from ..kernels.stats import PeriodsPerYearStream
@@ -71,13 +71,14 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     m = len(task.param_sets)
     cash = float(config.cash)
     saved = read_state(task.resume) if task.resume is not None else None  # an incremental run goes on from it
+    ind_index = indicator_states(saved) if saved is not None else None
     inputs, streams, states, seen0 = [], [], [], []
     for i, symbol in enumerate(task.symbols):
         inp = config.stream_input(batch, symbol, store, spec)
         inputs.append(inp)
         start = config.start
         if saved is not None:  # only the bars after the last one the previous run saw
-            prev = unpack_symbol(saved, i)
+            prev = unpack_symbol(saved, i, ind_index)
             start = max(to_ns(config.start, prev.last_ns + 1), prev.last_ns + 1)
         stream = SymbolStream(store, symbol, start, config.end, spec.rows, inp.halo, inp.rows, inp.dtype, inp.build)
         if saved is not None:
