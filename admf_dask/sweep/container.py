@@ -237,6 +237,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
         _SCRATCH.give(equity)
     write_part(storage, table, f"results/part-{task.part:06d}.parquet")
     marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi}
+    if not task.whole_range:  # where this part's summed equity is, relative to the storage root
+        marker["equity"] = [f"runs/{task.run_id}/portfolio/part-{task.part:06d}.acc"]
     if saved is not None:
         marker["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
     storage.write_json(marker, f"done/part-{task.part:06d}.json")

@@ -55,6 +55,7 @@ class Resume:
     file: str
     size: int
     sha256: str
+    equity: tuple[str, ...] = ()  # the part's summed equity so far: files relative to the storage root
 
 
 def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
@@ -202,8 +203,10 @@ def plan_incremental(root: StorageRef, identity: dict[str, Any], kind: str, bars
     """The previous run to go on from and what of it to reuse, or None and why not.
 
     Returns ``(plan, note)``. ``plan`` has ``from`` (run id), ``layout`` and ``chunk_rows``
-    of that run, ``parts`` (part -> its state record) and ``reduce`` (set range start ->
-    the reduce's state record); ``note`` says in a line what happened.
+    of that run, ``parts`` (part -> its state record, for the parts whose symbols all
+    only grew), ``reduce`` (set range start -> the reduce's state record, when every
+    part goes on) and ``changed`` (symbols whose history changed: their parts are
+    recomputed in full); ``note`` says in a line what happened.
     """
     from .. import __version__
 
@@ -221,19 +224,28 @@ def plan_incremental(root: StorageRef, identity: dict[str, Any], kind: str, bars
         return None, f"the last run {prev_id} cannot be continued (other symbols, sets, or no saved state)"
     versions = prev.get("symbol_versions") or {}
     changed = [s for s in symbols if s not in versions or not extends(bars, s, versions[s])]
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        return None, f"history changed (not only appended) for {len(changed)} symbol(s): {shown}"
     parts = {}
-    for j in range(len(prev["layout"])):
+    for j, (group, *_) in enumerate(prev["layout"]):
+        if set(group) & set(changed):
+            continue
         name = f"{prev_id}/done/part-{j:06d}.json"
         marker = storage.read_json(name) if storage.exists(name) else {}
         if "state" not in marker:
             return None, f"the last run {prev_id} saved no state for part {j}"
-        parts[j] = marker["state"]
+        parts[j] = {**marker["state"], "equity": marker.get("equity", [])}
+    if not parts:
+        return None, f"history changed (not only appended) for every part's symbols ({len(changed)} changed)"
+    if changed:  # the portfolio is summed again over each part's whole history: is it all still there?
+        runs = {f.split("/")[1] for meta in parts.values() for f in meta["equity"]}
+        gone = sorted(r for r in runs if not storage.exists(f"{r}/run.json"))
+        if gone:
+            return None, f"history changed for {len(changed)} symbol(s) and run {gone[0]}, which holds the " \
+                         "portfolio history of the others, is gone"
+    note = (f"continuing from run {prev_id}: every symbol only grew" if not changed else
+            f"continuing from run {prev_id}; history changed (not only appended) for {len(changed)} symbol(s) "
+            f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): their parts are recomputed in full")
     return ({"from": prev_id, "layout": prev["layout"], "chunk_rows": prev.get("chunk_rows", 0), "parts": parts,
-             "reduce": prev.get("reduce_states") or {}},
-            f"continuing from run {prev_id}: {len(symbols)} symbol(s) only grew")
+             "reduce": (prev.get("reduce_states") or {}) if not changed else {}, "changed": changed}, note)
 
 
 def record_chain(root: StorageRef, identity: dict[str, Any], kind: str, run_id: str) -> None:

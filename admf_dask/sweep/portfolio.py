@@ -23,7 +23,7 @@ from .results import PORTFOLIO, _stats_table
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                      param_sets: ParamSets, cash: float, resume: Any = None,
-                     keep_state: bool = False) -> dict[str, Any]:
+                     keep_state: bool = False, history: StorageRef | None = None) -> dict[str, Any]:
     """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
     The parts of a range cover every symbol once; each part's summed equity is on its own
@@ -41,6 +41,10 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     written too (``portfolio/reduce-<lo>.state``). With ``resume`` (that state of the
     previous run, :class:`~admf_dask.sweep.incremental.Resume`) the parts hold only the
     windows after it, every part carried in from its own last value: an incremental run.
+    With ``history`` (the storage root), each part's summed equity is read from the
+    files its done marker lists (``equity``, relative to the root: the windows of the
+    runs it went on from, then its own), all of them from the first bar: an incremental
+    run in which some parts were recomputed in full.
     Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
     "state": the state's commit record or None}``.
     """
@@ -57,7 +61,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]
     m = len(extra)
     readers: list[_PartReader] = []
-    whole = [(j, h) for j, h in zip(parts, heads) if "windows" not in h]
+    whole = [(j, h) for j, h in zip(parts, heads) if "windows" not in h and history is None]
     lasts: dict[int, np.ndarray] = {}  # a whole part's summed equity at its last bar
     if whole:  # the sum of the whole parts, one part read at a time: a part of the merge below
         union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
@@ -71,8 +75,13 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
             before = start if before is None else before + start
             del equity, step
         readers.append(_PartReader(storage, [], total, union, before))
+    root = history.open() if history is not None else None
     for j, h in zip(parts, heads):
-        if "windows" in h:
+        if history is not None:
+            files = storage.read_json(f"done/part-{j:06d}.json")["equity"]
+            readers.append(_PartReader(root, files, np.empty((m, 0)), np.empty(0, np.int64),
+                                       starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))))
+        elif "windows" in h:
             files = [f"portfolio/part-{j:06d}/w-{k:06d}.acc" for k in range(int(h["windows"][0]))]
             readers.append(_PartReader(storage, files, np.empty((m, 0)), np.empty(0, np.int64),
                                        starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))))

@@ -127,6 +127,24 @@ def _aligned(bars: BarStore, symbols: list[str]) -> bool:
     return len(keys) == 1
 
 
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _host() -> dict[str, Any]:
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _started() -> dict[str, Any]:
+    """What run.json records of the launch: when (UTC), on which host and process."""
+    return {"started": _now(), **_host()}
+
+
 def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     """Task: a container, held whole (:func:`run_container`) or streamed along time (:func:`run_stream_container`)."""
     if task.stream is not None:
@@ -183,7 +201,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
 
     keep_state = bool(getattr(config, "resumable", lambda: False)())  # tasks save their end state
     incremental, inc_note = None, ""
-    if run is None and keep_state:
+    if run is None and keep_state and not force:  # --force recomputes everything
         incremental, inc_note = plan_incremental(root, dict(identity), kind, bars, symbols, len(sets))
 
     client = ensure_client(client)
@@ -209,12 +227,13 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             width = max(hi - lo for _, lo, hi, *_ in incremental["layout"])
             rows = incremental["chunk_rows"] or max(2, chunk_rows(budget, symbols=size, sets=width,
                                                                   payload_bytes=payload))
-            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
+            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__, **_started(),
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "memory_budget": budget,
                    "layout": [[g, lo, hi, True] for g, lo, hi, *_ in incremental["layout"]], "chunk_rows": rows,
                    "memory_per_task": 0, "incremental_from": incremental["from"],
-                   "resume_parts": incremental["parts"], "resume_reduce": incremental["reduce"]}
+                   "resume_parts": incremental["parts"], "resume_reduce": incremental["reduce"],
+                   "changed_symbols": incremental["changed"], "incremental_note": inc_note}
             storage.write_json(run, "run.json")
         elif run is None:
             longest = max(symbols, key=bars_per_symbol.__getitem__)
@@ -227,7 +246,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             del probe_input
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
                                payload, halo, _aligned(bars, symbols), t_load)
-            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__,
+            run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__, **_started(),
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
                    "memory_budget": budget, "full_because": inc_note, **plan}
@@ -243,8 +262,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         streamed = sorted({s for g, _, _, st in layout if st for s in g})
         prev_id = run.get("incremental_from")
         if prev_id:
-            echo(f"  incremental: continuing from run {prev_id}, every symbol only grew; "
-                 f"only bars after its last run's are read")
+            echo(f"  incremental: {run.get('incremental_note') or prev_id}")
         elif run.get("full_because") and keep_state:
             echo(f"  computed in full: {run['full_because']}")
         if streamed and not prev_id:
@@ -264,6 +282,8 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
             echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
 
         t0 = time.perf_counter()
+        # task keys: the run and where it is stored (one run id in two storage roots is two runs)
+        place = token(run_ref.url)[:8]
         ranges: dict[tuple[int, int], list[int]] = {}
         for j, (_, lo, hi, _) in enumerate(layout):
             ranges.setdefault((lo, hi), []).append(j)
@@ -277,9 +297,12 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         prev_ref = root.child("runs", prev_id) if prev_id else None
 
         def resume(meta: Mapping[str, Any] | None) -> Resume | None:
-            return Resume(prev_ref, meta["file"], meta["size"], meta["sha256"]) if meta and prev_ref else None
+            if not meta or prev_ref is None:
+                return None
+            return Resume(prev_ref, meta["file"], meta["size"], meta["sha256"], tuple(meta.get("equity", ())))
 
         resume_parts = run.get("resume_parts") or {}
+        went_on = {s for j in resume_parts for s in layout[int(j)][0]}  # symbols continued, not recomputed
         tasks = [ContainerTask(j, layout[j][0], layout[j][1], layout[j][2], frozen[layout[j][1:3]],
                                config, run_ref, run_id, whole_range=len(ranges[layout[j][1:3]]) == 1,
                                stream=spec if layout[j][3] else None,
@@ -309,14 +332,15 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
         if tasks:
             run_tasks(client, run_part, tasks, extra_args=inputs, retries=config.retries, progress=progress,
                       label=kind, window=2 * max(threads, 1) + 2, on_result=finished,
-                      keys=[f"{kind}-{run_id}-part-{t.part:06d}" for t in tasks])
+                      keys=[f"{kind}-{run_id}-{place}-part-{t.part:06d}" for t in tasks])
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
         resume_reduce = run.get("resume_reduce") or {}
         reduced = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
                             extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash,
-                                         resume(resume_reduce.get(str(lo))), keep_state)
+                                         resume(resume_reduce.get(str(lo))), keep_state,
+                                         root if run.get("changed_symbols") else None)
                                         for (lo, hi), parts in split.items()],
-                            keys=[f"portfolio-{run_id}-{lo}" for lo, _ in split])
+                            keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)})
         peak = max(client.run(_peak_rss).values(), default=0)
@@ -325,13 +349,13 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                    if wall > 0 else 0.0,
                    "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
                    "bars_read": int(sum(bars_read.values())),
-                   "incremental_symbols": len(symbols) if prev_id else 0,
-                   "full_symbols": 0 if prev_id else len(symbols)}
+                   "incremental_symbols": len(went_on), "full_symbols": len(symbols) - len(went_on),
+                   "started": run.get("started"), "finished": _now()}
         if prev_id:
             summary["incremental_from"] = prev_id
         if todo:
             summary.update(source.summary())
-        final = {**run, "status": "complete", "summary": summary}
+        final = {**run, "status": "complete", "summary": summary, "finished": _now(), "finished_on": _host()}
         if keep_state:
             final.update(resumable=True, symbol_versions={s: bars.symbol_fingerprint(s) for s in symbols},
                          reduce_states={str(lo): out["state"] for (lo, _), out in zip(split, reduced)})

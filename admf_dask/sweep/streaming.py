@@ -142,6 +142,11 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     write_part(storage, table, f"results/part-{task.part:06d}.parquet")
     marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo,
               "hi": task.hi, "windows": n_windows}
+    if not task.whole_range:  # the part's summed equity, window files relative to the storage root, after
+        # the history of the run it went on from
+        before = list(task.resume.equity) if task.resume is not None else []
+        marker["equity"] = before + [f"runs/{task.run_id}/portfolio/part-{task.part:06d}/w-{k:06d}.acc"
+                                     for k in range(n_windows)]
     if task.keep_state:
         keep: dict[str, np.ndarray] = {}
         for i, (stream, inp, state) in enumerate(zip(streams, inputs, states)):
