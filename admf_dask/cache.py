@@ -483,6 +483,14 @@ class IndicatorStream:
         if self.persist and self.cache is not None and computed:
             self.cache.save(key, computed, {tok: self.states[tok] for tok in computed})
 
+    def save(self) -> dict[str, np.ndarray]:
+        """The kernel states carried to the next chunk (what an incremental run goes on from)."""
+        return dict(self.states)
+
+    def restore(self, states: dict[str, np.ndarray], last_ns: int) -> None:
+        """Go on from :meth:`save` of a stream that stopped at bar time ``last_ns``."""
+        self.states.update(states)
+
     @property
     def counters(self) -> HubCounters:
         return HubCounters(computed=len(self._computed), loaded_storage=len(self._loaded - self._computed),

@@ -265,7 +265,25 @@ class ReplayJob:
     def load(self, source: SignalSource | ReplayInput) -> ReplayInput:
         return source.build() if isinstance(source, SignalSource) else source
 
-    def stats(self, data: ReplayInput, batch: WeightBatch, portfolio: Any) -> np.ndarray:
+    def resumable(self) -> bool:
+        """Replays save the state their tasks reach: a replay over a grown signal set goes on from it."""
+        return True
+
+    def chain_identity(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """The identity across data versions: the signal set named by its configuration, not its id."""
+        manifest = _opened(self.set_ref).manifest
+        members = [{k: v for k, v in m.items() if k != "label"} for m in manifest["members"]]
+        signals = token({"members": members, "costs": manifest["costs"], "symbols": manifest["symbols"],
+                         "start": manifest["start"], "end": manifest["end"], "version": manifest["version"]})
+        return {**identity, "replay": {**identity["replay"], "signals": signals}}
+
+    def saved_inputs(self, data: ReplayInput, batch: WeightBatch) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """What a stream carries after the last bar: the members' signals there (see ``SweepConfig.saved_inputs``)."""
+        last = np.asarray(data.signals[:, -1], dtype=np.float64)
+        return {"prev": last}, last, 0
+
+    def stats(self, data: ReplayInput, batch: WeightBatch, portfolio: Any,
+              state: np.ndarray | None = None) -> np.ndarray:
         from .backtest import _costs, _f64, _ppy
         from .kernels.replay import ensemble_batch_with_equity
 
@@ -273,6 +291,17 @@ class ReplayJob:
         bars = data.bars
         o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
         pos, (eq, tr, ex) = portfolio
+        if state is not None:  # the one-chunk case of ensemble_chunk, keeping the run states it reaches
+            from .kernels.portfolio import fold_sleeves
+            from .kernels.replay import ensemble_chunk
+            from .kernels.state import close_ends, finalize_runs
+
+            ensemble_chunk(data.signals, batch.weights, self.rule, self.threshold, self.direction, o, h, lo, c, 0,
+                           0, state, costs.commission, costs.slippage_bps, costs.whole_units, costs.stop_loss,
+                           costs.take_profit, pos, eq)
+            rows = finalize_runs(state, *close_ends(c), float(_ppy(bars, True, None)))
+            fold_sleeves(state, rows, tr, ex)
+            return rows
         return ensemble_batch_with_equity(data.signals, batch.weights, self.rule, self.threshold, self.direction,
                                           o, h, lo, c, pos, _ppy(bars, True, None), costs.cash, costs.commission,
                                           costs.slippage_bps, costs.whole_units, costs.stop_loss,
@@ -324,6 +353,16 @@ class SignalEvents:
         self.values = table.column("target").to_numpy().astype(np.int8)
         self.prev = np.zeros(k, dtype=np.int64)
         self.mapped = 0  # events placed on bars so far
+
+    def save(self) -> dict[str, np.ndarray]:
+        """The members' signals in force after the last chunk (what an incremental replay goes on from)."""
+        return {"prev": self.prev.astype(np.float64)}
+
+    def restore(self, states: dict[str, np.ndarray], last_ns: int) -> None:
+        """Go on after bar time ``last_ns`` with the signals :meth:`save` kept; the events up to it are placed."""
+        self.prev = np.asarray(states["prev"]).astype(np.int64)
+        self.mapped = int(sum(np.searchsorted(self.stamps[self.ptr[k]:self.ptr[k + 1]], last_ns, "right")
+                              for k in range(len(self.ptr) - 1)))
 
     def __call__(self, columns: dict[str, np.ndarray], hb: int, t0: int, out: np.ndarray) -> None:
         from .kernels.replay import dense_targets_chunk

@@ -145,3 +145,26 @@ def test_a_damaged_saved_state_is_one_clear_error_and_force_recomputes(tmp_path,
     assert result.summary["full_symbols"] == 4
     _same(result, run_sweep(config, stores[1], StorageRef.make(str(tmp_path / "full")), client,
                             echo=lambda m: None, progress=False))
+
+
+def test_replays_over_a_grown_signal_set_go_on_from_the_last_replay(tmp_path, client):
+    from admf_dask.replay import ReplayConfig, run_replay
+    from admf_dask.signals import SignalsConfig, generate_signals
+
+    stores = _evenings(tmp_path)
+    members = [{"strategy": "sma_cross", "params": {"fast": 5, "slow": 20}},
+               {"strategy": "rsi_reversion", "params": {"window": 14}}]
+    root, full = StorageRef.make(str(tmp_path / "root")), StorageRef.make(str(tmp_path / "full"))
+
+    def replay(store, where):
+        signal_set = generate_signals(SignalsConfig(configs=members), store, where, client, echo=lambda m: None,
+                                      progress=False)
+        return run_replay(ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1], batch_seconds=0.001), where,
+                          client, echo=lambda m: None, progress=False)
+
+    replay(stores[0], root)
+    result = replay(stores[1], root)
+    assert result.summary["incremental_symbols"] == 4
+    new = sum(stores[1].entry(s)["rows"] - stores[0].entry(s)["rows"] for s in stores[1].symbols())
+    assert 0 < result.summary["bars_read"] <= new * result.summary["tasks"]
+    _same(result, replay(stores[1], full))

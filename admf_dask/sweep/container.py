@@ -213,7 +213,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
                 stats.append(task.config.stats(iset, batch, (pos, acc), state=run))
             except Exception as exc:
                 raise _fail_where(task, symbol, iset, exc) from None
-            saved.update(whole_symbol_state(i, iset, batch, run))
+            saved.update(whole_symbol_state(i, iset, batch, run, task.config))
         table = _rows_table(task, batch, stats)
         storage = task.run_ref.open()
         if task.whole_range and saved is not None:  # the portfolio folded (as a stream would), its state kept

@@ -131,6 +131,20 @@ class SweepConfig:
 
         return get_strategy(self.strategy).builtin
 
+    def saved_inputs(self, data: Any, batch: Any) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """What a stream of this symbol would carry after its last bar, for a symbol held whole (``data``, an
+        IndicatorSet): each indicator kernel's end state (run again, as one chunk, for an indicator the set
+        loaded from the cache, which keeps no state), the indicator rows at the last bar, and the halo."""
+        specs = batch.plan.specs
+        states = {}
+        for spec in specs:
+            st = data.states.get(spec.token)
+            if st is None:
+                _, st = spec.compute_chunk(data.bars.columns, 0, spec.init_state())
+            states[spec.token] = st
+        matrix, rows = data.stacked(batch.rows)
+        return states, matrix[rows, -1], max((spec.halo for spec in specs), default=0)
+
     def load(self, source: Any) -> Any:
         from ..cache import resolve
 

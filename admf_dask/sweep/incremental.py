@@ -156,37 +156,33 @@ def indicator_states(arrays: dict[str, np.ndarray]) -> dict[int, dict[str, np.nd
     return index
 
 
-def whole_symbol_state(i: int, iset: Any, batch: Any, run: np.ndarray) -> dict[str, np.ndarray]:
-    """The state of a symbol held whole (an IndicatorSet) after the container ran it: as a stream would leave it.
+def whole_symbol_state(i: int, data: Any, batch: Any, run: np.ndarray, config: Any) -> dict[str, np.ndarray]:
+    """The state of a symbol held whole after the container ran it: as a stream would have left it.
 
-    Indicator end states come with the set when it computed them; one loaded from the
-    storage cache has none, and is run once more here, as one chunk, for its state.
+    ``config.saved_inputs(data, batch)`` gives what the stream's payload builder would
+    carry (indicator kernel states, a replay's last signals), the payload's last column
+    and the halo; see :meth:`admf_dask.sweep.SweepConfig.saved_inputs`.
     """
     from ..kernels.stats import PeriodsPerYearStream
 
-    bars = iset.bars
-    specs = batch.plan.specs
-    halo = max((spec.halo for spec in specs), default=0)
-    states = {}
-    for spec in specs:
-        st = iset.states.get(spec.token)
-        if st is None:
-            _, st = spec.compute_chunk(bars.columns, 0, spec.init_state())
-        states[spec.token] = st
-    matrix, rows = iset.stacked(batch.rows)
+    bars = data.bars
+    carried, payload_last, halo = config.saved_inputs(data, batch)
     keep = min(max(1, halo), len(bars))
     tail = {"timestamp": bars.timestamp[-keep:], **{c: v[-keep:] for c, v in bars.columns.items()}}
     spacing = PeriodsPerYearStream()
     spacing.update(bars.timestamp)
     close = bars.columns["close"]
-    return symbol_state(i, run, states, matrix[rows, -1], tail, len(bars), float(close[0]), float(close[-1]),
-                        spacing)
+    return symbol_state(i, run, carried, payload_last, tail, len(bars), float(close[0]), float(close[-1]), spacing)
 
 
 # ---------------------------------------------------------------- finding the run to go on from
 
 def chain_key(identity: dict[str, Any]) -> str:
-    """The configuration's key across data versions: its identity without the data fingerprint."""
+    """The configuration's key across data versions: its identity without the data fingerprint.
+
+    A replay's identity names its signal set, whose id changes with the data too; its
+    config replaces that by the set's own configuration (``ReplayJob.chain_identity``).
+    """
     return token({k: v for k, v in identity.items() if k != "data"})[:16]
 
 

@@ -200,9 +200,12 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                            config, storage)
 
     keep_state = bool(getattr(config, "resumable", lambda: False)())  # tasks save their end state
+    chain = dict(identity)  # the configuration across data versions
+    if keep_state and hasattr(config, "chain_identity"):
+        chain = config.chain_identity(chain)
     incremental, inc_note = None, ""
     if run is None and keep_state and not force:  # --force recomputes everything
-        incremental, inc_note = plan_incremental(root, dict(identity), kind, bars, symbols, len(sets))
+        incremental, inc_note = plan_incremental(root, chain, kind, bars, symbols, len(sets))
 
     client = ensure_client(client)
     source = feed(client)
@@ -361,7 +364,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                          reduce_states={str(lo): out["state"] for (lo, _), out in zip(split, reduced)})
         storage.write_json(final, "run.json")
         if keep_state:
-            record_chain(root, dict(identity), kind, run_id)
+            record_chain(root, chain, kind, run_id)
     finally:
         source.release()
     return SweepResult(run_id, run_ref.url, summary, config, storage)

@@ -83,7 +83,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         stream = SymbolStream(store, symbol, start, config.end, spec.rows, inp.halo, inp.rows, inp.dtype, inp.build)
         if saved is not None:
             stream.restore(prev.seen, prev.tail, prev.payload, prev.first_close, prev.last_close, prev.spacing)
-            inp.build.states.update(prev.ind)  # the indicator kernels' states at that bar
+            inp.build.restore(prev.ind, prev.last_ns)  # what the payload builder carried at that bar
             states.append(prev.run)
         else:
             states.append(run_state_init(m, cash))
@@ -150,7 +150,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     if task.keep_state:
         keep: dict[str, np.ndarray] = {}
         for i, (stream, inp, state) in enumerate(zip(streams, inputs, states)):
-            keep.update(symbol_state(i, state, inp.build.states, stream.last_payload(), stream.tail(),
+            keep.update(symbol_state(i, state, inp.build.save(), stream.last_payload(), stream.tail(),
                                      stream.seen, stream.first_close, stream.last_close, stream.spacing))
         if pstate is not None:
             keep.update({"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
