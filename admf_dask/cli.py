@@ -1,20 +1,136 @@
 """The ``admf`` command: a thin click group; heavy imports happen inside the commands.
 
-Every error on bad input prints one line ``error: <what> [<where>]; <hint>`` on
-stderr and exits with status 2.
+Messages go through :mod:`logging` (set up by :func:`admf_dask.logs.setup_logging`
+in the group's callback from the global options ``--log-file``, ``-q``, ``-v``);
+a command's result (a table, a run summary) goes to stdout, or, with ``--json``,
+stdout holds exactly one JSON object at the end and nothing else.
+
+Exit codes (also in ``admf --help`` and the README):
+
+===  ==========================================================================
+0    ok
+1    failure: an unexpected error; one line ``error: <type>: <message>``, the
+     traceback in the ``--log-file`` (or on stderr with ``-v``)
+2    bad input or configuration (AdmfError, usage errors): one line
+     ``error: <what> [<where>]; <hint>``; nothing is written
+75   busy: another process holds this run's or workflow's lease (EX_TEMPFAIL)
+130  interrupted by SIGINT or SIGTERM: one line; committed work is kept and the
+     same command resumes it
+===  ==========================================================================
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from contextlib import ExitStack
+from typing import Any
 
 import click
 
 from . import __version__
-from .errors import AdmfError
+from .errors import AdmfError, ConfigError, Interrupted
+from .logs import FILE_ONLY, collect_warnings, hush_libraries, setup_logging
+from .report import (BAD_INPUT, INTERRUPTED, dumps, error_line, format_signal_set, format_top, ingest_data,
+                     outcome, run_data, signal_set_data, top_records, utc_now)
+
+log = logging.getLogger("admf_dask.cli")  # not __name__: `python -m admf_dask.cli` runs it as __main__
 
 STORE_HELP = "Dataset URL or path: a local directory, file://, s3://bucket/prefix, memory://..."
+
+EXIT_CODES = """\b
+Exit codes:
+  0    ok
+  1    failure (unexpected error; traceback in --log-file, or on stderr with -v)
+  2    bad input or configuration
+  75   busy: another process is running this run or workflow; try later
+  130  interrupted (SIGINT, SIGTERM): committed work is kept, rerun to resume
+
+\b
+Environment: ADMF_LOG_FILE, ADMF_PROGRESS, and for every command that takes them
+ADMF_CLUSTER, ADMF_STORAGE, ADMF_MEMORY_BUDGET, ADMF_STORAGE_OPTIONS ("k=v k=v").
+"""
+
+
+class Session:
+    """One invocation of ``admf``: its output settings, and what ``--json`` prints at the end."""
+
+    def __init__(self, *, own_stdout: bool = False) -> None:
+        self.own_stdout = own_stdout  # the console entry point: may take fd 1 over for --json
+        self.json = False
+        self.verbosity = 0
+        self.log_file: str | None = None
+        self.command: str | None = None
+        self.started, self.t0 = utc_now(), time.perf_counter()
+        self.data: dict[str, Any] = {}
+        self.steps: list[Any] | None = None  # a workflow's StepRecords
+        self.warnings: list[str] = []  # every warning admf logged during the command
+        self._json_out = sys.stdout
+
+    def take_stdout(self) -> None:
+        """With --json, stdout holds only the summary: whatever else writes to fd 1 (a library, a
+        worker process, a user's strategy printing) lands on stderr from here on."""
+        if not self.own_stdout:
+            return
+        sys.stdout.flush()
+        self._json_out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+
+    def output(self, text: str) -> None:
+        """A command's result: stdout (and the log file), or the log when stdout is kept for --json."""
+        if self.json:
+            log.info("%s", text)
+        else:
+            click.echo(text)
+            log.info("%s", text, extra=FILE_ONLY)
+
+    def fail(self, exc: BaseException) -> tuple[int, str, str]:
+        """Report an error on one line of stderr (the traceback of an unexpected one to the log file).
+
+        Returns the exit code, the status word and the error text for ``--json``.
+        """
+        code, status = outcome(exc)
+        if code == INTERRUPTED:
+            by = f" by {exc.name}" if isinstance(exc, Interrupted) else ""
+            line = f"interrupted{by}: committed work is kept; rerun the same command to resume"
+            log.warning("%s", line, extra=FILE_ONLY)
+        elif isinstance(exc, AdmfError):
+            line = f"error: {exc}"
+            log.error("%s", line, extra=FILE_ONLY)
+        else:
+            line = f"error: {error_line(exc)}"
+            log.error("%s", line, exc_info=exc, extra=FILE_ONLY)
+            if self.verbosity > 0:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            elif self.log_file:
+                line += f"; the traceback is in {self.log_file}"
+            else:
+                line += "; see --log-file PATH or -v for the traceback"
+        click.echo(("\n" if sys.stderr.isatty() else "") + line, err=True)  # a ^C or a progress bar may end the line
+        return code, status, line if code == INTERRUPTED else error_line(exc)
+
+    def summary(self, code: int, status: str, error: str | None) -> dict[str, Any]:
+        """The ``--json`` object: outcome, times, version and host, the command's data, steps, warnings."""
+        out = {"command": self.command, "status": status, "exit_code": code, "error": error,
+               "started": self.started, "finished": utc_now(), "seconds": round(time.perf_counter() - self.t0, 3),
+               "version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
+               "log_file": os.path.abspath(self.log_file) if self.log_file else None,
+               **self.data}
+        if self.steps is not None:
+            out["steps"] = [r.as_dict() for r in self.steps]
+        out["warnings"] = list(self.warnings)
+        return out
+
+    def print_json(self, code: int, status: str, error: str | None) -> None:
+        self._json_out.write(dumps(self.summary(code, status, error)) + "\n")
+        self._json_out.flush()
 
 
 def _options(pairs: tuple[str, ...]) -> dict:
@@ -30,36 +146,97 @@ def _options(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": name, "show_envvar": True}
+
+
 storage_option = click.option(
-    "-o", "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-    help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false).")
+    "-o", "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", **_env("ADMF_STORAGE_OPTIONS"),
+    help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false); "
+         "in the environment, space separated.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cluster_option(default: str | None = "local", help: str = "threads, local or tcp://host:8786."):  # noqa: A002
+    return click.option("--cluster", default=default, show_default=default is not None, help=help,
+                        **_env("ADMF_CLUSTER"))
+
+
+def memory_budget_option(help: str = "What one task may hold, e.g. 256MiB or 1GB (default: a share of the "  # noqa: A002
+                                     "workers' memory limit); longer histories are read and backtested in time "
+                                     "chunks."):
+    return click.option("--memory-budget", metavar="SIZE", help=help, **_env("ADMF_MEMORY_BUDGET"))
+
+
+def _session() -> Session:
+    return click.get_current_context().ensure_object(Session)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="admf-dask")
-def cli() -> None:
+@click.option("--log-file", type=click.Path(dir_okay=False), **_env("ADMF_LOG_FILE"),
+              help="Append messages to this file with UTC timestamps and levels (INFO; DEBUG with -v), with "
+                   "Dask's own messages and the traceback of an unexpected error.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages, and Dask's own messages on stderr too.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object on stdout at the end, and nothing else on stdout: status, exit code, "
+                   "times, run and set ids, counts, warnings (each step's, for `run`); also on failure.")
+@click.option("--progress/--no-progress", default=None, **_env("ADMF_PROGRESS"),
+              help="Progress bars on stderr (default: only when stderr is a terminal, and not with -q).")
+@click.pass_context
+def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as_json: bool,
+        progress: bool | None) -> None:
     """admf-dask: out-of-core backtesting and parameter sweeps on Dask.
 
     \b
     Start with the quickstart workflow:
         admf run workflows/quickstart.yaml
+    \b
+    Global options go before the command, e.g. for cron:
+        admf --log-file admf.log --json run nightly.yaml > summary.json
     """
+    session = ctx.ensure_object(Session)
+    session.command, session.json, session.log_file = ctx.invoked_subcommand, as_json, log_file
+    session.verbosity = 1 if verbose else -1 if quiet else 0
+    if as_json:
+        session.take_stdout()
+    if progress is not None or quiet:
+        os.environ["ADMF_PROGRESS"] = "1" if progress else "0"  # read by progress.Progress
+    try:
+        setup_logging(verbosity=session.verbosity, log_file=log_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file: {exc.strerror or exc}", file=log_file,
+                          hint="give a path in an existing, writable directory") from None
+    session.warnings = ctx.with_resource(collect_warnings())
+    log.info("admf %s %s on %s (pid %d)", __version__, session.command, socket.gethostname(), os.getpid(),
+             extra=FILE_ONLY)
 
 
 @cli.command()
 @click.argument("workflow", type=click.Path(dir_okay=False))
-@click.option("--cluster", help="Override the workflow's cluster: threads, local or tcp://host:8786.")
-@click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).")
-def run(workflow: str, cluster: str | None, storage: str | None) -> None:
+@cluster_option(None, "Override the workflow's cluster: threads, local or tcp://host:8786.")
+@click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).", **_env("ADMF_STORAGE"))
+@memory_budget_option("Override every step's memory_budget, e.g. 1GiB.")
+@storage_option
+def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: str | None,
+        storage_options: tuple[str, ...]) -> None:
     """Run a YAML WORKFLOW (see workflows/quickstart.yaml).
 
     The whole file is validated first; steps then run in order on one cluster, and
-    rerunning a finished workflow recomputes nothing. ADMF_CLUSTER and ADMF_STORAGE
-    override the file's settings.
+    rerunning a finished workflow recomputes nothing. Options (or their ADMF_*
+    variables) override the file's settings; -o options are merged over its
+    storage_options. With --json the summary lists every step: kind, status, UTC
+    start and finish, seconds, run or set ids, counts and warnings.
     """
     from .workflow import load_workflow, run_workflow
 
-    run_workflow(load_workflow(workflow, cluster=cluster, storage=storage))
+    session = _session()
+    session.data = {"file": os.path.abspath(workflow)}
+    flow = load_workflow(workflow, cluster=cluster, storage=storage, memory_budget=memory_budget,
+                         storage_options=_options(storage_options))
+    session.data.update(workflow=flow.name, storage=flow.storage, cluster=flow.cluster.kind)
+    session.steps = []
+    run_workflow(flow, echo=session.output, records=session.steps)
 
 
 @cli.command()
@@ -75,8 +252,7 @@ def run(workflow: str, cluster: str | None, storage: str | None) -> None:
 @click.option("--start-price", type=float, default=100.0, show_default=True)
 @click.option("--drift", "annual_drift", type=float, default=0.05, show_default=True, help="Annual log drift.")
 @click.option("--vol", "annual_vol", type=float, default=0.25, show_default=True, help="Annual volatility.")
-@click.option("--cluster", default=None,
-              help="Generate on a cluster (threads, local or tcp://host:8786); default: in process.")
+@cluster_option(None, "Generate on a cluster (threads, local or tcp://host:8786); default: in process.")
 @storage_option
 def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price, annual_drift, annual_vol,
              cluster, storage_options) -> None:
@@ -87,6 +263,8 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     """
     from .bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
 
+    session = _session()
+    session.data = {"store": store}
     spec = SyntheticSpec(start, end, freq, seed, start_price, annual_drift, annual_vol)
     symbols = [s.strip() for s in symbol_list.split(",") if s.strip()] if symbol_list else symbol_names(n_symbols)
     bar_store = BarStore(store, _options(storage_options))
@@ -98,7 +276,9 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     else:
         manifest = generate_dataset(bar_store, symbols, spec)
     rows = sum(manifest["symbols"][s]["rows"] for s in symbols)
-    click.echo(f"wrote {len(symbols)} symbol(s), {rows:,} bars to {store}; fingerprint {manifest['fingerprint'][:12]}")
+    session.data.update(symbols=len(symbols), bars=rows, fingerprint=manifest["fingerprint"])
+    session.output(f"wrote {len(symbols)} symbol(s), {rows:,} bars to {store}; "
+                   f"fingerprint {manifest['fingerprint'][:12]}")
 
 
 @cli.command()
@@ -120,10 +300,12 @@ def ingest(store, files, symbol, tz, repair, adjust, storage_options) -> None:
     from .bars import BarStore
     from .bars import ingest as do_ingest
 
+    session = _session()
+    session.data = {"store": store}
     report = do_ingest(BarStore(store, _options(storage_options)), list(files), symbol=symbol, tz=tz,
                        repair=repair, adjust=adjust, storage_options=None)
-    for line in report.lines():
-        click.echo(line)
+    session.data.update(ingest_data(report))
+    session.output("\n".join(report.lines()))
 
 
 def _param_spec(pair: str) -> tuple[str, object]:
@@ -165,9 +347,9 @@ def _param_spec(pair: str) -> tuple[str, object]:
 @click.option("--whole-units", is_flag=True, help="Trade whole units only (default: fractional).")
 @click.option("--stop-loss", type=float, help="Fraction of the entry price, e.g. 0.05.")
 @click.option("--take-profit", type=float, help="Fraction of the entry price, e.g. 0.10.")
-@click.option("--storage", default=".", show_default=True,
+@click.option("--storage", default=".", show_default=True, **_env("ADMF_STORAGE"),
               help="Root for runs/ and cache/ (path or fsspec URL); storage options from -o apply to it.")
-@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@cluster_option()
 @click.option("--metric", default="sharpe", show_default=True, help="Statistic to rank the top rows by.")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True, help="Target work per task.")
@@ -177,9 +359,7 @@ def _param_spec(pair: str) -> tuple[str, object]:
               help="Refuse bigger sweeps unless --yes.")
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a run that exists (finished or not).")
-@click.option("--memory-budget", metavar="SIZE",
-              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
-                   "longer histories are read and backtested in time chunks.")
+@memory_budget_option()
 @storage_option
 def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
           slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
@@ -207,15 +387,15 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
                          slippage_bps=slippage_bps, whole_units=whole_units, stop_loss=stop_loss,
                          take_profit=take_profit, metric=metric, top=top, batch_seconds=batch_seconds,
                          retries=retries, max_backtests=max_backtests, memory_budget=memory_budget)
+    session = _session()
+    session.data = {"store": store}
     bar_store = BarStore(store, options)
     bar_store.manifest  # a wrong STORE fails before a cluster starts
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, StorageRef.make(storage, options),
-                           lambda: stack.enter_context(connect(cluster)), force=force, yes=yes,
-                           echo=lambda m: click.echo(m, err=True))
-    for line in result.lines():
-        click.echo(line)
-    click.echo(format_top(result))
+                           lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info)
+    session.data.update(run_data(result), top=top_records(result))
+    session.output("\n".join([*result.lines(), format_top(result)]))
 
 
 def _member(spec: str, direction: str) -> dict:
@@ -249,12 +429,11 @@ def _member(spec: str, direction: str) -> dict:
 @click.option("--cash", type=float, default=10_000.0, show_default=True, help="Stored as the replay's default.")
 @click.option("--commission", type=float, default=0.0, show_default=True, help="Stored as the replay's default.")
 @click.option("--slippage-bps", type=float, default=0.0, show_default=True)
-@click.option("--storage", default=".", show_default=True, help="Root for signals/, runs/ and cache/.")
-@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@click.option("--storage", default=".", show_default=True, help="Root for signals/, runs/ and cache/.",
+              **_env("ADMF_STORAGE"))
+@cluster_option()
 @click.option("--force", is_flag=True, help="Rewrite the set even if it is complete.")
-@click.option("--memory-budget", metavar="SIZE",
-              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
-                   "longer histories are read and backtested in time chunks.")
+@memory_budget_option()
 @storage_option
 def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
             slippage_bps, storage, cluster, force, memory_budget, storage_options) -> None:
@@ -279,22 +458,15 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
                            symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
                            start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps,
                            memory_budget=memory_budget)
+    session = _session()
+    session.data = {"store": store}
     bar_store = BarStore(store, options)
     bar_store.manifest
     with ExitStack() as stack:
         result = generate_signals(config, bar_store, StorageRef.make(storage, options),
-                                  lambda: stack.enter_context(connect(cluster)), force=force,
-                                  echo=lambda m: click.echo(m, err=True))
-    click.echo("\n".join(format_signal_set(result)))
-
-
-def format_signal_set(signal_set) -> list[str]:
-    size = signal_set.size()
-    lines = [f"signal set {signal_set.set_id} at {signal_set.ref.url}: {len(signal_set.members)} member(s) x "
-             f"{len(signal_set.symbols)} symbol(s), {size['events']:,} change events, {size['bytes']:,} bytes "
-             f"(dense int8: {size['dense_int8_bytes']:,})"]
-    lines += [f"  {k}: {m.label}" for k, m in enumerate(signal_set.members)]
-    return lines
+                                  lambda: stack.enter_context(connect(cluster)), force=force, echo=log.info)
+    session.data.update(signal_set_data(result))
+    session.output("\n".join(format_signal_set(result)))
 
 
 def _weights(text: str) -> list[list[float]]:
@@ -320,8 +492,8 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--direction", type=click.Choice(["long_short", "long_only", "short_only"]), default="long_short",
               show_default=True, help="Clip the combined target.")
 @click.option("--commission", type=float, help="Override the set's commission.")
-@click.option("--storage", default=".", show_default=True, help="Root for signals/ and runs/.")
-@click.option("--cluster", default="local", show_default=True, help="threads, local or tcp://host:8786.")
+@click.option("--storage", default=".", show_default=True, help="Root for signals/ and runs/.", **_env("ADMF_STORAGE"))
+@cluster_option()
 @click.option("--metric", default="sharpe", show_default=True)
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--batch-seconds", type=float, default=0.5, show_default=True, help="Target work per task.")
@@ -329,9 +501,7 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--max-backtests", type=click.IntRange(min=1), default=10_000_000, show_default=True)
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a replay run that exists.")
-@click.option("--memory-budget", metavar="SIZE",
-              help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
-                   "longer histories are read and backtested in time chunks.")
+@memory_budget_option()
 @storage_option
 def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
            storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force, memory_budget,
@@ -359,23 +529,15 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
                           direction=direction, commission=commission, metric=metric, top=top,
                           batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests,
                           memory_budget=memory_budget)
+    session = _session()
+    session.data = {"signals": signals_id}
     root = StorageRef.make(storage, options)
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
-                            yes=yes, echo=lambda m: click.echo(m, err=True))
-    for line in result.lines():
-        click.echo(line)
-    click.echo(format_top(result))
-    click.echo(best_weights(result))
-
-
-def format_top(result) -> str:
-    """The top rows of a sweep (or replay) as a table: parameters, symbol and the main statistics."""
-    names = result.config.param_names()
-    cols = ["symbol", *names, result.config.metric, "total_return", "sharpe", "max_drawdown", "n_trades"]
-    top = result.top()[list(dict.fromkeys(cols))]
-    return f"top {len(top)} by {result.config.metric}:\n" + top.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+                            yes=yes, echo=log.info)
+    session.data.update(run_data(result), top=top_records(result))
+    session.output("\n".join([*result.lines(), format_top(result), best_weights(result)]))
 
 
 @cli.command()
@@ -385,28 +547,61 @@ def symbols(store, storage_options) -> None:
     """List the symbols in STORE with their first and last bar and row counts."""
     from .bars import BarStore
 
+    session = _session()
+    session.data = {"store": store}
     bar_store = BarStore(store, _options(storage_options))
     info = bar_store.info()
-    click.echo(info.to_string(index=False))
-    click.echo(f"{len(info)} symbol(s), {int(info['rows'].sum()):,} bars; dataset fingerprint "
-               f"{bar_store.fingerprint[:12]}")
+    session.data.update(symbols=info.to_dict(orient="records"), bars=int(info["rows"].sum()),
+                        fingerprint=bar_store.fingerprint)
+    session.output("\n".join([info.to_string(index=False), f"{len(info)} symbol(s), {int(info['rows'].sum()):,} "
+                                                           f"bars; dataset fingerprint {bar_store.fingerprint[:12]}"]))
+
+
+_signals: list[int] = []  # SIGINT/SIGTERM received by this process
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: hush the libraries and raise Interrupted, so the command unwinds (closing its
+    cluster: the workers ignore SIGINT) and exits 130. A second signal while it unwinds leaves at once."""
+    _signals.append(signum)
+    if len(_signals) > 1:
+        os.write(2, f"interrupted by {signal.Signals(signum).name} again: exiting without closing the cluster\n"
+                    .encode())
+        os._exit(INTERRUPTED)
+    hush_libraries()
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning AdmfError into one line and exit 2."""
+    """Console entry point: run the CLI; map errors to one line on stderr and an exit code (see the module doc)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    session = Session(own_stdout=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+    code, status, error, summary = 0, "ok", None, True
     try:
-        cli.main(args=argv, prog_name="admf", standalone_mode=False)
+        returned = cli.main(args=args, prog_name="admf", standalone_mode=False, obj=session)
+        code = returned if isinstance(returned, int) else 0
+        summary = session.command is not None  # not for --help or --version
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+        code, summary = exc.exit_code, False
+    except click.ClickException as exc:  # usage errors, bad option values
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except AdmfError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        code, status, error = BAD_INPUT, "failed", exc.format_message()
+    except click.exceptions.Abort:  # click's own prompts
+        click.echo("interrupted", err=True)
+        code, status, error = INTERRUPTED, "interrupted", "aborted"
+    except (Exception, KeyboardInterrupt, Interrupted) as exc:
+        code, status, error = session.fail(exc)
+    log.info("admf %s: %s, exit %d after %.1fs", session.command, status, code, time.perf_counter() - session.t0,
+             extra=FILE_ONLY)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: os._exit(code or INTERRUPTED))  # the outcome is known: just go
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(code or INTERRUPTED))
+    if summary and (session.json or "--json" in args):
+        session.print_json(code, status, error)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 The same code runs on ``threads`` (an in-process LocalCluster), ``local`` (a
 LocalCluster of worker processes) and a remote scheduler address. On connect the
-dashboard link is printed and client and worker package versions are compared.
+dashboard link is logged and client and worker package versions are compared.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +19,8 @@ from .errors import AdmfError, ConfigError
 from .progress import Progress
 
 __all__ = ["collect", "connect", "ensure_client", "run_tasks"]
+
+log = logging.getLogger(__name__)
 
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set (to hand freed memory back
@@ -51,6 +55,25 @@ def _monitoring() -> dict[str, str]:
             if dask.config.get(key, None) == dask.config.get(key, None, config=defaults)}
 
 
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT: they inherit SIG_IGN, and Python keeps it.
+
+    A Ctrl-C is sent to the terminal's whole process group. Worker processes that got
+    it raised KeyboardInterrupt and printed ~80 lines of tracebacks while the admf
+    process was closing them anyway. (Workers restarted later ignore it from their
+    preload on, ``logs.dask_setup``.) A Ctrl-C while the workers start is ignored too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _cores() -> int:
     import os
 
@@ -61,14 +84,18 @@ def _cores() -> int:
 def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None] | None = None) -> Iterator[Any]:
     """Yield a connected ``distributed.Client`` for the setting; close what was started.
 
+    ``echo`` gets the line describing the cluster (default: logged at INFO).
     Raises ConfigError when a scheduler address does not answer within ``timeout``
     seconds, or when worker package versions differ from the client's.
     """
     import dask
     from distributed import Client, LocalCluster
 
+    from .logs import adopt_library_loggers, worker_config
+
+    adopt_library_loggers()  # distributed's own stderr handlers, added on import, give way to admf's
     config = ClusterConfig.parse(config)
-    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    echo = echo or log.info
     dashboard = config.dashboard_address or None
     cluster = None
     if config.kind == "threads":
@@ -76,8 +103,9 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
             cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=config.n_workers or _cores(),
                                    dashboard_address=dashboard)
     elif config.kind == "local":
-        with dask.config.set({**_monitoring(), **{f"distributed.nanny.pre-spawn-environ.{k}": v
-                                                  for k, v in WORKER_MALLOC.items()}}):
+        settings = {**_monitoring(), **worker_config(),  # worker_config: the workers' logging, SIGINT ignored
+                    **{f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC.items()}}
+        with dask.config.set(settings), _children_ignore_sigint():
             cluster = LocalCluster(n_workers=config.n_workers or _cores(),
                                    threads_per_worker=config.threads_per_worker,
                                    memory_limit=config.memory_limit, dashboard_address=dashboard)

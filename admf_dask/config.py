@@ -5,8 +5,9 @@ are rejected with a "did you mean" hint, values are checked against the field's
 type, and every message names the key by its path (``steps[0].generate.symbols``).
 What comes out is plain, picklable data that tasks receive explicitly.
 
-Environment overrides (applied by the workflow runner): ``ADMF_CLUSTER`` replaces
-the ``cluster`` setting and ``ADMF_STORAGE`` the storage root.
+Environment overrides (applied by the workflow loader, and by the ``admf`` options of
+every command): ``ADMF_CLUSTER`` replaces the ``cluster`` setting, ``ADMF_STORAGE`` the
+storage root and ``ADMF_MEMORY_BUDGET`` every ``memory_budget``.
 """
 
 from __future__ import annotations

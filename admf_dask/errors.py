@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["AdmfError", "BusyError", "ConfigError", "DataError", "StorageError", "did_you_mean"]
+__all__ = ["AdmfError", "BusyError", "ConfigError", "DataError", "Interrupted", "StorageError", "did_you_mean"]
 
 # Order in which the "where" fields are printed.
 _WHERE = ("file", "symbol", "row", "line", "key", "rule")
@@ -68,6 +68,23 @@ class BusyError(AdmfError):
     """Another process holds the lease of this run or workflow: try again later (exit 75, EX_TEMPFAIL)."""
 
     exit_code = 75
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived (exit 130): raised by the ``admf`` command's signal handler.
+
+    A BaseException like KeyboardInterrupt, so ``except Exception`` clean-up code lets
+    it through; its own class so that click does not turn it into a bare "Aborted!".
+    """
+
+    exit_code = 130
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

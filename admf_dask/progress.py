@@ -1,32 +1,48 @@
-"""A plain text progress bar for long work, fit for terminals and for cron logs.
+"""A plain text progress bar for long work, shown on terminals only unless asked for.
 
-On a terminal it redraws one line (done/total, rate, ETA). When output goes to a
-file or pipe it prints a line at every tenth of the work instead, so logs stay short.
-Work that finishes within ``delay`` seconds shows nothing: bars are for long work.
+On a terminal it redraws one line (done/total, rate, ETA). When stderr is a file or
+a pipe (cron, a CI log) it shows nothing, unless ``ADMF_PROGRESS=1`` (``admf
+--progress``) asks for it: then it prints a line at every tenth of the work, so logs
+stay short. ``ADMF_PROGRESS=0`` turns bars off on terminals too. Work that finishes
+within ``delay`` seconds shows nothing: bars are for long work.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
 
 
+def wanted(stream: TextIO) -> bool:
+    """Whether to show progress on ``stream``: ``ADMF_PROGRESS`` if set (1/true/yes or 0/false/no),
+    else only on a terminal."""
+    setting = os.environ.get("ADMF_PROGRESS", "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 class Progress:
-    """Count finished items and show it.
+    """Count finished items and show it (when :func:`wanted` says so and ``enabled``).
 
     >>> import io
-    >>> bar = Progress("write", 4, stream=io.StringIO(), delay=0)
+    >>> bar = Progress("write", 4, stream=io.StringIO(), delay=0)   # not a terminal: nothing shown
     >>> for _ in range(4):
     ...     bar.advance()
     >>> bar.close()
+    >>> bar.enabled, bar.done
+    (False, 4)
     """
 
     def __init__(self, label: str, total: int, *, stream: TextIO | None = None, enabled: bool = True,
                  delay: float = 1.0) -> None:
         self.label, self.total, self.done = label, max(int(total), 0), 0
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled and self.total > 0
+        self.enabled = enabled and self.total > 0 and wanted(self.stream)
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = time.perf_counter()
         self.delay = delay

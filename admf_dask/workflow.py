@@ -12,13 +12,19 @@ A workflow file looks like this (``workflows/quickstart.yaml`` is the runnable o
 Datasets live under ``<storage>/bars/<dataset>``. The whole file is validated before
 any step runs, so a typo fails in a second with the key's path, not after an hour.
 Steps are idempotent: rerunning a finished workflow recomputes nothing it has.
-``ADMF_CLUSTER`` and ``ADMF_STORAGE`` override the file's settings.
+``ADMF_CLUSTER``, ``ADMF_STORAGE`` and ``ADMF_MEMORY_BUDGET`` override the file's settings.
+
+Each step returns a :class:`~admf_dask.report.StepResult` (text + data); the run
+records each step's status, UTC start and finish times, data and warnings as a
+:class:`StepRecord` (what ``admf --json run`` prints). Progress messages go to the
+``admf_dask.workflow`` logger; the steps' texts to ``echo`` (stdout by default).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -30,12 +36,17 @@ import yaml
 
 from .bars.synthetic import SyntheticSpec
 from .config import ClusterConfig, build, env_override
+from .errors import ConfigError, did_you_mean
+from .logs import collect_warnings
 from .replay import ReplayConfig
+from .report import (StepResult, error_line, format_signal_set, format_top, ingest_data, outcome, run_data,
+                     signal_set_data, utc_now)
 from .signals import SignalsConfig
 from .sweep import SweepConfig
-from .errors import ConfigError, did_you_mean
 
-__all__ = ["Workflow", "load_workflow", "run_workflow", "STEPS"]
+__all__ = ["STEPS", "StepRecord", "Workflow", "load_workflow", "run_workflow"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +189,34 @@ class Workflow:
     base_dir: str = "."
 
 
+@dataclass
+class StepRecord:
+    """What happened to one step of a run: for ``--json`` summaries and for callers of :func:`run_workflow`.
+
+    ``status`` is ``ok``, ``failed``, ``busy``, ``interrupted`` or ``not_run`` (a step
+    after the one that stopped the workflow); times are ISO 8601 UTC; ``data`` is the
+    step's :attr:`StepResult.data <admf_dask.report.StepResult.data>` (run or set ids, counts).
+    """
+
+    step: int
+    kind: str
+    status: str = "not_run"
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as one flat mapping: the record's fields, then the step's data."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "data"}
+        clash = set(out) & set(self.data)
+        if clash:  # a programming error in a step function
+            raise ValueError(f"step data may not use the record's keys {sorted(clash)}")
+        return {**out, **self.data}
+
+
 class Context:
     """What steps share: the storage root, a lazily started cluster, and output."""
 
@@ -208,7 +247,7 @@ class Context:
         return rel if "://" in rel or os.path.isabs(rel) else os.path.join(self.workflow.base_dir, rel)
 
 
-def _run_generate(ctx: Context, step: GenerateStep) -> str:
+def _run_generate(ctx: Context, step: GenerateStep) -> StepResult:
     from .bars import bar_timestamps, generate_dataset, symbol_names
 
     store = ctx.dataset(step.dataset)
@@ -218,24 +257,28 @@ def _run_generate(ctx: Context, step: GenerateStep) -> str:
         missing = [s for s in symbols if s not in store.manifest["symbols"]]
     else:
         missing = symbols
+    data = {"dataset": step.dataset, "url": store.url, "symbols": len(symbols)}
     if not missing:
-        return f"{store.url}: up to date ({len(symbols)} symbols, fingerprint {store.fingerprint[:12]})"
+        return StepResult(f"{store.url}: up to date ({len(symbols)} symbols, fingerprint {store.fingerprint[:12]})",
+                          {**data, "written": 0, "bars_written": 0, "fingerprint": store.fingerprint})
     bars_total = len(missing) * len(bar_timestamps(spec.start, spec.end, spec.freq))
     client = ctx.client if bars_total > 2_000_000 else None  # small jobs are faster in process
     manifest = generate_dataset(store, missing, spec, client=client)
-    return (f"{store.url}: wrote {len(missing)} symbol(s), {bars_total:,} {spec.freq} bars; "
-            f"fingerprint {manifest['fingerprint'][:12]}")
+    return StepResult(f"{store.url}: wrote {len(missing)} symbol(s), {bars_total:,} {spec.freq} bars; "
+                      f"fingerprint {manifest['fingerprint'][:12]}",
+                      {**data, "written": len(missing), "bars_written": bars_total,
+                       "fingerprint": manifest["fingerprint"]})
 
 
-def _run_ingest(ctx: Context, step: IngestStep) -> str:
+def _run_ingest(ctx: Context, step: IngestStep) -> StepResult:
     from .bars import ingest
 
     store = ctx.dataset(step.dataset)
     report = ingest(store, [ctx.path(f) for f in step.files], tz=step.tz, repair=step.repair, adjust=step.adjust)
-    return "\n".join(report.lines())
+    return StepResult("\n".join(report.lines()), {"dataset": step.dataset, "url": store.url, **ingest_data(report)})
 
 
-def _run_summary(ctx: Context, step: SummaryStep) -> str:
+def _run_summary(ctx: Context, step: SummaryStep) -> StepResult:
     from .cluster import run_tasks
     from .summary import format_summary, summarize_symbol
 
@@ -245,10 +288,11 @@ def _run_summary(ctx: Context, step: SummaryStep) -> str:
         store.entry(s)  # unknown symbols fail here, with a suggestion, before any task runs
     rows = run_tasks(ctx.client, summarize_symbol, [(store.ref, s, step.start, step.end) for s in symbols],
                      label="summary", progress=False)
-    return format_summary(rows)
+    return StepResult(format_summary(rows), {"dataset": step.dataset, "symbols": len(rows),
+                                             "bars": sum(int(r["bars"]) for r in rows)})
 
 
-def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
+def _run_indicators(ctx: Context, step: IndicatorsStep) -> StepResult:
     from .cache import IndicatorHub
     from .cluster import collect
     from .storage import StorageRef
@@ -261,12 +305,13 @@ def _run_indicators(ctx: Context, step: IndicatorsStep) -> str:
     cache = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options).child("cache")
     hub = IndicatorHub(store, cache, client=ctx.client)
     collect(ctx.client, [hub.submit(s, plan, step.start, step.end) for s in symbols], label="indicators")
-    return (f"{plan.unique} unique indicator(s) x {len(symbols)} symbol(s) "
-            f"({plan.requested} requested)\n{hub.counters.line()}")
+    return StepResult(f"{plan.unique} unique indicator(s) x {len(symbols)} symbol(s) "
+                      f"({plan.requested} requested)\n{hub.counters.line()}",
+                      {"dataset": step.dataset, "symbols": len(symbols), "unique": plan.unique,
+                       "requested": plan.requested, "indicators": hub.counters.as_dict()})
 
 
-def _run_sweep(ctx: Context, step: SweepStep) -> str:
-    from .cli import format_top
+def _run_sweep(ctx: Context, step: SweepStep) -> StepResult:
     from .storage import StorageRef
     from .sweep import run_sweep
 
@@ -274,11 +319,10 @@ def _run_sweep(ctx: Context, step: SweepStep) -> str:
     result = run_sweep(step.config(), ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
                        yes=step.yes, echo=ctx.echo)
     ctx.last_run = result.run_id
-    return "\n".join([*result.lines(), format_top(result)])
+    return StepResult("\n".join([*result.lines(), format_top(result)]), {"dataset": step.dataset, **run_data(result)})
 
 
-def _run_signals(ctx: Context, step: SignalsStep) -> str:
-    from .cli import format_signal_set
+def _run_signals(ctx: Context, step: SignalsStep) -> StepResult:
     from .signals import generate_signals
     from .storage import StorageRef
 
@@ -286,11 +330,10 @@ def _run_signals(ctx: Context, step: SignalsStep) -> str:
     signal_set = generate_signals(step.config(ctx.last_run), ctx.dataset(step.dataset), root, lambda: ctx.client,
                                   force=step.force, echo=ctx.echo)
     ctx.last_set = signal_set.set_id
-    return "\n".join(format_signal_set(signal_set))
+    return StepResult("\n".join(format_signal_set(signal_set)), {"dataset": step.dataset, **signal_set_data(signal_set)})
 
 
-def _run_replay(ctx: Context, step: ReplayStep) -> str:
-    from .cli import format_top
+def _run_replay(ctx: Context, step: ReplayStep) -> StepResult:
     from .replay import best_weights, run_replay
     from .storage import StorageRef
 
@@ -298,10 +341,11 @@ def _run_replay(ctx: Context, step: ReplayStep) -> str:
     result = run_replay(step.config(ctx.last_set), root, lambda: ctx.client,
                         ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
                         echo=ctx.echo)
-    return "\n".join([*result.lines(), format_top(result), best_weights(result)])
+    return StepResult("\n".join([*result.lines(), format_top(result), best_weights(result)]),
+                      {"signals": ctx.last_set if step.signals == "last" else step.signals, **run_data(result)})
 
 
-STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
+STEPS: dict[str, tuple[type, Callable[[Context, Any], StepResult]]] = {
     "generate": (GenerateStep, _run_generate),
     "ingest": (IngestStep, _run_ingest),
     "summary": (SummaryStep, _run_summary),
@@ -312,8 +356,14 @@ STEPS: dict[str, tuple[type, Callable[[Context, Any], str]]] = {
 }
 
 
-def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storage: str | None = None) -> Workflow:
-    """Read and validate a workflow file; CLI/env overrides win over the file."""
+def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storage: str | None = None,
+                  memory_budget: str | None = None, storage_options: dict | None = None) -> Workflow:
+    """Read and validate a workflow file; CLI/env overrides win over the file.
+
+    ``cluster``, ``storage`` and ``memory_budget`` (or ``ADMF_CLUSTER``, ``ADMF_STORAGE``,
+    ``ADMF_MEMORY_BUDGET``) replace the file's cluster, storage root and every step's
+    ``memory_budget``; ``storage_options`` are merged over the file's.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -355,6 +405,11 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
         options = data.get("storage_options") or {}
         if not isinstance(options, dict):
             raise ConfigError("storage_options must be a mapping", key="storage_options")
+        options = {**options, **(storage_options or {})}
+        budget = memory_budget or env_override("ADMF_MEMORY_BUDGET")
+        if budget:
+            steps = [(kind, dataclasses.replace(step, memory_budget=budget) if hasattr(step, "memory_budget") else step)
+                     for kind, step in steps]
     except ConfigError as exc:
         if "file" in exc.where:
             raise
@@ -363,17 +418,36 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
                     name=str(data.get("name") or path.stem), base_dir=base_dir)
 
 
-def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = None) -> None:
-    """Run the steps in order; a failing step stops the workflow with its error."""
-    echo = echo or (lambda msg: print(msg, flush=True))
+def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = None,
+                 records: list[StepRecord] | None = None) -> list[StepRecord]:
+    """Run the steps in order; a failing step stops the workflow with its error.
+
+    Each step's text goes to ``echo`` (default: printed to stdout), progress messages
+    to the ``admf_dask.workflow`` logger. Returns one :class:`StepRecord` per step;
+    pass ``records`` (a list, filled in place) to keep them when a step raises.
+    """
+    echo = echo or (lambda text: print(text, flush=True))
+    records = [] if records is None else records
+    records[:] = [StepRecord(n, kind) for n, (kind, _) in enumerate(workflow.steps, 1)]
     t0 = time.perf_counter()
-    echo(f"workflow {workflow.name}: {len(workflow.steps)} step(s), storage {workflow.storage}")
+    log.info("workflow %s: %d step(s), storage %s", workflow.name, len(workflow.steps), workflow.storage)
     with ExitStack() as stack:
-        ctx = Context(workflow, stack, lambda msg: print(msg, file=sys.stderr, flush=True))
-        for n, (kind, step) in enumerate(workflow.steps, 1):
-            t = time.perf_counter()
-            echo(f"[{n}/{len(workflow.steps)}] {kind}")
-            out = STEPS[kind][1](ctx, step)
-            echo(out)
-            echo(f"[{n}/{len(workflow.steps)}] {kind} done in {time.perf_counter() - t:.1f}s")
-    echo(f"workflow {workflow.name} finished in {time.perf_counter() - t0:.1f}s")
+        ctx = Context(workflow, stack, log.info)
+        for record, (kind, step) in zip(records, workflow.steps):
+            where = f"[{record.step}/{len(records)}] {kind}"
+            log.info("%s", where)
+            record.started, t = utc_now(), time.perf_counter()
+            try:
+                with collect_warnings() as warned:
+                    result = STEPS[kind][1](ctx, step)
+            except BaseException as exc:
+                record.status, record.error = outcome(exc)[1], error_line(exc)
+                raise
+            finally:
+                record.finished, record.seconds = utc_now(), round(time.perf_counter() - t, 3)
+                record.warnings = warned
+            record.status, record.data = "ok", result.data
+            echo(result.text)
+            log.info("%s done in %.1fs", where, record.seconds)
+    log.info("workflow %s finished in %.1fs", workflow.name, time.perf_counter() - t0)
+    return records

@@ -1,7 +1,11 @@
-"""The admf command, run as a real subprocess: exit codes, one-line errors, help."""
+"""The admf command, run as a real subprocess: exit codes, one-line errors, help, --json, environment."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import re
 import subprocess
 import sys
 
@@ -70,3 +74,121 @@ def test_generate_rejects_bad_settings(tmp_path, args, fragment):
     assert out.returncode == 2
     assert fragment in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+# -- output for cron: exit codes, --json, logging, environment variables ---------------------------------
+
+FAILING = '''
+import os
+
+import numpy as np
+
+from admf_dask.errors import BusyError
+
+
+def flat(bars, indicators, window=5):
+    return np.zeros(len(bars.close), dtype=np.int8)
+
+
+def _lookback(window=5):
+    if os.environ.get("FAILING_AS") == "busy":
+        raise BusyError("run 1234 is running on otherhost (pid 42) since 2026-01-01T02:00:00Z")
+    raise RuntimeError("lookback table is missing")
+
+
+flat.lookback = _lookback  # user code that fails outside the call the engine guards
+'''
+
+
+@pytest.fixture
+def failing(tmp_path, small_bars):
+    """A bar store, and an environment where the workers can import the `failing` strategy module."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "failing.py").write_text(FAILING)
+    BarStore(str(tmp_path / "ds")).write(small_bars)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "mods"), os.environ.get("PYTHONPATH", "")])}
+    return tmp_path / "ds", env
+
+
+def admf_env(env, *args):
+    return subprocess.run([sys.executable, "-m", "admf_dask.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_an_unexpected_error_exits_1_with_one_line_and_its_traceback_in_the_log_file(tmp_path, failing):
+    store, env = failing
+    log = tmp_path / "admf.log"
+    out = admf_env(env, "--log-file", log, "sweep", store, "-s", "failing:flat", "-p", "window=3",
+                   "--storage", tmp_path, "--cluster", "threads")
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == f"error: RuntimeError: lookback table is missing; the traceback is in {log}"
+    assert "Traceback" not in out.stderr
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and 'raise RuntimeError("lookback table is missing")' in text
+
+
+def test_busy_exits_75_and_json_still_reports_it(tmp_path, failing):
+    store, env = failing
+    out = admf_env({**env, "FAILING_AS": "busy"}, "--json", "sweep", store, "-s", "failing:flat", "-p", "window=3",
+                   "--storage", tmp_path, "--cluster", "threads")
+    assert out.returncode == 75
+    assert out.stderr.splitlines()[-1] == "error: run 1234 is running on otherhost (pid 42) since 2026-01-01T02:00:00Z"
+    (line,) = out.stdout.splitlines()
+    summary = json.loads(line)
+    assert (summary["command"], summary["status"], summary["exit_code"]) == ("sweep", "busy", 75)
+    assert summary["error"].startswith("run 1234 is running") and summary["store"] == str(store)
+
+
+def test_bad_input_exits_2_also_with_json(tmp_path):
+    out = admf("--json", "sweep", tmp_path / "ds")  # -s is required
+    assert out.returncode == 2 and "Missing option '--strategy'" in out.stderr
+    assert json.loads(out.stdout)["status"] == "failed"
+    out = admf("--log-file", tmp_path / "no" / "such" / "dir.log", "symbols", tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: cannot open the log file: No such file or directory")
+    help_text = admf("--help").stdout
+    for fragment in ("Exit codes:", "75   busy", "130  interrupted", "--log-file", "--json", "ADMF_PROGRESS"):
+        assert fragment in help_text
+
+
+def test_environment_variables_reach_every_command(tmp_path, small_bars, s3):
+    bucket, options = s3
+    env = {**os.environ, "ADMF_CLUSTER": "threads", "ADMF_STORAGE": str(tmp_path / "root"),
+           "ADMF_LOG_FILE": str(tmp_path / "admf.log"),
+           "ADMF_STORAGE_OPTIONS": f"endpoint_url={options['endpoint_url']} key=testing secret=testing"}
+    # storage options from the environment: a store on the moto S3 server
+    out = admf_env(env, "generate", f"{bucket}/ds", "--symbols", 2, "--start", "2022-01-01", "--end", "2022-12-31")
+    assert out.returncode == 0, out.stderr
+    # cluster, storage root and log file from the environment; -q: nothing on stderr
+    out = admf_env(env, "-q", "sweep", f"{bucket}/ds", "-s", "sma_cross", "-p", "fast=5", "-p", "slow=20")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and "top 1 by sharpe" in out.stdout
+    assert len(list((tmp_path / "root" / "runs").iterdir())) == 1
+    log = (tmp_path / "admf.log").read_text()
+    assert "cluster: threads" in log and re.search(r"^\d{4}-\d\d-\d\dT[\d:.]+Z INFO admf_dask\.", log, re.M)
+    sweep_help = admf("sweep", "--help").stdout
+    for name in ("ADMF_CLUSTER", "ADMF_STORAGE", "ADMF_MEMORY_BUDGET", "ADMF_STORAGE_OPTIONS"):
+        assert name in sweep_help
+
+
+def test_progress_bars_only_on_terminals_unless_asked_for(monkeypatch):
+    from admf_dask.progress import Progress
+
+    def draw(stream):
+        bar = Progress("work", 10, stream=stream, delay=0)
+        for _ in range(10):
+            bar.advance()
+        bar.close()
+
+    monkeypatch.delenv("ADMF_PROGRESS", raising=False)
+    piped = io.StringIO()
+    draw(piped)
+    assert piped.getvalue() == ""  # cron, CI: nothing
+    master, replica = os.openpty()
+    with os.fdopen(replica, "w") as terminal:
+        draw(terminal)
+    assert b"work [########################] 10/10" in os.read(master, 65536)
+    os.close(master)
+    monkeypatch.setenv("ADMF_PROGRESS", "1")  # admf --progress
+    draw(piped)
+    assert piped.getvalue().count("\n") == 10 and "10/10 100%" in piped.getvalue()

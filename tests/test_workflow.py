@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,69 @@ def test_environment_overrides_the_cluster(tmp_path, monkeypatch):
     wf = _workflow(tmp_path, "storage: x\ncluster: local\nsteps:\n  - summary: {dataset: d}\n")
     assert load_workflow(wf).cluster.kind == "threads"
     assert load_workflow(wf, cluster="tcp://10.0.0.1:8786").cluster.kind == "tcp://10.0.0.1:8786"
+
+
+NIGHTLY = """\
+    name: nightly
+    storage: store
+    cluster: {kind: threads, dashboard_address: ""}
+    steps:
+      - generate: {dataset: d, symbols: 2, start: 2021-01-01, end: 2021-12-31}
+      - sweep: {dataset: d, strategy: sma_cross, params: {fast: [5, 10], slow: [20, 30]}}
+      - signals: {dataset: d, from_run: last, top: 2}
+    """
+
+
+def _iso(text):
+    assert text.endswith("Z")
+    return datetime.fromisoformat(text[:-1] + "+00:00")
+
+
+def test_json_summary_of_a_run_and_of_a_failing_one(tmp_path):
+    wf = _workflow(tmp_path, NIGHTLY)
+    cmd = [sys.executable, "-m", "admf_dask.cli", "--json", "--log-file", str(tmp_path / "admf.log"), "run", str(wf)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()  # one JSON object and nothing else on stdout
+    summary = json.loads(line)
+    assert {k: summary[k] for k in ("command", "workflow", "status", "exit_code", "error", "cluster")} == \
+        {"command": "run", "workflow": "nightly", "status": "ok", "exit_code": 0, "error": None, "cluster": "threads"}
+    assert summary["storage"] == str(tmp_path / "store") and summary["version"] and summary["host"]
+    assert _iso(summary["started"]) <= _iso(summary["steps"][0]["started"]) <= _iso(summary["finished"])
+    generate, sweep, signals = summary["steps"]
+    assert [s["kind"] for s in summary["steps"]] == ["generate", "sweep", "signals"]
+    assert all(s["status"] == "ok" and s["warnings"] == [] and s["seconds"] >= 0 for s in summary["steps"])
+    assert (generate["symbols"], generate["written"], generate["bars_written"]) == (2, 2, 522)
+    assert (tmp_path / "store" / "runs" / sweep["run_id"] / "run.json").exists()
+    assert (sweep["backtests"], sweep["param_sets"], sweep["already_done"]) == (8, 4, False)
+    assert signals["set_id"] and len(signals["members"]) == 2
+    assert "top 4 by sharpe" in out.stderr  # the step's text is still shown, on stderr
+    assert "top 4 by sharpe" in (tmp_path / "admf.log").read_text()
+
+    # a step that fails: the summary still comes, with the steps done, the failed one and the rest
+    env = {**os.environ, "ADMF_MEMORY_BUDGET": "1KiB", "ADMF_STORAGE": str(tmp_path / "other")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2
+    summary = json.loads(out.stdout)
+    assert (summary["status"], summary["exit_code"]) == ("failed", 2)
+    assert "memory_budget 1 KiB is smaller than one chunk" in summary["error"]
+    assert [(s["kind"], s["status"]) for s in summary["steps"]] == \
+        [("generate", "ok"), ("sweep", "failed"), ("signals", "not_run")]
+    assert summary["steps"][1]["error"] == summary["error"] and summary["steps"][2]["started"] is None
+
+
+def test_step_warnings_are_collected_per_step(tmp_path, monkeypatch):
+    """A warning logged by admf during a step lands in that step's record (and --json's)."""
+    import logging
+
+    from admf_dask import workflow
+
+    def warn(ctx, step):
+        logging.getLogger("admf_dask.demo").warning("3 symbols have no bars in the range")
+        return workflow.StepResult("done", {"symbols": 3})
+
+    monkeypatch.setitem(workflow.STEPS, "summary", (workflow.SummaryStep, warn))
+    wf = _workflow(tmp_path, "storage: x\ncluster: threads\nsteps:\n  - summary: {dataset: d}\n")
+    (record,) = run_workflow(load_workflow(wf), echo=lambda _: None)
+    assert (record.status, record.warnings, record.data) == ("ok", ["3 symbols have no bars in the range"],
+                                                              {"symbols": 3})
