@@ -1,7 +1,8 @@
 """The ``admf`` command: a thin click group; heavy imports happen inside the commands.
 
 Every error on bad input prints one line ``error: <what> [<where>]; <hint>`` on
-stderr and exits with status 2.
+stderr and exits with status 2; a run or workflow another process is running exits
+with 75 (``BusyError``) unless ``--wait`` is given.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ storage_option = click.option(
     "-o", "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
     help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false).")
 
+wait_option = click.option(
+    "--wait", is_flag=True,
+    help="If another process is running this (exit 75 otherwise), wait until it finishes or its lease expires, "
+         "then go on (finding its committed work done).")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="admf-dask")
@@ -50,16 +56,18 @@ def cli() -> None:
 @click.argument("workflow", type=click.Path(dir_okay=False))
 @click.option("--cluster", help="Override the workflow's cluster: threads, local or tcp://host:8786.")
 @click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).")
-def run(workflow: str, cluster: str | None, storage: str | None) -> None:
+@wait_option
+def run(workflow: str, cluster: str | None, storage: str | None, wait: bool) -> None:
     """Run a YAML WORKFLOW (see workflows/quickstart.yaml).
 
     The whole file is validated first; steps then run in order on one cluster, and
     rerunning a finished workflow recomputes nothing. ADMF_CLUSTER and ADMF_STORAGE
-    override the file's settings.
+    override the file's settings. While another process runs the same workflow (or
+    one of its runs), this exits with 75, or waits with --wait.
     """
     from .workflow import load_workflow, run_workflow
 
-    run_workflow(load_workflow(workflow, cluster=cluster, storage=storage))
+    run_workflow(load_workflow(workflow, cluster=cluster, storage=storage), wait=wait)
 
 
 @cli.command()
@@ -180,10 +188,11 @@ def _param_spec(pair: str) -> tuple[str, object]:
 @click.option("--memory-budget", metavar="SIZE",
               help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
                    "longer histories are read and backtested in time chunks.")
+@wait_option
 @storage_option
 def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
           slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
-          retries, max_backtests, yes, force, memory_budget, storage_options) -> None:
+          retries, max_backtests, yes, force, memory_budget, wait, storage_options) -> None:
     """Sweep a strategy's parameters over the symbols of STORE on a Dask cluster.
 
     Results go to <storage>/runs/<run-id>/ (one row per parameter set and symbol),
@@ -212,7 +221,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, StorageRef.make(storage, options),
                            lambda: stack.enter_context(connect(cluster)), force=force, yes=yes,
-                           echo=lambda m: click.echo(m, err=True))
+                           echo=lambda m: click.echo(m, err=True), wait=wait)
     for line in result.lines():
         click.echo(line)
     click.echo(format_top(result))
@@ -235,7 +244,8 @@ def _member(spec: str, direction: str) -> dict:
 
 @cli.command()
 @click.argument("store", metavar="STORE")
-@click.option("--from-run", help="A finished sweep's run id (under --storage/runs): store its top configurations.")
+@click.option("--from-run", help="A finished sweep's run id (under --storage/runs), or 'last' (the sweep completed "
+                                "last there): store its top configurations.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of --from-run's best parameter sets.")
 @click.option("--metric", help="Rank --from-run's portfolio rows by this statistic (default: sharpe).")
@@ -255,9 +265,10 @@ def _member(spec: str, direction: str) -> dict:
 @click.option("--memory-budget", metavar="SIZE",
               help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
                    "longer histories are read and backtested in time chunks.")
+@wait_option
 @storage_option
 def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
-            slippage_bps, storage, cluster, force, memory_budget, storage_options) -> None:
+            slippage_bps, storage, cluster, force, memory_budget, wait, storage_options) -> None:
     """Generate and store the signals of strategy configurations over STORE (phase 1 of replay).
 
     Each configuration's target series is stored per symbol as sparse change events
@@ -266,14 +277,20 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     \b
     Examples:
         admf signals data/bars --from-run 3f2a... --top 3 --storage data
+        admf signals data/bars --from-run last --top 3 --storage data
         admf signals data/bars -c sma_cross:fast=10,slow=50 -c sma_cross:fast=20,slow=100
     """
     from .bars import BarStore
     from .cluster import connect
+    from .runs import resolve_last
     from .signals import SignalsConfig, generate_signals
     from .storage import StorageRef
 
     options = _options(storage_options)
+    root = StorageRef.make(storage, options)
+    if from_run == "last":
+        from_run = resolve_last(root, "sweep")
+        click.echo(f"--from-run last: sweep run {from_run}", err=True)
     config = SignalsConfig(configs=[_member(c, direction) for c in configs] if configs else None,
                            from_run=from_run, top=top, metric=metric,
                            symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
@@ -282,9 +299,8 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     bar_store = BarStore(store, options)
     bar_store.manifest
     with ExitStack() as stack:
-        result = generate_signals(config, bar_store, StorageRef.make(storage, options),
-                                  lambda: stack.enter_context(connect(cluster)), force=force,
-                                  echo=lambda m: click.echo(m, err=True))
+        result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
+                                  force=force, echo=lambda m: click.echo(m, err=True), wait=wait)
     click.echo("\n".join(format_signal_set(result)))
 
 
@@ -332,14 +348,15 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--memory-budget", metavar="SIZE",
               help="What one task may hold, e.g. 256MiB or 1GB (default: a share of the workers' memory limit); "
                    "longer histories are read and backtested in time chunks.")
+@wait_option
 @storage_option
 def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
            storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force, memory_budget,
-           storage_options) -> None:
+           wait, storage_options) -> None:
     """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
 
-    SIGNALS is a set id printed by `admf signals` (under --storage/signals) or a
-    set's URL. Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
+    SIGNALS is a set id printed by `admf signals` (under --storage/signals), a
+    set's URL, or `last` (the set completed last under --storage). Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
     the same way.
 
     \b
@@ -349,9 +366,14 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     from .bars import BarStore
     from .cluster import connect
     from .replay import ReplayConfig, best_weights, plan_replay, run_replay
+    from .runs import resolve_last
     from .storage import StorageRef
 
     options = _options(storage_options)
+    root = StorageRef.make(storage, options)
+    if signals_id == "last":
+        signals_id = resolve_last(root, "signals")
+        click.echo(f"SIGNALS last: signal set {signals_id}", err=True)
     config = ReplayConfig(signals=signals_id, rule=rule, threshold=threshold,
                           weights=_weights(weights) if weights else None,
                           grid=[float(v) for v in grid.split(",") if v] if grid else None, sample=sample, seed=seed,
@@ -359,11 +381,10 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
                           direction=direction, commission=commission, metric=metric, top=top,
                           batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests,
                           memory_budget=memory_budget)
-    root = StorageRef.make(storage, options)
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
-                            yes=yes, echo=lambda m: click.echo(m, err=True))
+                            yes=yes, echo=lambda m: click.echo(m, err=True), wait=wait)
     for line in result.lines():
         click.echo(line)
     click.echo(format_top(result))
@@ -390,6 +411,77 @@ def symbols(store, storage_options) -> None:
     click.echo(info.to_string(index=False))
     click.echo(f"{len(info)} symbol(s), {int(info['rows'].sum()):,} bars; dataset fingerprint "
                f"{bar_store.fingerprint[:12]}")
+
+
+@cli.group("runs")
+def runs_group() -> None:
+    """List, inspect and clean up the runs and signal sets under a storage root.
+
+    \b
+    Examples:
+        admf runs list --storage data/generated
+        admf runs show last --storage data/generated
+        admf runs gc --keep 5 --dry-run --storage s3://bucket/admf
+    """
+
+
+storage_root = click.option("--storage", default=".", show_default=True,
+                            help="Root holding runs/ and signals/ (path or fsspec URL).")
+
+
+@runs_group.command("list")
+@storage_root
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of the table.")
+@storage_option
+def runs_list(storage, as_json, storage_options) -> None:
+    """One line per run and signal set, oldest first: id, kind, status, created, size, label.
+
+    Status is complete, running (its lease is live: leased by host:pid), stale (its
+    process died while working on it: the next run resumes it) or incomplete.
+    """
+    import json
+
+    from .runs import list_lines, list_runs
+    from .storage import StorageRef
+
+    found = list_runs(StorageRef.make(storage, _options(storage_options)))
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in found], indent=1))
+    else:
+        click.echo("\n".join(list_lines(found)))
+
+
+@runs_group.command("show")
+@click.argument("run_id", metavar="RUN")
+@storage_root
+@storage_option
+def runs_show(run_id, storage, storage_options) -> None:
+    """The essentials of RUN (an id, a unique prefix of one, or `last`) and its summary."""
+    from .runs import find_run, show_lines
+    from .storage import StorageRef
+
+    root = StorageRef.make(storage, _options(storage_options))
+    click.echo("\n".join(show_lines(root, find_run(root, run_id))))
+
+
+@runs_group.command("gc")
+@click.option("--keep", type=click.IntRange(min=0), required=True,
+              help="How many of the most recent runs of each kind (sweep, replay, signals) to keep.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@storage_root
+@storage_option
+def runs_gc(keep, dry_run, storage, storage_options) -> None:
+    """Delete all but the --keep most recent runs of each kind; print what was freed.
+
+    Never deleted: a run in progress (its lease is live), the runs the latest pointers
+    name (runs/latest-*.json, signals/latest.json, each workflow's), a sweep run that a
+    signal set was made from, a signal set that a replay run replays.
+    """
+    from .runs import gc_runs
+    from .storage import StorageRef
+
+    report = gc_runs(StorageRef.make(storage, _options(storage_options)), keep, dry_run=dry_run)
+    click.echo("\n".join(report.lines()))
 
 
 def main(argv: list[str] | None = None) -> None:
