@@ -7,17 +7,7 @@ stdout holds exactly one JSON object at the end and nothing else.
 
 Exit codes (also in ``admf --help`` and the README):
 
-===  ==========================================================================
-0    ok
-1    failure: an unexpected error; one line ``error: <type>: <message>``, the
-     traceback in the ``--log-file`` (or on stderr with ``-v``)
-2    bad input or configuration (AdmfError, usage errors): one line
-     ``error: <what> [<where>]; <hint>``; nothing is written
-75   busy: another process holds this run's or workflow's lease (EX_TEMPFAIL)
-130  interrupted by SIGINT or SIGTERM: one line; committed work is kept and the
-     same command resumes it
-===  ==========================================================================
-"""
+===  ==================================================================="""
 
 from __future__ import annotations
 
@@ -155,6 +145,11 @@ storage_option = click.option(
     help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false); "
          "in the environment, space separated.")
 
+wait_option = click.option(
+    "--wait", is_flag=True,
+    help="If another process is running this (exit 75 otherwise), wait until it finishes or its lease expires, "
+         "then go on (finding its committed work done).")
+
 
 def cluster_option(default: str | None = "local", help: str = "threads, local or tcp://host:8786."):  # noqa: A002
     return click.option("--cluster", default=default, show_default=default is not None, help=help,
@@ -217,8 +212,9 @@ def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as
 @cluster_option(None, "Override the workflow's cluster: threads, local or tcp://host:8786.")
 @click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).", **_env("ADMF_STORAGE"))
 @memory_budget_option("Override every step's memory_budget, e.g. 1GiB.")
+@wait_option
 @storage_option
-def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: str | None,
+def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: str | None, wait: bool,
         storage_options: tuple[str, ...]) -> None:
     """Run a YAML WORKFLOW (see workflows/quickstart.yaml).
 
@@ -226,7 +222,9 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
     rerunning a finished workflow recomputes nothing. Options (or their ADMF_*
     variables) override the file's settings; -o options are merged over its
     storage_options. With --json the summary lists every step: kind, status, UTC
-    start and finish, seconds, run or set ids, counts and warnings.
+    start and finish, seconds, run or set ids, counts and warnings. While another
+    process runs the same workflow (or one of its runs), this exits with 75, or
+    waits with --wait.
     """
     from .workflow import load_workflow, run_workflow
 
@@ -236,7 +234,7 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
                          storage_options=_options(storage_options))
     session.data.update(workflow=flow.name, storage=flow.storage, cluster=flow.cluster.kind)
     session.steps = []
-    run_workflow(flow, echo=session.output, records=session.steps)
+    run_workflow(flow, echo=session.output, records=session.steps, wait=wait)
 
 
 @cli.command()
@@ -360,10 +358,11 @@ def _param_spec(pair: str) -> tuple[str, object]:
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a run that exists (finished or not).")
 @memory_budget_option()
+@wait_option
 @storage_option
 def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
           slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
-          retries, max_backtests, yes, force, memory_budget, storage_options) -> None:
+          retries, max_backtests, yes, force, memory_budget, wait, storage_options) -> None:
     """Sweep a strategy's parameters over the symbols of STORE on a Dask cluster.
 
     Results go to <storage>/runs/<run-id>/ (one row per parameter set and symbol),
@@ -393,7 +392,8 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     bar_store.manifest  # a wrong STORE fails before a cluster starts
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, StorageRef.make(storage, options),
-                           lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info)
+                           lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info,
+                           wait=wait)
     session.data.update(run_data(result), top=top_records(result))
     session.output("\n".join([*result.lines(), format_top(result)]))
 
@@ -415,7 +415,8 @@ def _member(spec: str, direction: str) -> dict:
 
 @cli.command()
 @click.argument("store", metavar="STORE")
-@click.option("--from-run", help="A finished sweep's run id (under --storage/runs): store its top configurations.")
+@click.option("--from-run", help="A finished sweep's run id (under --storage/runs), or 'last' (the sweep completed "
+                                "last there): store its top configurations.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of --from-run's best parameter sets.")
 @click.option("--metric", help="Rank --from-run's portfolio rows by this statistic (default: sharpe).")
@@ -434,9 +435,10 @@ def _member(spec: str, direction: str) -> dict:
 @cluster_option()
 @click.option("--force", is_flag=True, help="Rewrite the set even if it is complete.")
 @memory_budget_option()
+@wait_option
 @storage_option
 def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
-            slippage_bps, storage, cluster, force, memory_budget, storage_options) -> None:
+            slippage_bps, storage, cluster, force, memory_budget, wait, storage_options) -> None:
     """Generate and store the signals of strategy configurations over STORE (phase 1 of replay).
 
     Each configuration's target series is stored per symbol as sparse change events
@@ -445,14 +447,20 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     \b
     Examples:
         admf signals data/bars --from-run 3f2a... --top 3 --storage data
+        admf signals data/bars --from-run last --top 3 --storage data
         admf signals data/bars -c sma_cross:fast=10,slow=50 -c sma_cross:fast=20,slow=100
     """
     from .bars import BarStore
     from .cluster import connect
+    from .runs import resolve_last
     from .signals import SignalsConfig, generate_signals
     from .storage import StorageRef
 
     options = _options(storage_options)
+    root = StorageRef.make(storage, options)
+    if from_run == "last":
+        from_run = resolve_last(root, "sweep")
+        log.info("--from-run last: sweep run %s", from_run)
     config = SignalsConfig(configs=[_member(c, direction) for c in configs] if configs else None,
                            from_run=from_run, top=top, metric=metric,
                            symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
@@ -463,8 +471,8 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     bar_store = BarStore(store, options)
     bar_store.manifest
     with ExitStack() as stack:
-        result = generate_signals(config, bar_store, StorageRef.make(storage, options),
-                                  lambda: stack.enter_context(connect(cluster)), force=force, echo=log.info)
+        result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
+                                  force=force, echo=log.info, wait=wait)
     session.data.update(signal_set_data(result))
     session.output("\n".join(format_signal_set(result)))
 
@@ -502,14 +510,15 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--yes", is_flag=True, help="Run even when over --max-backtests.")
 @click.option("--force", is_flag=True, help="Recompute a replay run that exists.")
 @memory_budget_option()
+@wait_option
 @storage_option
 def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
            storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force, memory_budget,
-           storage_options) -> None:
+           wait, storage_options) -> None:
     """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
 
-    SIGNALS is a set id printed by `admf signals` (under --storage/signals) or a
-    set's URL. Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
+    SIGNALS is a set id printed by `admf signals` (under --storage/signals), a
+    set's URL, or `last` (the set completed last under --storage). Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
     the same way.
 
     \b
@@ -519,9 +528,14 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     from .bars import BarStore
     from .cluster import connect
     from .replay import ReplayConfig, best_weights, plan_replay, run_replay
+    from .runs import resolve_last
     from .storage import StorageRef
 
     options = _options(storage_options)
+    root = StorageRef.make(storage, options)
+    if signals_id == "last":
+        signals_id = resolve_last(root, "signals")
+        log.info("SIGNALS last: signal set %s", signals_id)
     config = ReplayConfig(signals=signals_id, rule=rule, threshold=threshold,
                           weights=_weights(weights) if weights else None,
                           grid=[float(v) for v in grid.split(",") if v] if grid else None, sample=sample, seed=seed,
@@ -531,11 +545,10 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
                           memory_budget=memory_budget)
     session = _session()
     session.data = {"signals": signals_id}
-    root = StorageRef.make(storage, options)
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
-                            yes=yes, echo=log.info)
+                            yes=yes, echo=log.info, wait=wait)
     session.data.update(run_data(result), top=top_records(result))
     session.output("\n".join([*result.lines(), format_top(result), best_weights(result)]))
 
@@ -570,6 +583,77 @@ def _on_signal(signum: int, frame: Any) -> None:
         os._exit(INTERRUPTED)
     hush_libraries()
     raise Interrupted(signum)
+
+
+@cli.group("runs")
+def runs_group() -> None:
+    """List, inspect and clean up the runs and signal sets under a storage root.
+
+    \b
+    Examples:
+        admf runs list --storage data/generated
+        admf runs show last --storage data/generated
+        admf runs gc --keep 5 --dry-run --storage s3://bucket/admf
+    """
+
+
+storage_root = click.option("--storage", default=".", show_default=True,
+                            help="Root holding runs/ and signals/ (path or fsspec URL).", **_env("ADMF_STORAGE"))
+
+
+@runs_group.command("list")
+@storage_root
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of the table.")
+@storage_option
+def runs_list(storage, as_json, storage_options) -> None:
+    """One line per run and signal set, oldest first: id, kind, status, created, size, label.
+
+    Status is complete, running (its lease is live: leased by host:pid), stale (its
+    process died while working on it: the next run resumes it) or incomplete.
+    """
+    import json
+
+    from .runs import list_lines, list_runs
+    from .storage import StorageRef
+
+    found = list_runs(StorageRef.make(storage, _options(storage_options)))
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in found], indent=1))
+    else:
+        click.echo("\n".join(list_lines(found)))
+
+
+@runs_group.command("show")
+@click.argument("run_id", metavar="RUN")
+@storage_root
+@storage_option
+def runs_show(run_id, storage, storage_options) -> None:
+    """The essentials of RUN (an id, a unique prefix of one, or `last`) and its summary."""
+    from .runs import find_run, show_lines
+    from .storage import StorageRef
+
+    root = StorageRef.make(storage, _options(storage_options))
+    click.echo("\n".join(show_lines(root, find_run(root, run_id))))
+
+
+@runs_group.command("gc")
+@click.option("--keep", type=click.IntRange(min=0), required=True,
+              help="How many of the most recent runs of each kind (sweep, replay, signals) to keep.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@storage_root
+@storage_option
+def runs_gc(keep, dry_run, storage, storage_options) -> None:
+    """Delete all but the --keep most recent runs of each kind; print what was freed.
+
+    Never deleted: a run in progress (its lease is live), the runs the latest pointers
+    name (runs/latest-*.json, signals/latest.json, each workflow's), a sweep run that a
+    signal set was made from, a signal set that a replay run replays.
+    """
+    from .runs import gc_runs
+    from .storage import StorageRef
+
+    report = gc_runs(StorageRef.make(storage, _options(storage_options)), keep, dry_run=dry_run)
+    click.echo("\n".join(report.lines()))
 
 
 def main(argv: list[str] | None = None) -> None:

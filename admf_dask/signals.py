@@ -486,19 +486,35 @@ def set_identity(plan: _Plan, bars: BarStore) -> dict[str, Any]:
 
 
 def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, client: Any, *,
-                     force: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SignalSet:
+                     force: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
+                     wait: bool = False) -> SignalSet:
     """Phase 1: compute and store the signals of ``config``'s members; return the committed set.
 
     Runs as batched tasks (a few symbols each) on ``client`` (a Client, or a function
     that connects one, called only if there is work); writes the manifest last.
     An existing complete set is returned as it is (``force`` rewrites it).
+    While writing, this process holds the set's lease (:mod:`admf_dask.runs`): another
+    process writing it raises BusyError (exit 75), or with ``wait`` is waited for.
     """
-    from .cluster import ensure_client, run_tasks
+    from .runs import run_lease
 
     plan = _resolve(config, bars, root)
     for s in plan.symbols:
         bars.entry(s)  # unknown symbols fail here, with a suggestion
     set_id = token(set_identity(plan, bars))[:16]
+    ref = root.child("signals", set_id)
+    with run_lease(root, "signals", set_id, wait=wait, echo=echo,
+                   complete=None if force else lambda: ref.open().exists(MANIFEST)) as lease:
+        return _generate_signals(config, plan, set_id, bars, root, client, force=force, echo=echo,
+                                 progress=progress, lease=lease)
+
+
+def _generate_signals(config: SignalsConfig, plan: _Plan, set_id: str, bars: BarStore, root: StorageRef,
+                      client: Any, *, force: bool, echo: Callable[[str], None], progress: bool,
+                      lease: Any) -> SignalSet:
+    """:func:`generate_signals`' work, under the set's ``lease`` (confirmed before the manifest is written)."""
+    from .cluster import ensure_client, run_tasks
+
     ref = root.child("signals", set_id)
     storage = ref.open()
     if force and storage.fs.exists(storage.path()):
@@ -522,6 +538,7 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
                 "bars": bars.url, "symbols": list(plan.symbols), "start": plan.start, "end": plan.end,
                 "members": [{**asdict(m), "label": m.label} for m in plan.members], "costs": plan.costs,
                 "source": plan.source, "parts": parts}
+    lease.confirm()
     storage.write_json(manifest, MANIFEST)  # the commit point
     return SignalSet(ref, manifest)
 

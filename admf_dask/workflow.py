@@ -143,7 +143,8 @@ class SweepStep(SweepConfig):
 class SignalsStep(SignalsConfig):
     """Store the signals of configurations as a set (see :class:`admf_dask.signals.SignalsConfig`).
 
-    ``from_run: last`` takes the top configurations of this workflow's latest sweep.
+    ``from_run: last`` takes the top configurations of this workflow's latest sweep: the
+    sweep step before this one, or else the run its sweep step made when it last ran.
     """
 
     dataset: str
@@ -153,7 +154,8 @@ class SignalsStep(SignalsConfig):
         values = {f.name: getattr(self, f.name) for f in fields(SignalsConfig)}
         if values["from_run"] == "last":
             if last_run is None:
-                raise ConfigError("from_run: last needs a sweep step before this one", key="from_run")
+                raise ConfigError("from_run: last needs a sweep step before this one, or an earlier run of this "
+                                  "workflow with a sweep step", key="from_run")
             values["from_run"] = last_run
         return SignalsConfig(**values)
 
@@ -162,8 +164,9 @@ class SignalsStep(SignalsConfig):
 class ReplayStep(ReplayConfig):
     """Replay weight vectors over a signal set (see :class:`admf_dask.replay.ReplayConfig`).
 
-    ``signals: last`` is the set of this workflow's latest ``signals`` step. The
-    bars are the set's dataset, or ``dataset`` when given.
+    ``signals: last`` is the set of this workflow's latest ``signals`` step (before this
+    one, or else from the workflow's last run). The bars are the set's dataset, or
+    ``dataset`` when given.
     """
 
     dataset: str | None = None
@@ -174,7 +177,8 @@ class ReplayStep(ReplayConfig):
         values = {f.name: getattr(self, f.name) for f in fields(ReplayConfig)}
         if values["signals"] == "last":
             if last_set is None:
-                raise ConfigError("signals: last needs a signals step before this one", key="signals")
+                raise ConfigError("signals: last needs a signals step before this one, or an earlier run of this "
+                                  "workflow with a signals step", key="signals")
             values["signals"] = last_set
         return ReplayConfig(**values)
 
@@ -220,13 +224,26 @@ class StepRecord:
 class Context:
     """What steps share: the storage root, a lazily started cluster, and output."""
 
-    def __init__(self, workflow: Workflow, stack: ExitStack, echo: Callable[[str], None]) -> None:
+    def __init__(self, workflow: Workflow, stack: ExitStack, echo: Callable[[str], None],
+                 wait: bool = False) -> None:
+        from .storage import StorageRef
+
         self.workflow = workflow
         self.echo = echo
+        self.wait = wait  # wait for runs another process holds (instead of BusyError)
+        self.root = StorageRef.make(workflow.storage, workflow.storage_options)
         self._stack = stack
         self._client = None
         self.last_run: str | None = None  # the latest sweep's run id, for `from_run: last`
         self.last_set: str | None = None  # the latest signal set's id, for `signals: last`
+        self.produced: tuple[str, str] | None = None  # (kind, id) of the run the current step made
+
+    def last(self, kind: str) -> str | None:
+        """This run's latest sweep run or signal set, else what the workflow's steps made when it last ran."""
+        from .runs import workflow_latest
+
+        mine = self.last_run if kind == "sweep" else self.last_set
+        return mine or workflow_latest(self.root, self.workflow.name, kind)
 
     @property
     def client(self):
@@ -317,8 +334,9 @@ def _run_sweep(ctx: Context, step: SweepStep) -> StepResult:
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
     result = run_sweep(step.config(), ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
-                       yes=step.yes, echo=ctx.echo)
+                       yes=step.yes, echo=ctx.echo, wait=ctx.wait)
     ctx.last_run = result.run_id
+    ctx.produced = ("sweep", result.run_id)
     return StepResult("\n".join([*result.lines(), format_top(result)]), {"dataset": step.dataset, **run_data(result)})
 
 
@@ -327,9 +345,11 @@ def _run_signals(ctx: Context, step: SignalsStep) -> StepResult:
     from .storage import StorageRef
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
-    signal_set = generate_signals(step.config(ctx.last_run), ctx.dataset(step.dataset), root, lambda: ctx.client,
-                                  force=step.force, echo=ctx.echo)
+    signal_set = generate_signals(step.config(ctx.last("sweep") if step.from_run == "last" else None),
+                                  ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
+                                  echo=ctx.echo, wait=ctx.wait)
     ctx.last_set = signal_set.set_id
+    ctx.produced = ("signals", signal_set.set_id)
     return StepResult("\n".join(format_signal_set(signal_set)), {"dataset": step.dataset, **signal_set_data(signal_set)})
 
 
@@ -338,11 +358,13 @@ def _run_replay(ctx: Context, step: ReplayStep) -> StepResult:
     from .storage import StorageRef
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
-    result = run_replay(step.config(ctx.last_set), root, lambda: ctx.client,
+    signals = ctx.last("signals") if step.signals == "last" else None
+    result = run_replay(step.config(signals), root, lambda: ctx.client,
                         ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
-                        echo=ctx.echo)
+                        echo=ctx.echo, wait=ctx.wait)
+    ctx.produced = ("replay", result.run_id)
     return StepResult("\n".join([*result.lines(), format_top(result), best_weights(result)]),
-                      {"signals": ctx.last_set if step.signals == "last" else step.signals, **run_data(result)})
+                      {"signals": signals if step.signals == "last" else step.signals, **run_data(result)})
 
 
 STEPS: dict[str, tuple[type, Callable[[Context, Any], StepResult]]] = {
@@ -419,24 +441,33 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
 
 
 def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = None,
-                 records: list[StepRecord] | None = None) -> list[StepRecord]:
+                 records: list[StepRecord] | None = None, wait: bool = False) -> list[StepRecord]:
     """Run the steps in order; a failing step stops the workflow with its error.
 
     Each step's text goes to ``echo`` (default: printed to stdout), progress messages
     to the ``admf_dask.workflow`` logger. Returns one :class:`StepRecord` per step;
     pass ``records`` (a list, filled in place) to keep them when a step raises.
+
+    The process holds the workflow's lease (:func:`admf_dask.runs.workflow_lease`) while
+    it runs: a second invocation raises BusyError (exit 75), or with ``wait`` waits for
+    the first (and then finds its work done). Each step that makes a run points
+    ``workflows/<name>/latest/<i>-<kind>.json`` at it.
     """
+    from .runs import set_step_latest, workflow_lease
+
     echo = echo or (lambda text: print(text, flush=True))
     records = [] if records is None else records
     records[:] = [StepRecord(n, kind) for n, (kind, _) in enumerate(workflow.steps, 1)]
     t0 = time.perf_counter()
     log.info("workflow %s: %d step(s), storage %s", workflow.name, len(workflow.steps), workflow.storage)
     with ExitStack() as stack:
-        ctx = Context(workflow, stack, log.info)
+        ctx = Context(workflow, stack, log.info, wait=wait)
+        stack.enter_context(workflow_lease(ctx.root, workflow.name).acquire(wait=wait, echo=ctx.echo))
         for record, (kind, step) in zip(records, workflow.steps):
             where = f"[{record.step}/{len(records)}] {kind}"
             log.info("%s", where)
             record.started, t = utc_now(), time.perf_counter()
+            ctx.produced = None
             try:
                 with collect_warnings() as warned:
                     result = STEPS[kind][1](ctx, step)
@@ -446,6 +477,8 @@ def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = Non
             finally:
                 record.finished, record.seconds = utc_now(), round(time.perf_counter() - t, 3)
                 record.warnings = warned
+            if ctx.produced is not None:
+                set_step_latest(ctx.root, workflow.name, record.step - 1, *ctx.produced)
             record.status, record.data = "ok", result.data
             echo(result.text)
             log.info("%s done in %.1fs", where, record.seconds)

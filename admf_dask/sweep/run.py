@@ -153,7 +153,8 @@ def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
 
 
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
-              yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> SweepResult:
+              yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
+              wait: bool = False) -> SweepResult:
     """Run (or resume, or just report) a sweep; return its result table and summary.
 
     ``client`` is a distributed Client, or a function that connects one (called only
@@ -170,12 +171,13 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     return run_grid(config, sets, symbols, bars, root, client, identity=identity, kind="sweep",
                     feed=lambda c: SweepFeed(config, sets, bars, root, c),
                     note=f" ({dropped} grid points broke the rules)" if dropped else "",
-                    force=force, yes=yes, echo=echo, progress=progress)
+                    force=force, yes=yes, echo=echo, progress=progress, wait=wait)
+
 
 def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
              client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[Any], Any], note: str = "",
              force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
-             progress: bool = True) -> SweepResult:
+             progress: bool = True, wait: bool = False) -> SweepResult:
     """Run (or resume, or report) sets x symbols as container tasks: the engine of sweeps and replays.
 
     ``config`` has the container hooks (``prepare``, ``stats``, ``load``, ``costs``,
@@ -185,7 +187,25 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
     per-symbol input feed (see :class:`SweepFeed`), only when there is work to do.
     ``client`` is a distributed Client or a function that connects one: a finished
     run is reported without it.
+
+    While it works on the run, this process holds the run's lease (:mod:`admf_dask.runs`):
+    another process working on it raises BusyError (exit 75), or with ``wait`` is waited
+    for; a finished run is reported without the lease.
     """
+    from ..runs import run_complete, run_lease
+
+    run_id = token(identity)[:16]
+    with run_lease(root, kind, run_id, wait=wait, echo=echo,
+                   complete=None if force else lambda: run_complete(root.child("runs", run_id))) as lease:
+        return _run_grid(config, sets, symbols, bars, root, client, identity=identity, kind=kind, feed=feed,
+                         note=note, force=force, yes=yes, echo=echo, progress=progress, lease=lease)
+
+
+def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
+              client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[Any], Any], note: str = "",
+              force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
+              progress: bool = True, lease: Any) -> SweepResult:
+    """:func:`run_grid`'s work, under the run's ``lease`` (checked before each commit)."""
     from ..cluster import ensure_client, run_tasks
 
     run_id = token(identity)[:16]
@@ -237,6 +257,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                    "memory_per_task": 0, "incremental_from": incremental["from"],
                    "resume_parts": incremental["parts"], "resume_reduce": incremental["reduce"],
                    "changed_symbols": incremental["changed"], "incremental_note": inc_note}
+            lease.confirm()
             storage.write_json(run, "run.json")
         elif run is None:
             longest = max(symbols, key=bars_per_symbol.__getitem__)
@@ -253,6 +274,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
                    "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
                    "memory_budget": budget, "full_because": inc_note, **plan}
+            lease.confirm()  # the layout is written once: not by a process that lost the run meanwhile
             storage.write_json(run, "run.json")
         layout = [(tuple(g), lo, hi, bool(rest[0]) if rest else False) for g, lo, hi, *rest in run["layout"]]
         rows = int(run.get("chunk_rows", 0))
@@ -324,6 +346,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
 
         def finished(i: int, out: dict[str, Any]) -> None:
             bars_read.update(out.get("bars", {}))
+            lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
                 source.settle(sources.get(sym), counters)
             if tasks[i].stream is None:
@@ -345,6 +368,7 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
+        lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)})
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
