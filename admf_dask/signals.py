@@ -9,7 +9,11 @@ series, so it is small, and replaying it needs no indicator.
 Storage, under ``<root>/signals/<set-id>/``::
 
     parts/<symbol>.parquet   one row per change: member (int16), timestamp (int64 ns UTC), target (int8)
+    state/<symbol>.state     the engine state the symbol's generation ended in (built-in members only)
     _signals.json            the manifest, written last
+
+and ``<root>/signals/_chain/<key>.json``, the last complete set of a configuration
+whatever the data (``_``-prefixed: not a set; :func:`list_signal_sets` skips it).
 
 The manifest holds the members, the shared execution settings (cash, costs,
 stops) they were ranked under, the dataset fingerprint and each symbol's bar
@@ -21,6 +25,25 @@ command completes it (parts already written are kept).
 
 The set id is the token of (members, settings, data fingerprint, symbols, range,
 package version): the same request finds the same set.
+
+Incremental sets. A set whose members are all built-in strategies saves, per symbol,
+the state its generation ended in (the table above :func:`_group_state`: indicator
+kernel states, each group's strategy run states and last indicator column, each
+member's last target, the last ``max(1, halo)`` bars, bars processed, first and last
+timestamp), written before the part with :func:`admf_dask.sweep.incremental.write_state`
+and recorded with its size and sha256 in the manifest's part entry (``state``). The
+same configuration over data whose symbols only grew (the configuration's key is the
+set identity without the data fingerprint) finds the last complete set through the
+chain pointer; a symbol whose current version is the one that set saw, or extends it
+by appended bars only (the bar store's ``lineage``), goes on from that set's state
+(read back checked against its record) and part (checked against its sha256): its
+part is the old events followed by the events of the bars after the old last one,
+the only bars read. The others are generated in full. Every kernel carries its state
+across chunks, so the part is the one a full generation writes, byte for byte. A
+damaged state or part of the previous set is one error naming the file (generate
+with ``force`` to recompute in full: it never continues). The manifest's ``summary``
+says where the set went on from, how many symbols were incremental and how many
+full, and how many bars the tasks read.
 """
 
 from __future__ import annotations
@@ -28,6 +51,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import posixpath
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,10 +68,11 @@ from .errors import ConfigError, DataError, did_you_mean
 from .storage import StorageRef
 from .sweep import check_metric
 
-__all__ = ["Member", "SignalSet", "SignalsConfig", "generate_signals", "MANIFEST", "FORMAT"]
+__all__ = ["Member", "SignalSet", "SignalsConfig", "generate_signals", "list_signal_sets", "MANIFEST", "FORMAT"]
 
 MANIFEST = "_signals.json"
 FORMAT = "admf-signals/1"
+CHAIN = "_chain"  # signals/_chain/<key>.json: the last complete set of a configuration, whatever the data
 COST_KEYS = ("cash", "commission", "slippage_bps", "whole_units", "stop_loss", "take_profit")
 
 
@@ -226,22 +252,18 @@ class MemberTargets:
     streamed (:class:`~admf_dask.cache.IndicatorStream`) and its rule run with the
     strategy state carried (:func:`~admf_dask.kernels.strategies.strategy_targets_chunk`);
     a user strategy's targets come from its function with its lookback of halo bars.
+    A builder of built-ins only can hand over its state (:meth:`state_arrays`) and go on
+    from a saved one (:meth:`restore`): what an incremental set continues from.
     """
 
     def __init__(self, members: Sequence[Member], symbol: str, series_key: str) -> None:
         from .backtest import _UserTargets
         from .cache import IndicatorStream
         from .kernels.state import run_state_init
-        from .strategies import direction_code, prepare_batch
 
         self.groups = []
         self.halo = 0
-        by: dict[tuple[str, str], list[int]] = {}
-        for k, m in enumerate(members):
-            by.setdefault((m.strategy, m.direction), []).append(k)
-        for (strategy, direction), ks in by.items():
-            batch = prepare_batch(strategy, [members[k].params for k in ks])
-            code = direction_code(direction)
+        for ks, batch, code in _member_groups(members):
             if batch.strategy.builtin:
                 hub = IndicatorStream(batch.plan.specs, batch.rows, None, series_key)
                 builder = (hub, run_state_init(len(ks), 0.0), [np.empty((len(batch.rows), 0))])
@@ -273,10 +295,93 @@ class MemberTargets:
                                              state, code)
             last[0] = ind[:, -1:].copy()
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Each group's state after the last chunk: ``g<g>/run``, ``g<g>/last``, ``g<g>/ind/<token>``."""
+        out: dict[str, np.ndarray] = {}
+        for g, (_, _, _, builder) in enumerate(self.groups):
+            hub, state, last = builder
+            out.update(_group_state(g, state, last[0][:, -1], hub.states))
+        return out
+
+    def restore(self, arrays: Mapping[str, np.ndarray], where: str) -> None:
+        """Go on from :meth:`state_arrays` saved after bar ``t0 - 1`` (StorageError if they do not fit)."""
+        from .errors import StorageError
+
+        for g, (ks, batch, _, builder) in enumerate(self.groups):
+            hub, state, last = builder
+            p = f"g{g}/"
+            tokens = {name[len(p) + 4:] for name in arrays if name.startswith(p + "ind/")}
+            if (tokens != set(hub.states) or arrays.get(p + "run") is None or arrays[p + "run"].shape != state.shape
+                    or arrays.get(p + "last") is None or arrays[p + "last"].shape != (len(batch.rows),)):
+                raise StorageError("saved engine state does not fit this signal set's members", file=where,
+                                   hint="rerun with --force to generate the set in full")
+            state[:] = arrays[p + "run"]
+            last[0] = np.array(arrays[p + "last"], dtype=np.float64).reshape(-1, 1)
+            for tok in tokens:
+                hub.states[tok] = np.array(arrays[f"{p}ind/{tok}"], dtype=np.float64)
+
+
+def _member_groups(members: Sequence[Member]) -> list[tuple[list[int], Any, int]]:
+    """Members by (strategy, direction), in order of first appearance: (member indices, batch, direction code)."""
+    from .strategies import direction_code, prepare_batch
+
+    by: dict[tuple[str, str], list[int]] = {}
+    for k, m in enumerate(members):
+        by.setdefault((m.strategy, m.direction), []).append(k)
+    return [(ks, prepare_batch(strategy, [members[k].params for k in ks]), direction_code(direction))
+            for (strategy, direction), ks in by.items()]
+
+
+def resumable(members: Sequence[Member]) -> bool:
+    """Whether a set of these members saves the state a later set goes on from (built-in strategies only)."""
+    from .strategies import get_strategy
+
+    return all(get_strategy(m.strategy).builtin for m in members)
+
+
+# ---------------------------------------------------------------- the state a symbol's part ends in
+#
+# state/<symbol>.state (arrays format of admf_dask.sweep.incremental.write_state), per symbol:
+#   i8                 [bars processed, first timestamp, last timestamp] (ns)
+#   tail_ts, tail      the last max(1, halo) bars: timestamps, and the value columns (5 x bars)
+#   prev               each member's target at the last bar (int64, K): what events_from_targets_chunk carries
+#   g<g>/run           group g's strategy run states (what strategy_targets_chunk carries)
+#   g<g>/last          group g's indicator rows at the last bar (the halo column of its next chunk)
+#   g<g>/ind/<token>   each indicator kernel's state at the last bar
+
+def _group_state(g: int, run: np.ndarray, last: np.ndarray, ind: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    p = f"g{g}/"
+    out = {p + "run": np.ascontiguousarray(run, dtype=np.float64),
+           p + "last": np.ascontiguousarray(last, dtype=np.float64)}
+    out.update({f"{p}ind/{tok}": np.asarray(st, dtype=np.float64) for tok, st in ind.items()})
+    return out
+
+
+def _symbol_state(groups: dict[str, np.ndarray], tail: Mapping[str, np.ndarray], prev: np.ndarray, seen: int,
+                  first_ns: int, last_ns: int) -> dict[str, np.ndarray]:
+    from .bars.schema import VALUE_COLUMNS
+
+    return {"i8": np.array([seen, first_ns, last_ns], dtype=np.int64),
+            "tail_ts": np.ascontiguousarray(tail["timestamp"], dtype=np.int64),
+            "tail": np.stack([np.asarray(tail[c], dtype=np.float64) for c in VALUE_COLUMNS]),
+            "prev": np.ascontiguousarray(prev, dtype=np.int64), **groups}
+
+
+def _state_name(symbol: str) -> str:
+    return f"state/{symbol}.state"
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Where a symbol of a new set goes on from: the previous set's part entry (file, sha256, state record)."""
+
+    set_ref: StorageRef
+    part: dict
+
 
 def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, symbols: Sequence[str],
-                start: Any, end: Any, members: Sequence[Member], rows: int, cache_ref: StorageRef | None
-                ) -> list[dict[str, Any]]:
+                start: Any, end: Any, members: Sequence[Member], rows: int, cache_ref: StorageRef | None,
+                keep_state: bool = False, resume: Mapping[str, Continue] | None = None) -> list[dict[str, Any]]:
     """Task: the signal parts of some symbols, written (or found written) under ``parts/``; their entries.
 
     A symbol of at most ``rows`` bars is held whole: its indicators come through the hub's
@@ -289,75 +394,210 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
     part chunk by chunk (:func:`~admf_dask.kernels.replay.events_from_targets_chunk`), so a
     task holds one chunk of bars whatever the history, plus the symbol's events (sparse:
     a few per trade), which are written once the symbol is done, ordered by member, then time.
-    """
-    from .cache import stream_key
-    from .kernels.replay import events_from_targets_chunk
-    from .stream import SymbolStream
 
+    With ``keep_state`` each symbol's end state is written first, ``state/<symbol>.state``,
+    and recorded in its entry (``state``: file, size, sha256); then its part. A symbol in
+    ``resume`` goes on from the state and part of a previous set (:class:`Continue`): only
+    its bars after that set's last one are read. Each entry also says how many bars were
+    read from the store (``read``, 0 for a part found written).
+    """
     storage = set_ref.open()
     store = BarStore.open(bars_ref, fingerprint)
+    resume = resume or {}
     entries = []
     for symbol in symbols:
         name = f"parts/{symbol}.parquet"
-        if storage.exists(name):  # written whole by an earlier, interrupted run of the same set
-            raw = storage.read_bytes(name)
-            events = pq.read_metadata(io.BytesIO(raw)).num_rows
-            n, first, last = _span(store, symbol, start, end)
+        found = _found(storage, store, name, symbol, start, end, keep_state)
+        if found is not None:
+            entries.append(found)
+            continue
+        if symbol in resume:
+            table, n, first, last, state, read = _continued_part(store, symbol, end, members, rows, resume[symbol])
         elif store.rows_in_range(symbol, start, end) <= rows:
-            raw, events, n, first, last = _whole_part(storage, store, name, symbol, start, end, members, cache_ref)
+            table, n, first, last, state = _whole_part(store, symbol, start, end, members, cache_ref, keep_state)
+            read = n
         else:
-            targets = MemberTargets(members, symbol, stream_key(store.symbol_fingerprint(symbol), start))
-            stream = SymbolStream(store, symbol, start, end, rows, targets.halo, len(members), np.int8, targets)
-            prev = np.zeros(len(members), dtype=np.int64)
-            pieces = []
-            first = last = None
-            while stream.pending():
-                piece = stream.take(stream.last_stamp())
-                ptr, bar, value = events_from_targets_chunk(piece.payload, piece.h, piece.t0, prev)
-                member = np.repeat(np.arange(len(members), dtype=np.int16), np.diff(ptr))
-                pieces.append(pa.table({"member": member, "timestamp": piece.stamps[bar - piece.t0].astype(np.int64),
-                                        "target": value}))
-                first = int(piece.stamps[0]) if first is None else first
-                last = int(piece.stamps[-1])
-            n = stream.seen
-            table = pa.concat_tables(pieces) if pieces else pa.table(
-                {"member": np.empty(0, np.int16), "timestamp": np.empty(0, np.int64), "target": np.empty(0, np.int8)})
-            table = table.sort_by([("member", "ascending"), ("timestamp", "ascending")])
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            raw = buf.getvalue()
-            storage.write_bytes(raw, name)
-            events = table.num_rows
+            table, n, first, last, state, read = _streamed_part(store, symbol, start, end, members, rows, keep_state)
+        entry = {}
+        if state is not None:  # the state first: a part found written has its state beside it
+            entry["state"] = _write_state(storage, state, _state_name(symbol))
+        buf = io.BytesIO()
+        pq.write_table(table.combine_chunks(), buf)  # one chunk: the same bytes however the events were cut
+        raw = buf.getvalue()
+        storage.write_bytes(raw, name)
         entries.append({"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
-                        "events": events, "bars": n, "first_ns": first, "last_ns": last})
+                        "events": table.num_rows, "bars": n, "first_ns": first, "last_ns": last, **entry,
+                        "read": read})
     return entries
 
 
-def _whole_part(storage: Any, store: BarStore, name: str, symbol: str, start: Any, end: Any,
-                members: Sequence[Member], cache_ref: StorageRef | None) -> tuple:
-    """One symbol's part from its whole history: ``(bytes, events, bars, first_ns, last_ns)``."""
-    from .backtest import batch_targets
+def _write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    from .sweep.incremental import write_state
+
+    return write_state(storage, arrays, name)
+
+
+def _found(storage: Any, store: BarStore, name: str, symbol: str, start: Any, end: Any,
+           keep_state: bool) -> dict[str, Any] | None:
+    """The entry of a part an earlier, interrupted run of the same set wrote whole (with its state), or None."""
+    from .errors import StorageError
+    from .sweep.portfolio import _arrays_read
+
+    if not storage.exists(name):
+        return None
+    entry: dict[str, Any] = {}
+    if keep_state:
+        state_name = _state_name(symbol)
+        try:
+            raw_state = storage.read_bytes(state_name)
+            i8 = _arrays_read(raw_state, storage.display(state_name))["i8"]
+        except (FileNotFoundError, StorageError, KeyError):
+            return None  # no usable state beside it: compute the symbol again (same part, same name)
+        n, first, last = (int(v) for v in i8)
+        entry["state"] = {"file": state_name, "size": len(raw_state),
+                          "sha256": hashlib.sha256(raw_state).hexdigest()}
+    else:
+        n, first, last = _span(store, symbol, start, end)
+    raw = storage.read_bytes(name)
+    return {"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+            "events": pq.read_metadata(io.BytesIO(raw)).num_rows, "bars": n,
+            "first_ns": first if n else None, "last_ns": last if n else None, **entry, "read": 0}
+
+
+def _empty_events() -> pa.Table:
+    return pa.table({"member": np.empty(0, np.int16), "timestamp": np.empty(0, np.int64),
+                     "target": np.empty(0, np.int8)})
+
+
+def _stream_events(stream: Any, k: int, prev: np.ndarray) -> tuple[list[pa.Table], int | None, int | None]:
+    """Drain ``stream``: the change events of its pieces (``prev`` carried), its first and last timestamp."""
+    from .kernels.replay import events_from_targets_chunk
+
+    pieces, first, last = [], None, None
+    while stream.pending():
+        piece = stream.take(stream.last_stamp())
+        ptr, bar, value = events_from_targets_chunk(piece.payload, piece.h, piece.t0, prev)
+        member = np.repeat(np.arange(k, dtype=np.int16), np.diff(ptr))
+        pieces.append(pa.table({"member": member, "timestamp": piece.stamps[bar - piece.t0].astype(np.int64),
+                                "target": value}))
+        first = int(piece.stamps[0]) if first is None else first
+        last = int(piece.stamps[-1])
+    return pieces, first, last
+
+
+def _stream_state(stream: Any, targets: MemberTargets, prev: np.ndarray, first: int | None,
+                  last: int | None) -> dict[str, np.ndarray] | None:
+    if not stream.seen:
+        return None  # no bars in the range: nothing to go on from
+    return _symbol_state(targets.state_arrays(), stream.tail(), prev, stream.seen, first, last)
+
+
+def _streamed_part(store: BarStore, symbol: str, start: Any, end: Any, members: Sequence[Member], rows: int,
+                   keep_state: bool) -> tuple:
+    """One symbol's events in time chunks: ``(table, bars, first_ns, last_ns, state or None, bars read)``."""
+    from .cache import stream_key
+    from .stream import SymbolStream
+
+    targets = MemberTargets(members, symbol, stream_key(store.symbol_fingerprint(symbol), start))
+    stream = SymbolStream(store, symbol, start, end, rows, targets.halo, len(members), np.int8, targets)
+    prev = np.zeros(len(members), dtype=np.int64)
+    pieces, first, last = _stream_events(stream, len(members), prev)
+    table = pa.concat_tables(pieces) if pieces else _empty_events()
+    table = table.sort_by([("member", "ascending"), ("timestamp", "ascending")])
+    state = _stream_state(stream, targets, prev, first, last) if keep_state else None
+    return table, stream.seen, first, last, state, stream.seen
+
+
+def _continued_part(store: BarStore, symbol: str, end: Any, members: Sequence[Member], rows: int,
+                    cont: Continue) -> tuple:
+    """A symbol that only grew, from the previous set's state and part: only the bars after its last are read.
+
+    The previous part's events (checked against the sha256 its manifest recorded), then
+    the new bars' events, computed from the saved state: what a full generation gives.
+    """
+    from .bars.schema import VALUE_COLUMNS
+    from .errors import StorageError
+    from .kernels.stats import PeriodsPerYearStream
+    from .stream import SymbolStream
+    from .sweep.incremental import Resume, read_state
+
+    rec = cont.part["state"]
+    saved = read_state(Resume(cont.set_ref, rec["file"], rec["size"], rec["sha256"]))
+    where = cont.set_ref.open().display(rec["file"])
+    try:
+        seen, first0, last0 = (int(v) for v in saved["i8"])
+        tail = {"timestamp": saved["tail_ts"], **{c: saved["tail"][j] for j, c in enumerate(VALUE_COLUMNS)}}
+        prev = np.array(saved["prev"], dtype=np.int64)
+    except (KeyError, ValueError, IndexError):
+        raise StorageError("saved engine state of a signal part lacks its counters, halo bars or targets",
+                           file=where, symbol=symbol, hint="rerun with --force to generate the set in full") from None
+    if seen != cont.part["bars"] or last0 != cont.part["last_ns"] or len(prev) != len(members):
+        raise StorageError(f"saved engine state does not match its part ({seen} bars to {last0}, the part has "
+                           f"{cont.part['bars']} to {cont.part['last_ns']})", file=where, symbol=symbol,
+                           hint="rerun with --force to generate the set in full")
+    old = read_verified_part(cont.set_ref, cont.part, symbol)
+    targets = MemberTargets(members, symbol, "")
+    targets.restore(saved, where)
+    begin = last0 + 1  # the range's start is at or before the first bar the previous set read
+    stream = SymbolStream(store, symbol, begin, end, rows, targets.halo, len(members), np.int8, targets)
+    stream.restore(seen, tail, prev.astype(np.int8), np.nan, np.nan, PeriodsPerYearStream())
+    pieces, _, last = _stream_events(stream, len(members), prev)
+    table = pa.concat_tables([old.select(["member", "timestamp", "target"]), *pieces])
+    table = table.sort_by([("member", "ascending"), ("timestamp", "ascending")])
+    last = last0 if last is None else last
+    state = _symbol_state(targets.state_arrays(), stream.tail(), prev, stream.seen, first0, last)
+    return table, stream.seen, first0, last, state, stream.seen - seen
+
+
+def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Sequence[Member],
+                cache_ref: StorageRef | None, keep_state: bool) -> tuple:
+    """One symbol's events from its whole history: ``(table, bars, first_ns, last_ns, state or None)``.
+
+    With ``keep_state`` (built-in members) the targets come from the same rule kernel as
+    :func:`~admf_dask.backtest.batch_targets`, as one chunk, so that its end state is kept,
+    with the indicators' end states (those loaded from the storage cache have none and are
+    run once more, as one chunk, for it) and the last ``max(1, halo)`` bars: the state a
+    stream over the same bars ends in.
+    """
+    from .backtest import _f64, batch_targets
     from .cache import build_indicator_set
     from .indicators import IndicatorPlan
-    from .strategies import direction_code, get_strategy, prepare_batch
+    from .kernels.state import run_state_init
+    from .kernels.strategies import strategy_targets_chunk
+    from .strategies import get_strategy
 
     plan = IndicatorPlan.from_requests(spec for m in members for spec in get_strategy(m.strategy).specs(m.params))
     iset = build_indicator_set(store.ref, symbol, start, end, plan.specs, cache_ref, fingerprint=store.fingerprint)
-    targets = np.empty((len(members), len(iset.bars)), dtype=np.int8)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for k, m in enumerate(members):
-        groups.setdefault((m.strategy, m.direction), []).append(k)
-    for (strategy, direction), ks in groups.items():
-        batch = prepare_batch(strategy, [members[k].params for k in ks])
-        targets[ks] = batch_targets(iset, batch, direction_code(direction))
-    table = _events_table(iset.bars.timestamp, targets)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    raw = buf.getvalue()
-    storage.write_bytes(raw, name)
-    ts = iset.bars.timestamp
-    n = len(ts)
-    return raw, table.num_rows, n, int(ts[0]) if n else None, int(ts[-1]) if n else None
+    bars = iset.bars
+    n = len(bars)
+    targets = np.empty((len(members), n), dtype=np.int8)
+    keep_state = keep_state and n > 0
+    groups: dict[str, np.ndarray] = {}
+    ends: dict[str, np.ndarray] = dict(iset.states)
+    halo = 0
+    for g, (ks, batch, code) in enumerate(_member_groups(members)):
+        if not keep_state:
+            targets[ks] = batch_targets(iset, batch, code)
+            continue
+        matrix, rows = iset.stacked(batch.rows)
+        run = run_state_init(len(ks), 0.0)
+        targets[ks] = strategy_targets_chunk(batch.strategy.kind, matrix, rows[batch.idx], batch.fparams,
+                                             _f64(bars.columns["close"]), 0, 0, run, code)
+        ind = {}
+        for spec in batch.plan.specs:
+            if spec.token not in ends:
+                _, ends[spec.token] = spec.compute_chunk(bars.columns, 0, spec.init_state())
+            ind[spec.token] = ends[spec.token]
+            halo = max(halo, spec.halo)
+        groups.update(_group_state(g, run, matrix[rows, -1], ind))
+    table = _events_table(bars.timestamp, targets)
+    ts = bars.timestamp
+    state = None
+    if keep_state:
+        keep = min(max(1, halo), n)
+        tail = {"timestamp": ts[-keep:], **{c: v[-keep:] for c, v in bars.columns.items()}}
+        state = _symbol_state(groups, tail, targets[:, -1].astype(np.int64), n, int(ts[0]), int(ts[-1]))
+    return table, n, int(ts[0]) if n else None, int(ts[-1]) if n else None, state
 
 
 def _events_table(timestamps: np.ndarray, targets: np.ndarray) -> pa.Table:
@@ -440,17 +680,7 @@ class SignalSet:
         if entry is None:
             raise DataError(f"signal set {self.set_id} has no part for {symbol}", symbol=symbol, file=self.ref.url,
                             hint=did_you_mean(symbol, self.symbols) or "replay the set's own symbols")
-        storage = self.ref.open()
-        where = storage.display(entry["file"])
-        try:
-            raw = storage.read_bytes(entry["file"])
-        except FileNotFoundError:
-            raise DataError(f"signal part {where} listed in the manifest is missing", file=where, symbol=symbol,
-                            hint="regenerate the set with `admf signals --force`") from None
-        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-            raise DataError(f"signal part {where} fails its checksum", file=where, symbol=symbol,
-                            hint="regenerate the set with `admf signals --force`")
-        return pq.read_table(io.BytesIO(raw))
+        return read_verified_part(self.ref, entry, symbol)
 
     def load(self, symbol: str, bars: Bars) -> np.ndarray:
         """The members' dense targets on ``bars`` (int8, K x n), from the verified part of ``symbol``."""
@@ -480,6 +710,21 @@ class SignalSet:
                 "events": sum(p["events"] for p in parts)}
 
 
+def read_verified_part(set_ref: StorageRef, entry: Mapping[str, Any], symbol: str) -> pa.Table:
+    """The events of a part (``entry`` of a set's manifest), checked against the sha256 recorded at commit."""
+    storage = set_ref.open()
+    where = storage.display(entry["file"])
+    try:
+        raw = storage.read_bytes(entry["file"])
+    except FileNotFoundError:
+        raise DataError(f"signal part {where} listed in the manifest is missing", file=where, symbol=symbol,
+                        hint="regenerate the set with `admf signals --force`") from None
+    if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+        raise DataError(f"signal part {where} fails its checksum", file=where, symbol=symbol,
+                        hint="regenerate the set with `admf signals --force`")
+    return pq.read_table(io.BytesIO(raw))
+
+
 def set_identity(plan: _Plan, bars: BarStore) -> dict[str, Any]:
     return {"signals": [asdict(m) for m in plan.members], "costs": plan.costs, "data": bars.fingerprint,
             "symbols": list(plan.symbols), "start": plan.start, "end": plan.end, "version": __version__}
@@ -492,28 +737,38 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
 
     Runs as batched tasks (a few symbols each) on ``client`` (a Client, or a function
     that connects one, called only if there is work); writes the manifest last.
-    An existing complete set is returned as it is (``force`` rewrites it).
+    An existing complete set is returned as it is (``force`` rewrites it, in full).
     While writing, this process holds the set's lease (:mod:`admf_dask.runs`): another
     process writing it raises BusyError (exit 75), or with ``wait`` is waited for.
+
+    Incremental: a set of built-in members saves each symbol's end state. When the same
+    configuration (the set identity but the data) was generated before (the chain
+    pointer ``signals/_chain/<key>.json`` names its last complete set), each symbol whose
+    current version extends the one that set saw by appended bars only continues from
+    that set's state and part, reading only the new bars; the others are generated in
+    full. The manifest's ``summary`` says which and how many bars were read.
     """
     from .runs import run_lease
 
     plan = _resolve(config, bars, root)
     for s in plan.symbols:
         bars.entry(s)  # unknown symbols fail here, with a suggestion
-    set_id = token(set_identity(plan, bars))[:16]
+    identity = set_identity(plan, bars)
+    set_id = token(identity)[:16]
     ref = root.child("signals", set_id)
     with run_lease(root, "signals", set_id, wait=wait, echo=echo,
                    complete=None if force else lambda: ref.open().exists(MANIFEST)) as lease:
-        return _generate_signals(config, plan, set_id, bars, root, client, force=force, echo=echo,
+        return _generate_signals(config, plan, identity, set_id, bars, root, client, force=force, echo=echo,
                                  progress=progress, lease=lease)
 
 
-def _generate_signals(config: SignalsConfig, plan: _Plan, set_id: str, bars: BarStore, root: StorageRef,
+def _generate_signals(config: SignalsConfig, plan: _Plan, identity: dict[str, Any], set_id: str, bars: BarStore,
+                      root: StorageRef,
                       client: Any, *, force: bool, echo: Callable[[str], None], progress: bool,
                       lease: Any) -> SignalSet:
     """:func:`generate_signals`' work, under the set's ``lease`` (confirmed before the manifest is written)."""
     from .cluster import ensure_client, run_tasks
+    from .sweep.incremental import chain_key
 
     ref = root.child("signals", set_id)
     storage = ref.open()
@@ -524,23 +779,99 @@ def _generate_signals(config: SignalsConfig, plan: _Plan, set_id: str, bars: Bar
         echo(f"signal set {set_id} is already complete")
         return SignalSet.open(ref)
     echo(f"signal set {set_id}: {len(plan.members)} configuration(s) x {len(plan.symbols)} symbol(s)")
+    keep_state = resumable(plan.members)
+    if force:
+        prev_id, resume, note = None, {}, "--force: generated in full"
+    else:
+        prev_id, resume, note = _plan_continue(root, identity, plan, bars, keep_state)
+    echo(f"  {note}")
     client = ensure_client(client)
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
     per_task = max(1, math.ceil(len(plan.symbols) / (4 * max(threads, 1))))
     groups = [plan.symbols[i:i + per_task] for i in range(0, len(plan.symbols), per_task)]
     rows = _chunk_rows(config, client, plan.members)
+    # Keys unique to this call: a task of another root's set of the same id, or of an attempt that failed
+    # here, must not stand in for this one. On an error the run waits for the tasks already running, so that
+    # none is still writing into the set's directory when the call returns (and --force removes it).
+    nonce = uuid.uuid4().hex[:8]
     results = run_tasks(client, _write_group, [(ref, bars.ref, bars.fingerprint, g, plan.start, plan.end,
-                                                plan.members, rows, root.child("cache")) for g in groups],
-                        label="signals", progress=progress, retries=config.retries,
-                        keys=[f"signals-{set_id}-{i}" for i in range(len(groups))])
-    parts = {e["symbol"]: {k: v for k, v in e.items() if k != "symbol"} for entries in results for e in entries}
+                                                plan.members, rows, root.child("cache"), keep_state,
+                                                {s: resume[s] for s in g if s in resume}) for g in groups],
+                        label="signals", progress=progress, retries=config.retries, drain_on_error=True,
+                        keys=[f"signals-{set_id}-{nonce}-{i}" for i in range(len(groups))])
+    entries = [e for group in results for e in group]
+    parts = {e["symbol"]: {k: v for k, v in e.items() if k not in ("symbol", "read")} for e in entries}
+    summary = {"incremental_from": prev_id, "incremental_symbols": len(resume),
+               "full_symbols": len(plan.symbols) - len(resume), "bars_read": int(sum(e["read"] for e in entries)),
+               "note": note}
     manifest = {"format": FORMAT, "set_id": set_id, "version": __version__, "data_fingerprint": bars.fingerprint,
                 "bars": bars.url, "symbols": list(plan.symbols), "start": plan.start, "end": plan.end,
                 "members": [{**asdict(m), "label": m.label} for m in plan.members], "costs": plan.costs,
-                "source": plan.source, "parts": parts}
+                "source": plan.source, "parts": parts, "resumable": keep_state,
+                "symbol_versions": {s: bars.symbol_fingerprint(s) for s in plan.symbols}, "summary": summary}
     lease.confirm()
     storage.write_json(manifest, MANIFEST)  # the commit point
+    if keep_state:  # then the chain: the next set of this configuration goes on from this one
+        root.child("signals").open().write_json({"set_id": set_id}, f"{CHAIN}/{chain_key(identity)}.json")
+    echo(f"  {summary['incremental_symbols']} symbol(s) incremental, {summary['full_symbols']} in full, "
+         f"{summary['bars_read']:,} bars read")
     return SignalSet(ref, manifest)
+
+
+def _plan_continue(root: StorageRef, identity: dict[str, Any], plan: _Plan, bars: BarStore,
+                   keep_state: bool) -> tuple[str | None, dict[str, Continue], str]:
+    """The last complete set of this configuration and the symbols that continue from it: ``(set id, resume, note)``.
+
+    A symbol continues when that set saved its state and the symbol's current version is
+    the one that set saw or extends it by appended bars only (the bar store's ``lineage``);
+    the others are generated in full. ``note`` says in a line what happens and why.
+    """
+    from .sweep.incremental import chain_key, extends
+
+    if not keep_state:
+        return None, {}, "generated in full: a user strategy's state is not saved (not resumable)"
+    storage = root.child("signals").open()
+    pointer = f"{CHAIN}/{chain_key(identity)}.json"
+    if not storage.exists(pointer):
+        return None, {}, "generated in full: no earlier set of this configuration"
+    try:
+        prev_id = str(storage.read_json(pointer)["set_id"])
+        prev = SignalSet.open(root.child("signals", prev_id))
+    except (DataError, KeyError, ValueError, TypeError) as exc:
+        return None, {}, f"generated in full: the last set of this configuration cannot be read ({exc})"
+    m = prev.manifest
+    if (m.get("version") != __version__ or not m.get("resumable") or m.get("symbols") != list(plan.symbols)
+            or [{k: v for k, v in x.items() if k != "label"} for x in m["members"]] != identity["signals"]):
+        return None, {}, f"generated in full: the last set {prev_id} cannot be continued (other members, " \
+                         f"symbols or version, or no saved state)"
+    versions = m.get("symbol_versions") or {}
+    resume, changed = {}, []
+    for s in plan.symbols:
+        part = m["parts"][s]
+        if part.get("state") and s in versions and extends(bars, s, versions[s]):
+            resume[s] = Continue(prev.ref, dict(part))
+        else:
+            changed.append(s)
+    if not resume:
+        return None, {}, f"generated in full: no symbol of set {prev_id} only grew (history changed or no state)"
+    note = f"incremental: continuing from set {prev_id}: {len(resume)} symbol(s) only grew"
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        note += f"; {len(changed)} generated in full (history changed, not only appended): {shown}"
+    return prev_id, resume, note
+
+
+def list_signal_sets(root: StorageRef) -> list[str]:
+    """The ids of the complete signal sets under ``<root>/signals`` (their manifest present), sorted.
+
+    Entries whose names start with ``_`` (the chain pointers, ``_chain/``) are not sets.
+    """
+    storage = root.child("signals").open()
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in storage.fs.ls(storage.path(), detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if not n.startswith("_") and storage.exists(n, MANIFEST))
 
 
 def _chunk_rows(config: SignalsConfig, client: Any, members: Sequence[Member]) -> int:
