@@ -314,7 +314,13 @@ class Storage:
     def copy(self, src: str, dst: str) -> None:
         """Copy a file (paths relative to the root); on S3 a server-side copy."""
         try:
-            self.fs.copy(self.path(src), self.path(dst))
+            if self.conditional:  # one CopyObject (fsspec's copy lists and heads the source first)
+                bucket, key, _ = self.fs.split_path(self.path(dst))
+                src_bucket, src_key, _ = self.fs.split_path(self.path(src))
+                self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
+                                CopySource={"Bucket": src_bucket, "Key": src_key})
+            else:
+                self.fs.copy(self.path(src), self.path(dst))
             if not self.is_local:
                 self.fs.invalidate_cache(posixpath.dirname(self.path(dst)))
         except FileNotFoundError:

@@ -52,6 +52,7 @@ FORMAT = "admf-bars"
 _MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 # A commit that keeps losing to other writers gives up after this many tries (jittered backoff between).
 _COMMIT_ATTEMPTS = 60
+_BACKOFF, _BACKOFF_MAX = 0.05, 2.0  # seconds: the first pause after a lost race is up to 0.1 s, then doubling
 
 
 def to_ns(when: object, default: int) -> int:
@@ -199,9 +200,9 @@ class BarStore:
         >>> march = store.symbol_fingerprint("AAA")
         >>> update = store.update([generate_bars("AAA", "2024-04-01", "2024-04-30", seed=2)], mode="append")
         >>> update.changes["AAA"].line()
-        'AAA: append, +22 bars (64 -> 86 rows)'
+        'AAA: append, +22 bars (65 -> 87 rows)'
         >>> store.extends("AAA", march), store.extends("AAA", store.symbol_fingerprint("AAA"))
-        (64, 86)
+        (65, 87)
         >>> _ = store.update([generate_bars("AAA", "2024-02-01", "2024-02-29", seed=3)], on_conflict="new")
         >>> store.entry("AAA")["change"], store.extends("AAA", march)
         ('merge', None)
@@ -619,7 +620,7 @@ class BarStore:
             for b in bars:
                 if b.symbol in plans:
                     raise DataError("symbol given twice in one write", symbol=b.symbol, rule="symbol-unique")
-                txn = txn or Txn.begin(self.storage)
+                txn = txn or Txn(self.storage)
 
                 def planner(entry, b=b, txn=txn):
                     return plan_bars(self, txn, b, entry, mode=mode, on_conflict=on_conflict,
@@ -691,6 +692,7 @@ class BarStore:
         """
         storage = self.storage
         moved: set[str] = set()
+        journaled: tuple | None = None
         manifest: dict[str, Any] | None = None
         try:
             for attempt in range(_COMMIT_ATTEMPTS):
@@ -712,7 +714,10 @@ class BarStore:
                     dropped = _listed(current) - listed
                     moves = {final: path for plan in plans.values() for final, path in plan.staged.items()
                              if final not in moved}
-                    txn.write_record(add=sorted(moved | set(moves)), drop=sorted(dropped))
+                    journal = (sorted(moved | set(moves)), sorted(dropped))
+                    if journal != journaled:
+                        txn.write_record(*journal)
+                        journaled = journal
                     for final, path in moves.items():
                         if storage.conditional:  # copy: a redone plan may read the staged file again
                             storage.copy(path, final)
@@ -722,7 +727,8 @@ class BarStore:
                     if storage.write_if(json.dumps(manifest, indent=1, sort_keys=True).encode(), MANIFEST,
                                         version=version):
                         break
-                time.sleep(random.uniform(0.005, min(0.5, 0.01 * 1.5 ** attempt)))
+                # lost to another writer (S3 only): back off, full jitter, so that contenders spread out
+                time.sleep(random.uniform(0, min(_BACKOFF_MAX, _BACKOFF * 2 ** attempt)))
             else:
                 raise StorageError(f"could not commit: other writers changed the manifest {_COMMIT_ATTEMPTS} times "
                                    "in a row", file=storage.display(MANIFEST), hint="run it again")

@@ -142,7 +142,7 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
         check_symbol(s)
     source = {"kind": "synthetic", **spec.to_dict()}
     entries: list[dict] = []
-    txn = Txn.begin(store.storage)
+    txn = Txn(store.storage)
     try:
         if client is None:
             bar = Progress("generate", len(symbols), enabled=progress)

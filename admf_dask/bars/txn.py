@@ -3,7 +3,7 @@
 While a writer works, its new data files live under the dataset in a directory of
 its own, where readers that glob the dataset do not look::
 
-    _staging/<txn>/_txn.json                      who writes (host, pid, times) and the journal
+    _staging/<txn>/_txn.json                      the journal (written just before the moves)
     _staging/<txn>/_<symbol>.<year>.<hash>.staged  a new data file (Parquet bytes)
 
 Why these names: pyarrow.dataset skips paths with a component starting with ``_``
@@ -25,12 +25,14 @@ the paths it is about to add and the listed paths its commit supersedes. If it
 dies between the moves and the manifest write, a later commit (by any writer)
 finds the record, sees the writer is dead (same host and the process is gone, or
 the record is older than :data:`STALE_SECONDS`), and removes those paths that the
-manifest does not list, then the directory.
+manifest does not list, then the directory. A transaction's id names its host and
+process, so live writers are told apart without reading their records.
 """
 
 from __future__ import annotations
 
 import calendar
+import hashlib
 import json
 import os
 import socket
@@ -48,15 +50,17 @@ LOCK = "_dataset.lock"
 RECORD = "_txn.json"
 # A transaction whose writer cannot be checked (another host) is taken as dead after this long.
 STALE_SECONDS = 24 * 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 class Txn:
-    """One writer's transaction: a staging directory under the dataset and its record.
+    """One writer's transaction: a staging directory under the dataset, and its journal.
 
-    ``Txn.begin(storage)`` writes the record; staging writes go to
-    :meth:`staged_path`; :meth:`finish` (after the commit) or :meth:`abort` (instead
-    of it) removes the directory. A ``Txn`` made from an id only (``Txn(storage, id)``)
-    is how workers stage files of a transaction that the client began.
+    ``Txn(storage)`` starts one (nothing is written until something is staged);
+    staging writes go to :meth:`staged_path`; :meth:`write_record` journals the
+    moves before the commit makes them; :meth:`finish` (after the commit) or
+    :meth:`abort` (instead of it) removes the directory. ``Txn(storage, id)`` is how
+    workers stage files of a transaction that the client started.
     """
 
     def __init__(self, storage: Storage, txn_id: str | None = None) -> None:
@@ -64,15 +68,9 @@ class Txn:
         self.id = txn_id or new_id()
         self.started = time.time()
 
-    @classmethod
-    def begin(cls, storage: Storage) -> Txn:
-        txn = cls(storage)
-        txn.write_record()
-        return txn
-
     @property
     def tag(self) -> str:
-        """What makes this transaction's file names its own (the id's random part)."""
+        """What makes this transaction's file names its own (8 digits of the id's random part)."""
         return self.id.rsplit("-", 1)[-1][:8]
 
     @property
@@ -107,48 +105,60 @@ class Txn:
 
 
 def new_id() -> str:
-    """A transaction id: UTC time (sortable, tells the age) and 12 random hex digits."""
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+    """A transaction id: ``<UTC time>-<host tag>-<pid>-<12 random hex digits>``.
+
+    The time tells the age and the host and pid who writes, so a clean-up can tell a
+    live writer from a dead one without reading its record.
+    """
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _parse_id(txn_id: str) -> tuple[float, str | None, int | None] | None:
+    """(start time, host tag, pid) of a transaction id; host and pid None for ids without them; None if not an id."""
+    parts = txn_id.split("-")
+    try:
+        started = calendar.timegm(time.strptime(parts[0], "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return None
+    if len(parts) == 4 and parts[2].isdigit():
+        return started, parts[1], int(parts[2])
+    return started, None, None
 
 
 def recover(storage: Storage, listed: set[str], own: set[str] = frozenset()) -> list[str]:
     """Clean up after writers that died: their journaled, unlisted paths and their staging.
 
     ``listed`` is every path of the manifest just committed. Transactions in ``own``
-    and those of live writers are left alone. Returns the ids removed.
+    and those of live writers are left alone: a writer on this host is dead when its
+    process is gone; one elsewhere when its record has not changed for
+    :data:`STALE_SECONDS`. Only the records of writers that look dead are read.
+    Returns the ids removed.
     """
     removed = []
+    now = time.time()
     for txn_id in storage.listdir(STAGING):
-        if txn_id in own:
+        parsed = _parse_id(txn_id)
+        if txn_id in own or parsed is None:
+            continue
+        started, host, pid = parsed
+        if host == _HOST:
+            if _alive(pid):
+                continue
+        elif now - started <= STALE_SECONDS:
             continue
         raw, _ = storage.read_versioned(STAGING, txn_id, RECORD)
         try:
-            record = json.loads(raw) if raw is not None else None
+            record = json.loads(raw) if raw is not None else {}
         except ValueError:
-            record = None
-        if not _dead(storage, txn_id, record):
-            continue
-        if record is not None:
-            storage.remove([p for p in [*record.get("add", []), *record.get("drop", [])] if p not in listed])
+            record = {}
+        if host != _HOST and now - float(record.get("updated", started)) <= STALE_SECONDS:
+            continue  # a long transaction elsewhere that wrote its journal lately
+        storage.remove([p for p in [*record.get("add", []), *record.get("drop", [])] if p not in listed])
         storage.remove_tree(STAGING, txn_id)
         removed.append(txn_id)
     if removed:
         storage.prune(STAGING)
     return removed
-
-
-def _dead(storage: Storage, txn_id: str, record: dict[str, Any] | None) -> bool:
-    """Whether a transaction's writer is gone: its process (on this host), or no sign of life for a day."""
-    now = time.time()
-    if record is None:  # no record yet (or a broken one): judge by the time in the id
-        try:
-            started = calendar.timegm(time.strptime(txn_id.split("-", 1)[0], "%Y%m%dT%H%M%S"))
-        except ValueError:
-            return False  # not ours: leave it
-        return now - started > STALE_SECONDS
-    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-        return not _alive(record["pid"])
-    return now - float(record.get("updated", record.get("started", now))) > STALE_SECONDS
 
 
 def _alive(pid: int) -> bool:

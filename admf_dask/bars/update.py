@@ -134,12 +134,12 @@ def write_symbol_files(storage: Storage, bars: Bars, txn: Txn | str | None = Non
     place by the commit. The entry's ``"staged"`` maps each file's final path to its
     staged one and ``"txn"`` names the transaction. Runs on workers in parallel writes:
     it takes a :class:`Storage` and a transaction id, not the store. Without ``txn`` a
-    transaction of its own is begun.
+    transaction of its own is started.
     """
     check_symbol(bars.symbol)
     if len(bars.timestamp) == 0:
         raise DataError("no bars to write", symbol=bars.symbol, rule="non-empty")
-    txn = Txn.begin(storage) if txn is None else txn if isinstance(txn, Txn) else Txn(storage, txn)
+    txn = Txn(storage) if txn is None else txn if isinstance(txn, Txn) else Txn(storage, txn)
     files, staged = _stage_all(storage, txn, bars)
     return {"symbol": bars.symbol, **make_entry(files), "staged": staged, "txn": txn.id}
 
@@ -177,10 +177,9 @@ class SymbolChange:
         elif self.change == "replace":
             text = f"replace, removed {self.removed:,} stored rows, wrote {self.rows:,} {span}"
         else:
-            text = f"{self.change}, +{self.added:,} bars"
-            if self.overwritten:
-                text += f", {self.overwritten:,} overwritten"
-            text += f" {span}"
+            parts = [f"+{self.added:,} bar{'s' if self.added != 1 else ''}"] if self.added else []
+            parts += [f"{self.overwritten:,} overwritten"] if self.overwritten else []
+            text = f"{', '.join([self.change, *parts])} {span}"
         if self.kept:
             text += f"; {self.kept:,} differing new bars ignored, stored ones kept"
         return f"{self.symbol}: {text}"
@@ -320,8 +319,8 @@ def _merge(store: Any, txn: Txn, bars: Bars, base: dict[str, Any], on_conflict: 
         raise DataError(f"the bar at {iso(at)} differs from the stored one ({col}: stored {old!r}, new {new_value!r})"
                         + (f"; {differ_total:,} overlapping bars differ" if differ_total > 1 else ""),
                         symbol=symbol, file=file, rule="merge-conflict",
-                        hint="pass --on-conflict new to take the new bars or --on-conflict old to keep the stored "
-                             "ones (on_conflict=), or --mode replace")
+                        hint="pass --on-conflict new to take the new bars or old to keep the stored ones, "
+                             "or use --mode replace")
     if added == 0 and overwritten == 0:
         change = "unchanged"
     elif overwritten == 0 and first_added > base["last_ns"]:
