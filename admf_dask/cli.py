@@ -285,15 +285,31 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
 @click.option("--symbol", help="Symbol for a single file without a symbol column (default: the file name).")
 @click.option("--tz", default="UTC", show_default=True,
               help="Time zone of timestamps that carry no offset, e.g. America/New_York.")
+@click.option("--mode", type=click.Choice(["merge", "append", "replace"]), default="merge", show_default=True,
+              help="merge: add the bars to the stored ones by timestamp; append: only bars after the stored "
+                   "last bar; replace: the files become the symbols' whole history.")
+@click.option("--on-conflict", type=click.Choice(["new", "old"]),
+              help="merge: a stored bar whose values differ from the new one at the same time is an error; "
+                   "new takes the new bar, old keeps the stored one.")
 @click.option("--repair", is_flag=True, help="Sort rows by time and drop exact duplicate rows, reporting each change.")
 @click.option("--adjust", is_flag=True, help="Scale open/high/low/close by Adj Close / Close.")
 @storage_option
-def ingest(store, files, symbol, tz, repair, adjust, storage_options) -> None:
+def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, storage_options) -> None:
     """Validate CSV or Parquet FILEs and add them to STORE, all or nothing.
 
     A file holds one symbol (named by --symbol or the file name) or many (a symbol
-    or ticker column). Any problem stops the ingest with the file, symbol, line and
-    rule, and the store stays exactly as it was. Symbols already in STORE are replaced.
+    or ticker column). Stored history is kept: by default the new bars are merged
+    with the stored ones, and a bar that differs from the stored one at the same
+    time stops the ingest (unless --on-conflict). --mode append takes only bars
+    after the stored last one; --mode replace replaces the symbols' history and
+    says how many stored rows it removed. One line per symbol says what changed.
+    Any problem stops the ingest with the file, symbol, line or timestamp and the
+    rule, and the store stays exactly as it was. Ingests into one store may run at
+    the same time.
+
+    \b
+    Example (a nightly file of new bars):
+        admf ingest data/bars vendor/2024-06-03/*.csv --mode append
     """
     from .bars import BarStore
     from .bars import ingest as do_ingest
@@ -301,7 +317,7 @@ def ingest(store, files, symbol, tz, repair, adjust, storage_options) -> None:
     session = _session()
     session.data = {"store": store}
     report = do_ingest(BarStore(store, _options(storage_options)), list(files), symbol=symbol, tz=tz,
-                       repair=repair, adjust=adjust, storage_options=None)
+                       repair=repair, adjust=adjust, storage_options=None, mode=mode, on_conflict=on_conflict)
     session.data.update(ingest_data(report))
     session.output("\n".join(report.lines()))
 

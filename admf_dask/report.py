@@ -117,9 +117,14 @@ def run_data(result: Any) -> dict[str, Any]:
 
 
 def ingest_data(report: Any) -> dict[str, Any]:
-    """An ingest report for ``--json``: ``symbols``, ``bars``, ``rows`` per symbol, ``repairs``, ``fingerprint``."""
+    """An ingest report for ``--json``: ``symbols``, ``bars``, ``rows`` per symbol, ``repairs``, ``fingerprint``,
+    the ``mode`` and each symbol's ``changes`` (change, rows before and after, bars added/overwritten/removed)."""
+    from dataclasses import asdict
+
     return {"symbols": len(report.rows), "bars": sum(report.rows.values()), "rows": dict(report.rows),
-            "repairs": list(report.repairs), "fingerprint": report.fingerprint}
+            "repairs": list(report.repairs), "fingerprint": report.fingerprint,
+            "mode": getattr(report, "mode", None),
+            "changes": {s: asdict(c) for s, c in getattr(report, "changes", {}).items()}}
 
 
 def format_signal_set(signal_set: Any) -> list[str]:

@@ -9,6 +9,14 @@ in one PUT; readers trust only what a manifest lists and never list a prefix to
 decide what is complete. On local disk a single-file write goes to a temporary
 name first and is renamed into place, so a reader never sees half a file.
 
+Read-modify-write of one file by several processes (a dataset manifest) uses
+:meth:`Storage.read_versioned` and :meth:`Storage.write_if` inside
+:meth:`Storage.exclusive`: on S3 the write is a conditional PUT (``If-Match`` the
+ETag of the bytes read, ``If-None-Match: *`` for a first write) and the lock is a
+no-op; on local disk the lock is ``fcntl.flock`` on a lock file and the write is
+plain; on other filesystems (``memory://``, ...) the lock is process-local, so
+only writers within one process are serialised there.
+
 A :class:`StorageRef` is the picklable description of a root (URL + options)
 that tasks receive; workers open their own filesystem from it.
 """
@@ -18,6 +26,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,6 +144,11 @@ class Storage:
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
 
+    @property
+    def conditional(self) -> bool:
+        """Whether writes can be conditional on the version read (S3: If-Match / If-None-Match)."""
+        return "s3" in _protocols(self.fs)
+
     def path(self, *parts: str) -> str:
         """Filesystem path (no protocol) of ``parts`` under the root."""
         return _join(self.root, *parts)
@@ -214,7 +230,219 @@ class Storage:
         for rel in paths:
             full = self.path(rel)
             try:
-                if self.fs.exists(full):
+                if self.is_local:
+                    os.remove(full)
+                    self._prune_parents(full)
+                elif self.fs.exists(full):
                     self.fs.rm(full)
-            except OSError:  # best effort: an orphan file is invisible to readers anyway
+            except OSError:  # best effort: missing already, or an orphan that a later commit removes
                 pass
+
+    def _prune_parents(self, full: str) -> None:
+        """Remove the now empty local directories above a removed file, up to the root."""
+        parent = os.path.dirname(full)
+        while len(parent) > len(self.root) and parent.startswith(self.root):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                return
+            parent = os.path.dirname(parent)
+
+    def remove_tree(self, *parts: str) -> None:
+        """Remove a directory (prefix) and everything under it; a missing one is ignored."""
+        full = self.path(*parts)
+        try:
+            if self.is_local:
+                import shutil
+
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                self.fs.invalidate_cache(full)
+                self.fs.rm(full, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def prune(self, *parts: str) -> None:
+        """Remove a local directory if it is empty (object stores have no directories)."""
+        if self.is_local:
+            try:
+                os.rmdir(self.path(*parts))
+            except OSError:
+                pass
+
+    def listdir(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under a directory or prefix; none if it does not exist."""
+        full = self.path(*parts)
+        try:
+            if self.is_local:
+                return sorted(os.listdir(full))
+            self.fs.invalidate_cache(full)
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(full, detail=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move a file (paths relative to the root) to a new name, replacing nothing that is there.
+
+        Local disk: one ``os.replace`` (atomic). S3: a server-side copy, then the source
+        is deleted. Other filesystems: their ``mv``.
+        """
+        try:
+            if self.is_local:
+                target = self.path(dst)
+                for attempt in range(5):  # a concurrent _prune_parents may remove the directory just made
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    try:
+                        os.replace(self.path(src), target)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 4 or not os.path.exists(self.path(src)):
+                            raise
+            elif self.conditional:
+                self.fs.copy(self.path(src), self.path(dst))
+                self.fs.rm(self.path(src))
+                self.fs.invalidate_cache(posixpath.dirname(self.path(dst)))
+            else:
+                self.fs.mv(self.path(src), self.path(dst))
+        except FileNotFoundError:
+            raise StorageError("a staged file is missing", file=self.display(src),
+                               hint="another writer's clean-up removed it (was this write idle for a day?); "
+                                    "run it again") from None
+        except OSError as exc:
+            raise StorageError(f"cannot move into place: {exc}", file=self.display(dst)) from exc
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy a file (paths relative to the root); on S3 a server-side copy."""
+        try:
+            if self.conditional:  # one CopyObject (fsspec's copy lists and heads the source first)
+                bucket, key, _ = self.fs.split_path(self.path(dst))
+                src_bucket, src_key, _ = self.fs.split_path(self.path(src))
+                self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
+                                CopySource={"Bucket": src_bucket, "Key": src_key})
+            else:
+                self.fs.copy(self.path(src), self.path(dst))
+            if not self.is_local:
+                self.fs.invalidate_cache(posixpath.dirname(self.path(dst)))
+        except FileNotFoundError:
+            raise StorageError("a staged file is missing", file=self.display(src),
+                               hint="another writer's clean-up removed it (was this write idle for a day?); "
+                                    "run it again") from None
+        except OSError as exc:
+            raise StorageError(f"cannot copy into place: {exc}", file=self.display(dst)) from exc
+
+    # ------------------------------------------------------------------ read-modify-write of one file
+    def read_versioned(self, *parts: str) -> tuple[bytes | None, str | None]:
+        """A file's bytes and the version to condition a later :meth:`write_if` on.
+
+        ``(None, None)`` if the file does not exist. On S3 the version is the ETag
+        of the very GetObject response that returned the bytes (no cache in
+        between); elsewhere it is None (writers there are serialised by
+        :meth:`exclusive` instead).
+        """
+        path = self.path(*parts)
+        try:
+            if self.conditional:
+                from fsspec.asyn import sync
+
+                bucket, key, _ = self.fs.split_path(path)
+                return sync(self.fs.loop, _get_object, self.fs, bucket, key)
+            if self.is_local:
+                with open(path, "rb") as f:
+                    return f.read(), None
+            return self.fs.cat_file(path), None
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise StorageError(f"cannot read: {exc}", file=self.display(*parts)) from exc
+
+    def write_if(self, data: bytes, *parts: str, version: str | None) -> bool:
+        """Write a whole file unless it changed since it was read; False if it did.
+
+        On S3 one conditional PUT: ``If-Match: version`` when the file was read with
+        that ETag, ``If-None-Match: *`` when it did not exist (``version`` None); a
+        412 Precondition Failed (or a 409 conditional conflict, or the object gone)
+        returns False. Elsewhere a plain :meth:`write_bytes` that always succeeds:
+        call it inside :meth:`exclusive`.
+        """
+        if not self.conditional:
+            self.write_bytes(data, *parts)
+            return True
+        path = self.path(*parts)
+        bucket, key, _ = self.fs.split_path(path)
+        condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except (FileExistsError, FileNotFoundError):  # If-None-Match failed / the object was deleted
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
+        finally:
+            self.fs.invalidate_cache(path)
+        return True
+
+    @contextmanager
+    def exclusive(self, name: str, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the dataset's writer lock ``name`` (a file under the root) for a read-modify-write.
+
+        Local disk: ``fcntl.flock`` on the lock file, which the kernel releases when
+        the holder dies; waits up to ``timeout`` seconds, then StorageError. S3:
+        nothing (commits are optimistic: :meth:`write_if`). Other filesystems: a lock
+        shared by the threads of this process only.
+        """
+        if self.conditional:
+            yield
+            return
+        if not self.is_local:
+            with _process_lock((type(self.fs).__name__, self.path(name))):
+                yield
+            return
+        import fcntl
+
+        path = self.path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline, pause = time.monotonic() + timeout, 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageError(f"another writer has held the lock for over {timeout:.0f} s",
+                                           file=self.display(name),
+                                           hint="is an ingest or generate still running on this dataset?") from None
+                    time.sleep(pause * random.uniform(0.5, 1.5))
+                    pause = min(pause * 2, 0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+async def _get_object(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    try:
+        return await response["Body"].read(), response["ETag"]
+    finally:
+        response["Body"].close()
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    response = getattr(exc.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
+
+
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(key: tuple[str, str]) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())

@@ -75,13 +75,25 @@ class GenerateStep(SyntheticSpec):
 
 @dataclass(frozen=True)
 class IngestStep:
-    """CSV/Parquet files into a dataset; ``files`` are relative to the workflow file."""
+    """CSV/Parquet files into a dataset; ``files`` are relative to the workflow file.
+
+    ``mode`` is ``merge`` (default: the union with the stored bars by timestamp),
+    ``append`` (only bars after the stored last one) or ``replace``; ``on_conflict``
+    (``new`` or ``old``) settles merged bars whose values differ from the stored ones.
+    """
 
     dataset: str
     files: list[str]
     tz: str = "UTC"
     repair: bool = False
     adjust: bool = False
+    mode: str = "merge"
+    on_conflict: str | None = None
+
+    def __post_init__(self) -> None:
+        from .bars.update import check_mode
+
+        check_mode(self.mode, self.on_conflict)
 
 
 @dataclass(frozen=True)
@@ -291,7 +303,8 @@ def _run_ingest(ctx: Context, step: IngestStep) -> StepResult:
     from .bars import ingest
 
     store = ctx.dataset(step.dataset)
-    report = ingest(store, [ctx.path(f) for f in step.files], tz=step.tz, repair=step.repair, adjust=step.adjust)
+    report = ingest(store, [ctx.path(f) for f in step.files], tz=step.tz, repair=step.repair, adjust=step.adjust,
+                    mode=step.mode, on_conflict=step.on_conflict)
     return StepResult("\n".join(report.lines()), {"dataset": step.dataset, "url": store.url, **ingest_data(report)})
 
 

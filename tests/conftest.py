@@ -53,6 +53,31 @@ def s3(s3_endpoint):
     fs.rm(bucket, recursive=True)
 
 
+@pytest.fixture
+def s3_atomic_puts(s3, monkeypatch):
+    """The ``s3`` bucket, with the moto server deciding conditional PUTs atomically, as S3 does.
+
+    moto (5.2) checks ``If-Match`` / ``If-None-Match`` and then stores the object in
+    separate steps, unlocked, in a threaded server: two PUTs racing on one ETag can
+    both succeed (seen: 128 successful conditional PUTs from 12 processes, only 126
+    of them kept). S3 itself serialises them. This serialises moto's PutObject
+    handler; every request still goes over HTTP to the real server.
+    """
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    put_object = S3Response.put_object
+
+    def atomic_put_object(self, *args, **kwargs):
+        with lock:
+            return put_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
+    return s3
+
+
 def snapshot(fs, root: str) -> dict[str, str]:
     """Every file under ``root`` with a hash of its bytes: to prove nothing changed."""
     try:

@@ -17,6 +17,13 @@ Every file is parsed and validated before anything is written, so any error leav
 the store exactly as it was. With ``repair=True`` rows are sorted by time and exact
 duplicate rows dropped, and the changes are reported; conflicting rows for the same
 timestamp are still an error.
+
+Stored history is respected (``mode``, see :mod:`admf_dask.bars.update`): ``merge``
+(the default) adds the new bars to the stored ones by timestamp, and a stored bar
+whose values differ from the new one is an error unless ``on_conflict`` says which
+wins; ``append`` takes only bars after the stored last one; ``replace`` makes the
+file the symbol's whole history and reports the stored rows it removed. The report
+has one line per symbol saying what changed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import pyarrow.parquet as pq
 from ..errors import DataError
 from .schema import VALUE_COLUMNS, Bars, check_symbol, validate_arrays
 from .store import BarStore
+from .update import SymbolChange, check_mode
 
 __all__ = ["IngestReport", "ingest", "read_source"]
 
@@ -51,15 +59,18 @@ _LOOKUP = {alias: canon for canon, aliases in _ALIASES.items() for alias in alia
 
 @dataclass
 class IngestReport:
-    """What an ingest committed: rows per symbol and any repairs made."""
+    """What an ingest committed: bars read per symbol, each symbol's change, and any repairs made."""
 
     rows: dict[str, int] = field(default_factory=dict)
     repairs: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    mode: str = "merge"
+    changes: dict[str, SymbolChange] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"ingested {len(self.rows)} symbol(s), {sum(self.rows.values()):,} bars; "
+        out = [f"ingested {len(self.rows)} symbol(s), {sum(self.rows.values()):,} bars ({self.mode}); "
                f"dataset fingerprint {self.fingerprint[:12]}"]
+        out += [f"  {c.line()}" for c in self.changes.values()]
         out += [f"repaired: {r}" for r in self.repairs]
         return out
 
@@ -216,11 +227,15 @@ def read_source(path: str, *, symbol: str | None = None, tz: str = "UTC", repair
 
 
 def ingest(store: BarStore, paths: list[str], *, symbol: str | None = None, tz: str = "UTC",
-           repair: bool = False, adjust: bool = False, storage_options: dict | None = None) -> IngestReport:
-    """Parse and validate every file, then write and commit them in one step.
+           repair: bool = False, adjust: bool = False, storage_options: dict | None = None,
+           mode: str = "merge", on_conflict: str | None = None) -> IngestReport:
+    """Parse and validate every file, then merge, append or replace and commit them in one step.
 
-    Raises DataError on the first problem, before anything is written.
+    ``mode`` and ``on_conflict`` are those of :meth:`BarStore.update`. Raises DataError
+    on the first problem (a bad row, an overlap that differs, a bar that does not
+    append), before anything is committed: the store is then exactly as it was.
     """
+    check_mode(mode, on_conflict)
     if not paths:
         raise DataError("no input files given", rule="non-empty")
     if symbol is not None and len(paths) > 1:
@@ -238,5 +253,8 @@ def ingest(store: BarStore, paths: list[str], *, symbol: str | None = None, tz: 
             all_bars.append(bars)
             report.rows[bars.symbol] = len(bars)
     source = {"kind": "ingest", "files": [os.path.basename(str(p)) for p in paths], "tz": tz}
-    report.fingerprint = store.write(all_bars, source=source)["fingerprint"]
+    update = store.update(all_bars, mode=mode, on_conflict=on_conflict, source=source, files=seen)
+    report.fingerprint = update.manifest["fingerprint"]
+    report.mode = mode
+    report.changes = update.changes
     return report

@@ -3,24 +3,31 @@
 Layout of one dataset (the URL given to :class:`BarStore` is its directory)::
 
     _dataset.json                                     the manifest: the commit point
-    symbol=<SYM>/year=<YYYY>/part-<content-hash>.parquet
+    _dataset.lock                                     local disk: the writers' lock file (flock)
+    symbol=<SYM>/year=<YYYY>/part-<content-hash>-<txn-tag>.parquet
+    _staging/<txn>/...                                a writer's files before its commit
 
 The manifest records the schema version, every symbol with its first and last
-timestamp, row count, content fingerprint and exact file list, and a fingerprint
-of the whole dataset (later stages use it as a cache key). Readers open only the
-files the manifest lists, so files written by an unfinished or failed writer
-are invisible. Data files get content-addressed names, so rewriting identical
-data is a no-op and a new version never overwrites a file a reader may be using;
-the manifest is replaced in one write, and only then are superseded files removed.
+timestamp, row count, content fingerprint, exact file list, ``change`` and
+``lineage`` (see :mod:`admf_dask.bars.update`), and a fingerprint of the whole
+dataset (later stages use it as a cache key). Readers open only the files the
+manifest lists. Writers stage new files where no reader looks and move them into
+place just before the manifest commit (:mod:`admf_dask.bars.txn`); the manifest is
+replaced in one write, and only then are superseded files removed.
 
-One writer at a time per dataset: concurrent writers would race on the manifest.
+Any number of writers may work on one dataset at once: the commit is a
+read-merge-write of the manifest under a lock (local disk) or a conditional PUT
+(S3), redone on a new base when another writer committed first
+(:meth:`BarStore.update`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-from collections.abc import Iterable, Iterator, Sequence
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -34,13 +41,18 @@ from pyarrow import fs as pafs
 
 from ..errors import DataError, StorageError, did_you_mean
 from ..storage import Storage, StorageRef
-from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars, check_symbol
+from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars
+from .txn import LOCK, Txn, recover
+from .update import Plan, SymbolChange, check_mode, plan_bars, plan_staged, write_symbol_files
 
-__all__ = ["BarStore", "MANIFEST", "to_ns", "write_symbol_files"]
+__all__ = ["BarStore", "MANIFEST", "Update", "to_ns", "write_symbol_files"]
 
 MANIFEST = "_dataset.json"
 FORMAT = "admf-bars"
 _MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+# A commit that keeps losing to other writers gives up after this many tries (jittered backoff between).
+_COMMIT_ATTEMPTS = 60
+_BACKOFF, _BACKOFF_MAX = 0.05, 2.0  # seconds: the first pause after a lost race is up to 0.1 s, then doubling
 
 
 def to_ns(when: object, default: int) -> int:
@@ -57,52 +69,11 @@ def to_ns(when: object, default: int) -> int:
     return int(ts.value)
 
 
-def _iso(ns: int) -> str:
-    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+class Update(NamedTuple):
+    """What :meth:`BarStore.update` committed: the manifest and each symbol's change."""
 
-
-def _hash_arrays(timestamp: np.ndarray, columns: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(timestamp, dtype="<i8").tobytes())
-    for name in VALUE_COLUMNS:
-        h.update(np.ascontiguousarray(columns[name], dtype="<f8").tobytes())
-    return h.hexdigest()
-
-
-def _years(timestamp: np.ndarray) -> np.ndarray:
-    return timestamp.view("datetime64[ns]").astype("datetime64[Y]").astype(np.int64) + 1970
-
-
-def write_symbol_files(storage: Storage, bars: Bars) -> dict[str, Any]:
-    """Write one symbol's bars as one Parquet file per year; return its manifest entry.
-
-    Nothing becomes visible until :meth:`BarStore.commit` records the entry. The
-    entry's ``"written"`` key lists the files this call created (not ones that were
-    already there with identical content), so a failed commit can remove them.
-    Runs on workers in parallel writes: it takes a :class:`Storage`, not the store.
-    """
-    check_symbol(bars.symbol)
-    ts = bars.timestamp
-    if len(ts) == 0:
-        raise DataError("no bars to write", symbol=bars.symbol, rule="non-empty")
-    years = _years(ts)
-    cuts = [0, *(np.flatnonzero(np.diff(years)) + 1).tolist(), len(ts)]
-    files, written = [], []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        piece = Bars(bars.symbol, ts[a:b], {k: bars.columns[k][a:b] for k in VALUE_COLUMNS})
-        digest = _hash_arrays(piece.timestamp, piece.columns)
-        rel = f"symbol={bars.symbol}/year={int(years[a])}/part-{digest[:20]}.parquet"
-        if not storage.exists(rel):
-            buf = io.BytesIO()
-            pq.write_table(piece.to_arrow(), buf, compression="snappy")
-            storage.write_bytes(buf.getvalue(), rel)
-            written.append(rel)
-        files.append({"path": rel, "year": int(years[a]), "rows": b - a, "sha256": digest,
-                      "first_ns": int(ts[a]), "last_ns": int(ts[b - 1])})
-    fingerprint = hashlib.sha256("|".join(f["sha256"] for f in files).encode()).hexdigest()
-    return {"symbol": bars.symbol, "rows": len(ts), "first_ns": int(ts[0]), "last_ns": int(ts[-1]),
-            "first": _iso(ts[0]), "last": _iso(ts[-1]), "fingerprint": fingerprint, "files": files,
-            "written": written}
+    manifest: dict[str, Any]
+    changes: dict[str, SymbolChange]
 
 
 # Files of at most this many rows (~2.5 MB of the six columns) are read whole, then parsed.
@@ -174,15 +145,17 @@ class BarStore:
             if not self.exists():
                 raise StorageError("no bar dataset here (no _dataset.json)", file=self.url,
                                    hint="create one with `admf generate` or `admf ingest`")
-            manifest = self.storage.read_json(MANIFEST)
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-                raise StorageError("not a bar dataset manifest", file=self.storage.display(MANIFEST))
-            if manifest.get("schema_version") != SCHEMA_VERSION:
-                raise StorageError(f"schema version {manifest.get('schema_version')!r} is not supported "
-                                   f"(this version reads {SCHEMA_VERSION})", file=self.storage.display(MANIFEST),
-                                   hint="upgrade admf-dask or re-ingest the data")
-            self._manifest = manifest
+            self._manifest = self._check(self.storage.read_json(MANIFEST))
         return self._manifest
+
+    def _check(self, manifest: Any) -> dict[str, Any]:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise StorageError("not a bar dataset manifest", file=self.storage.display(MANIFEST))
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StorageError(f"schema version {manifest.get('schema_version')!r} is not supported "
+                               f"(this version reads {SCHEMA_VERSION})", file=self.storage.display(MANIFEST),
+                               hint="upgrade admf-dask or re-ingest the data")
+        return manifest
 
     def refresh(self) -> BarStore:
         """Forget the cached manifest so the next access reads the committed one."""
@@ -212,6 +185,37 @@ class BarStore:
 
     def symbol_fingerprint(self, symbol: str) -> str:
         return self.entry(symbol)["fingerprint"]
+
+    def extends(self, symbol: str, fingerprint: str) -> int | None:
+        """Rows of the version ``fingerprint`` of ``symbol`` if the current version is it or extends it by appends.
+
+        The current version extends an earlier one when its first ``rows`` bars are
+        exactly that version's bars (the manifest's ``lineage``: pure appends since,
+        at most the last 64). None if the symbol changed otherwise since, or is gone.
+        An incremental run over a symbol processes only the bars after those rows.
+
+        >>> from admf_dask.bars import generate_bars
+        >>> store = BarStore("memory://doc/extends")
+        >>> _ = store.write([generate_bars("AAA", "2024-01-01", "2024-03-29", seed=1)])
+        >>> march = store.symbol_fingerprint("AAA")
+        >>> update = store.update([generate_bars("AAA", "2024-04-01", "2024-04-30", seed=2)], mode="append")
+        >>> update.changes["AAA"].line()
+        'AAA: append, +22 bars (65 -> 87 rows)'
+        >>> store.extends("AAA", march), store.extends("AAA", store.symbol_fingerprint("AAA"))
+        (65, 87)
+        >>> _ = store.update([generate_bars("AAA", "2024-02-01", "2024-02-29", seed=3)], on_conflict="new")
+        >>> store.entry("AAA")["change"], store.extends("AAA", march)
+        ('merge', None)
+        """
+        entry = self.manifest["symbols"].get(symbol)
+        if entry is None:
+            return None
+        if entry["fingerprint"] == fingerprint:
+            return entry["rows"]
+        for version in entry.get("lineage") or []:
+            if version["fingerprint"] == fingerprint:
+                return version["rows"]
+        return None
 
     def info(self) -> pd.DataFrame:
         """One row per symbol: first and last timestamp, rows, fingerprint."""
@@ -574,50 +578,222 @@ class BarStore:
     def write(self, bars: Iterable[Bars], source: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write and commit symbols (added, or replaced if present); all or nothing.
 
-        Returns the committed manifest. If anything fails before the manifest is
-        written, the files written so far are removed and the store is as it was.
+        ``update(bars, mode="replace")``, returning the committed manifest. A symbol
+        written again with the same bars is ``unchanged`` (no file is added); one
+        whose new bars start with exactly the stored ones is recorded as an
+        ``append``. If anything fails before the commit, the store is as it was.
         """
-        entries: list[dict[str, Any]] = []
+        return self.update(bars, mode="replace", source=source).manifest
+
+    def update(self, bars: Iterable[Bars], *, mode: str = "merge", on_conflict: str | None = None,
+               source: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Update:
+        """Commit new bars for some symbols, respecting their stored history; all or nothing.
+
+        Parameters
+        ----------
+        bars:
+            Validated bars, one per symbol (a symbol given twice is an error).
+        mode:
+            ``"merge"`` (the union by timestamp with the stored bars), ``"append"``
+            (only bars after the stored last bar) or ``"replace"`` (the new bars become
+            the symbol's history). See :mod:`admf_dask.bars.update`.
+        on_conflict:
+            In merge mode, a stored bar whose values differ from the new bar at the same
+            timestamp is a DataError; ``"new"`` takes the new bar, ``"old"`` keeps the stored one.
+        source:
+            Recorded as the manifest's ``source``.
+        files:
+            The input file of each symbol, named in errors.
+
+        Each symbol's plan is staged against the manifest read at the start; at the
+        commit, a symbol that another writer committed meanwhile is planned again on
+        its new version (a merge or append is recomputed, and fails if it no longer
+        holds). Returns the manifest and each symbol's :class:`SymbolChange`.
+        """
+        check_mode(mode, on_conflict)
+        files = files or {}
+        txn: Txn | None = None
         try:
+            base = self._read_base()
+            plans: dict[str, Plan] = {}
+            planners: dict[str, Callable[[dict[str, Any] | None], Plan]] = {}
             for b in bars:
-                entries.append(write_symbol_files(self.storage, b))
-            return self.commit(entries, source=source)
+                if b.symbol in plans:
+                    raise DataError("symbol given twice in one write", symbol=b.symbol, rule="symbol-unique")
+                txn = txn or Txn(self.storage)
+
+                def planner(entry, b=b, txn=txn):
+                    return plan_bars(self, txn, b, entry, mode=mode, on_conflict=on_conflict,
+                                     file=files.get(b.symbol))
+
+                planners[b.symbol] = planner
+                plans[b.symbol] = planner(base["symbols"].get(b.symbol))
+            txn = txn or Txn(self.storage)
+            manifest = self._commit(txn, plans, planners, source)
         except BaseException:
-            self.discard(entries)
+            if txn is not None:
+                txn.abort()
             raise
+        return Update(manifest, {s: p.change for s, p in plans.items()})  # plans as finally committed
 
     def discard(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Remove files that uncommitted entries wrote (after a failed write)."""
-        self.storage.remove([p for e in entries for p in e.get("written", [])])
+        """Remove what uncommitted entries staged (after a failed write): their transactions' staging."""
+        for txn_id in {e["txn"] for e in entries if "txn" in e}:
+            Txn(self.storage, txn_id).abort()
 
     def commit(self, entries: list[dict[str, Any]], source: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record entries from :func:`write_symbol_files` in the manifest: the commit point.
 
-        Symbols in ``entries`` are added or replaced; others are kept. Files of
-        replaced symbols that the new manifest no longer lists are removed afterwards.
+        Symbols in ``entries`` are added or replaced (``change`` is ``new``,
+        ``unchanged``, ``append`` for a pure append, else ``replace``); others are
+        kept. The entries' staged files are moved into place just before the
+        manifest is written; files of replaced symbols that the new manifest no
+        longer lists are removed afterwards.
         """
         seen = [e["symbol"] for e in entries]
         if len(set(seen)) != len(seen):
             dup = next(s for s in seen if seen.count(s) > 1)
             raise DataError("symbol given twice in one write", symbol=dup, rule="symbol-unique")
-        self.refresh()
-        manifest = self.manifest if self.exists() else {
-            "format": FORMAT, "schema_version": SCHEMA_VERSION, "symbols": {}}
-        manifest = {**manifest, "symbols": dict(manifest["symbols"])}
-        before = {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
-        for e in entries:
-            manifest["symbols"][e["symbol"]] = {k: v for k, v in e.items() if k not in ("symbol", "written")}
-        if source is not None:
-            manifest["source"] = source
-        manifest["fingerprint"] = hashlib.sha256(
-            f"v{SCHEMA_VERSION}|".encode() +
-            "|".join(f"{s}:{e['fingerprint']}" for s, e in sorted(manifest["symbols"].items())).encode()
-        ).hexdigest()
-        self.storage.write_json(manifest, MANIFEST)
-        self._manifest = manifest
-        after = {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
-        self.storage.remove(sorted(before - after))
+        txn_ids = sorted({e["txn"] for e in entries})
+        txn = Txn(self.storage, txn_ids[0] if txn_ids else None)
+        planners = {e["symbol"]: (lambda entry, e=e: plan_staged(self, e, entry)) for e in entries}
+        base = self._read_base()
+        plans = {s: planner(base["symbols"].get(s)) for s, planner in planners.items()}
+        manifest = self._commit(txn, plans, planners, source)
+        for other in txn_ids[1:]:
+            Txn(self.storage, other).finish()
         return manifest
+
+    def _read_base(self) -> dict[str, Any]:
+        raw, _ = self.storage.read_versioned(MANIFEST)
+        return self._parse(raw)
+
+    def _parse(self, raw: bytes | None) -> dict[str, Any]:
+        if raw is None:
+            return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "symbols": {}}
+        try:
+            return self._check(json.loads(raw))
+        except ValueError as exc:
+            raise StorageError(f"corrupt JSON ({exc})", file=self.storage.display(MANIFEST),
+                               hint="the file was damaged or written by something else") from None
+
+    def _commit(self, txn: Txn, plans: dict[str, Plan],
+                planners: dict[str, Callable[[dict[str, Any] | None], Plan]],
+                source: dict[str, Any] | None) -> dict[str, Any]:
+        """Read-merge-write the manifest until it holds, moving staged files into place just before.
+
+        Per attempt (under the dataset lock on local disk; optimistic on S3): read the
+        manifest and its version; plan again each symbol whose entry another writer
+        changed since its plan's base; journal the paths to add and the listed paths
+        superseded (``_txn.json``); move the staged files into place; write the
+        manifest (S3: conditional on the version read). A lost race on S3 tries again
+        after a short jittered pause. Afterwards superseded files, files moved for a
+        plan that was redone, the staging and dead writers' leftovers are removed.
+        """
+        storage = self.storage
+        moved: set[str] = set()
+        journaled: tuple | None = None
+        manifest: dict[str, Any] | None = None
+        try:
+            for attempt in range(_COMMIT_ATTEMPTS):
+                with storage.exclusive(LOCK):
+                    raw, version = storage.read_versioned(MANIFEST)
+                    current = self._parse(raw)
+                    if attempt and current.get("txn") == txn.id:  # our write landed, its answer was lost
+                        manifest = current
+                        break
+                    for symbol, plan in plans.items():
+                        entry = current["symbols"].get(symbol)
+                        if _version(entry) != _version(plan.base):
+                            plans[symbol] = planners[symbol](entry)
+                    manifest = _compose(current, plans.values(), source, txn.id)
+                    if _same(manifest, current):
+                        manifest = current
+                        break
+                    listed = _listed(manifest)
+                    dropped = _listed(current) - listed
+                    moves = {final: path for plan in plans.values() for final, path in plan.staged.items()
+                             if final not in moved}
+                    journal = (sorted(moved | set(moves)), sorted(dropped))
+                    if journal != journaled:
+                        txn.write_record(*journal)
+                        journaled = journal
+                    for final, path in moves.items():
+                        if storage.conditional:  # copy: a redone plan may read the staged file again
+                            storage.copy(path, final)
+                        else:
+                            storage.rename(path, final)
+                        moved.add(final)
+                    if storage.write_if(json.dumps(manifest, indent=1, sort_keys=True).encode(), MANIFEST,
+                                        version=version):
+                        break
+                # lost to another writer (S3 only): back off, full jitter, so that contenders spread out
+                time.sleep(random.uniform(0, min(_BACKOFF_MAX, _BACKOFF * 2 ** attempt)))
+            else:
+                raise StorageError(f"could not commit: other writers changed the manifest {_COMMIT_ATTEMPTS} times "
+                                   "in a row", file=storage.display(MANIFEST), hint="run it again")
+        except BaseException:
+            self._unmove(moved)
+            raise
+        self._manifest = manifest
+        listed = _listed(manifest)
+        storage.remove(sorted((_listed_before(plans.values()) | moved) - listed))
+        txn.finish()
+        try:
+            recover(storage, listed, own={txn.id})
+        except StorageError:  # best effort: the next commit tries again
+            pass
+        return manifest
+
+    def _unmove(self, moved: set[str]) -> None:
+        """After a failed commit: remove the files it moved into place that no committed manifest lists."""
+        if not moved:
+            return
+        try:
+            raw, _ = self.storage.read_versioned(MANIFEST)
+            listed = _listed(self._parse(raw))
+        except StorageError:
+            return  # cannot tell what is committed: leave them to a later commit's recovery (journaled)
+        self.storage.remove(sorted(moved - listed))
+
+
+def _version(entry: dict[str, Any] | None) -> tuple | None:
+    """What identifies a committed version of a symbol: its fingerprint and exact files."""
+    if entry is None:
+        return None
+    return entry["fingerprint"], tuple(f["path"] for f in entry["files"])
+
+
+def _listed(manifest: dict[str, Any]) -> set[str]:
+    return {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
+
+
+def _listed_before(plans: Iterable[Plan]) -> set[str]:
+    """The files of the versions the plans replace (each plan's base)."""
+    return {f["path"] for p in plans if p.base is not None for f in p.base["files"]}
+
+
+def _dataset_fingerprint(symbols: dict[str, dict[str, Any]]) -> str:
+    return hashlib.sha256(
+        f"v{SCHEMA_VERSION}|".encode() +
+        "|".join(f"{s}:{e['fingerprint']}" for s, e in sorted(symbols.items())).encode()
+    ).hexdigest()
+
+
+def _compose(current: dict[str, Any], plans: Iterable[Plan], source: dict[str, Any] | None,
+             txn_id: str) -> dict[str, Any]:
+    manifest = {**current, "symbols": dict(current["symbols"]), "txn": txn_id}
+    for plan in plans:
+        manifest["symbols"][plan.symbol] = plan.entry
+    if source is not None:
+        manifest["source"] = source
+    manifest["fingerprint"] = _dataset_fingerprint(manifest["symbols"])
+    return manifest
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal manifests but for the transaction that wrote them."""
+    return {k: v for k, v in a.items() if k != "txn"} == {k: v for k, v in b.items() if k != "txn"}
 
 
 _MANIFESTS: dict[StorageRef, dict[str, Any]] = {}  # per process: manifests by dataset, see BarStore.open

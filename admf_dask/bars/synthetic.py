@@ -117,46 +117,49 @@ def generate_bars(symbol: str, start: str, end: str, *, freq: str = "daily", see
 
 
 def _generate_and_write(task: tuple) -> dict:
-    """Task: generate one symbol and write its files (not committed). Runs on a worker."""
-    ref, symbol, spec = task
-    from .store import write_symbol_files
+    """Task: generate one symbol and stage its files in transaction ``txn`` (not committed). Runs on a worker."""
+    ref, symbol, spec, txn = task
+    from .update import write_symbol_files
 
-    return write_symbol_files(ref.open(), generate_bars(symbol, **spec.to_dict()))
+    return write_symbol_files(ref.open(), generate_bars(symbol, **spec.to_dict()), txn)
 
 
 def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=None,
                      progress: bool = True) -> dict:
     """Generate ``symbols`` into ``store`` and commit them in one manifest write.
 
-    With a ``client`` each symbol is generated and written by a task on the cluster
+    With a ``client`` each symbol is generated and staged by a task on the cluster
     (the bars never travel through the client); without one, in this process. If
-    anything fails, files written so far are removed and the store is unchanged.
-    Returns the committed manifest. Regenerating identical settings writes nothing
-    new: file names are content hashes.
+    anything fails, the staged files are removed and the store is unchanged.
+    Returns the committed manifest. Symbols already present are replaced
+    (``change`` ``unchanged`` when the bars are the same: regenerating identical
+    settings adds no file).
     """
     from ..progress import Progress
+    from .txn import Txn
 
     for s in symbols:
         check_symbol(s)
     source = {"kind": "synthetic", **spec.to_dict()}
     entries: list[dict] = []
+    txn = Txn(store.storage)
     try:
         if client is None:
             bar = Progress("generate", len(symbols), enabled=progress)
             for s in symbols:
-                entries.append(_generate_and_write((store.storage.ref, s, spec)))
+                entries.append(_generate_and_write((store.storage.ref, s, spec, txn.id)))
                 bar.advance()
             bar.close()
         else:
             from ..cluster import run_tasks
             from ..config import token
 
-            tasks = [(store.storage.ref, s, spec) for s in symbols]
+            tasks = [(store.storage.ref, s, spec, txn.id) for s in symbols]
             run_tasks(client, _generate_and_write, tasks, label="generate",
-                      keys=[f"generate-{s}-{token([store.url, s, spec])}" for s in symbols],
+                      keys=[f"generate-{s}-{token([store.url, s, spec, txn.id])}" for s in symbols],
                       on_result=lambda i, entry: entries.append(entry), progress=progress,
                       drain_on_error=True)
         return store.commit(entries, source=source)
     except BaseException:
-        store.discard(entries)
+        txn.abort()
         raise

@@ -128,7 +128,7 @@ def test_yahoo_style_csv_with_adj_close(tmp_path, store):
     bars = BarStore(store.url).read("MSFT")
     assert list(bars.close) == [160.62, 158.62]
     assert list(bars.to_frame().index) == [pd.Timestamp("2020-01-02", tz="UTC"), pd.Timestamp("2020-01-03", tz="UTC")]
-    ingest(store, [path], adjust=True)
+    ingest(store, [path], adjust=True, mode="replace")
     adjusted = BarStore(store.url).read("MSFT")
     np.testing.assert_allclose(adjusted.close, [154.78, 152.85], rtol=1e-12)
     np.testing.assert_allclose(adjusted.open, [158.78 * 154.78 / 160.62, 158.32 * 152.85 / 158.62], rtol=1e-12)

@@ -38,7 +38,7 @@ def test_round_trip_local_path(tmp_path, small_bars):
     store = _round_trip(str(tmp_path / "ds"), None, small_bars)
     # hive layout: one directory per symbol and per year
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
-        "_dataset.json", "symbol=AAA", "symbol=BBB", "symbol=CCC"]
+        "_dataset.json", "_dataset.lock", "symbol=AAA", "symbol=BBB", "symbol=CCC"]
     assert sorted(p.name for p in (tmp_path / "ds" / "symbol=AAA").iterdir()) == [
         "year=2020", "year=2021", "year=2022"]
     info = store.info()
@@ -195,11 +195,13 @@ def test_replacing_a_symbol_removes_its_old_files(tmp_path, small_bars):
 
 def test_rewriting_identical_data_writes_nothing(tmp_path, small_bars):
     store = BarStore(str(tmp_path))
-    store.write(small_bars)
+    first = store.write(small_bars)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
-    entry = write_symbol_files(store.storage, small_bars[0])
-    assert entry["written"] == []
+    again = store.write(small_bars[:1])
+    assert again["symbols"]["AAA"]["files"] == first["symbols"]["AAA"]["files"]
+    assert again["symbols"]["AAA"]["change"] == "unchanged"
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")} == before
+    assert not (tmp_path / "_staging").exists()
 
 
 def test_reading_without_a_dataset_says_how_to_make_one(tmp_path):

@@ -76,8 +76,11 @@ def test_a_failing_generation_task_leaves_the_store_as_it_was(tmp_path, kind):
     before = snapshot(store.storage.fs, str(tmp_path))
     names = ["OK1", "OK2", "BAD", "OK3", "OK4"]
     with connect({"kind": kind, "n_workers": 2, "dashboard_address": ""}) as client:
-        with pytest.raises(StorageError, match="cannot write.*symbol=BAD"):
+        # the tasks stage every symbol; the commit cannot move BAD's file into place
+        with pytest.raises(StorageError, match="cannot move into place.*symbol=BAD"):
             generate_dataset(store, names, SyntheticSpec("2021-01-01", "2021-12-31"), client=client,
                              progress=False)
     assert snapshot(store.storage.fs, str(tmp_path)) == before
     assert BarStore(str(tmp_path)).symbols() == ["KEEP"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_dataset.json", "_dataset.lock", "symbol=BAD",
+                                                           "symbol=KEEP"]  # no staging, no empty OK1/...

@@ -1,0 +1,175 @@
+"""Write transactions on a bar dataset: staged files, the journal, and crash recovery.
+
+While a writer works, its new data files live under the dataset in a directory of
+its own, where readers that glob the dataset do not look::
+
+    _staging/<txn>/_txn.json                      the journal (written just before the moves)
+    _staging/<txn>/_<symbol>.<year>.<hash>.staged  a new data file (Parquet bytes)
+
+Why these names: pyarrow.dataset skips paths with a component starting with ``_``
+or ``.``; DuckDB's ``read_parquet('<store>/**/*.parquet')`` skips nothing but files
+not ending in ``.parquet``; polars' ``scan_parquet`` of the directory skips files
+whose *name* starts with a ``hidden_file_prefix`` (``"_"``, needed anyway for
+``_dataset.json``) and a ``**/*.parquet`` glob skips other extensions. A staged file
+satisfies all three (checked in ``tests/bars/test_commit.py``).
+
+A committed file is ``symbol=<S>/year=<Y>/part-<content hash>-<txn tag>.parquet``:
+the tag makes a path unique to the transaction that first wrote it, so a path that
+a manifest stops listing is never listed again (a writer lists only paths of the
+manifest it commits over, or its own). That is what makes deleting unlisted files
+safe without a global lock: superseded files after a commit, and the files of a
+dead transaction.
+
+The journal: before it moves anything into place, a writer records in ``_txn.json``
+the paths it is about to add and the listed paths its commit supersedes. If it
+dies between the moves and the manifest write, a later commit (by any writer)
+finds the record, sees the writer is dead (same host and the process is gone, or
+the record is older than :data:`STALE_SECONDS`), and removes those paths that the
+manifest does not list, then the directory. A transaction's id names its host and
+process, so live writers are told apart without reading their records.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from ..errors import StorageError
+from ..storage import Storage
+
+__all__ = ["LOCK", "STAGING", "STALE_SECONDS", "Txn", "recover"]
+
+STAGING = "_staging"
+LOCK = "_dataset.lock"
+RECORD = "_txn.json"
+# A transaction whose writer cannot be checked (another host) is taken as dead after this long.
+STALE_SECONDS = 24 * 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+class Txn:
+    """One writer's transaction: a staging directory under the dataset, and its journal.
+
+    ``Txn(storage)`` starts one (nothing is written until something is staged);
+    staging writes go to :meth:`staged_path`; :meth:`write_record` journals the
+    moves before the commit makes them; :meth:`finish` (after the commit) or
+    :meth:`abort` (instead of it) removes the directory. ``Txn(storage, id)`` is how
+    workers stage files of a transaction that the client started.
+    """
+
+    def __init__(self, storage: Storage, txn_id: str | None = None) -> None:
+        self.storage = storage
+        self.id = txn_id or new_id()
+        self.started = time.time()
+
+    @property
+    def tag(self) -> str:
+        """What makes this transaction's file names its own (8 digits of the id's random part)."""
+        return self.id.rsplit("-", 1)[-1][:8]
+
+    @property
+    def dir(self) -> str:
+        return f"{STAGING}/{self.id}"
+
+    def staged_path(self, symbol: str, year: int, digest: str) -> str:
+        return f"{self.dir}/_{symbol}.{year}.{digest[:20]}.staged"
+
+    def final_path(self, symbol: str, year: int, digest: str) -> str:
+        return f"symbol={symbol}/year={year}/part-{digest[:20]}-{self.tag}.parquet"
+
+    def write_record(self, add: list[str] = (), drop: list[str] = ()) -> None:
+        """Write who this is and, before moves, the journal (paths to add, listed paths dropped)."""
+        record = {"txn": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+                  "updated": time.time(), "add": sorted(add), "drop": sorted(drop)}
+        for attempt in range(5):  # a concurrent clean-up may remove an empty _staging between mkdir calls
+            try:
+                self.storage.write_bytes(json.dumps(record).encode(), self.dir, RECORD)
+                return
+            except StorageError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01)
+
+    def abort(self) -> None:
+        """Remove everything this transaction staged (nothing of it was committed)."""
+        self.storage.remove_tree(self.dir)
+        self.storage.prune(STAGING)
+
+    finish = abort  # after a commit the staged files were moved out; the rest goes
+
+
+def new_id() -> str:
+    """A transaction id: ``<UTC time>-<host tag>-<pid>-<12 random hex digits>``.
+
+    The time tells the age and the host and pid who writes, so a clean-up can tell a
+    live writer from a dead one without reading its record.
+    """
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _parse_id(txn_id: str) -> tuple[float, str | None, int | None] | None:
+    """(start time, host tag, pid) of a transaction id; host and pid None for ids without them; None if not an id."""
+    parts = txn_id.split("-")
+    try:
+        started = calendar.timegm(time.strptime(parts[0], "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return None
+    if len(parts) == 4 and parts[2].isdigit():
+        return started, parts[1], int(parts[2])
+    return started, None, None
+
+
+def recover(storage: Storage, listed: set[str], own: set[str] = frozenset()) -> list[str]:
+    """Clean up after writers that died: their journaled, unlisted paths and their staging.
+
+    ``listed`` is every path of the manifest just committed. Transactions in ``own``
+    and those of live writers are left alone: a writer on this host is dead when its
+    process is gone; one elsewhere when its record has not changed for
+    :data:`STALE_SECONDS`. Only the records of writers that look dead are read.
+    Returns the ids removed.
+    """
+    removed = []
+    now = time.time()
+    for txn_id in storage.listdir(STAGING):
+        parsed = _parse_id(txn_id)
+        if txn_id in own or parsed is None:
+            continue
+        started, host, pid = parsed
+        if host == _HOST:
+            if _alive(pid):
+                continue
+        elif now - started <= STALE_SECONDS:
+            continue
+        raw, _ = storage.read_versioned(STAGING, txn_id, RECORD)
+        try:
+            record = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            record = {}
+        if host != _HOST and now - float(record.get("updated", started)) <= STALE_SECONDS:
+            continue  # a long transaction elsewhere that wrote its journal lately
+        storage.remove([p for p in [*record.get("add", []), *record.get("drop", [])] if p not in listed])
+        storage.remove_tree(STAGING, txn_id)
+        removed.append(txn_id)
+    if removed:
+        storage.prune(STAGING)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
