@@ -168,3 +168,57 @@ def test_replays_over_a_grown_signal_set_go_on_from_the_last_replay(tmp_path, cl
     new = sum(stores[1].entry(s)["rows"] - stores[0].entry(s)["rows"] for s in stores[1].symbols())
     assert 0 < result.summary["bars_read"] <= new * result.summary["tasks"]
     _same(result, replay(stores[1], full))
+
+
+def test_the_nightly_flow_from_the_shell(tmp_path):
+    """Day 1 ingested and swept; day 2's bars ingested with --mode append; the same sweep again.
+
+    Each `admf` is a process of its own, as cron runs them; the oracle is the same sweep
+    in a fresh storage root."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    history = _history()
+
+    def csv(day: str, after: str | None, name: str) -> str:
+        frames = []
+        for s, b in history.items():
+            b = _until(b, day)
+            keep = b.timestamp > (pd.Timestamp(after + "T23:59:59", tz="UTC").value if after else -1)
+            frames.append(pd.DataFrame({"timestamp": pd.to_datetime(b.timestamp[keep], utc=True), "symbol": s,
+                                        **{c: v[keep] for c, v in b.columns.items()}}))
+        path = tmp_path / name
+        pd.concat(frames).to_csv(path, index=False)
+        return str(path)
+
+    admf = [sys.executable, "-m", "admf_dask.cli"]
+    store = str(tmp_path / "bars")
+    sweep = ["sweep", store, "-s", "sma_cross", "-p", "fast=3,8", "-p", "slow=12,30", "--cluster", "threads",
+             "--batch-seconds", "0.001"]
+
+    def run(*args: str) -> dict:
+        done = subprocess.run([*admf, "--json", *args], capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    run("ingest", store, csv(DAYS[0], None, "day1.csv"))
+    first = run(*sweep, "--storage", str(tmp_path / "root"))
+    appended = run("ingest", store, "--mode", "append", csv(DAYS[1], DAYS[0], "day2.csv"))
+    assert {c["change"] for c in appended["changes"].values()} <= {"append", "unchanged"}
+    second = run(*sweep, "--storage", str(tmp_path / "root"))
+    oracle = run(*sweep, "--storage", str(tmp_path / "full"))
+    assert second["run_id"] == oracle["run_id"] != first["run_id"]
+    assert second["incremental_from"] == first["run_id"] and second["incremental_symbols"] == 4
+    new = sum(c["rows"] - c["rows_before"] for c in appended["changes"].values())
+    assert 0 < second["bars_read"] <= new * second["tasks"] < oracle["bars_read"]
+
+    def table(root: str) -> pd.DataFrame:
+        return pd.read_parquet(tmp_path / root / "runs" / second["run_id"] / "results.parquet")
+
+    a, b = table("root"), table("full")
+    stats = [c for c in a.columns if a[c].dtype.kind == "f"]
+    sym = (a["symbol"] != PORTFOLIO).to_numpy()
+    np.testing.assert_array_equal(a.loc[sym, stats].to_numpy(), b.loc[sym, stats].to_numpy())
+    np.testing.assert_allclose(a.loc[~sym, stats].to_numpy(), b.loc[~sym, stats].to_numpy(), rtol=1e-12, atol=1e-12)
