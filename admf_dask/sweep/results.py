@@ -43,10 +43,20 @@ PART_ROW_GROUP = 16_384  # rows per row group of a task's part: the final table 
 _BLOCK_ROWS = 32_768  # rows of the final table assembled at once (a block of set ids, every symbol)
 
 
+def _dictionary(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary-encoding: symbols and parameters, not the float statistics.
+
+    pyarrow tries a dictionary on every column by default; on statistics columns (all
+    distinct values) that made writing the 92k-row table of a 184-set x 500-symbol sweep
+    0.41 s instead of 0.07 s, for a larger file.
+    """
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+
 def write_part(storage: Storage, table: pa.Table, name: str) -> None:
     """A task's rows (set-major, see :func:`_rows_table`) as a Parquet part in row groups the final table can skip."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=PART_ROW_GROUP)
+    pq.write_table(table, buf, row_group_size=PART_ROW_GROUP, use_dictionary=_dictionary(table.schema))
     storage.write_bytes(buf.getvalue(), name)
 
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
@@ -83,7 +93,7 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 for a in range(lo, hi, step):
                     table = _block(storage, files, metas, a, min(a + step, hi))
                     if writer is None:
-                        writer = pq.ParquetWriter(f, table.schema)
+                        writer = pq.ParquetWriter(f, table.schema, use_dictionary=_dictionary(table.schema))
                     elif not table.schema.equals(writer.schema):
                         table = table.cast(writer.schema)
                     writer.write_table(table)
