@@ -38,7 +38,6 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
 
 from ..errors import StorageError
 from ..storage import Storage
