@@ -824,8 +824,8 @@ def _plan_continue(root: StorageRef, identity: dict[str, Any], plan: _Plan, bars
     m = prev.manifest
     if (m.get("version") != __version__ or not m.get("resumable") or m.get("symbols") != list(plan.symbols)
             or [{k: v for k, v in x.items() if k != "label"} for x in m["members"]] != identity["signals"]):
-        return None, {}, f"generated in full: the last set {prev_id} cannot be continued (other members, " \
-                         f"symbols or version, or no saved state)"
+        return None, {}, (f"generated in full: the last set {prev_id} cannot be continued (other members, "
+                          f"symbols or version, or no saved state)")
     versions = m.get("symbol_versions") or {}
     resume, changed = {}, []
     for s in plan.symbols:

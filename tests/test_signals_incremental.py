@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from admf_dask.bars import BarStore, Bars, generate_bars
+from admf_dask.bars import Bars, BarStore, generate_bars
 from admf_dask.cluster import connect
 from admf_dask.errors import DataError, StorageError
-from admf_dask.signals import (MANIFEST, SignalsConfig, _chunk_rows, _explicit_members, generate_signals,
-                               list_signal_sets)
+from admf_dask.signals import (
+    MANIFEST,
+    SignalsConfig,
+    _chunk_rows,
+    _explicit_members,
+    generate_signals,
+    list_signal_sets,
+)
 from admf_dask.storage import StorageRef
 from admf_dask.sweep.incremental import chain_key
 
