@@ -555,9 +555,10 @@ def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Seq
 
     With ``keep_state`` (built-in members) the targets come from the same rule kernel as
     :func:`~admf_dask.backtest.batch_targets`, as one chunk, so that its end state is kept,
-    with the indicators' end states (those loaded from the storage cache have none and are
-    run once more, as one chunk, for it) and the last ``max(1, halo)`` bars: the state a
-    stream over the same bars ends in.
+    with the indicators' end states (computed here, or stored with their packs in the
+    storage cache; a pack written without them has its indicator run once more, as one
+    chunk, for it) and the last ``max(1, halo)`` bars: the state a stream over the same
+    bars ends in.
     """
     from .backtest import _f64, batch_targets
     from .cache import build_indicator_set
