@@ -582,7 +582,7 @@ def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Seq
     chunk, for it) and the last ``max(1, halo)`` bars: the state a stream over the same
     bars ends in.
     """
-    from .backtest import _f64, batch_targets
+    from .backtest import _f64, _ind_matrix, batch_targets
     from .cache import build_indicator_set
     from .indicators import IndicatorPlan
     from .kernels.state import run_state_init
@@ -602,17 +602,23 @@ def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Seq
         if not keep_state:
             targets[ks] = batch_targets(iset, batch, code)
             continue
-        matrix, rows = iset.stacked(batch.rows)
+        stacked = iset.stacked(batch.rows)
+        if stacked is not None:  # the set's own matrix, as batch_targets reads it
+            ind, rows = stacked
+            idx, last = rows[batch.idx], ind[rows, -1]
+        else:
+            ind, idx = _ind_matrix(batch, iset, bars)
+            last = ind[:len(batch.rows), -1]
         run = run_state_init(len(ks), 0.0)
-        targets[ks] = strategy_targets_chunk(batch.strategy.kind, matrix, rows[batch.idx], batch.fparams,
+        targets[ks] = strategy_targets_chunk(batch.strategy.kind, ind, idx, batch.fparams,
                                              _f64(bars.columns["close"]), 0, 0, run, code)
-        ind = {}
+        ends_of = {}
         for spec in batch.plan.specs:
             if spec.token not in ends:
                 _, ends[spec.token] = spec.compute_chunk(bars.columns, 0, spec.init_state())
-            ind[spec.token] = ends[spec.token]
+            ends_of[spec.token] = ends[spec.token]
             halo = max(halo, spec.halo)
-        groups.update(_group_state(g, run, matrix[rows, -1], ind))
+        groups.update(_group_state(g, run, last, ends_of))
     table = _events_table(bars.timestamp, targets)
     ts = bars.timestamp
     state = None
