@@ -220,12 +220,14 @@ class IndicatorCache:
         return f"indicators/v{__version__}/{key}"
 
     def load(self, key: str, specs: Sequence[IndicatorSpec], n: int,
-             states: dict[str, np.ndarray] | None = None) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+             states: dict[str, np.ndarray] | None = None,
+             require_states: bool = True) -> tuple[dict[str, dict[str, np.ndarray]], int]:
         """Arrays of those ``specs`` found in the packs of ``key``, and how many were corrupt.
 
-        With ``states`` (a dict to fill), only indicators stored with their end state
-        (chunks of a streamed series, see :class:`IndicatorStream`) are found, and each
-        one's state is put in ``states[token]``.
+        With ``states`` (a dict to fill), each found indicator stored with its end state
+        has it put in ``states[token]``; with ``require_states`` (chunks of a streamed
+        series, see :class:`IndicatorStream`) only those are found. A stored state is
+        covered by its indicator's checksum.
         """
         wanted = {s.token: s for s in specs}
         found: dict[str, dict[str, np.ndarray]] = {}
@@ -246,15 +248,15 @@ class IndicatorCache:
                 rows = {name: i for i, name in enumerate(names)}
                 for tok in (set(sums) & set(wanted)) - set(found):
                     spec = wanted[tok]
-                    if states is not None and tok not in stored:
-                        continue  # a whole-series entry: no state to go on from
-                    end = np.asarray(stored.get(tok, ()), dtype=np.float64) if states is not None else None
+                    if states is not None and require_states and tok not in stored:
+                        continue  # an entry written without its state: nothing to go on from
+                    end = np.asarray(stored[tok], dtype=np.float64) if tok in stored else None
                     keys = [f"{tok}.{o}" for o in spec.outputs]
                     arrays = {o: data[rows[k]] for o, k in zip(spec.outputs, keys) if k in rows}
                     if (len(arrays) == len(spec.outputs) and data.shape[1:] == (n,)
                             and sums[tok] == _checksum(spec, arrays, end)):
                         found[tok] = arrays
-                        if states is not None:
+                        if states is not None and end is not None:
                             states[tok] = end
                         corrupt.discard(tok)
                     else:
@@ -269,7 +271,8 @@ class IndicatorCache:
         """Write one pack with every computed indicator (token -> (spec, arrays)).
 
         ``states`` (token -> the kernel state at the end of these bars) are stored with
-        them for chunks of a streamed series, and covered by their checksums.
+        them (chunks of a streamed series; whole series, for incremental runs), and
+        covered by their checksums.
         """
         if not computed:
             return
@@ -301,13 +304,18 @@ def pack_parts(names: list[str], tokens: list[str], sums: list[str], rows: list[
 
 
 def _pack_head(names: list[str], tokens: list[str], sums: list[str], shape: tuple[int, int],
-               states: dict[str, list[float]] | None = None) -> bytes:
-    """Magic, header length, JSON header padded with spaces so that the rows start 64-byte aligned."""
+               states: dict[str, list[float]] | None = None, size: int | None = None) -> bytes:
+    """Magic, header length, JSON header padded with spaces so that the rows start 64-byte aligned.
+
+    ``size``: pad to exactly that many bytes (a head rewritten in place over a placeholder).
+    """
     head: dict[str, Any] = {"names": names, "tokens": tokens, "sha256": sums, "shape": list(shape)}
     if states is not None:
         head["states"] = states
     header = json.dumps(head).encode()
-    header += b" " * (-(16 + len(header)) % 64)
+    header += b" " * ((-(16 + len(header)) % 64) if size is None else size - 16 - len(header))
+    if size is not None and 16 + len(header) != size:  # pragma: no cover - placeholders are the longest floats
+        raise RuntimeError("pack header outgrew its placeholder")
     return _MAGIC + len(header).to_bytes(8, "little") + header
 
 
@@ -337,9 +345,10 @@ def _checksum(spec: IndicatorSpec, arrays: dict[str, np.ndarray], state: np.ndar
     for name in spec.outputs:
         h.update(name.encode())
         h.update(np.ascontiguousarray(arrays[name], dtype="<f8"))  # hashed in place, not copied
-    if state is not None:
+    if state is not None:  # as stored in JSON: every NaN is the one NaN
+        state = np.asarray(state, dtype="<f8")
         h.update(b"state")
-        h.update(np.ascontiguousarray(state, dtype="<f8"))
+        h.update(np.ascontiguousarray(np.where(np.isnan(state), np.nan, state), dtype="<f8"))
     return h.hexdigest()
 
 
@@ -405,8 +414,8 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
             counters.reused_memory += 1
         else:
             missing.append(spec)
-    if cache is not None and missing:
-        loaded, corrupt = cache.load(key, missing, len(bars))
+    if cache is not None and missing:  # with the end states stored beside them, where they were
+        loaded, corrupt = cache.load(key, missing, len(bars), states=states, require_states=False)
         for spec in missing:
             if spec.token in loaded:
                 put(spec, loaded[spec.token])
@@ -419,7 +428,7 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         computed[spec.token] = (spec, put(spec, arrays))
     counters.computed += len(computed)
     if cache is not None:
-        cache.save(key, computed)
+        cache.save(key, computed, {tok: states[tok] for tok in computed})
     return IndicatorSet.from_matrix(symbol, key, bars, matrix, names, counters, states)
 
 
@@ -605,10 +614,14 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
     counters = HubCounters()
     found = _map_pack(path, specs, names, row, shape)
     if found is not None:
+        offset, ends = found
         counters.loaded_storage += len(specs)
-        return MappedSet(path, found, shape, tuple(names), symbol, key, bars, counters)
+        return MappedSet(path, offset, shape, tuple(names), symbol, key, bars, counters,
+                         tuple((tok, tuple(v)) for tok, v in ends.items()))
     row_names, tokens = [f"{t}.{o}" for t, o in names], [s.token for s in specs]
-    head = _pack_head(row_names, tokens, ["0" * 64] * len(specs), shape)
+    # the end states go into the head, written last: its placeholder holds the longest floats
+    widest = {s.token: [-2.2250738585072014e-308] * len(s.init_state()) for s in specs}
+    head = _pack_head(row_names, tokens, ["0" * 64] * len(specs), shape, widest)
     with replacing(path) as tmp:
         with open(tmp, "wb") as f:
             f.truncate(len(head) + 8 * shape[0] * shape[1])
@@ -619,10 +632,11 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
             states.append((spec.token, tuple(float(v) for v in end)))
             for out in spec.outputs:
                 matrix[row[(spec.token, out)]] = arrays[out]
-        sums = [_checksum(spec, {out: matrix[row[(spec.token, out)]] for out in spec.outputs}) for spec in specs]
-        final_head = _pack_head(row_names, tokens, sums, shape)
-        if len(final_head) != len(head):  # pragma: no cover - sha256 hex digests have a fixed length
-            raise RuntimeError("pack header changed length")
+        ends = dict(states)
+        sums = [_checksum(spec, {out: matrix[row[(spec.token, out)]] for out in spec.outputs},
+                          np.array(ends[spec.token])) for spec in specs]
+        final_head = _pack_head(row_names, tokens, sums, shape, {tok: list(v) for tok, v in ends.items()},
+                                size=len(head))
         with open(tmp, "r+b") as f:
             f.write(final_head)
         del matrix
@@ -631,9 +645,9 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
 
 
 def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, str]],
-              row: dict[tuple[str, str], int], shape: tuple[int, int]) -> int | None:
-    """The matrix offset of the pack at ``path`` if it holds exactly ``names`` (``row`` of each) and every
-    checksum holds."""
+              row: dict[tuple[str, str], int], shape: tuple[int, int]) -> tuple[int, dict[str, list[float]]] | None:
+    """The matrix offset of the pack at ``path`` and its stored end states, if it holds exactly ``names``
+    (``row`` of each) and every checksum holds."""
     try:
         with open(path, "rb") as f:
             magic = f.read(8)
@@ -646,10 +660,12 @@ def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, 
             return None
         matrix = np.memmap(path, dtype="<f8", mode="r", offset=offset, shape=shape)
         sums = dict(zip(header["tokens"], header["sha256"]))
+        ends = {tok: [float(v) for v in st] for tok, st in (header.get("states") or {}).items()}
         for spec in specs:
-            if sums.get(spec.token) != _checksum(spec, {o: matrix[row[(spec.token, o)]] for o in spec.outputs}):
+            end = np.array(ends[spec.token], dtype=np.float64) if spec.token in ends else None
+            if sums.get(spec.token) != _checksum(spec, {o: matrix[row[(spec.token, o)]] for o in spec.outputs}, end):
                 return None
-        return offset
+        return offset, ends
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

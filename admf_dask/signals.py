@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .bars import BarStore, Bars
 from .config import token
-from .errors import ConfigError, DataError, did_you_mean
+from .errors import ConfigError, DataError, StorageError, did_you_mean
 from .storage import StorageRef
 from .sweep import check_metric
 
@@ -305,8 +305,6 @@ class MemberTargets:
 
     def restore(self, arrays: Mapping[str, np.ndarray], where: str) -> None:
         """Go on from :meth:`state_arrays` saved after bar ``t0 - 1`` (StorageError if they do not fit)."""
-        from .errors import StorageError
-
         for g, (ks, batch, _, builder) in enumerate(self.groups):
             hub, state, last = builder
             p = f"g{g}/"
@@ -404,6 +402,7 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
     storage = set_ref.open()
     store = BarStore.open(bars_ref, fingerprint)
     resume = resume or {}
+    earlier: dict[StorageRef, Any] = {}  # the previous sets' storage, opened once per task
     entries = []
     for symbol in symbols:
         name = f"parts/{symbol}.parquet"
@@ -412,7 +411,11 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
             entries.append(found)
             continue
         if symbol in resume:
-            table, n, first, last, state, read = _continued_part(store, symbol, end, members, rows, resume[symbol])
+            cont = resume[symbol]
+            if cont.set_ref not in earlier:
+                earlier[cont.set_ref] = cont.set_ref.open()
+            table, n, first, last, state, read = _continued_part(store, symbol, end, members, rows, cont,
+                                                                 earlier[cont.set_ref])
         elif store.rows_in_range(symbol, start, end) <= rows:
             table, n, first, last, state = _whole_part(store, symbol, start, end, members, cache_ref, keep_state)
             read = n
@@ -431,6 +434,28 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
     return entries
 
 
+def _read_state(storage: Any, rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A saved state's arrays, checked against the size and sha256 recorded at commit.
+
+    :func:`admf_dask.sweep.incremental.read_state` on a storage already open (one per
+    task, not one per symbol: opening an object store costs a new session).
+    """
+    from .sweep.portfolio import _arrays_read
+
+    where = storage.display(rec["file"])
+    try:
+        raw = storage.read_bytes(rec["file"])
+    except StorageError as exc:
+        if exc.message != "file not found":
+            raise
+        raise StorageError("saved engine state is missing", file=where,
+                           hint="rerun with --force to recompute in full") from None
+    if len(raw) != rec["size"] or hashlib.sha256(raw).hexdigest() != rec["sha256"]:
+        raise StorageError(f"saved engine state does not match its commit record ({len(raw)} bytes, "
+                           f"{rec['size']} recorded)", file=where, hint="rerun with --force to recompute in full")
+    return _arrays_read(raw, where)
+
+
 def _write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
     from .sweep.incremental import write_state
 
@@ -440,7 +465,6 @@ def _write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict
 def _found(storage: Any, store: BarStore, name: str, symbol: str, start: Any, end: Any,
            keep_state: bool) -> dict[str, Any] | None:
     """The entry of a part an earlier, interrupted run of the same set wrote whole (with its state), or None."""
-    from .errors import StorageError
     from .sweep.portfolio import _arrays_read
 
     if not storage.exists(name):
@@ -509,21 +533,19 @@ def _streamed_part(store: BarStore, symbol: str, start: Any, end: Any, members: 
 
 
 def _continued_part(store: BarStore, symbol: str, end: Any, members: Sequence[Member], rows: int,
-                    cont: Continue) -> tuple:
+                    cont: Continue, earlier: Any) -> tuple:
     """A symbol that only grew, from the previous set's state and part: only the bars after its last are read.
 
     The previous part's events (checked against the sha256 its manifest recorded), then
     the new bars' events, computed from the saved state: what a full generation gives.
     """
     from .bars.schema import VALUE_COLUMNS
-    from .errors import StorageError
     from .kernels.stats import PeriodsPerYearStream
     from .stream import SymbolStream
-    from .sweep.incremental import Resume, read_state
 
     rec = cont.part["state"]
-    saved = read_state(Resume(cont.set_ref, rec["file"], rec["size"], rec["sha256"]))
-    where = cont.set_ref.open().display(rec["file"])
+    saved = _read_state(earlier, rec)
+    where = earlier.display(rec["file"])
     try:
         seen, first0, last0 = (int(v) for v in saved["i8"])
         tail = {"timestamp": saved["tail_ts"], **{c: saved["tail"][j] for j, c in enumerate(VALUE_COLUMNS)}}
@@ -535,7 +557,7 @@ def _continued_part(store: BarStore, symbol: str, end: Any, members: Sequence[Me
         raise StorageError(f"saved engine state does not match its part ({seen} bars to {last0}, the part has "
                            f"{cont.part['bars']} to {cont.part['last_ns']})", file=where, symbol=symbol,
                            hint="rerun with --force to generate the set in full")
-    old = read_verified_part(cont.set_ref, cont.part, symbol)
+    old = read_verified_part(cont.set_ref, cont.part, symbol, earlier)
     targets = MemberTargets(members, symbol, "")
     targets.restore(saved, where)
     begin = last0 + 1  # the range's start is at or before the first bar the previous set read
@@ -555,11 +577,12 @@ def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Seq
 
     With ``keep_state`` (built-in members) the targets come from the same rule kernel as
     :func:`~admf_dask.backtest.batch_targets`, as one chunk, so that its end state is kept,
-    with the indicators' end states (those loaded from the storage cache have none and are
-    run once more, as one chunk, for it) and the last ``max(1, halo)`` bars: the state a
-    stream over the same bars ends in.
+    with the indicators' end states (computed here, or stored with their packs in the
+    storage cache; a pack written without them has its indicator run once more, as one
+    chunk, for it) and the last ``max(1, halo)`` bars: the state a stream over the same
+    bars ends in.
     """
-    from .backtest import _f64, batch_targets
+    from .backtest import _f64, _ind_matrix, batch_targets
     from .cache import build_indicator_set
     from .indicators import IndicatorPlan
     from .kernels.state import run_state_init
@@ -579,17 +602,23 @@ def _whole_part(store: BarStore, symbol: str, start: Any, end: Any, members: Seq
         if not keep_state:
             targets[ks] = batch_targets(iset, batch, code)
             continue
-        matrix, rows = iset.stacked(batch.rows)
+        stacked = iset.stacked(batch.rows)
+        if stacked is not None:  # the set's own matrix, as batch_targets reads it
+            ind, rows = stacked
+            idx, last = rows[batch.idx], ind[rows, -1]
+        else:
+            ind, idx = _ind_matrix(batch, iset, bars)
+            last = ind[:len(batch.rows), -1]
         run = run_state_init(len(ks), 0.0)
-        targets[ks] = strategy_targets_chunk(batch.strategy.kind, matrix, rows[batch.idx], batch.fparams,
+        targets[ks] = strategy_targets_chunk(batch.strategy.kind, ind, idx, batch.fparams,
                                              _f64(bars.columns["close"]), 0, 0, run, code)
-        ind = {}
+        ends_of = {}
         for spec in batch.plan.specs:
             if spec.token not in ends:
                 _, ends[spec.token] = spec.compute_chunk(bars.columns, 0, spec.init_state())
-            ind[spec.token] = ends[spec.token]
+            ends_of[spec.token] = ends[spec.token]
             halo = max(halo, spec.halo)
-        groups.update(_group_state(g, run, matrix[rows, -1], ind))
+        groups.update(_group_state(g, run, last, ends_of))
     table = _events_table(bars.timestamp, targets)
     ts = bars.timestamp
     state = None
@@ -710,13 +739,20 @@ class SignalSet:
                 "events": sum(p["events"] for p in parts)}
 
 
-def read_verified_part(set_ref: StorageRef, entry: Mapping[str, Any], symbol: str) -> pa.Table:
-    """The events of a part (``entry`` of a set's manifest), checked against the sha256 recorded at commit."""
-    storage = set_ref.open()
+def read_verified_part(set_ref: StorageRef, entry: Mapping[str, Any], symbol: str,
+                       storage: Any = None) -> pa.Table:
+    """The events of a part (``entry`` of a set's manifest), checked against the sha256 recorded at commit.
+
+    ``storage``: the set's storage if already open.
+    """
+
+    storage = storage if storage is not None else set_ref.open()
     where = storage.display(entry["file"])
     try:
         raw = storage.read_bytes(entry["file"])
-    except FileNotFoundError:
+    except (FileNotFoundError, StorageError) as exc:
+        if isinstance(exc, StorageError) and exc.message != "file not found":
+            raise
         raise DataError(f"signal part {where} listed in the manifest is missing", file=where, symbol=symbol,
                         hint="regenerate the set with `admf signals --force`") from None
     if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
@@ -842,8 +878,8 @@ def _plan_continue(root: StorageRef, identity: dict[str, Any], plan: _Plan, bars
     m = prev.manifest
     if (m.get("version") != __version__ or not m.get("resumable") or m.get("symbols") != list(plan.symbols)
             or [{k: v for k, v in x.items() if k != "label"} for x in m["members"]] != identity["signals"]):
-        return None, {}, f"generated in full: the last set {prev_id} cannot be continued (other members, " \
-                         f"symbols or version, or no saved state)"
+        return None, {}, (f"generated in full: the last set {prev_id} cannot be continued (other members, "
+                          f"symbols or version, or no saved state)")
     versions = m.get("symbol_versions") or {}
     resume, changed = {}, []
     for s in plan.symbols:

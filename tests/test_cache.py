@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -302,3 +304,46 @@ def test_a_plan_without_indicators_is_never_mapped(dataset, tmp_path):
         s = hub.source("AAA", empty, consumers=8).result()
         assert s.matrix.shape == (0, len(dataset.read("AAA"))) and s.bars.symbol == "AAA"
         hub.release()
+
+
+def test_whole_series_packs_carry_each_indicator_end_state(dataset, tmp_path):
+    """What an incremental run goes on from: a set loaded or mapped from storage has the end states it was
+    computed with (covered by the checksums), so nothing is computed again to get them."""
+    from admf_dask.cache import build_indicator_set, build_mapped_set
+
+    specs = [IndicatorSpec.make("ema", span=12), IndicatorSpec.make("sma", window=30),
+             IndicatorSpec.make("rsi", window=14)]
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    computed = build_indicator_set(dataset.ref, "AAA", None, None, specs, cache)
+    loaded = build_indicator_set(dataset.ref, "AAA", None, None, specs, cache)
+    assert computed.counters.computed == 3 and loaded.counters.loaded_storage == 3 and loaded.counters.computed == 0
+    expected = {s.token: s.compute_chunk(computed.bars.columns, 0, s.init_state())[1] for s in specs}
+    for got in (computed.states, loaded.states):
+        assert set(got) == set(expected)
+        for tok, st in expected.items():
+            np.testing.assert_array_equal(got[tok], st)
+    mapped_cache = StorageRef.make(str(tmp_path / "mapped"))
+    first = build_mapped_set(dataset.ref, "BBB", None, None, specs, mapped_cache)
+    again = build_mapped_set(dataset.ref, "BBB", None, None, specs, mapped_cache)
+    assert first.counters.computed == 3 and again.counters.loaded_storage == 3
+    bbb = build_indicator_set(dataset.ref, "BBB", None, None, specs, mapped_cache)  # reads the mapped pack
+    assert bbb.counters.loaded_storage == 3
+    for receipt in (first, again):
+        states = receipt.build().states
+        for s in specs:
+            np.testing.assert_array_equal(states[s.token], bbb.states[s.token])
+            np.testing.assert_array_equal(states[s.token],
+                                          s.compute_chunk(bbb.bars.columns, 0, s.init_state())[1])
+    # a state that does not match its checksum makes the entry corrupt: recomputed, never used
+    pack = next((tmp_path / "cache").rglob("*.pack"))
+    raw = pack.read_bytes()
+    size = int.from_bytes(raw[8:16], "little")
+    head = json.loads(raw[16:16 + size])
+    tok = specs[0].token
+    head["states"][tok] = [v + 1.0 if np.isfinite(v) else 1.0 for v in head["states"][tok]]
+    text = json.dumps(head).encode()
+    assert len(text) <= size
+    pack.write_bytes(raw[:16] + text + b" " * (size - len(text)) + raw[16 + size:])
+    damaged = build_indicator_set(dataset.ref, "AAA", None, None, specs, cache)
+    assert damaged.counters.corrupt >= 1 and damaged.counters.computed >= 1
+    np.testing.assert_array_equal(damaged.states[tok], expected[tok])
