@@ -78,11 +78,9 @@ def read_state(resume: Resume) -> dict[str, np.ndarray]:
 
     storage = resume.run_ref.open()
     where = storage.display(resume.file)
-    try:
-        raw = storage.read_bytes(resume.file)
-    except FileNotFoundError:
-        raise StorageError("saved engine state is missing", file=where,
-                           hint="rerun with --force to recompute in full") from None
+    if not storage.exists(resume.file):
+        raise StorageError("saved engine state is missing", file=where, hint="rerun with --force to recompute in full")
+    raw = storage.read_bytes(resume.file)
     if len(raw) != resume.size or hashlib.sha256(raw).hexdigest() != resume.sha256:
         raise StorageError(f"saved engine state does not match its commit record ({len(raw)} bytes, "
                            f"{resume.size} recorded)", file=where, hint="rerun with --force to recompute in full")
