@@ -117,52 +117,59 @@ class Txn:
 def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
                  planners: dict[str, Callable[[dict[str, Any] | None], Plan]],
                  source: dict[str, Any] | None) -> dict[str, Any]:
-    """Read-merge-write the manifest until it holds, moving staged files into place just before.
+    """Read-merge-write the manifest until it holds, with the staged files moved into place just before.
 
     ``plans`` (symbol -> :class:`~admf_dask.bars.update.Plan`) are updated in place
     to the plans finally committed; ``planners`` redo a symbol's plan on another base.
-    Per attempt (under the dataset lock on local disk; optimistic on S3): read the
-    manifest and its version; plan again each symbol whose entry another writer
-    changed since its plan's base; journal the paths to add and the listed paths
-    superseded (``_txn.json``); move the staged files into place; write the
-    manifest (S3: conditional on the version read). A lost race on S3 tries again
-    after a short jittered pause. Afterwards superseded files, files moved for a
-    plan that was redone, the staging and dead writers' leftovers are removed.
+    Per attempt (under the dataset lock on local disk; optimistic on S3): journal the
+    plans' paths to add and the listed paths they supersede (``_txn.json``) and move
+    their staged files into place; read the manifest and its version; plan again each
+    symbol whose entry another writer changed since its plan's base (journal and move
+    again if that changed anything); write the manifest (S3: conditional on the
+    version read, so the window between read and write is one request). A lost race
+    on S3 tries again after a jittered pause. Afterwards superseded files, files moved
+    for a plan that was redone, the staging and dead writers' leftovers are removed.
     """
     storage = store.storage
     moved: set[str] = set()
-    journaled: tuple | None = None
+    journaled: tuple = ([], [])
     manifest: dict[str, Any] | None = None
+
+    def publish() -> None:
+        nonlocal journaled
+        moves = {final: path for plan in plans.values() for final, path in plan.staged.items() if final not in moved}
+        journal = (sorted(moved | set(moves)), sorted(_listed_before(plans.values()) - _listed_by(plans.values())))
+        if journal != journaled:
+            txn.write_record(*journal)
+            journaled = journal
+        for final, path in moves.items():
+            if storage.conditional:  # copy: a redone plan may read the staged file again
+                storage.copy(path, final)
+            else:
+                storage.rename(path, final)
+            moved.add(final)
+
     try:
         for attempt in range(_COMMIT_ATTEMPTS):
             with storage.exclusive(LOCK):
+                publish()
                 raw, version = storage.read_versioned(MANIFEST)
                 current = store._parse(raw)
                 if attempt and current.get("txn") == txn.id:  # our write landed, its answer was lost
                     manifest = current
                     break
+                redone = False
                 for symbol, plan in plans.items():
                     entry = current["symbols"].get(symbol)
                     if _version(entry) != _version(plan.base):
                         plans[symbol] = planners[symbol](entry)
+                        redone = True
+                if redone:
+                    publish()
                 manifest = _compose(current, plans.values(), source, txn.id)
                 if _same(manifest, current):
                     manifest = current
                     break
-                listed = _listed(manifest)
-                dropped = _listed(current) - listed
-                moves = {final: path for plan in plans.values() for final, path in plan.staged.items()
-                         if final not in moved}
-                journal = (sorted(moved | set(moves)), sorted(dropped))
-                if journal != journaled:
-                    txn.write_record(*journal)
-                    journaled = journal
-                for final, path in moves.items():
-                    if storage.conditional:  # copy: a redone plan may read the staged file again
-                        storage.copy(path, final)
-                    else:
-                        storage.rename(path, final)
-                    moved.add(final)
                 if storage.write_if(json.dumps(manifest, indent=1, sort_keys=True).encode(), MANIFEST,
                                     version=version):
                     break
@@ -211,6 +218,11 @@ def _listed(manifest: dict[str, Any]) -> set[str]:
 def _listed_before(plans: Iterable[Plan]) -> set[str]:
     """The files of the versions the plans replace (each plan's base)."""
     return {f["path"] for p in plans if p.base is not None for f in p.base["files"]}
+
+
+def _listed_by(plans: Iterable[Plan]) -> set[str]:
+    """The files of the plans' new versions."""
+    return {f["path"] for p in plans for f in p.entry["files"]}
 
 
 def _dataset_fingerprint(symbols: dict[str, dict[str, Any]]) -> str:

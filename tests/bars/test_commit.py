@@ -351,3 +351,19 @@ def test_clean_up_removes_dead_writers_staging_and_keeps_live_ones(tmp_path):
     assert list((root / live.dir).iterdir())  # the live writer's staged files are untouched
     assert not (root / orphan).exists(), dead_with_journal  # removed through the dead writer's journal
     live.abort()
+
+
+def test_threads_of_one_process_share_a_lock_on_other_filesystems():
+    """memory:// and other fsspec filesystems: commits are serialised within a process (and only there)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = "memory://threads-commit/store"
+    inputs = [generate_bars(f"T{i}", "2024-01-01", "2024-02-29", seed=i) for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda b: BarStore(url).update([b]), inputs))
+    store = BarStore(url)
+    assert store.symbols() == sorted(b.symbol for b in inputs)
+    for b in inputs:
+        np.testing.assert_array_equal(store.read(b.symbol).close, b.close)
+    assert not store.storage.fs.exists(store.storage.path(STAGING))
+    store.storage.fs.rm(store.storage.root, recursive=True)
