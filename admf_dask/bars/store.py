@@ -23,10 +23,7 @@ read-merge-write of the manifest under a lock (local disk) or a conditional PUT
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from itertools import pairwise
@@ -42,17 +39,13 @@ from pyarrow import fs as pafs
 from ..errors import DataError, StorageError, did_you_mean
 from ..storage import Storage, StorageRef
 from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars
-from .txn import LOCK, Txn, recover
+from .txn import MANIFEST, Txn, commit_plans
 from .update import Plan, SymbolChange, check_mode, plan_bars, plan_staged, write_symbol_files
 
 __all__ = ["BarStore", "MANIFEST", "Update", "to_ns", "write_symbol_files"]
 
-MANIFEST = "_dataset.json"
 FORMAT = "admf-bars"
 _MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-# A commit that keeps losing to other writers gives up after this many tries (jittered backoff between).
-_COMMIT_ATTEMPTS = 60
-_BACKOFF, _BACKOFF_MAX = 0.05, 2.0  # seconds: the first pause after a lost race is up to 0.1 s, then doubling
 
 
 def to_ns(when: object, default: int) -> int:
@@ -629,7 +622,7 @@ class BarStore:
                 planners[b.symbol] = planner
                 plans[b.symbol] = planner(base["symbols"].get(b.symbol))
             txn = txn or Txn(self.storage)
-            manifest = self._commit(txn, plans, planners, source)
+            manifest = commit_plans(self, txn, plans, planners, source)
         except BaseException:
             if txn is not None:
                 txn.abort()
@@ -659,7 +652,7 @@ class BarStore:
         planners = {e["symbol"]: (lambda entry, e=e: plan_staged(self, e, entry)) for e in entries}
         base = self._read_base()
         plans = {s: planner(base["symbols"].get(s)) for s, planner in planners.items()}
-        manifest = self._commit(txn, plans, planners, source)
+        manifest = commit_plans(self, txn, plans, planners, source)
         for other in txn_ids[1:]:
             Txn(self.storage, other).finish()
         return manifest
@@ -676,125 +669,6 @@ class BarStore:
         except ValueError as exc:
             raise StorageError(f"corrupt JSON ({exc})", file=self.storage.display(MANIFEST),
                                hint="the file was damaged or written by something else") from None
-
-    def _commit(self, txn: Txn, plans: dict[str, Plan],
-                planners: dict[str, Callable[[dict[str, Any] | None], Plan]],
-                source: dict[str, Any] | None) -> dict[str, Any]:
-        """Read-merge-write the manifest until it holds, moving staged files into place just before.
-
-        Per attempt (under the dataset lock on local disk; optimistic on S3): read the
-        manifest and its version; plan again each symbol whose entry another writer
-        changed since its plan's base; journal the paths to add and the listed paths
-        superseded (``_txn.json``); move the staged files into place; write the
-        manifest (S3: conditional on the version read). A lost race on S3 tries again
-        after a short jittered pause. Afterwards superseded files, files moved for a
-        plan that was redone, the staging and dead writers' leftovers are removed.
-        """
-        storage = self.storage
-        moved: set[str] = set()
-        journaled: tuple | None = None
-        manifest: dict[str, Any] | None = None
-        try:
-            for attempt in range(_COMMIT_ATTEMPTS):
-                with storage.exclusive(LOCK):
-                    raw, version = storage.read_versioned(MANIFEST)
-                    current = self._parse(raw)
-                    if attempt and current.get("txn") == txn.id:  # our write landed, its answer was lost
-                        manifest = current
-                        break
-                    for symbol, plan in plans.items():
-                        entry = current["symbols"].get(symbol)
-                        if _version(entry) != _version(plan.base):
-                            plans[symbol] = planners[symbol](entry)
-                    manifest = _compose(current, plans.values(), source, txn.id)
-                    if _same(manifest, current):
-                        manifest = current
-                        break
-                    listed = _listed(manifest)
-                    dropped = _listed(current) - listed
-                    moves = {final: path for plan in plans.values() for final, path in plan.staged.items()
-                             if final not in moved}
-                    journal = (sorted(moved | set(moves)), sorted(dropped))
-                    if journal != journaled:
-                        txn.write_record(*journal)
-                        journaled = journal
-                    for final, path in moves.items():
-                        if storage.conditional:  # copy: a redone plan may read the staged file again
-                            storage.copy(path, final)
-                        else:
-                            storage.rename(path, final)
-                        moved.add(final)
-                    if storage.write_if(json.dumps(manifest, indent=1, sort_keys=True).encode(), MANIFEST,
-                                        version=version):
-                        break
-                # lost to another writer (S3 only): back off, full jitter, so that contenders spread out
-                time.sleep(random.uniform(0, min(_BACKOFF_MAX, _BACKOFF * 2 ** attempt)))
-            else:
-                raise StorageError(f"could not commit: other writers changed the manifest {_COMMIT_ATTEMPTS} times "
-                                   "in a row", file=storage.display(MANIFEST), hint="run it again")
-        except BaseException:
-            self._unmove(moved)
-            raise
-        self._manifest = manifest
-        listed = _listed(manifest)
-        storage.remove(sorted((_listed_before(plans.values()) | moved) - listed))
-        txn.finish()
-        try:
-            recover(storage, listed, own={txn.id})
-        except StorageError:  # best effort: the next commit tries again
-            pass
-        return manifest
-
-    def _unmove(self, moved: set[str]) -> None:
-        """After a failed commit: remove the files it moved into place that no committed manifest lists."""
-        if not moved:
-            return
-        try:
-            raw, _ = self.storage.read_versioned(MANIFEST)
-            listed = _listed(self._parse(raw))
-        except StorageError:
-            return  # cannot tell what is committed: leave them to a later commit's recovery (journaled)
-        self.storage.remove(sorted(moved - listed))
-
-
-def _version(entry: dict[str, Any] | None) -> tuple | None:
-    """What identifies a committed version of a symbol: its fingerprint and exact files."""
-    if entry is None:
-        return None
-    return entry["fingerprint"], tuple(f["path"] for f in entry["files"])
-
-
-def _listed(manifest: dict[str, Any]) -> set[str]:
-    return {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
-
-
-def _listed_before(plans: Iterable[Plan]) -> set[str]:
-    """The files of the versions the plans replace (each plan's base)."""
-    return {f["path"] for p in plans if p.base is not None for f in p.base["files"]}
-
-
-def _dataset_fingerprint(symbols: dict[str, dict[str, Any]]) -> str:
-    return hashlib.sha256(
-        f"v{SCHEMA_VERSION}|".encode() +
-        "|".join(f"{s}:{e['fingerprint']}" for s, e in sorted(symbols.items())).encode()
-    ).hexdigest()
-
-
-def _compose(current: dict[str, Any], plans: Iterable[Plan], source: dict[str, Any] | None,
-             txn_id: str) -> dict[str, Any]:
-    manifest = {**current, "symbols": dict(current["symbols"]), "txn": txn_id}
-    for plan in plans:
-        manifest["symbols"][plan.symbol] = plan.entry
-    if source is not None:
-        manifest["source"] = source
-    manifest["fingerprint"] = _dataset_fingerprint(manifest["symbols"])
-    return manifest
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal manifests but for the transaction that wrote them."""
-    return {k: v for k, v in a.items() if k != "txn"} == {k: v for k, v in b.items() if k != "txn"}
-
 
 _MANIFESTS: dict[StorageRef, dict[str, Any]] = {}  # per process: manifests by dataset, see BarStore.open
 _READ_THREADS = 4  # reading is latency- and decode-bound; a few threads overlap both

@@ -1,4 +1,4 @@
-"""Write transactions on a bar dataset: staged files, the journal, and crash recovery.
+"""Write transactions on a bar dataset: staged files, the manifest commit, the journal, crash recovery.
 
 While a writer works, its new data files live under the dataset in a directory of
 its own, where readers that glob the dataset do not look::
@@ -35,20 +35,31 @@ import calendar
 import hashlib
 import json
 import os
+import random
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from ..storage import Storage
+from .schema import SCHEMA_VERSION
 
-__all__ = ["LOCK", "STAGING", "STALE_SECONDS", "Txn", "recover"]
+if TYPE_CHECKING:
+    from .update import Plan
 
+__all__ = ["LOCK", "MANIFEST", "STAGING", "STALE_SECONDS", "Txn", "commit_plans", "recover"]
+
+MANIFEST = "_dataset.json"
 STAGING = "_staging"
 LOCK = "_dataset.lock"
 RECORD = "_txn.json"
 # A transaction whose writer cannot be checked (another host) is taken as dead after this long.
 STALE_SECONDS = 24 * 3600
+# A commit that keeps losing to other writers gives up after this many tries, with a jittered pause between.
+_COMMIT_ATTEMPTS = 60
+_BACKOFF, _BACKOFF_MAX = 0.05, 2.0  # seconds: the first pause after a lost race is up to 0.1 s, then doubling
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
@@ -101,6 +112,140 @@ class Txn:
         self.storage.prune(STAGING)
 
     finish = abort  # after a commit the staged files were moved out; the rest goes
+
+
+def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
+                 planners: dict[str, Callable[[dict[str, Any] | None], Plan]],
+                 source: dict[str, Any] | None) -> dict[str, Any]:
+    """Read-merge-write the manifest until it holds, with the staged files moved into place just before.
+
+    ``plans`` (symbol -> :class:`~admf_dask.bars.update.Plan`) are updated in place
+    to the plans finally committed; ``planners`` redo a symbol's plan on another base.
+    Per attempt (under the dataset lock on local disk; optimistic on S3): journal the
+    plans' paths to add and the listed paths they supersede (``_txn.json``) and move
+    their staged files into place; read the manifest and its version; plan again each
+    symbol whose entry another writer changed since its plan's base (journal and move
+    again if that changed anything); write the manifest (S3: conditional on the
+    version read, so the window between read and write is one request). A lost race
+    on S3 tries again after a jittered pause. Afterwards superseded files, files moved
+    for a plan that was redone, the staging and dead writers' leftovers are removed.
+    """
+    storage = store.storage
+    moved: set[str] = set()
+    journaled: tuple = ([], [])
+    manifest: dict[str, Any] | None = None
+
+    def publish() -> None:
+        nonlocal journaled
+        moves = {final: path for plan in plans.values() for final, path in plan.staged.items() if final not in moved}
+        journal = (sorted(moved | set(moves)), sorted(_listed_before(plans.values()) - _listed_by(plans.values())))
+        if journal != journaled:
+            txn.write_record(*journal)
+            journaled = journal
+        for final, path in moves.items():
+            if storage.conditional:  # copy: a redone plan may read the staged file again
+                storage.copy(path, final)
+            else:
+                storage.rename(path, final)
+            moved.add(final)
+
+    try:
+        for attempt in range(_COMMIT_ATTEMPTS):
+            with storage.exclusive(LOCK):
+                publish()
+                raw, version = storage.read_versioned(MANIFEST)
+                current = store._parse(raw)
+                if attempt and current.get("txn") == txn.id:  # our write landed, its answer was lost
+                    manifest = current
+                    break
+                redone = False
+                for symbol, plan in plans.items():
+                    entry = current["symbols"].get(symbol)
+                    if _version(entry) != _version(plan.base):
+                        plans[symbol] = planners[symbol](entry)
+                        redone = True
+                if redone:
+                    publish()
+                manifest = _compose(current, plans.values(), source, txn.id)
+                if _same(manifest, current):
+                    manifest = current
+                    break
+                if storage.write_if(json.dumps(manifest, indent=1, sort_keys=True).encode(), MANIFEST,
+                                    version=version):
+                    break
+            # lost to another writer (S3 only): back off, full jitter, so that contenders spread out
+            time.sleep(random.uniform(0, min(_BACKOFF_MAX, _BACKOFF * 2 ** attempt)))
+        else:
+            raise StorageError(f"could not commit: other writers changed the manifest {_COMMIT_ATTEMPTS} times "
+                               "in a row", file=storage.display(MANIFEST), hint="run it again")
+    except BaseException:
+        _unmove(store, moved)
+        raise
+    store._manifest = manifest
+    listed = _listed(manifest)
+    storage.remove(sorted((_listed_before(plans.values()) | moved) - listed))
+    txn.finish()
+    try:
+        recover(storage, listed, own={txn.id})
+    except StorageError:  # best effort: the next commit tries again
+        pass
+    return manifest
+
+
+def _unmove(store: Any, moved: set[str]) -> None:
+    """After a failed commit: remove the files it moved into place that no committed manifest lists."""
+    if not moved:
+        return
+    try:
+        raw, _ = store.storage.read_versioned(MANIFEST)
+        listed = _listed(store._parse(raw))
+    except StorageError:
+        return  # cannot tell what is committed: leave them to a later commit's recovery (journaled)
+    store.storage.remove(sorted(moved - listed))
+
+
+def _version(entry: dict[str, Any] | None) -> tuple | None:
+    """What identifies a committed version of a symbol: its fingerprint and exact files."""
+    if entry is None:
+        return None
+    return entry["fingerprint"], tuple(f["path"] for f in entry["files"])
+
+
+def _listed(manifest: dict[str, Any]) -> set[str]:
+    return {f["path"] for e in manifest["symbols"].values() for f in e["files"]}
+
+
+def _listed_before(plans: Iterable[Plan]) -> set[str]:
+    """The files of the versions the plans replace (each plan's base)."""
+    return {f["path"] for p in plans if p.base is not None for f in p.base["files"]}
+
+
+def _listed_by(plans: Iterable[Plan]) -> set[str]:
+    """The files of the plans' new versions."""
+    return {f["path"] for p in plans for f in p.entry["files"]}
+
+
+def _dataset_fingerprint(symbols: dict[str, dict[str, Any]]) -> str:
+    return hashlib.sha256(
+        f"v{SCHEMA_VERSION}|".encode() +
+        "|".join(f"{s}:{e['fingerprint']}" for s, e in sorted(symbols.items())).encode()
+    ).hexdigest()
+
+
+def _compose(current: dict[str, Any], plans: Iterable[Plan], source: dict[str, Any] | None,
+             txn_id: str) -> dict[str, Any]:
+    manifest = {**current, "symbols": dict(current["symbols"]), "txn": txn_id}
+    for plan in plans:
+        manifest["symbols"][plan.symbol] = plan.entry
+    if source is not None:
+        manifest["source"] = source
+    manifest["fingerprint"] = _dataset_fingerprint(manifest["symbols"])
+    return manifest
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal manifests but for the transaction that wrote them."""
+    return {k: v for k, v in a.items() if k != "txn"} == {k: v for k, v in b.items() if k != "txn"}
 
 
 def new_id() -> str:

@@ -31,21 +31,27 @@ from admf_dask.cli import main
 from admf_dask.storage import Storage
 
 
-def _share_botocore_data() -> None:
-    """Load botocore's S3 models once, here, for every child (each child's first S3 client cost 0.5 s of CPU).
+_LOADER = None
 
-    Every botocore session builds its own data loader, which parses the same large
-    JSON files again; sessions made after this get one loader, already filled.
-    Nothing about the requests changes.
+
+def botocore_loader():
+    """One botocore data loader holding S3's models, parsed once.
+
+    Every botocore session builds its own loader and parses the same large JSON
+    files again (0.5 s of CPU for each new S3 client); sessions that get this one
+    skip that. Nothing about the requests changes.
     """
-    import botocore.loaders
-    import botocore.session
+    global _LOADER
+    if _LOADER is None:
+        import botocore.loaders
+        import botocore.session
 
-    shared = botocore.loaders.create_loader()
-    botocore.session.create_loader = lambda *args, **kwargs: shared
-    botocore.session.get_session().create_client(  # no request is made: this only fills the loader
-        "s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9", aws_access_key_id="x",
-        aws_secret_access_key="x")
+        _LOADER = botocore.loaders.create_loader()
+        session = botocore.session.Session()
+        session.register_component("data_loader", _LOADER)
+        session.create_client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",  # no request
+                              aws_access_key_id="x", aws_secret_access_key="x")
+    return _LOADER
 
 
 def _die(*args, **kwargs):
@@ -68,7 +74,10 @@ def run(job: list[str], crash_at: str | None) -> int:
 
 
 def launch(jobs: list[list[str]], crash_at: str | None = None) -> list[int]:
-    _share_botocore_data()
+    import botocore.session
+
+    loader = botocore_loader()
+    botocore.session.create_loader = lambda *args, **kwargs: loader  # the children's sessions share it
     gc.collect()
     gc.freeze()  # children share the parent's objects without copying their pages
     start_r, start_w = os.pipe()

@@ -29,6 +29,18 @@ LAUNCHER = str(Path(__file__).with_name("fork_ingest.py"))
 ROOT = str(Path(__file__).parents[2])
 
 
+@pytest.fixture
+def s3_quick(s3, monkeypatch):
+    """The ``s3`` bucket, with the S3 clients of this test made without parsing botocore's models again."""
+    import botocore.session
+
+    from tests.bars.fork_ingest import botocore_loader
+
+    loader = botocore_loader()
+    monkeypatch.setattr(botocore.session, "create_loader", lambda *args, **kwargs: loader)
+    return s3
+
+
 def launch(jobs, crash_at=None, timeout=120):
     """Run `admf` command lines at once, one process each; their exit codes and the output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
@@ -60,8 +72,8 @@ def listed(store: BarStore) -> set[str]:
 
 
 # ------------------------------------------------------------------ conditional writes (S3)
-def test_s3_manifest_writes_are_conditional_on_the_etag_read(s3):
-    bucket, options = s3
+def test_s3_manifest_writes_are_conditional_on_the_etag_read(s3_quick):
+    bucket, options = s3_quick
     st = Storage(f"{bucket}/cond", options)
     assert st.read_versioned("m.json") == (None, None)
     assert st.write_if(b"one", "m.json", version=None)            # If-None-Match: * on a new key
@@ -105,7 +117,7 @@ def test_twenty_concurrent_ingests_on_local_disk_lose_nothing(tmp_path):
     assert not (store_dir / STAGING).exists()
 
 
-def test_twenty_concurrent_ingests_on_s3_lose_nothing(tmp_path, s3_atomic_puts):
+def test_twenty_concurrent_ingests_on_s3_lose_nothing(tmp_path, s3_atomic_puts, s3_quick):
     bucket, options = s3_atomic_puts
     inputs = _twenty_csvs(tmp_path)
     url = f"{bucket}/concurrent"
@@ -119,31 +131,27 @@ def test_twenty_concurrent_ingests_on_s3_lose_nothing(tmp_path, s3_atomic_puts):
 
 # ------------------------------------------------------------------ a writer that loses the race redoes its merge
 def _race(store: BarStore, other) -> None:
-    """Make ``store``'s next commit find that ``other()`` committed just before it (S3: just before its PUT)."""
-    if store.storage.conditional:
-        real = store.storage.write_if
-        done = []
+    """Make ``store``'s next commit find that ``other()`` committed just before it.
 
-        def write_if(data, *parts, version):
-            if not done:
-                done.append(other())
-            return real(data, *parts, version=version)
+    Local disk: just before it takes the lock. S3: just before its conditional PUT,
+    after it read the manifest and copied its files into place (the PUT then fails).
+    """
+    name = "write_if" if store.storage.conditional else "exclusive"
+    real = getattr(store.storage, name)
+    done = []
 
-        store.storage.write_if = write_if
-    else:
-        real_commit = store._commit
+    def other_first(*args, **kwargs):
+        if not done:
+            done.append(other())
+        return real(*args, **kwargs)
 
-        def commit(*args):
-            other()
-            return real_commit(*args)
-
-        store._commit = commit
+    setattr(store.storage, name, other_first)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_merge_that_loses_the_race_is_redone_on_the_new_version(tmp_path, request, where):
     if where == "s3":
-        bucket, options = request.getfixturevalue("s3")
+        bucket, options = request.getfixturevalue("s3_quick")
         url = f"{bucket}/race"
     else:
         url, options = str(tmp_path / "race"), None
@@ -168,7 +176,7 @@ def test_a_merge_that_loses_the_race_is_redone_on_the_new_version(tmp_path, requ
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_an_append_that_no_longer_holds_on_the_new_version_fails_and_changes_nothing(tmp_path, request, where):
     if where == "s3":
-        bucket, options = request.getfixturevalue("s3")
+        bucket, options = request.getfixturevalue("s3_quick")
         url = f"{bucket}/race"
     else:
         url, options = str(tmp_path / "race"), None
@@ -277,8 +285,8 @@ def test_a_writer_killed_mid_commit_leaves_readers_the_committed_rows(tmp_path, 
         pd.testing.assert_frame_equal(frame, committed, obj=name)
 
 
-def test_a_failed_commit_on_s3_leaves_no_staging(s3, tmp_path):
-    bucket, options = s3
+def test_a_failed_commit_on_s3_leaves_no_staging(s3_quick, tmp_path):
+    bucket, options = s3_quick
     store = BarStore(f"{bucket}/failed", options)
     store.write([generate_bars("AAA", "2024-01-01", "2024-01-31", seed=1)])
     before = snapshot(store.storage.fs, store.storage.root)
@@ -343,3 +351,19 @@ def test_clean_up_removes_dead_writers_staging_and_keeps_live_ones(tmp_path):
     assert list((root / live.dir).iterdir())  # the live writer's staged files are untouched
     assert not (root / orphan).exists(), dead_with_journal  # removed through the dead writer's journal
     live.abort()
+
+
+def test_threads_of_one_process_share_a_lock_on_other_filesystems():
+    """memory:// and other fsspec filesystems: commits are serialised within a process (and only there)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = "memory://threads-commit/store"
+    inputs = [generate_bars(f"T{i}", "2024-01-01", "2024-02-29", seed=i) for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda b: BarStore(url).update([b]), inputs))
+    store = BarStore(url)
+    assert store.symbols() == sorted(b.symbol for b in inputs)
+    for b in inputs:
+        np.testing.assert_array_equal(store.read(b.symbol).close, b.close)
+    assert not store.storage.fs.exists(store.storage.path(STAGING))
+    store.storage.fs.rm(store.storage.root, recursive=True)
