@@ -103,7 +103,7 @@ class Session:
                 line += f"; the traceback is in {self.log_file}"
             else:
                 line += "; see --log-file PATH or -v for the traceback"
-        click.echo(("\n" if sys.stderr.isatty() else "") + line, err=True)  # a ^C or a progress bar may end the line
+        click.echo(line, err=True)
         return code, status, line if code == INTERRUPTED else error_line(exc)
 
     def summary(self, code: int, status: str, error: str | None) -> dict[str, Any]:
