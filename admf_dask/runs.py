@@ -213,7 +213,7 @@ class _Local(_Files):
                     finally:
                         self._fd = None
                         if os.fstat(fd).st_size == 0:  # no lease in it: created by this lock, or never written
-                            os.remove(self.path)
+                            _remove_if(self.path, os.fstat(fd).st_ino)
                     return
             finally:
                 os.close(fd)  # closing the descriptor releases the lock
@@ -253,6 +253,15 @@ class _Local(_Files):
             raise RuntimeError("a local lease is deleted under its lock")
         if self.read()[1] == tag:
             os.remove(self.path)
+
+
+def _remove_if(path: str, inode: int) -> None:
+    """Remove ``path`` if it is still the file ``inode`` (not one put there since)."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 class _S3(_Files):
@@ -406,7 +415,7 @@ class Lease:
                                      f"for {current.get('expiry_seconds', EXPIRY):g} s is taken over")
             if holder is None or current.get("token") != holder.get("token"):
                 echo(f"waiting for {self.what}: running on {_owner(current)} (last heartbeat "
-                     f"{_short(current['heartbeat_at'])})")
+                     f"{_short(str(current.get('heartbeat_at', '?')))})")
                 holder = current
             time.sleep(poll)
         self._stop.clear()
