@@ -405,23 +405,27 @@ class Lease:
         """
         poll = min(1.0, self.heartbeat) if poll is None else poll
         holder = None
-        while True:
-            current = self._try_acquire(echo)
-            if current is None:
-                break
-            if not wait:
-                raise BusyError(f"{self.what} is running on {_owner(current)}",
-                                hint="wait for it with --wait, or try again later; a lease that is not renewed "
-                                     f"for {current.get('expiry_seconds', EXPIRY):g} s is taken over")
-            if holder is None or current.get("token") != holder.get("token"):
-                echo(f"waiting for {self.what}: running on {_owner(current)} (last heartbeat "
-                     f"{_short(str(current.get('heartbeat_at', '?')))})")
-                holder = current
-            time.sleep(poll)
+        self._restore_sigterm = _sigterm_interrupts()  # before the lease exists: a SIGTERM then releases it too
+        try:
+            while True:
+                current = self._try_acquire(echo)
+                if current is None:
+                    break
+                if not wait:
+                    raise BusyError(f"{self.what} is running on {_owner(current)}",
+                                    hint="wait for it with --wait, or try again later; a lease that is not renewed "
+                                         f"for {current.get('expiry_seconds', EXPIRY):g} s is taken over")
+                if holder is None or current.get("token") != holder.get("token"):
+                    echo(f"waiting for {self.what}: running on {_owner(current)} (last heartbeat "
+                         f"{_short(str(current.get('heartbeat_at', '?')))})")
+                    holder = current
+                time.sleep(poll)
+        except BaseException:
+            self.release()  # restores SIGTERM; deletes the lease if this took it
+            raise
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.what}", daemon=True)
         self._thread.start()
-        self._restore_sigterm = _sigterm_interrupts()
         return self
 
     def _try_acquire(self, echo: Callable[[str], None]) -> dict | None:

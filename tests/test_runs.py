@@ -218,12 +218,12 @@ def test_wait_polls_until_the_holder_releases(tmp_path):
 
 def test_sigterm_releases_the_lease(tmp_path):
     ref = lease_ref(StorageRef.make(str(tmp_path)), "sweep", "x")
-    script = ("import sys, time\nfrom admf_dask.runs import Lease\nfrom admf_dask.storage import StorageRef\n"
-              f"with Lease(StorageRef({ref.url!r}), 'sweep run x').acquire():\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 30
-    while read_lease(ref) is None and time.time() < deadline:
-        time.sleep(0.02)
+    script = ("import time\nfrom admf_dask.runs import Lease\nfrom admf_dask.storage import StorageRef\n"
+              f"with Lease(StorageRef({ref.url!r}), 'sweep run x').acquire():\n"
+              "    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    assert proc.stdout.readline() == "held\n"
     assert read_lease(ref)["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
