@@ -534,8 +534,8 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
 
     SIGNALS is a set id printed by `admf signals` (under --storage/signals), a
-    set's URL, or `last` (the set completed last under --storage). Results go to <storage>/runs/<run-id>/ like a sweep's, and resume
-    the same way.
+    set's URL, or `last` (the set completed last under --storage). Results go to
+    <storage>/runs/<run-id>/ like a sweep's, and resume the same way.
 
     \b
     Example:

@@ -38,9 +38,10 @@ release    leaving the block (success, error, KeyboardInterrupt; SIGTERM raises 
            *if it is still this lease's version*.
 =========  ==========================================================================================
 
-*Exclusively* and *if still the version* are atomic on local disk (every
-read-decide-write of a lease directory holds ``flock`` on its ``.lock`` file; files
-are replaced by rename, so readers without the lock see whole files) and on S3 through
+*Exclusively* and *if still the version* are atomic on local disk (the lease file is
+its own lock: every read-decide-write holds ``flock`` on it, checking that the file
+locked is still the one at its path; it is written in place and unlinked on release;
+readers take a shared lock) and on S3 through
 s3fs (conditional requests: PUT with ``If-None-Match: *`` to create, PUT and DELETE with
 ``If-Match: <ETag>`` to renew, take over and release; AWS S3, MinIO and moto honour
 them). Other filesystems (``memory://``, ``gcs://``, ...) get a best effort: check,
@@ -71,11 +72,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import BusyError, ConfigError, StorageError
-from .storage import Storage, StorageRef, replacing
+from .storage import Storage, StorageRef
 
-__all__ = ["EXPIRY", "HEARTBEAT", "KINDS", "Lease", "RunInfo", "find_run", "gc_runs", "latest", "lease_ref",
-           "list_runs", "resolve_last", "run_complete", "run_lease", "set_latest", "set_step_latest",
-           "workflow_latest", "workflow_lease"]
+__all__ = ["EXPIRY", "HEARTBEAT", "KINDS", "NO_LEASE", "GcReport", "Lease", "RunInfo", "find_run", "gc_runs",
+           "latest", "lease_ref", "lease_state", "list_lines", "list_runs", "read_lease", "resolve_last",
+           "run_complete", "run_lease", "set_latest", "set_step_latest", "show_lines", "workflow_latest",
+           "workflow_lease"]
 
 HEARTBEAT = 10.0  # seconds between renewals of a held lease
 EXPIRY = 60.0  # seconds a lease stays valid after its last renewal
@@ -167,6 +169,10 @@ class _Files:
             return None, None
         return raw, _digest(raw)
 
+    def peek(self) -> tuple[bytes | None, str | None]:
+        """:meth:`read` for a reader that only looks (``admf runs list``), not under :meth:`locked`."""
+        return self.read()
+
     def write(self, raw: bytes, tag: str | None) -> str | None:
         """Write ``raw`` if the file is still at version ``tag`` (None: absent); the new tag, or None if it was not."""
         if self.read()[1] != tag:
@@ -180,42 +186,82 @@ class _Files:
 
 
 class _Local(_Files):
-    """Local disk: each read-decide-write holds flock on the directory's ``.lock``; writes are renames."""
+    """Local disk: the lease file is its own lock (flock), written in place under it and unlinked on release.
 
-    def locked(self) -> Any:
-        return _flock(os.path.join(os.path.dirname(self.path), ".lock"))
+    A released lease leaves nothing behind but its (empty) directory.
+    """
+
+    _fd: int | None = None  # the locked lease file, inside locked()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:  # released (unlinked) or replaced while this waited: lock the file that is there now
+                    current = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    self._fd = fd
+                    try:
+                        yield
+                    finally:
+                        self._fd = None
+                        if os.fstat(fd).st_size == 0:  # no lease in it: created by this lock, or never written
+                            _remove_if(self.path, os.fstat(fd).st_ino)
+                    return
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
 
     def read(self) -> tuple[bytes | None, str | None]:
+        if self._fd is None:
+            return self.peek()
+        size = os.fstat(self._fd).st_size
+        raw = os.pread(self._fd, size, 0) if size else b""
+        return (raw, _digest(raw)) if raw else (None, None)  # empty: created by this very lock
+
+    def peek(self) -> tuple[bytes | None, str | None]:
+        import fcntl
+
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None, None
-        return raw, _digest(raw)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # not while an owner rewrites it in place
+            raw = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        return (raw, _digest(raw)) if raw else (None, None)
 
     def write(self, raw: bytes, tag: str | None) -> str | None:
-        if self.read()[1] != tag:  # under the lock nobody else writes between this read and the rename
+        if self._fd is None:
+            raise RuntimeError("a local lease is written under its lock")
+        if self.read()[1] != tag:
             return None
-        with replacing(self.path) as tmp, open(tmp, "wb") as f:
-            f.write(raw)
+        os.pwrite(self._fd, raw, 0)
+        os.ftruncate(self._fd, len(raw))
         return _digest(raw)
 
     def delete(self, tag: str) -> None:
+        if self._fd is None:
+            raise RuntimeError("a local lease is deleted under its lock")
         if self.read()[1] == tag:
             os.remove(self.path)
 
 
-@contextmanager
-def _flock(path: str) -> Iterator[None]:
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _remove_if(path: str, inode: int) -> None:
+    """Remove ``path`` if it is still the file ``inode`` (not one put there since)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if os.stat(path).st_ino == inode:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 class _S3(_Files):
@@ -289,7 +335,7 @@ def _backend(ref: StorageRef) -> _Files:
 
 def read_lease(ref: StorageRef) -> dict | None:
     """The lease at ``ref`` as its owner wrote it (``None``: no lease; ``{}``: unreadable)."""
-    raw, _ = _backend(ref).read()
+    raw, _ = _backend(ref).peek()
     return None if raw is None else (_parse(raw) or {})
 
 
@@ -359,23 +405,27 @@ class Lease:
         """
         poll = min(1.0, self.heartbeat) if poll is None else poll
         holder = None
-        while True:
-            current = self._try_acquire(echo)
-            if current is None:
-                break
-            if not wait:
-                raise BusyError(f"{self.what} is running on {_owner(current)}",
-                                hint="wait for it with --wait, or try again later; a lease that is not renewed "
-                                     f"for {current.get('expiry_seconds', EXPIRY):g} s is taken over")
-            if holder is None or current.get("token") != holder.get("token"):
-                echo(f"waiting for {self.what}: running on {_owner(current)} (last heartbeat "
-                     f"{_short(current['heartbeat_at'])})")
-                holder = current
-            time.sleep(poll)
+        self._restore_sigterm = _sigterm_interrupts()  # before the lease exists: a SIGTERM then releases it too
+        try:
+            while True:
+                current = self._try_acquire(echo)
+                if current is None:
+                    break
+                if not wait:
+                    raise BusyError(f"{self.what} is running on {_owner(current)}",
+                                    hint="wait for it with --wait, or try again later; a lease that is not renewed "
+                                         f"for {current.get('expiry_seconds', EXPIRY):g} s is taken over")
+                if holder is None or current.get("token") != holder.get("token"):
+                    echo(f"waiting for {self.what}: running on {_owner(current)} (last heartbeat "
+                         f"{_short(str(current.get('heartbeat_at', '?')))})")
+                    holder = current
+                time.sleep(poll)
+        except BaseException:
+            self.release()  # restores SIGTERM; deletes the lease if this took it
+            raise
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.what}", daemon=True)
         self._thread.start()
-        self._restore_sigterm = _sigterm_interrupts()
         return self
 
     def _try_acquire(self, echo: Callable[[str], None]) -> dict | None:
@@ -684,10 +734,11 @@ def _leases(storage: Storage, kind_dir: str) -> dict[str, dict]:
         return {}
     out = {}
     for p in files:
-        try:
-            out[posixpath.basename(p)[:-5]] = _parse(fs.cat_file(p)) or {}
-        except FileNotFoundError:  # released meanwhile
-            continue
+        run_id = posixpath.basename(p)[:-5]
+        doc = read_lease(StorageRef(storage.display(kind_dir, "_leases", f"{run_id}.json"),
+                                    storage.ref.storage_options))
+        if doc is not None:  # else released meanwhile
+            out[run_id] = doc
     return out
 
 
@@ -759,7 +810,8 @@ def list_runs(root: StorageRef) -> list[RunInfo]:
     out = []
     for kind_dir in ("runs", "signals"):
         leases = _leases(storage, kind_dir)
-        out += [_run_info(storage, kind_dir, run_id, leases.get(run_id), now) for run_id in _run_dirs(storage, kind_dir)]
+        out += [_run_info(storage, kind_dir, run_id, leases.get(run_id), now)
+                for run_id in _run_dirs(storage, kind_dir)]
     return sorted(out, key=lambda r: (r.time, r.id))
 
 
@@ -880,8 +932,7 @@ def _protected_ids(root: StorageRef) -> dict[str, str]:
     return out
 
 
-def gc_runs(root: StorageRef, keep: int, *, dry_run: bool = False, echo: Callable[[str], None] = print
-            ) -> GcReport:
+def gc_runs(root: StorageRef, keep: int, *, dry_run: bool = False) -> GcReport:
     """Delete all but the ``keep`` most recent runs of each kind (sweep, replay, signals) under ``root``.
 
     Never deleted: a run whose lease is live (running), one a latest pointer names, a
@@ -935,12 +986,15 @@ def _delete(root: StorageRef, info: RunInfo) -> str | None:
 
 
 def _drop_orphan_leases(root: StorageRef, existing: set[str]) -> None:
+    """Delete the stale leases of runs that are gone (each under its lock, if still the version judged stale)."""
     storage = root.open()
-    now = time.time()
     for kind_dir in ("runs", "signals"):
-        for run_id, doc in _leases(storage, kind_dir).items():
-            if run_id not in existing and lease_state(doc, now) == "stale":
-                storage.remove([f"{kind_dir}/_leases/{run_id}.json"])
+        for run_id in set(_leases(storage, kind_dir)) - existing:
+            backend = _backend(root.child(kind_dir, "_leases", f"{run_id}.json"))
+            with backend.locked():
+                raw, tag = backend.read()
+                if raw is not None and _stale_reason(_parse(raw), time.time()):
+                    backend.delete(tag)
 
 
 def list_lines(runs: list[RunInfo]) -> list[str]:

@@ -20,9 +20,9 @@ from admf_dask.bars import BarStore, generate_bars
 from admf_dask.cli import cli
 from admf_dask.cluster import connect
 from admf_dask.errors import BusyError
+from admf_dask.replay import ReplayConfig, run_replay
 from admf_dask.runs import HOST, Lease, gc_runs, lease_ref, list_runs, read_lease, workflow_latest
 from admf_dask.signals import SignalsConfig, generate_signals
-from admf_dask.replay import ReplayConfig, run_replay
 from admf_dask.storage import StorageRef
 from admf_dask.sweep import SweepConfig, run_sweep
 from admf_dask.workflow import load_workflow, run_workflow
@@ -57,13 +57,44 @@ def release(go: Path, *procs: subprocess.Popen) -> None:
     go.touch()
 
 
+@pytest.fixture(scope="module")
+def atomic_s3():
+    """A moto S3 server that applies one request at a time, as S3 applies a conditional write: atomically.
+
+    moto checks If-None-Match / If-Match and then stores the object as two steps of one request
+    (moto/s3/responses.py, put_object), so on its threaded server two concurrent conditional
+    PUTs of a new key can both succeed (about one race in 20 here); on S3 one gets 412.
+    """
+    import uuid
+
+    import s3fs
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    app, lock = DomainDispatcherApplication(create_backend_app), threading.Lock()
+
+    def one_at_a_time(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server("127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # one cached s3fs instance, as in production (a fresh one per lease spends ~0.5 s making its session)
+    options = {"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}", "key": "testing", "secret": "testing"}
+    bucket = f"leases-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    yield f"s3://{bucket}", options
+    server.shutdown()
+    thread.join()
+
+
 @pytest.fixture(params=["local", "s3"])
 def root(request, tmp_path):
     if request.param == "local":
         return StorageRef.make(str(tmp_path / "root"))
-    bucket, options = request.getfixturevalue("s3")
-    # one cached s3fs instance, as in production (a fresh one per lease spends ~0.5 s making its session)
-    return StorageRef.make(f"{bucket}/root", {k: v for k, v in options.items() if k != "skip_instance_cache"})
+    bucket, options = request.getfixturevalue("atomic_s3")
+    return StorageRef.make(f"{bucket}/{tmp_path.name}", options)
 
 
 def _stale(ref: StorageRef, **changes) -> None:
@@ -95,36 +126,46 @@ def _race(ref: StorageRef, n: int = 8) -> tuple[list[Lease], list[BusyError], li
             lost.append(exc)
 
     threads = [threading.Thread(target=attempt) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between any two steps of an acquire, not every 5 ms
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     return won, lost, lines
 
 
+ROUNDS = {"local": 40, "s3": 3}  # a local race takes ~10 ms, one over HTTP ~0.3 s
+
+
 def test_of_many_concurrent_acquirers_exactly_one_wins(root):
-    ref = lease_ref(root, "sweep", "x")
-    won, lost, lines = _race(ref)
-    assert len(won) == 1 and len(lost) == 7, (won, lost)
-    assert not lines  # nothing was taken over
-    for exc in lost:
-        assert exc.exit_code == 75
-        assert f"sweep run x is running on {HOST} (pid {os.getpid()}) since " in str(exc)
-    assert read_lease(ref)["token"] == won[0].token
-    won[0].release()
-    assert read_lease(ref) is None
+    for r in range(ROUNDS[root.url.split(":")[0] if "://" in root.url else "local"]):
+        ref = lease_ref(root, "sweep", f"x{r}")
+        won, lost, lines = _race(ref)
+        assert len(won) == 1 and len(lost) == 7, (r, won, lost)
+        assert not lines  # nothing was taken over
+        for exc in lost:
+            assert exc.exit_code == 75
+            assert f"sweep run x is running on {HOST} (pid {os.getpid()}) since " in str(exc)
+        assert read_lease(ref)["token"] == won[0].token
+        won[0].release()
+        assert read_lease(ref) is None
 
 
 def test_a_stale_lease_is_taken_over_once_with_a_warning_naming_its_owner(root):
-    ref = lease_ref(root, "sweep", "x")
-    _stale(ref)
-    won, lost, lines = _race(ref)
-    assert len(won) == 1 and len(lost) == 7
-    assert len(lines) == 1
-    assert lines[0].startswith("warning: taking over the lease of sweep run x from old-host (pid 4242) since "
-                               "2024-01-01T00:00:00Z (expired at ")
-    assert read_lease(ref)["token"] == won[0].token
-    won[0].release()
+    for r in range(ROUNDS[root.url.split(":")[0] if "://" in root.url else "local"]):
+        ref = lease_ref(root, "sweep", f"x{r}")
+        _stale(ref)
+        won, lost, lines = _race(ref)
+        assert len(won) == 1 and len(lost) == 7, (r, won, lost)
+        assert len(lines) == 1
+        assert lines[0].startswith("warning: taking over the lease of sweep run x from old-host (pid 4242) since "
+                                   "2024-01-01T00:00:00Z (expired at ")
+        assert read_lease(ref)["token"] == won[0].token
+        won[0].release()
 
 
 def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_before_it_expires(tmp_path):
@@ -177,12 +218,12 @@ def test_wait_polls_until_the_holder_releases(tmp_path):
 
 def test_sigterm_releases_the_lease(tmp_path):
     ref = lease_ref(StorageRef.make(str(tmp_path)), "sweep", "x")
-    script = ("import sys, time\nfrom admf_dask.runs import Lease\nfrom admf_dask.storage import StorageRef\n"
-              f"with Lease(StorageRef({ref.url!r}), 'sweep run x').acquire():\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 30
-    while read_lease(ref) is None and time.time() < deadline:
-        time.sleep(0.02)
+    script = ("import time\nfrom admf_dask.runs import Lease\nfrom admf_dask.storage import StorageRef\n"
+              f"with Lease(StorageRef({ref.url!r}), 'sweep run x').acquire():\n"
+              "    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    assert proc.stdout.readline() == "held\n"
     assert read_lease(ref)["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
@@ -323,7 +364,7 @@ def test_list_show_and_gc_which_keeps_running_and_referenced_runs(tmp_path, clie
         assert f"kept sweep run {a.run_id}: signal set {s.set_id} refers to it" in dry
         assert f"kept sweep run {c.run_id}: running on {HOST} (pid {os.getpid()})" in dry
         assert [r.id for r in list_runs(root)] == [r["id"] for r in listed]  # nothing deleted
-        report = gc_runs(root, 1, echo=lambda _: None)
+        report = gc_runs(root, 1)
         assert [r.id for r in report.deleted] == [b.run_id] and report.freed == listed[3]["size"]
         assert {r.id for r in list_runs(root)} == {a.run_id, s.set_id, p.run_id, c.run_id, d.run_id}
         assert read_lease(lease_ref(root, "sweep", b.run_id)) is None  # its stale lease went with it
@@ -334,7 +375,7 @@ def test_list_show_and_gc_which_keeps_running_and_referenced_runs(tmp_path, clie
     # the pointers' targets (d, the latest sweep) and what they need
     (tmp_path / "store" / "runs" / "latest-replay.json").unlink()
     (tmp_path / "store" / "signals" / "latest.json").unlink()
-    gone = {r.id for r in gc_runs(root, 0, echo=lambda _: None).deleted}
+    gone = {r.id for r in gc_runs(root, 0).deleted}
     assert gone == {p.run_id, s.set_id, a.run_id, c.run_id}
     assert [r.id for r in list_runs(root)] == [d.run_id]
 
