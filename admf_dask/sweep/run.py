@@ -130,7 +130,7 @@ def _aligned(bars: BarStore, symbols: list[str]) -> bool:
 def _now() -> str:
     from datetime import datetime, timezone
 
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _host() -> dict[str, Any]:
@@ -377,7 +377,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                    "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
                    "bars_read": int(sum(bars_read.values())),
                    "incremental_symbols": len(went_on), "full_symbols": len(symbols) - len(went_on),
-                   "started": run.get("started"), "finished": _now()}
+                   "run_started": run.get("started"), "run_finished": _now()}
         if prev_id:
             summary["incremental_from"] = prev_id
         if todo:

@@ -243,17 +243,20 @@ def test_bad_mode_and_on_conflict_are_config_errors(tmp_path, store):
 def test_the_ingest_command_takes_a_mode_and_reports_each_symbol(tmp_path, history, capsys):
     from admf_dask.cli import main
 
+    def admf(*args: str) -> int:  # the console entry: it always exits, with the command's status
+        with pytest.raises(SystemExit) as exit_:
+            main(["-q", *args])
+        return exit_.value.code
+
     root = str(tmp_path / "store")
-    main(["ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 0, 100))])
-    main(["ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 100, 120)), "--mode", "append"])
+    assert admf("ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 0, 100))) == 0
+    assert admf("ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 100, 120)), "--mode", "append") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "  AAA: new, 100 rows" and out[3] == "  AAA: append, +20 bars (100 -> 120 rows)"
-    with pytest.raises(SystemExit) as exit_:
-        main(["ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 110, 130)), "--mode", "append"])
-    assert exit_.value.code == 2
+    assert admf("ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 110, 130)), "--mode", "append") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: append mode takes only bars after the stored last bar")
-    main(["ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 0, 50)), "--mode", "replace"])
+    assert admf("ingest", root, to_csv(tmp_path / "AAA.csv", cut(history, 0, 50)), "--mode", "replace") == 0
     assert "AAA: replace, removed 120 stored rows, wrote 50 (120 -> 50 rows)" in capsys.readouterr().out
     try:
         main(["ingest", "--help"])
