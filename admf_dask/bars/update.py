@@ -23,9 +23,10 @@ Every entry records ``change``, how it relates to the previous committed version
 the symbol: ``new``; ``unchanged`` (the same bars); ``append`` (its first
 ``rows`` of the previous version are exactly the previous bars, byte for byte, and
 there are more after them); ``merge`` (history changed or bars were inserted before
-the previous last bar); ``replace`` (a replacement that is none of these). And ``lineage``: the earlier versions it extends
-by pure appends, oldest first, ``{"fingerprint", "rows", "last_ns"}`` each, at most
-:data:`LINEAGE_MAX` (``[]`` after a merge or replace; kept when unchanged).
+the previous last bar); ``replace`` (a replacement that is none of these). And
+``lineage``: the earlier versions it extends by pure appends, oldest first,
+``{"fingerprint", "rows", "last_ns"}`` each, at most :data:`LINEAGE_MAX` (``[]``
+after a merge or replace; kept when unchanged).
 """
 
 from __future__ import annotations
@@ -361,7 +362,7 @@ def _against_base(store: Any, symbol: str, base: dict[str, Any], files: list[dic
 
 def _extends(store: Any, symbol: str, base: dict[str, Any], files: list[dict[str, Any]],
              new_year: Callable[[dict[str, Any]], Bars]) -> bool:
-    """Whether ``files`` (sorted) start with exactly the stored bars: equal year files, then one that begins with the last."""
+    """Whether ``files`` (sorted) start with exactly the stored bars: equal years, then one starting with the last."""
     old = base["files"]
     k = len(old)
     if len(files) < k:
