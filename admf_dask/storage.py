@@ -225,14 +225,19 @@ class Storage:
     def write_json(self, obj: Any, *parts: str) -> None:
         self.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)
 
-    def remove(self, paths: list[str]) -> None:
-        """Remove files given as paths relative to the root; missing files are ignored."""
+    def remove(self, paths: list[str], *, prune: bool = False) -> None:
+        """Remove files given as paths relative to the root; missing files are ignored.
+
+        With ``prune``, local directories left empty above them are removed too (a
+        writer moving a file into such a directory must retry: :meth:`rename` does).
+        """
         for rel in paths:
             full = self.path(rel)
             try:
                 if self.is_local:
                     os.remove(full)
-                    self._prune_parents(full)
+                    if prune:
+                        self._prune_parents(full)
                 elif self.fs.exists(full):
                     self.fs.rm(full)
             except OSError:  # best effort: missing already, or an orphan that a later commit removes

@@ -183,7 +183,7 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
         raise
     store._manifest = manifest
     listed = _listed(manifest)
-    storage.remove(sorted((_listed_before(plans.values()) | moved) - listed))
+    storage.remove(sorted((_listed_before(plans.values()) | moved) - listed), prune=True)
     txn.finish()
     try:
         recover(storage, listed, own={txn.id})
@@ -201,7 +201,7 @@ def _unmove(store: Any, moved: set[str]) -> None:
         listed = _listed(store._parse(raw))
     except StorageError:
         return  # cannot tell what is committed: leave them to a later commit's recovery (journaled)
-    store.storage.remove(sorted(moved - listed))
+    store.storage.remove(sorted(moved - listed), prune=True)
 
 
 def _version(entry: dict[str, Any] | None) -> tuple | None:
@@ -297,7 +297,7 @@ def recover(storage: Storage, listed: set[str], own: set[str] = frozenset()) -> 
             record = {}
         if host != _HOST and now - float(record.get("updated", started)) <= STALE_SECONDS:
             continue  # a long transaction elsewhere that wrote its journal lately
-        storage.remove([p for p in [*record.get("add", []), *record.get("drop", [])] if p not in listed])
+        storage.remove([p for p in [*record.get("add", []), *record.get("drop", [])] if p not in listed], prune=True)
         storage.remove_tree(STAGING, txn_id)
         removed.append(txn_id)
     if removed:

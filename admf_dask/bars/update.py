@@ -6,18 +6,16 @@
 base): when another writer commits the same symbol first, the commit calls it again
 on the new base (``BarStore.update``).
 
-========  ===================================================================  ==========
-mode      rule                                                                 reads
-========  ===================================================================  ==========
-merge     the union by timestamp; a bar in both whose values differ is an      the stored
-          error unless ``on_conflict`` is ``"new"`` (take the new values) or   years the
-          ``"old"`` (keep the stored ones)                                      new bars touch
-append    only bars strictly after the stored last bar; then as merge          the last year,
-                                                                               if touched
-replace   the new bars are the history                                         nothing (one
-                                                                               year to detect
-                                                                               a pure append)
-========  ===================================================================  ==========
+=======  ==============================================================  ==============================
+mode     rule                                                            stored bars it reads
+=======  ==============================================================  ==============================
+merge    the union by timestamp; a bar in both whose values differ is    the years the new bars touch
+         an error unless ``on_conflict`` is ``"new"`` (the new values)
+         or ``"old"`` (the stored ones)
+append   only bars strictly after the stored last bar; then as merge     the last year, if touched
+replace  the new bars are the history                                    the last year, if needed to
+                                                                         tell a pure append
+=======  ==============================================================  ==============================
 
 Files are one per calendar year; a year the new bars do not touch keeps its file.
 
@@ -25,9 +23,10 @@ Every entry records ``change``, how it relates to the previous committed version
 the symbol: ``new``; ``unchanged`` (the same bars); ``append`` (its first
 ``rows`` of the previous version are exactly the previous bars, byte for byte, and
 there are more after them); ``merge`` (history changed or bars were inserted before
-the previous last bar); ``replace``. And ``lineage``: the earlier versions it extends
-by pure appends, oldest first, ``{"fingerprint", "rows", "last_ns"}`` each, at most
-:data:`LINEAGE_MAX` (``[]`` after a merge or replace; kept when unchanged).
+the previous last bar); ``replace`` (a replacement that is none of these). And
+``lineage``: the earlier versions it extends by pure appends, oldest first,
+``{"fingerprint", "rows", "last_ns"}`` each, at most :data:`LINEAGE_MAX` (``[]``
+after a merge or replace; kept when unchanged).
 """
 
 from __future__ import annotations
@@ -363,7 +362,7 @@ def _against_base(store: Any, symbol: str, base: dict[str, Any], files: list[dic
 
 def _extends(store: Any, symbol: str, base: dict[str, Any], files: list[dict[str, Any]],
              new_year: Callable[[dict[str, Any]], Bars]) -> bool:
-    """Whether ``files`` (sorted) start with exactly the stored bars: equal year files, then one that begins with the last."""
+    """Whether ``files`` (sorted) start with exactly the stored bars: equal years, then one starting with the last."""
     old = base["files"]
     k = len(old)
     if len(files) < k:

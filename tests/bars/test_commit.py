@@ -367,3 +367,25 @@ def test_threads_of_one_process_share_a_lock_on_other_filesystems():
         np.testing.assert_array_equal(store.read(b.symbol).close, b.close)
     assert not store.storage.fs.exists(store.storage.path(STAGING))
     store.storage.fs.rm(store.storage.root, recursive=True)
+
+
+def test_a_commit_whose_answer_was_lost_is_not_redone(tmp_path):
+    """A manifest write that landed but reported failure (a lost HTTP answer) is recognised by its txn."""
+    full = generate_bars("AAA", "2024-01-01", "2024-03-29", seed=2)
+    store = BarStore(str(tmp_path / "store"))
+    store.write([Bars("AAA", full.timestamp[:30], {c: v[:30] for c, v in full.columns.items()})])
+    real = store.storage.write_if
+    calls = []
+
+    def lands_but_says_no(data, *parts, version):
+        calls.append(real(data, *parts, version=version))
+        return len(calls) > 1
+
+    store.storage.write_if = lands_but_says_no
+    update = store.update([Bars("AAA", full.timestamp[30:], {c: v[30:] for c, v in full.columns.items()})])
+    assert calls == [True]  # written once; the second attempt found its own txn in the manifest
+    assert update.changes["AAA"].change == "append"
+    fresh = BarStore(str(tmp_path / "store"))
+    assert fresh.entry("AAA")["change"] == "append" and fresh.extends("AAA", store.entry("AAA")["lineage"][0][
+        "fingerprint"]) == 30
+    np.testing.assert_array_equal(fresh.read("AAA").timestamp, full.timestamp)

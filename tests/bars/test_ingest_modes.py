@@ -91,7 +91,8 @@ def test_bars_inside_the_history_are_a_merge_that_breaks_the_lineage(tmp_path, h
     store.write([holey])
     v1 = store.symbol_fingerprint("AAA")
     report = ingest(store, [to_csv(tmp_path / "AAA.csv", cut(history, *gap))])
-    assert report.changes["AAA"].line() == f"AAA: merge, +{gap[1] - gap[0]} bars ({len(holey):,} -> {len(history):,} rows)"
+    assert report.changes["AAA"].line() == (f"AAA: merge, +{gap[1] - gap[0]} bars "
+                                            f"({len(holey):,} -> {len(history):,} rows)")
     assert_bars(BarStore(store.url).read("AAA"), history)
     assert store.entry("AAA")["change"] == "merge" and store.entry("AAA")["lineage"] == []
     assert store.extends("AAA", v1) is None
@@ -146,7 +147,8 @@ def test_append_takes_only_bars_after_the_stored_last_one(tmp_path, store, histo
         ingest(store, [path], mode="append")
     n_bad = int((late.timestamp <= last).sum())
     assert str(err.value).startswith(f"append mode takes only bars after the stored last bar {iso(last)}; "
-                                     f"the first new bar is {iso(late.timestamp[0])} ({n_bad} new bars are not after it)")
+                                     f"the first new bar is {iso(late.timestamp[0])} "
+                                     f"({n_bad} new bars are not after it)")
     assert f"file {path}" in str(err.value) and "symbol AAA" in str(err.value)
     assert snapshot(store.storage.fs, store.storage.root) == before
     fresh = generate_bars("NEW", "2024-01-01", "2024-01-31", seed=2)
