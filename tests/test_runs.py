@@ -1,4 +1,4 @@
-"""Runs: one process per run (leases on local disk and S3), latest pointers, `admf runs list|show|gc`."""
+"""Runs: one process per run (leases.py, on local disk and S3), latest pointers, `admf runs list|show|gc`."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from admf_dask.bars import BarStore, generate_bars
 from admf_dask.cli import cli
 from admf_dask.cluster import connect
 from admf_dask.errors import BusyError
+from admf_dask.leases import HOST, Lease, read_lease
 from admf_dask.replay import ReplayConfig, run_replay
-from admf_dask.runs import HOST, Lease, gc_runs, lease_ref, list_runs, read_lease, workflow_latest
+from admf_dask.runs import gc_runs, lease_ref, list_runs, workflow_latest
 from admf_dask.signals import SignalsConfig, generate_signals
 from admf_dask.storage import StorageRef
 from admf_dask.sweep import SweepConfig, run_sweep
@@ -218,7 +219,7 @@ def test_wait_polls_until_the_holder_releases(tmp_path):
 
 def test_sigterm_releases_the_lease(tmp_path):
     ref = lease_ref(StorageRef.make(str(tmp_path)), "sweep", "x")
-    script = ("import time\nfrom admf_dask.runs import Lease\nfrom admf_dask.storage import StorageRef\n"
+    script = ("import time\nfrom admf_dask.leases import Lease\nfrom admf_dask.storage import StorageRef\n"
               f"with Lease(StorageRef({ref.url!r}), 'sweep run x').acquire():\n"
               "    print('held', flush=True)\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
