@@ -85,6 +85,21 @@ class Bars:
             cached = self.__dict__["_periods_per_year"] = periods_per_year(self.timestamp)
         return cached
 
+    def spacing_arrays(self) -> dict[str, np.ndarray]:
+        """The bar spacing counts of these bars (``kernels.stats.PeriodsPerYearStream.to_arrays``), once per object.
+
+        What an incremental run's saved state keeps of a symbol's timestamps; every set
+        range's task of a sweep saves it for the same bars.
+        """
+        cached = self.__dict__.get("_spacing_arrays")
+        if cached is None:
+            from ..kernels.stats import PeriodsPerYearStream
+
+            stream = PeriodsPerYearStream()
+            stream.update(self.timestamp)
+            cached = self.__dict__["_spacing_arrays"] = stream.to_arrays()
+        return cached
+
     def to_frame(self) -> pd.DataFrame:
         """A pandas DataFrame indexed by a UTC DatetimeIndex named ``timestamp``."""
         index = pd.DatetimeIndex(self.timestamp.view("datetime64[ns]"), name="timestamp").tz_localize("UTC")

@@ -62,14 +62,9 @@ def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[
     """Write named arrays as one state file under a run; return what the commit records: file, size, sha256."""
     from .portfolio import _arrays_parts
 
-    parts = _arrays_parts(arrays)
-    h = hashlib.sha256()
-    size = 0
-    for p in parts:
-        h.update(p)
-        size += len(p) if isinstance(p, bytes) else p.nbytes
-    storage.write_bytes(parts, name)
-    return {"file": name, "size": size, "sha256": h.hexdigest()}
+    raw = b"".join(_arrays_parts(arrays))  # one buffer: a few hundred small arrays per part
+    storage.write_bytes(raw, name)
+    return {"file": name, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def read_state(resume: Resume) -> dict[str, np.ndarray]:
@@ -167,8 +162,7 @@ def whole_symbol_state(i: int, data: Any, batch: Any, run: np.ndarray, config: A
     carried, payload_last, halo = config.saved_inputs(data, batch)
     keep = min(max(1, halo), len(bars))
     tail = {"timestamp": bars.timestamp[-keep:], **{c: v[-keep:] for c, v in bars.columns.items()}}
-    spacing = PeriodsPerYearStream()
-    spacing.update(bars.timestamp)
+    spacing = PeriodsPerYearStream.from_arrays(bars.spacing_arrays())
     close = bars.columns["close"]
     return symbol_state(i, run, carried, payload_last, tail, len(bars), float(close[0]), float(close[-1]), spacing)
 
