@@ -47,8 +47,10 @@ def grid() -> list[dict[str, int]]:
     return [{"fast": f, "slow": s} for f in range(5, 55, 5) for s in range(20, 220, 10) if f < s]
 
 
-def _vectorbt(bars, sets, chunk: int, repeat: int = 1) -> tuple[np.ndarray, float, str]:
-    """Total returns (symbols x sets) from vectorbt, and the warm runs' median seconds."""
+def _vectorbt(bars, sets, chunk: int, repeat: int = 1, warm_all: bool = True) -> tuple[np.ndarray, float, str]:
+    """Total returns (symbols x sets) from vectorbt, and the warm runs' median seconds.
+
+    ``warm_all=False`` warms on the first chunk only (enough to compile; for big inputs)."""
     import pandas as pd
     import vectorbt as vbt
 
@@ -74,7 +76,7 @@ def _vectorbt(bars, sets, chunk: int, repeat: int = 1) -> tuple[np.ndarray, floa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_all()  # compile / warm
+        run_all() if warm_all else run_chunk(bars[:chunk])  # compile / warm
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()

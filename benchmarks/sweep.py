@@ -1,7 +1,8 @@
 """Distributed sweeps end to end: Parquet store -> warm LocalCluster -> committed results table.
 
     python -m benchmarks sweep [--quick] [--skip-scaling] [--skip-seed] [--no-vectorbt] [--repeat N]
-                               [--scale-repeat N] [--scale-seconds S]
+                               [--scale-repeat N] [--scale-seconds S] [--skip-500 | --only-500]
+                               [--repeat-500 N] [--vbt-chunks 10,100]
 
 1. The engine benchmark's workload (SMA cross, 184 sets x 100 symbols x 2,520 daily
    bars, long-only, 0.1 %, fractional, full statistics) as a real sweep: bars read
@@ -17,6 +18,15 @@
    is (median t1 / median t2) / 2.
 3. The seed document's rows: 1K and 10K backtests over 10-year daily bars, on 1 and
    on 2 workers (the seed quotes 60 min and 10 h on one core).
+4. 500 symbols (issue 16): the same grid over 500 symbols x 2,520 daily bars.
+   ``ratio_500_warm``: ``run_sweep`` on a warm LocalCluster of 2 single-threaded workers
+   (median of ``--repeat-500``) against vectorbt with the bars in memory at its faster
+   chunking (``--vbt-chunks``, symbols per call; each timed once after a warm-up on one
+   chunk; target >= 30). ``ratio_500_cli``: ``admf sweep ... --cluster local`` from a
+   fresh process (wall time of the whole command, median of ``--repeat-500`` after one
+   untimed run) against the same vectorbt compute time (target >= 15). Peak RSS per
+   worker (``ru_maxrss`` in each worker after the warm runs; target <= 1 GiB), and of
+   the largest process of the CLI runs (driver, nannies, workers).
 
 Every timed sweep writes to a fresh storage root, so nothing is resumed or cached.
 """
@@ -25,7 +35,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -89,8 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-seed", action="store_true")
     p.add_argument("--no-vectorbt", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of row 1 (ours and vectorbt's); medians")
+    p.add_argument("--skip-500", action="store_true", help="skip the 500-symbol rows (ratio_500_*)")
+    p.add_argument("--only-500", action="store_true", help="run only the 500-symbol rows (ratio_500_*)")
+    p.add_argument("--repeat-500", type=int, default=3, help="timed runs of ours in the 500-symbol rows")
+    p.add_argument("--vbt-chunks", default="10,100", help="vectorbt's symbols per call to try at 500 symbols")
     args = p.parse_args(argv)
     os.makedirs(ROOT, exist_ok=True)
+    if args.only_500:
+        rows: list = []
+        figures: dict = {}
+        _rows_500(args, rows, figures)
+        print_table(["run", "seconds", "backtests", "bar-evals/s"], rows, title="Sweeps of 500 symbols")
+        return figures
 
     from admf_dask.sweep import SweepConfig
 
@@ -168,6 +191,76 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append([f"3. seed row: {label} ({len(res.per_symbol):,}) over 10 years daily, {workers} worker(s)",
                              t, len(res.per_symbol), res.summary["bar_evaluations"] / t])
                 figures[f"seed_{label.split()[0]}_{workers}w_seconds"] = round(t, 3)
+    if not args.skip_500:
+        _rows_500(args, rows, figures)
     print_table(["run", "seconds", "backtests", "bar-evals/s"], rows,
                 title="Sweeps end to end on LocalClusters of single-threaded worker processes")
     return figures
+
+
+def _worker_peak_mb() -> float:
+    """Peak RSS of this process in MB (run in each worker with client.run)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rows_500(args, rows: list, figures: dict) -> None:
+    """Rows 4 (issue 16): W x 500 symbols on a warm cluster and from the shell, against vectorbt."""
+    from admf_dask.sweep import SweepConfig
+
+    from .engine import CASH, COMMISSION, END, N_BARS, START, _vectorbt, grid
+
+    n_symbols = 50 if args.quick else 500
+    store = _dataset(f"sweep-500-{n_symbols}", n_symbols, START, END)
+    sets = grid()
+    bar_evals = len(sets) * n_symbols * N_BARS
+    config = SweepConfig(strategy="sma_cross", params={"fast": {"from": 5, "to": 50, "step": 5},
+                                                         "slow": {"from": 20, "to": 210, "step": 10}},
+                         direction="long_only", commission=COMMISSION, cash=CASH)
+    repeat = max(1, args.repeat_500)
+
+    # from the shell first: RUSAGE_CHILDREN then covers only these commands' process trees
+    cmd = [sys.executable, "-m", "admf_dask.cli", "-q", "sweep", store.url, "-s", "sma_cross",
+           "-p", "fast=5:50:5", "-p", "slow=20:210:10", "--direction", "long_only",
+           "--commission", str(COMMISSION), "--cash", str(CASH), "--cluster", "local", "--top", "1"]
+    cli_times = []
+    for i in range(repeat + 1):
+        root = tempfile.mkdtemp(prefix="admf-bench-cli-", dir=ROOT)
+        try:
+            t0 = time.perf_counter()
+            subprocess.run([*cmd, "--storage", root], check=True, stdout=subprocess.DEVNULL)
+            if i:  # the first run is untimed (page cache, numba's cache files)
+                cli_times.append(time.perf_counter() - t0)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    cli_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    t_cli = float(np.median(cli_times))
+
+    with _cluster(2) as client:
+        _warm(client, store)
+        runs = [_timed_sweep(client, store, config) for _ in range(repeat)]
+        worker_peaks = client.run(_worker_peak_mb)
+    t_warm, result = float(np.median([t for t, _ in runs])), runs[-1][1]
+    rows.append([f"4. W x {n_symbols} symbols: run_sweep, warm 2-worker cluster, median of {repeat}", t_warm,
+                 len(result.per_symbol), bar_evals / t_warm])
+    rows.append([f"4. W x {n_symbols} symbols: `admf sweep --cluster local`, fresh process, median of {repeat}",
+                 t_cli, len(result.per_symbol), bar_evals / t_cli])
+    figures.update(sweep_500_warm_seconds=round(t_warm, 3), sweep_500_warm_seconds_all=[round(t, 3) for t, _ in runs],
+                   sweep_500_cli_seconds=round(t_cli, 3), sweep_500_cli_seconds_all=[round(t, 3) for t in cli_times],
+                   sweep_500_tasks=result.summary["tasks"],
+                   peak_rss_mb_per_worker=sorted(round(v) for v in worker_peaks.values()),
+                   peak_rss_mb_max_process_cli=round(cli_peak_mb))
+    if args.no_vectorbt:
+        return
+    bars = [store.read(s) for s in store.symbols()]
+    ours = result.per_symbol.sort_values(["symbol", "set_id"])["total_return"].to_numpy().reshape(n_symbols, -1)
+    vbt: dict[int, float] = {}
+    for chunk in (int(c) for c in args.vbt_chunks.split(",")):
+        vbt_tr, vbt[chunk], engine = _vectorbt(bars, sets, chunk, repeat=1, warm_all=False)
+        rows.append([f"4. vectorbt ({engine}), {n_symbols} symbols in memory, {chunk} per call", vbt[chunk],
+                     len(sets) * n_symbols, bar_evals / vbt[chunk]])
+        figures[f"vectorbt_500_seconds_chunk_{chunk}"] = round(vbt[chunk], 3)
+        figures["max_abs_diff_500_vs_vectorbt"] = max(figures.get("max_abs_diff_500_vs_vectorbt", 0.0),
+                                                      float(np.max(np.abs(vbt_tr - ours))))
+    t_vbt = min(vbt.values())
+    figures.update(vectorbt_500_seconds=round(t_vbt, 3), ratio_500_warm=round(t_vbt / t_warm, 2),
+                   ratio_500_cli=round(t_vbt / t_cli, 2))
