@@ -1,3 +1,3 @@
 """admf-dask: out-of-core backtesting and parameter sweeps on Dask."""
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"

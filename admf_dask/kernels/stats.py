@@ -273,13 +273,17 @@ _NS_PER_DAY = 86_400 * 10**9
 
 
 def periods_per_year(timestamps_ns) -> float:
-    """Bars per year inferred from the median bar spacing (numpy only, no numba).
+    """Bars per year inferred from the bars' real rate (numpy only, no numba).
 
     Daily bars give 252 (365 if a sizeable share of bars falls on weekends, as
     crypto data does, following backtesting.py's rule), weekly 52, monthly 12,
-    yearly 1. Intraday bars give trading-day bars times 252 for exchange data
-    (a 6.5-hour session: 390 for minute bars, so 252 * 390) or 24-hour bars times
-    365 when weekends are present.
+    yearly 1 (by the median bar spacing). Intraday bars give the median number of
+    bars per active UTC day times the trading days per year of their calendar:
+    365 when weekends are present (24x7), 260 when a day's bars span 20 hours or
+    more without weekends (24x5: FX, futures), else 252 (an exchange session:
+    390 minute bars of a 6.5-hour session give 252 * 390). The first and the last
+    day are left out of the median when there are three days or more (they may be
+    partial); with fewer, the fullest day counts.
 
     Parameters
     ----------
@@ -295,15 +299,16 @@ def periods_per_year(timestamps_ns) -> float:
     >>> minutes = np.datetime64("2024-01-02T14:30", "ns") + np.arange(390) * 60 * 10**9
     >>> periods_per_year(minutes)
     98280.0
+    >>> fx = np.datetime64("2024-01-07T22:00", "ns") + np.arange(120) * 3600 * 10**9  # Sun 22:00 .. Fri 21:00
+    >>> periods_per_year(fx)
+    6240.0
     """
-    ts = _as_ns(timestamps_ns)
-    if ts.ndim != 1 or ts.shape[0] < 2:
+    stream = PeriodsPerYearStream()
+    stream.update(timestamps_ns)
+    if stream.n < 2:
         raise ValueError(
-            f"periods_per_year needs a 1-d array of at least two timestamps, got shape {ts.shape}")
-    spacing = float(np.median(np.diff(ts)))
-    # 1970-01-01 was a Thursday; Monday is 0.
-    weekday = (ts // _NS_PER_DAY + 3) % 7
-    return _classify(spacing, float(np.mean(weekday >= 5)))
+            f"periods_per_year needs a 1-d array of at least two timestamps, got shape ({stream.n},)")
+    return stream.value()
 
 
 def _as_ns(timestamps_ns) -> np.ndarray:
@@ -313,8 +318,39 @@ def _as_ns(timestamps_ns) -> np.ndarray:
     return ts.astype(np.int64, copy=False)
 
 
-def _classify(spacing: float, weekend_share: float) -> float:
-    """Bars per year from the median spacing (ns) and the share of bars on weekends."""
+def _hist_median(values: np.ndarray, counts: np.ndarray) -> float:
+    """``float(np.median(x))`` of the values ``values`` (ascending, distinct) occurring ``counts`` times."""
+    total = int(counts.sum())
+    upto = np.cumsum(counts)
+    hi = values[int(np.searchsorted(upto, total // 2, side="right"))]
+    if total % 2:
+        return float(hi)
+    lo = values[int(np.searchsorted(upto, total // 2 - 1, side="right"))]
+    return (float(lo) + float(hi)) / 2.0
+
+
+def _hist_add(values: np.ndarray, counts: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram ``(values, counts)`` with the values ``new`` added."""
+    if new.shape[0] == 0:
+        return values, counts
+    v, c = np.unique(new, return_counts=True)
+    merged = np.concatenate([values, v])
+    order = np.argsort(merged, kind="stable")
+    merged = merged[order]
+    both = np.concatenate([counts, c.astype(np.int64)])[order]
+    keep = np.r_[True, merged[1:] != merged[:-1]]
+    return merged[keep], np.add.reduceat(both, np.flatnonzero(keep)).astype(np.int64)
+
+
+_ROUND_THE_CLOCK_NS = 20 * 3600 * 10**9  # a day's bars spanning this much: 24x5 (or 24x7) trading
+
+
+def _classify(spacing: float, weekend_share: float, bars_per_day: float | None = None) -> float:
+    """Bars per year from the median spacing (ns), the share of bars on weekends and the bars per active day.
+
+    ``bars_per_day`` None (a state saved before it was counted): intraday bars as a
+    6.5-hour session, or 24 hours when weekends are present.
+    """
     if not spacing > 0:
         raise ValueError("periods_per_year needs ascending timestamps (median spacing <= 0)")
     has_weekends = weekend_share > 2 / 7 * 0.6
@@ -327,9 +363,17 @@ def _classify(spacing: float, weekend_share: float) -> float:
         return 52.0
     if days >= 0.75:
         return 365.0 if has_weekends else 252.0
+    if bars_per_day is None:
+        if has_weekends:
+            return round(365.0 * _NS_PER_DAY / spacing, 6)
+        return round(252.0 * 6.5 * 3600e9 / spacing, 6)
     if has_weekends:
-        return round(365.0 * _NS_PER_DAY / spacing, 6)
-    return round(252.0 * 6.5 * 3600e9 / spacing, 6)
+        trading_days = 365.0
+    elif bars_per_day * spacing >= _ROUND_THE_CLOCK_NS:
+        trading_days = 260.0
+    else:
+        trading_days = 252.0
+    return round(trading_days * bars_per_day, 6)
 
 
 class PeriodsPerYearStream:
@@ -341,11 +385,17 @@ class PeriodsPerYearStream:
     the count of each distinct spacing (the median is read off the counts with
     ``np.median``'s float64 rounding: the middle value, or the mean of the two
     middle values, ``(a + b) / 2`` in float64, for an even count), the number of
-    timestamps on weekends, the count and the last timestamp. Regular bars have a
-    handful of distinct spacings (the bar, the overnight, weekend and holiday
-    gaps); irregular ones as many as spacings, at worst.
+    timestamps on weekends, the count and the last timestamp; and of the UTC days
+    with bars: how many, the first day's bars, the last day (still counting) and
+    its bars, and the count of each distinct number of bars of the days between.
+    Regular bars have a handful of distinct spacings (the bar, the overnight,
+    weekend and holiday gaps) and of day counts; irregular ones as many as
+    spacings, at worst.
 
-    :meth:`to_arrays` / :meth:`from_arrays` store and restore it as int64 arrays.
+    :meth:`to_arrays` / :meth:`from_arrays` store and restore it as int64 arrays
+    (``scalars`` = [n, weekend, last, days, first day's bars, last day, its bars,
+    then the day histogram as value, count pairs]; a 3-scalar state of an older
+    version restores without day counts, valued as that version did).
 
     Examples
     --------
@@ -358,7 +408,8 @@ class PeriodsPerYearStream:
     True
     """
 
-    __slots__ = ("counts", "last", "n", "spacings", "weekend")
+    __slots__ = ("counts", "cur_count", "cur_day", "day_counts", "day_values", "first_count", "last", "n",
+                 "n_days", "spacings", "weekend")
 
     def __init__(self) -> None:
         self.spacings = np.empty(0, dtype=np.int64)  # distinct spacings, ascending
@@ -366,6 +417,12 @@ class PeriodsPerYearStream:
         self.n = 0                                   # timestamps seen
         self.weekend = 0                             # of which on a Saturday or Sunday
         self.last = 0                                # the last timestamp (if n > 0)
+        self.n_days = 0                              # UTC days with bars (-1: not counted, an old state)
+        self.first_count = 0                         # bars on the first of them
+        self.cur_day = 0                             # the last of them (still counting)
+        self.cur_count = 0                           # its bars so far
+        self.day_values = np.empty(0, dtype=np.int64)  # distinct bars per day of the days between, ascending
+        self.day_counts = np.empty(0, dtype=np.int64)  # how many days had that many
 
     def update(self, timestamps_ns) -> None:
         """Fold the next timestamps in (a 1-d array, possibly empty)."""
@@ -374,20 +431,49 @@ class PeriodsPerYearStream:
             raise ValueError(f"periods_per_year needs a 1-d array of timestamps, got shape {ts.shape}")
         if ts.shape[0] == 0:
             return
-        weekday = (ts // _NS_PER_DAY + 3) % 7
+        day = ts // _NS_PER_DAY
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0.
         self.weekend += int(np.count_nonzero(weekday >= 5))
         diffs = np.diff(ts, prepend=np.int64(self.last)) if self.n else np.diff(ts)
         if diffs.shape[0]:
-            values, counts = np.unique(diffs, return_counts=True)
-            merged = np.concatenate([self.spacings, values])
-            order = np.argsort(merged, kind="stable")
-            merged = merged[order]
-            both = np.concatenate([self.counts, counts.astype(np.int64)])[order]
-            keep = np.r_[True, merged[1:] != merged[:-1]]
-            self.spacings = merged[keep]
-            self.counts = np.add.reduceat(both, np.flatnonzero(keep)).astype(np.int64)
+            self.spacings, self.counts = _hist_add(self.spacings, self.counts, diffs)
+        if self.n_days >= 0:
+            self._count_days(day)
         self.n += int(ts.shape[0])
         self.last = int(ts[-1])
+
+    def _count_days(self, day: np.ndarray) -> None:
+        starts = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
+        days = day[starts]
+        sizes = np.diff(np.r_[starts, day.shape[0]]).astype(np.int64)
+        if self.n_days and int(days[0]) == self.cur_day:  # the last day goes on
+            self.cur_count += int(sizes[0])
+            days, sizes = days[1:], sizes[1:]
+        if days.shape[0] == 0:
+            return
+        done = np.r_[np.int64(self.cur_count), sizes[:-1]] if self.n_days else sizes[:-1]
+        if self.n_days == 0:  # the very first day: its count is final when the next day starts
+            self.first_count = int(sizes[0]) if days.shape[0] > 1 else 0
+            between = done[1:]
+        elif self.n_days == 1:  # the day that ended was the first
+            self.first_count = int(done[0])
+            between = done[1:]
+        else:
+            between = done
+        self.day_values, self.day_counts = _hist_add(self.day_values, self.day_counts, between)
+        self.n_days += int(days.shape[0])
+        self.cur_day = int(days[-1])
+        self.cur_count = int(sizes[-1])
+
+    def bars_per_day(self) -> float | None:
+        """The median bars per UTC day with bars (first and last left out from three days on), None if not counted."""
+        if self.n_days < 0:
+            return None
+        if self.n_days >= 3:
+            return _hist_median(self.day_values, self.day_counts)
+        if self.n_days == 2:
+            return float(max(self.first_count, self.cur_count))
+        return float(self.cur_count)
 
     def median_spacing(self) -> float:
         """``float(np.median(np.diff(all timestamps)))``, from the counts."""
@@ -395,22 +481,19 @@ class PeriodsPerYearStream:
         if total == 0:
             raise ValueError(
                 f"periods_per_year needs a 1-d array of at least two timestamps, got shape ({self.n},)")
-        upto = np.cumsum(self.counts)
-        hi = self.spacings[int(np.searchsorted(upto, total // 2, side="right"))]
-        if total % 2:
-            return float(hi)
-        lo = self.spacings[int(np.searchsorted(upto, total // 2 - 1, side="right"))]
-        return (float(lo) + float(hi)) / 2.0
+        return _hist_median(self.spacings, self.counts)
 
     def value(self) -> float:
         """``periods_per_year`` of every timestamp folded in so far."""
         spacing = self.median_spacing()
-        return _classify(spacing, self.weekend / self.n)
+        return _classify(spacing, self.weekend / self.n, self.bars_per_day())
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The state as int64 arrays: ``spacings``, ``counts`` and ``scalars`` = [n, weekend, last]."""
+        """The state as int64 arrays: ``spacings``, ``counts`` and ``scalars`` (see the class)."""
+        hist = np.stack([self.day_values, self.day_counts], axis=1).ravel()
+        head = [self.n, self.weekend, self.last, self.n_days, self.first_count, self.cur_day, self.cur_count]
         return {"spacings": self.spacings.copy(), "counts": self.counts.copy(),
-                "scalars": np.array([self.n, self.weekend, self.last], dtype=np.int64)}
+                "scalars": np.concatenate([np.array(head, dtype=np.int64), hist.astype(np.int64)])}
 
     @classmethod
     def from_arrays(cls, arrays) -> PeriodsPerYearStream:
@@ -418,5 +501,12 @@ class PeriodsPerYearStream:
         out = cls()
         out.spacings = np.asarray(arrays["spacings"], dtype=np.int64).copy()
         out.counts = np.asarray(arrays["counts"], dtype=np.int64).copy()
-        out.n, out.weekend, out.last = (int(x) for x in np.asarray(arrays["scalars"], dtype=np.int64))
+        scalars = np.asarray(arrays["scalars"], dtype=np.int64)
+        out.n, out.weekend, out.last = (int(x) for x in scalars[:3])
+        if scalars.shape[0] < 7:  # saved before days were counted
+            out.n_days = -1
+            return out
+        out.n_days, out.first_count, out.cur_day, out.cur_count = (int(x) for x in scalars[3:7])
+        hist = scalars[7:].reshape(-1, 2)
+        out.day_values, out.day_counts = hist[:, 0].copy(), hist[:, 1].copy()
         return out
