@@ -293,8 +293,17 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
                    "new takes the new bar, old keeps the stored one.")
 @click.option("--repair", is_flag=True, help="Sort rows by time and drop exact duplicate rows, reporting each change.")
 @click.option("--adjust", is_flag=True, help="Scale open/high/low/close by Adj Close / Close.")
+@click.option("--timestamp-unit", type=click.Choice(["s", "ms", "us", "ns"]),
+              help="Unit of epoch-number timestamps (default: told by their magnitude, e.g. Binance's ms).")
+@click.option("--columns", help="Column names of a headerless file, comma-separated "
+                                "(e.g. open_time,open,high,low,close,volume); extra columns are ignored.")
+@click.option("--drop-missing", is_flag=True, help="Drop rows with missing values (Yahoo's null rows), "
+                                                    "saying how many; without it such a row is an error.")
+@click.option("--check", is_flag=True, help="Dry run: read and validate every file, report every bad one, "
+                                             "write nothing (exit 2 if any is bad).")
 @storage_option
-def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, storage_options) -> None:
+def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestamp_unit, columns, drop_missing,
+           check, storage_options) -> None:
     """Validate CSV or Parquet FILEs and add them to STORE, all or nothing.
 
     A file holds one symbol (named by --symbol or the file name) or many (a symbol
@@ -316,9 +325,23 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, storage_
 
     session = _session()
     session.data = {"store": store}
-    report = do_ingest(BarStore(store, _options(storage_options)), list(files), symbol=symbol, tz=tz,
-                       repair=repair, adjust=adjust, storage_options=None, mode=mode, on_conflict=on_conflict)
+    from .errors import DataError
+
+    try:
+        report = do_ingest(None if check else BarStore(store, _options(storage_options)), list(files),
+                           symbol=symbol, tz=tz, repair=repair, adjust=adjust, storage_options=None, mode=mode,
+                           on_conflict=on_conflict, timestamp_unit=timestamp_unit,
+                           columns=columns.split(",") if columns is not None else None,
+                           drop_missing=drop_missing, check=check)
+    except DataError as exc:
+        bad = getattr(exc, "report", None)  # --check: every bad file listed, then the one-line error
+        if bad is not None:
+            session.data.update(ingest_data(bad), problems=dict(bad.problems))
+            session.output("\n".join(bad.lines()))
+        raise
     session.data.update(ingest_data(report))
+    if report.dropped:
+        session.data["dropped"] = dict(report.dropped)
     session.output("\n".join(report.lines()))
 
 

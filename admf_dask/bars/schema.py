@@ -100,6 +100,23 @@ class Bars:
             cached = self.__dict__["_spacing_arrays"] = stream.to_arrays()
         return cached
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, symbol: str | None = None, **options) -> Bars:
+        """One symbol's validated bars from a pandas DataFrame, read as ``admf ingest`` reads a file.
+
+        Timestamps in a column (``timestamp``, ``Date``, ...) or the DatetimeIndex; vendor
+        column names matched loosely; ``symbol`` names it unless the frame has a single-valued
+        ``symbol`` column. ``options``: ``tz``, ``repair``, ``adjust``, ``timestamp_unit``,
+        ``drop_missing`` (see :func:`admf_dask.bars.ingest.frame_bars`). Raises DataError.
+        """
+        from .ingest import frame_bars
+
+        out = frame_bars(frame, symbol=symbol, **options)
+        if len(out) != 1:
+            raise DataError(f"the frame holds {len(out)} symbols; use BarStore.write_frame or pass symbol=",
+                            file="<DataFrame>", key="symbol")
+        return out[0]
+
     def to_frame(self) -> pd.DataFrame:
         """A pandas DataFrame indexed by a UTC DatetimeIndex named ``timestamp``."""
         index = pd.DatetimeIndex(self.timestamp.view("datetime64[ns]"), name="timestamp").tz_localize("UTC")

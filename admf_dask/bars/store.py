@@ -578,6 +578,23 @@ class BarStore:
         """
         return self.update(bars, mode="replace", source=source).manifest
 
+    def write_frame(self, frame: Any, symbol: str | None = None, *, mode: str = "replace",
+                    on_conflict: str | None = None, **options: Any) -> dict[str, Any]:
+        """Write a pandas DataFrame of bars (one symbol, or a ``symbol`` column of many); all or nothing.
+
+        Read as ``admf ingest`` reads a file (:func:`admf_dask.bars.ingest.frame_bars`; ``options``:
+        ``tz``, ``repair``, ``adjust``, ``timestamp_unit``, ``drop_missing``), then
+        ``update(bars, mode=, on_conflict=)`` (``replace`` by default, as :meth:`write`).
+        Returns the committed manifest.
+        """
+        from .ingest import frame_bars
+        from .update import check_mode
+
+        check_mode(mode, on_conflict)
+        bars = frame_bars(frame, symbol=symbol, **options)
+        return self.update(bars, mode=mode, on_conflict=on_conflict,
+                           source={"kind": "frame", "symbols": [b.symbol for b in bars]}).manifest
+
     def update(self, bars: Iterable[Bars], *, mode: str = "merge", on_conflict: str | None = None,
                source: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Update:
         """Commit new bars for some symbols, respecting their stored history; all or nothing.
