@@ -87,3 +87,44 @@ def test_old_saved_spacing_state_restores_without_day_counts():
     back = PeriodsPerYearStream.from_arrays(old)
     assert back.bars_per_day() is None
     assert back.value() == 252 * 6.5  # valued as that version did; runs of another version are not gone on from
+
+
+# ---------------------------------------------------------------- a sweep over symbols of different frequencies
+
+
+def test_sweep_over_mixed_frequencies_warns_and_leaves_the_portfolio_out(tmp_path, caplog):
+    import logging
+
+    from admf_dask.bars import BarStore, generate_bars
+    from admf_dask.cluster import connect
+    from admf_dask.storage import StorageRef
+    from admf_dask.sweep import PORTFOLIO, SweepConfig, run_sweep
+
+    store = BarStore(str(tmp_path / "bars"))
+    daily = [generate_bars(s, "2023-01-01", "2023-12-31", seed=i) for i, s in enumerate(["AAA", "BBB"])]
+    fx = gbm_bars("EURUSD", fx_hours("2023-01-01", "2023-12-31"))
+    store.write([*daily, fx])
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [20, 40]})
+    threads = {"kind": "threads", "n_workers": 1, "dashboard_address": ""}
+    with connect(threads) as client, caplog.at_level(logging.WARNING, logger="admf_dask"):
+        mixed = run_sweep(config, store, StorageRef.make(str(tmp_path / "runs")), client, progress=False,
+                          echo=lambda _: None)
+        warned = [r.getMessage() for r in caplog.records if "different bar frequencies" in r.getMessage()]
+        same = run_sweep(SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [20, 40]},
+                                     symbols=["AAA", "BBB"]), store, StorageRef.make(str(tmp_path / "runs")),
+                         client, progress=False, echo=lambda _: None)
+    assert len(warned) == 1
+    assert "daily" in warned[0] and "AAA, BBB" in warned[0] and "hourly" in warned[0] and "EURUSD" in warned[0]
+    # the rates named against pandas counting each symbol's bars of 2023
+    import re
+
+    named = [float(x.replace(",", "")) for x in re.findall(r"~([\d,]+) bars a year", warned[0])]
+    counted = [bars_in_year(pd.DatetimeIndex(daily[0].timestamp), 2023), bars_in_year(fx_hours("2023-01-01", "2023-12-31"), 2023)]
+    assert len(named) == 2 and all(abs(a / b - 1) < 0.03 for a, b in zip(named, counted)), (named, counted)
+    table = mixed.table
+    assert PORTFOLIO not in set(table["symbol"]) and len(table) == 4 * 3
+    assert mixed.summary["portfolio_left_out"] == warned[0]
+    assert any("PORTFOLIO left out" in line for line in mixed.lines())
+    assert len(mixed.top()) and set(mixed.top()["symbol"]) <= {"AAA", "BBB", "EURUSD"}
+    assert "portfolio_left_out" not in same.summary
+    assert (same.table["symbol"] == PORTFOLIO).sum() == 4

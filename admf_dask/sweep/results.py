@@ -60,7 +60,7 @@ def write_part(storage: Storage, table: pa.Table, name: str) -> None:
     storage.write_bytes(buf.getvalue(), name)
 
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
-                      portfolio: Mapping[int, str]) -> int:
+                      portfolio: Mapping[int, str], keep_portfolio: bool = True) -> int:
     """Stream the final table ``results.parquet`` from the committed parts, a block of set ids at a time.
 
     Rows are ordered by set id, then symbol, each set's PORTFOLIO row last. A range's
@@ -72,7 +72,8 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
     written as a row group before the next block. The client holds one block, never the
     whole table, whatever the number of rows. The PORTFOLIO rows also go to
     ``portfolio.parquet`` (one per set), which :class:`SweepResult` reads for its rankings.
-    Returns the row count.
+    Returns the row count. ``keep_portfolio=False`` (symbols of different bar frequencies:
+    :mod:`admf_dask.sweep.frequency`) leaves the PORTFOLIO rows out of both files.
     """
     rows = 0
     portfolio_rows = []
@@ -92,13 +93,16 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 step = max(1, _BLOCK_ROWS // per_set)
                 for a in range(lo, hi, step):
                     table = _block(storage, files, metas, a, min(a + step, hi))
+                    if not keep_portfolio:
+                        table = table.filter(pc.not_equal(table.column("symbol"), PORTFOLIO))
                     if writer is None:
                         writer = pq.ParquetWriter(f, table.schema, use_dictionary=_dictionary(table.schema))
                     elif not table.schema.equals(writer.schema):
                         table = table.cast(writer.schema)
                     writer.write_table(table)
                     rows += table.num_rows
-                    portfolio_rows.append(table.filter(pc.equal(table.column("symbol"), PORTFOLIO)))
+                    if keep_portfolio:
+                        portfolio_rows.append(table.filter(pc.equal(table.column("symbol"), PORTFOLIO)))
                     del table
                     pool.release_unused()  # Arrow's allocator keeps freed blocks; the next block reuses less
         finally:
@@ -207,6 +211,8 @@ class SweepResult:
         """
         metric = metric or self.config.metric
         n = self.config.top if n is None else n
+        if self.summary.get("portfolio_left_out"):  # no PORTFOLIO rows: rank single symbols
+            per_symbol = True
 
         def best(rows: pd.DataFrame) -> pd.DataFrame:
             return rows.sort_values(metric, ascending=False, na_position="last", kind="stable").head(n)
@@ -230,4 +236,6 @@ class SweepResult:
                        f"peak worker memory {s['peak_worker_memory_mb']:,.0f} MB")
         if s.get("indicators"):
             out.append(s["indicators"])
+        if s.get("portfolio_left_out"):
+            out.append(f"PORTFOLIO left out: {s['portfolio_left_out']}")
         return out

@@ -16,6 +16,7 @@ nothing; ``force=True`` starts it afresh.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from ..budget import chunk_rows, format_bytes
 from ..errors import ConfigError, DataError
 from ..storage import StorageRef
 from .container import ContainerTask, run_container
+from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _estimate, _probe, plan_layout
 from .incremental import Resume, plan_incremental, record_chain
@@ -231,6 +233,9 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
     source = feed(client)
     try:
         bars_per_symbol = {s: bars.rows_in_range(s, config.start, config.end) for s in symbols}
+        mixed = mixed_frequencies(bars, symbols, bars_per_symbol, config.start, config.end)
+        if mixed:  # one warning line; the PORTFOLIO rows are left out of the final table
+            logging.getLogger("admf_dask.sweep").warning("%s", mixed)
         workers = client.scheduler_info(n_workers=-1)["workers"]
         threads = sum(w.get("nthreads", 1) for w in workers.values())
         if run is None:
@@ -369,7 +374,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
         lease.confirm()
-        write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)})
+        write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
+                          keep_portfolio=not mixed)
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
@@ -380,6 +386,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                    "run_started": run.get("started"), "run_finished": _now()}
         if prev_id:
             summary["incremental_from"] = prev_id
+        if mixed:
+            summary["portfolio_left_out"] = mixed
         if todo:
             summary.update(source.summary())
         final = {**run, "status": "complete", "summary": summary, "finished": _now(), "finished_on": _host()}
