@@ -89,11 +89,17 @@ class IngestStep:
     adjust: bool = False
     mode: str = "merge"
     on_conflict: str | None = None
+    timestamp_unit: str | None = None  # epoch numbers' unit (s, ms, us, ns); default: by magnitude
+    columns: list[str] | None = None  # a headerless file's column names
+    drop_missing: bool = False  # drop rows with missing values (Yahoo's null rows), saying how many
 
     def __post_init__(self) -> None:
         from .bars.update import check_mode
 
         check_mode(self.mode, self.on_conflict)
+        if self.timestamp_unit not in (None, "s", "ms", "us", "ns"):
+            raise ConfigError(f"timestamp_unit must be s, ms, us or ns, got {self.timestamp_unit!r}",
+                              key="timestamp_unit")
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,8 @@ def _run_ingest(ctx: Context, step: IngestStep) -> StepResult:
 
     store = ctx.dataset(step.dataset)
     report = ingest(store, [ctx.path(f) for f in step.files], tz=step.tz, repair=step.repair, adjust=step.adjust,
-                    mode=step.mode, on_conflict=step.on_conflict)
+                    mode=step.mode, on_conflict=step.on_conflict, timestamp_unit=step.timestamp_unit,
+                    columns=list(step.columns) if step.columns else None, drop_missing=step.drop_missing)
     return StepResult("\n".join(report.lines()), {"dataset": step.dataset, "url": store.url, **ingest_data(report)})
 
 

@@ -237,5 +237,5 @@ class SweepResult:
         if s.get("indicators"):
             out.append(s["indicators"])
         if s.get("portfolio_left_out"):
-            out.append(f"PORTFOLIO left out: {s['portfolio_left_out']}")
+            out.append(s["portfolio_left_out"])
         return out

@@ -246,3 +246,23 @@ def test_check_reports_every_bad_file_and_writes_nothing(tmp_path, capsys):
     assert snapshot_dir(tmp_path) == before and not store.exists()
     code, out, err = admf(capsys, "ingest", store, good, yahoo, "--check", "--drop-missing")
     assert (code, err) == (0, "") and "2 good, 0 bad" in out and not store.exists()
+
+
+def test_workflow_ingest_step_takes_the_vendor_options(tmp_path):
+    from admf_dask.workflow import load_workflow, run_workflow
+
+    binance_rows(24, 1_704_067_200_000).to_csv(tmp_path / "BTCUSDT.csv", index=False, header=False)
+    yahoo_csv(tmp_path / "SPY.csv")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""\
+storage: store
+steps:
+  - ingest: {{dataset: crypto, files: [BTCUSDT.csv], columns: [{BINANCE_COLUMNS}], timestamp_unit: ms}}
+  - ingest: {{dataset: stocks, files: [SPY.csv], drop_missing: true}}
+""")
+    run_workflow(load_workflow(str(wf)), echo=lambda _: None)
+    assert BarStore(str(tmp_path / "store" / "bars" / "crypto")).symbols() == ["BTCUSDT"]
+    assert len(BarStore(str(tmp_path / "store" / "bars" / "stocks")).read("SPY")) == 10
+    wf.write_text("storage: store\nsteps:\n  - ingest: {dataset: x, files: [SPY.csv], timestamp_unit: sec}\n")
+    with pytest.raises(Exception, match="timestamp_unit"):
+        load_workflow(str(wf))
