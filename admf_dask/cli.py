@@ -250,10 +250,13 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
 @click.option("--start-price", type=float, default=100.0, show_default=True)
 @click.option("--drift", "annual_drift", type=float, default=0.05, show_default=True, help="Annual log drift.")
 @click.option("--vol", "annual_vol", type=float, default=0.25, show_default=True, help="Annual volatility.")
+@click.option("--granularity", type=click.Choice(["year", "decade", "symbol"]),
+              help="Files of a new dataset: one per year, per decade or per symbol (default: from the bar "
+                   "frequency, daily bars per symbol, minute bars per year). An existing dataset keeps its own.")
 @cluster_option(None, "Generate on a cluster (threads, local or tcp://host:8786); default: in process.")
 @storage_option
 def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price, annual_drift, annual_vol,
-             cluster, storage_options) -> None:
+             granularity, cluster, storage_options) -> None:
     """Write synthetic OHLCV bars (geometric Brownian motion) into STORE.
 
     STORE is a dataset URL or path. Each symbol's bars depend only on the seed and
@@ -270,9 +273,9 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
         from .cluster import connect
 
         with connect(cluster) as client:
-            manifest = generate_dataset(bar_store, symbols, spec, client=client)
+            manifest = generate_dataset(bar_store, symbols, spec, client=client, granularity=granularity)
     else:
-        manifest = generate_dataset(bar_store, symbols, spec)
+        manifest = generate_dataset(bar_store, symbols, spec, granularity=granularity)
     rows = sum(manifest["symbols"][s]["rows"] for s in symbols)
     session.data.update(symbols=len(symbols), bars=rows, fingerprint=manifest["fingerprint"])
     session.output(f"wrote {len(symbols)} symbol(s), {rows:,} bars to {store}; "
@@ -301,9 +304,12 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
                                                     "saying how many; without it such a row is an error.")
 @click.option("--check", is_flag=True, help="Dry run: read and validate every file, report every bad one, "
                                              "write nothing (exit 2 if any is bad).")
+@click.option("--granularity", type=click.Choice(["year", "decade", "symbol"]),
+              help="Files of a new dataset: one per year, per decade or per symbol (default: from the bar "
+                   "frequency, daily bars per symbol, minute bars per year). An existing dataset keeps its own.")
 @storage_option
 def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestamp_unit, columns, drop_missing,
-           check, storage_options) -> None:
+           check, granularity, storage_options) -> None:
     """Validate CSV or Parquet FILEs and add them to STORE, all or nothing.
 
     A file holds one symbol (named by --symbol or the file name) or many (a symbol
@@ -332,7 +338,7 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestam
                            symbol=symbol, tz=tz, repair=repair, adjust=adjust, storage_options=None, mode=mode,
                            on_conflict=on_conflict, timestamp_unit=timestamp_unit,
                            columns=columns.split(",") if columns is not None else None,
-                           drop_missing=drop_missing, check=check)
+                           drop_missing=drop_missing, check=check, granularity=granularity)
     except DataError as exc:
         bad = getattr(exc, "report", None)  # --check: every bad file listed, then the one-line error
         if bad is not None:
@@ -343,6 +349,30 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestam
     if report.dropped:
         session.data["dropped"] = dict(report.dropped)
     session.output("\n".join(report.lines()))
+
+
+@cli.command()
+@click.argument("store", metavar="STORE")
+@click.option("--granularity", type=click.Choice(["year", "decade", "symbol"]),
+              help="One file per year, per decade or per symbol (default: from the bar frequency).")
+@storage_option
+def repack(store, granularity, storage_options) -> None:
+    """Rewrite STORE's files at another granularity, all or nothing.
+
+    The bars and every fingerprint stay the same (so run ids and caches keyed on
+    them stay valid); readers see the old files or the new ones, never a mix.
+    """
+    from .bars import BarStore
+
+    session = _session()
+    out = BarStore(store, _options(storage_options)).repack(granularity)
+    session.data = {"store": store, **out}
+    if out["from"] == out["to"]:
+        session.output(f"{store} is already stored by {out['to']} ({out['files_before']:,} files); nothing to do")
+    else:
+        session.output(f"repacked {out['symbols']} symbol(s) from {out['from']} to {out['to']}: "
+                       f"{out['files_before']:,} -> {out['files_after']:,} files; "
+                       f"fingerprint {str(out['fingerprint'])[:12]} (unchanged)")
 
 
 def _param_spec(pair: str) -> tuple[str, object]:

@@ -427,7 +427,8 @@ def _frame_to_bars(frame: pd.DataFrame, numbers: np.ndarray, unit: str, path: st
 def ingest(store: BarStore | None, paths: list[str], *, symbol: str | None = None, tz: str = "UTC",
            repair: bool = False, adjust: bool = False, storage_options: dict | None = None,
            mode: str = "merge", on_conflict: str | None = None, timestamp_unit: str | None = None,
-           columns: list[str] | None = None, drop_missing: bool = False, check: bool = False) -> IngestReport:
+           columns: list[str] | None = None, drop_missing: bool = False, check: bool = False,
+           granularity: str | None = None) -> IngestReport:
     """Parse and validate every file, then merge, append or replace and commit them in one step.
 
     ``mode`` and ``on_conflict`` are those of :meth:`BarStore.update`. Raises DataError
@@ -436,6 +437,8 @@ def ingest(store: BarStore | None, paths: list[str], *, symbol: str | None = Non
     ``timestamp_unit``, ``columns`` and ``drop_missing``: see the module. ``check``
     reads every file, writes nothing, and raises one DataError counting the bad files
     (the returned report, or the error's ``report``, lists each file's problem).
+    ``granularity`` applies to a new dataset (None: from the bars' spacing, see
+    :func:`~admf_dask.bars.update.granularity_for`); an existing one keeps its own.
     """
     check_mode(mode, on_conflict)
     if timestamp_unit is not None and timestamp_unit not in TIMESTAMP_UNITS:
@@ -484,7 +487,8 @@ def ingest(store: BarStore | None, paths: list[str], *, symbol: str | None = Non
             raise err
         return report
     source = {"kind": "ingest", "files": [os.path.basename(str(p)) for p in paths], "tz": tz}
-    update = store.update(all_bars, mode=mode, on_conflict=on_conflict, source=source, files=seen)
+    update = store.update(all_bars, mode=mode, on_conflict=on_conflict, source=source, files=seen,
+                          granularity=granularity or "auto")
     report.fingerprint = update.manifest["fingerprint"]
     report.mode = mode
     report.changes = update.changes

@@ -36,11 +36,12 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow import fs as pafs
 
-from ..errors import DataError, StorageError, did_you_mean
+from ..errors import ConfigError, DataError, StorageError, did_you_mean
 from ..storage import Storage, StorageRef
 from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars
 from .txn import MANIFEST, Txn, commit_plans
-from .update import Plan, SymbolChange, check_mode, plan_bars, plan_staged, write_symbol_files
+from .update import (Plan, SymbolChange, check_granularity, check_mode, granularity_for, granularity_of, plan_bars,
+                     plan_repack, plan_staged, write_symbol_files)
 
 __all__ = ["BarStore", "MANIFEST", "Update", "to_ns", "write_symbol_files"]
 
@@ -164,6 +165,11 @@ class BarStore:
     def source(self) -> dict[str, Any] | None:
         """What produced the data (generator settings or ingested files), if recorded."""
         return self.manifest.get("source")
+
+    @property
+    def granularity(self) -> str:
+        """The files' granularity: ``year``, ``decade`` or ``symbol`` (datasets without the key: ``year``)."""
+        return granularity_of(self.manifest) or "year"
 
     def symbols(self) -> list[str]:
         return sorted(self.manifest["symbols"])
@@ -596,7 +602,8 @@ class BarStore:
                            source={"kind": "frame", "symbols": [b.symbol for b in bars]}).manifest
 
     def update(self, bars: Iterable[Bars], *, mode: str = "merge", on_conflict: str | None = None,
-               source: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Update:
+               source: dict[str, Any] | None = None, files: dict[str, str] | None = None,
+               granularity: str | None = None) -> Update:
         """Commit new bars for some symbols, respecting their stored history; all or nothing.
 
         Parameters
@@ -614,6 +621,11 @@ class BarStore:
             Recorded as the manifest's ``source``.
         files:
             The input file of each symbol, named in errors.
+        granularity:
+            Of a new dataset: ``"year"``, ``"decade"``, ``"symbol"``, or ``"auto"`` (from
+            the bars' spacing, :func:`~admf_dask.bars.update.granularity_for`); None means
+            ``year``. An existing dataset keeps its own; naming another is a ConfigError
+            (convert it with :meth:`repack`).
 
         Each symbol's plan is staged against the manifest read at the start; at the
         commit, a symbol that another writer committed meanwhile is planned again on
@@ -623,8 +635,11 @@ class BarStore:
         check_mode(mode, on_conflict)
         files = files or {}
         txn: Txn | None = None
+        if granularity == "auto":
+            bars = list(bars)
         try:
             base = self._read_base()
+            layout = self._layout(base, granularity, lambda: granularity_for(bars))
             plans: dict[str, Plan] = {}
             planners: dict[str, Callable[[dict[str, Any] | None], Plan]] = {}
             for b in bars:
@@ -634,12 +649,12 @@ class BarStore:
 
                 def planner(entry, b=b, txn=txn):
                     return plan_bars(self, txn, b, entry, mode=mode, on_conflict=on_conflict,
-                                     file=files.get(b.symbol))
+                                     file=files.get(b.symbol), granularity=layout)
 
                 planners[b.symbol] = planner
                 plans[b.symbol] = planner(base["symbols"].get(b.symbol))
             txn = txn or Txn(self.storage)
-            manifest = commit_plans(self, txn, plans, planners, source)
+            manifest = commit_plans(self, txn, plans, planners, source, layout)
         except BaseException:
             if txn is not None:
                 txn.abort()
@@ -666,13 +681,70 @@ class BarStore:
             raise DataError("symbol given twice in one write", symbol=dup, rule="symbol-unique")
         txn_ids = sorted({e["txn"] for e in entries})
         txn = Txn(self.storage, txn_ids[0] if txn_ids else None)
+        layouts = {e.get("granularity", "year") for e in entries}
+        if len(layouts) > 1:
+            raise DataError(f"entries of several granularities in one commit: {', '.join(sorted(layouts))}",
+                            key="granularity")
         planners = {e["symbol"]: (lambda entry, e=e: plan_staged(self, e, entry)) for e in entries}
         base = self._read_base()
+        layout = layouts.pop() if layouts else None
+        if layout is not None:
+            self._layout(base, layout, lambda: "year")
         plans = {s: planner(base["symbols"].get(s)) for s, planner in planners.items()}
-        manifest = commit_plans(self, txn, plans, planners, source)
+        manifest = commit_plans(self, txn, plans, planners, source, layout)
         for other in txn_ids[1:]:
             Txn(self.storage, other).finish()
         return manifest
+
+    def repack(self, granularity: str | None = None) -> dict[str, Any]:
+        """Rewrite every symbol's files at ``granularity`` (None: from the bars' spacing); all or nothing.
+
+        One transaction (staging, journal, one manifest commit, then the old files are
+        removed): readers see the old files or the new ones. The bars, every symbol's
+        fingerprint (it hashes calendar years, not files), ``change`` and ``lineage``,
+        and the dataset fingerprint stay as they were, so caches keyed on them survive.
+        Returns ``{"from", "to", "symbols", "files_before", "files_after", "fingerprint"}``.
+        """
+        base = self._read_base()
+        if not base["symbols"] and not self.exists():
+            raise StorageError("no bar dataset here (no _dataset.json)", file=self.url,
+                               hint="create one with `admf generate` or `admf ingest`")
+        have = granularity_of(base) or "year"
+        if granularity is None:
+            sample = [self.read_head(s, 64) for s in sorted(base["symbols"])[:16]]
+            granularity = granularity_for(sample)
+        target = check_granularity(granularity)
+        out = {"from": have, "to": target, "symbols": len(base["symbols"]),
+               "files_before": sum(len(e["files"]) for e in base["symbols"].values())}
+        if have == target and "granularity" in base or have == target == "year":
+            return {**out, "files_after": out["files_before"], "fingerprint": base.get("fingerprint")}
+        txn = Txn(self.storage)
+        try:
+            planners = {s: (lambda entry, s=s: plan_repack(self, txn, s, entry, target)) for s in base["symbols"]}
+            if self.storage.is_local:
+                plans = {s: planners[s](e) for s, e in base["symbols"].items()}
+            else:  # object stores: overlap the requests of several symbols
+                names = list(base["symbols"])
+                plans = dict(zip(names, _file_pool().map(lambda s: planners[s](base["symbols"][s]), names)))
+            manifest = commit_plans(self, txn, plans, planners, None, target, repack=True)
+        except BaseException:
+            txn.abort()
+            raise
+        return {**out, "files_after": sum(len(e["files"]) for e in manifest["symbols"].values()),
+                "fingerprint": manifest.get("fingerprint")}
+
+    def _layout(self, base: dict[str, Any], granularity: str | None, auto: Callable[[], str]) -> str:
+        """The granularity a write uses: the dataset's own, or for a new dataset the one asked for."""
+        have = granularity_of(base)
+        if have is not None:
+            if granularity not in (None, "auto", have):
+                raise ConfigError(f"the dataset is stored by {have}, not {granularity}", key="granularity",
+                                  file=self.url, hint=f"convert it first: admf repack {self.url} "
+                                                      f"--granularity {granularity}")
+            return have
+        if granularity is None:
+            return "year"
+        return auto() if granularity == "auto" else check_granularity(granularity)
 
     def _read_base(self) -> dict[str, Any]:
         raw, _ = self.storage.read_versioned(MANIFEST)

@@ -118,14 +118,14 @@ def generate_bars(symbol: str, start: str, end: str, *, freq: str = "daily", see
 
 def _generate_and_write(task: tuple) -> dict:
     """Task: generate one symbol and stage its files in transaction ``txn`` (not committed). Runs on a worker."""
-    ref, symbol, spec, txn = task
+    ref, symbol, spec, txn, *layout = task
     from .update import write_symbol_files
 
-    return write_symbol_files(ref.open(), generate_bars(symbol, **spec.to_dict()), txn)
+    return write_symbol_files(ref.open(), generate_bars(symbol, **spec.to_dict()), txn, *layout)
 
 
 def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, granularity: str | None = None) -> dict:
     """Generate ``symbols`` into ``store`` and commit them in one manifest write.
 
     With a ``client`` each symbol is generated and staged by a task on the cluster
@@ -133,28 +133,33 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
     anything fails, the staged files are removed and the store is unchanged.
     Returns the committed manifest. Symbols already present are replaced
     (``change`` ``unchanged`` when the bars are the same: regenerating identical
-    settings adds no file).
+    settings adds no file). ``granularity`` (of a new dataset; None: from
+    ``spec.freq``, daily bars one file per symbol, minute bars one per year); an
+    existing dataset keeps its own.
     """
     from ..progress import Progress
     from .txn import Txn
 
     for s in symbols:
         check_symbol(s)
+    from .update import granularity_for
+
     source = {"kind": "synthetic", **spec.to_dict()}
+    layout = store._layout(store._read_base(), granularity or "auto", lambda: granularity_for(freq=spec.freq))
     entries: list[dict] = []
     txn = Txn(store.storage)
     try:
         if client is None:
             bar = Progress("generate", len(symbols), enabled=progress)
             for s in symbols:
-                entries.append(_generate_and_write((store.storage.ref, s, spec, txn.id)))
+                entries.append(_generate_and_write((store.storage.ref, s, spec, txn.id, layout)))
                 bar.advance()
             bar.close()
         else:
             from ..cluster import run_tasks
             from ..config import token
 
-            tasks = [(store.storage.ref, s, spec, txn.id) for s in symbols]
+            tasks = [(store.storage.ref, s, spec, txn.id, layout) for s in symbols]
             run_tasks(client, _generate_and_write, tasks, label="generate",
                       keys=[f"generate-{s}-{token([store.url, s, spec, txn.id])}" for s in symbols],
                       on_result=lambda i, entry: entries.append(entry), progress=progress,

@@ -13,7 +13,9 @@ whose *name* starts with a ``hidden_file_prefix`` (``"_"``, needed anyway for
 ``_dataset.json``) and a ``**/*.parquet`` glob skips other extensions. A staged file
 satisfies all three (checked in ``tests/bars/test_commit.py``).
 
-A committed file is ``symbol=<S>/year=<Y>/part-<content hash>-<txn tag>.parquet``:
+A committed file is ``symbol=<S>/year=<Y>/part-<content hash>-<txn tag>.parquet``
+(granularity ``decade``: ``symbol=<S>/decade=<first year>/...``; ``symbol``:
+``symbol=<S>/part-...``):
 the tag makes a path unique to the transaction that first wrote it, so a path that
 a manifest stops listing is never listed again (a writer lists only paths of the
 manifest it commits over, or its own). That is what makes deleting unlisted files
@@ -87,11 +89,14 @@ class Txn:
     def dir(self) -> str:
         return f"{STAGING}/{self.id}"
 
-    def staged_path(self, symbol: str, year: int, digest: str) -> str:
-        return f"{self.dir}/_{symbol}.{year}.{digest[:20]}.staged"
+    def staged_path(self, symbol: str, year: int | None, digest: str) -> str:
+        return f"{self.dir}/_{symbol}.{'all' if year is None else year}.{digest[:20]}.staged"
 
-    def final_path(self, symbol: str, year: int, digest: str) -> str:
-        return f"symbol={symbol}/year={year}/part-{digest[:20]}-{self.tag}.parquet"
+    def final_path(self, symbol: str, year: int | None, digest: str, granularity: str = "year") -> str:
+        part = f"part-{digest[:20]}-{self.tag}.parquet"
+        if granularity == "symbol":
+            return f"symbol={symbol}/{part}"
+        return f"symbol={symbol}/{'decade' if granularity == 'decade' else 'year'}={year}/{part}"
 
     def write_record(self, add: list[str] = (), drop: list[str] = ()) -> None:
         """Write who this is and, before moves, the journal (paths to add, listed paths dropped)."""
@@ -116,7 +121,8 @@ class Txn:
 
 def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
                  planners: dict[str, Callable[[dict[str, Any] | None], Plan]],
-                 source: dict[str, Any] | None) -> dict[str, Any]:
+                 source: dict[str, Any] | None, granularity: str | None = None,
+                 repack: bool = False) -> dict[str, Any]:
     """Read-merge-write the manifest until it holds, with the staged files moved into place just before.
 
     ``plans`` (symbol -> :class:`~admf_dask.bars.update.Plan`) are updated in place
@@ -158,6 +164,11 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
                 if attempt and current.get("txn") == txn.id:  # our write landed, its answer was lost
                     manifest = current
                     break
+                have = _granularity(current)
+                if granularity is not None and have not in (None, granularity) and not repack:
+                    raise StorageError(f"the dataset is now stored by {have}, this write was planned by "
+                                       f"{granularity} (repacked meanwhile?)", file=storage.display(MANIFEST),
+                                       hint="run it again")
                 redone = False
                 for symbol, plan in plans.items():
                     entry = current["symbols"].get(symbol)
@@ -166,7 +177,7 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
                         redone = True
                 if redone:
                     publish()
-                manifest = _compose(current, plans.values(), source, txn.id)
+                manifest = _compose(current, plans.values(), source, txn.id, granularity)
                 if _same(manifest, current):
                     manifest = current
                     break
@@ -232,9 +243,16 @@ def _dataset_fingerprint(symbols: dict[str, dict[str, Any]]) -> str:
     ).hexdigest()
 
 
+def _granularity(manifest: dict[str, Any]) -> str | None:
+    """As :func:`admf_dask.bars.update.granularity_of` (no key: ``year``; no dataset: None)."""
+    return manifest.get("granularity") or ("year" if manifest.get("symbols") else None)
+
+
 def _compose(current: dict[str, Any], plans: Iterable[Plan], source: dict[str, Any] | None,
-             txn_id: str) -> dict[str, Any]:
+             txn_id: str, granularity: str | None = None) -> dict[str, Any]:
     manifest = {**current, "symbols": dict(current["symbols"]), "txn": txn_id}
+    if granularity is not None and (granularity != "year" or "granularity" in current):
+        manifest["granularity"] = granularity  # a year dataset without the key stays as older versions wrote it
     for plan in plans:
         manifest["symbols"][plan.symbol] = plan.entry
     if source is not None:

@@ -17,7 +17,13 @@ replace  the new bars are the history                                    the las
                                                                          tell a pure append
 =======  ==============================================================  ==============================
 
-Files are one per calendar year; a year the new bars do not touch keeps its file.
+Files are one per *bucket* of the dataset's granularity (:data:`GRANULARITIES`):
+a calendar year (``year``), ten calendar years (``decade``) or the whole history
+(``symbol``); a bucket the new bars do not touch keeps its file. Inside a file each
+calendar year is its own row group, and a file holding several years records each
+year's rows, bounds and content hash under ``groups``. A symbol's fingerprint hashes
+the years' content hashes, so it does not depend on the granularity: repacking a
+dataset (:func:`plan_repack`) keeps every fingerprint.
 
 Every entry records ``change``, how it relates to the previous committed version of
 the symbol: ``new``; ``unchanged`` (the same bars); ``append`` (its first
@@ -46,12 +52,14 @@ from ..storage import Storage
 from .schema import VALUE_COLUMNS, Bars, check_symbol
 from .txn import Txn
 
-__all__ = ["CHANGES", "LINEAGE_MAX", "MODES", "ON_CONFLICT", "Plan", "SymbolChange", "check_mode", "make_entry",
-           "plan_bars", "plan_staged", "write_symbol_files"]
+__all__ = ["CHANGES", "GRANULARITIES", "LINEAGE_MAX", "MODES", "ON_CONFLICT", "Plan", "SymbolChange",
+           "check_granularity", "check_mode", "granularity_of", "granularity_for", "make_entry", "plan_bars",
+           "plan_repack", "plan_staged", "write_symbol_files"]
 
 MODES = ("merge", "append", "replace")
 ON_CONFLICT = ("new", "old")
 CHANGES = ("new", "unchanged", "append", "merge", "replace")
+GRANULARITIES = ("year", "decade", "symbol")
 LINEAGE_MAX = 64
 _MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
@@ -74,6 +82,48 @@ def check_mode(mode: object, on_conflict: object = None) -> None:
     if on_conflict is not None and mode != "merge":
         raise ConfigError(f"on_conflict applies to mode merge only, not {mode}", key="on_conflict",
                           hint="append and replace never keep two versions of a bar")
+
+
+def check_granularity(granularity: object) -> str:
+    """The granularity if valid, else ConfigError (with a "did you mean").
+
+    >>> check_granularity("symbol")
+    'symbol'
+    >>> check_granularity("years")
+    Traceback (most recent call last):
+    ...
+    admf_dask.errors.ConfigError: granularity must be year, decade or symbol, got 'years' [key granularity]; did you mean 'year'?
+    """
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"granularity must be year, decade or symbol, got {granularity!r}", key="granularity",
+                          hint=did_you_mean(str(granularity), GRANULARITIES))
+    return str(granularity)
+
+
+def granularity_of(manifest: dict[str, Any]) -> str | None:
+    """A manifest's granularity: its ``granularity`` key, ``year`` for datasets written before
+    there was one, None for a dataset that does not exist yet (no symbols, no key)."""
+    return manifest.get("granularity") or ("year" if manifest.get("symbols") else None)
+
+
+def granularity_for(bars: list[Bars] | None = None, freq: str | None = None) -> str:
+    """The default granularity of a new dataset, from its bar frequency.
+
+    Daily bars or coarser (a median spacing of 20 hours or more): ``symbol``, one file
+    per symbol (10 years of daily bars are ~150 kB). Hourly-ish bars: ``decade``.
+    Finer (minute bars, ~100k bars a year): ``year``. ``freq`` (``"daily"``,
+    ``"minute"``) decides without looking at bars.
+
+    >>> granularity_for(freq="daily"), granularity_for(freq="minute")
+    ('symbol', 'year')
+    """
+    if freq is not None:
+        return "symbol" if freq == "daily" else "year"
+    spacings = [float(np.median(np.diff(b.timestamp))) for b in bars or [] if len(b.timestamp) > 1]
+    if not spacings:
+        return "year"
+    spacing = float(np.median(spacings))
+    return "symbol" if spacing >= 20 * 3600e9 else "decade" if spacing >= 3600e9 else "year"
 
 
 def iso(ns: int) -> str:
@@ -101,32 +151,79 @@ def _year_slices(timestamp: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(years[a]), a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
+def _buckets(timestamp: np.ndarray, granularity: str) -> list[tuple[int | None, int, int]]:
+    """``(bucket, start, stop)`` of each file's bars: the calendar year, the decade's first
+    year, or None (the whole history) for ``symbol``."""
+    if granularity == "symbol":
+        return [(None, 0, len(timestamp))] if len(timestamp) else []
+    if granularity == "year":
+        return _year_slices(timestamp)
+    out: list[tuple[int | None, int, int]] = []
+    for year, a, b in _year_slices(timestamp):
+        decade = year - year % 10
+        if out and out[-1][0] == decade:
+            out[-1] = (decade, out[-1][1], b)
+        else:
+            out.append((decade, a, b))
+    return out
+
+
+def _pieces(f: dict[str, Any]) -> list[str]:
+    """The content hashes a file contributes to its symbol's fingerprint: one per calendar year."""
+    return [g["sha256"] for g in f["groups"]] if "groups" in f else [f["sha256"]]
+
+
 def make_entry(files: list[dict[str, Any]]) -> dict[str, Any]:
-    """A symbol's manifest entry from its files' entries (any order): rows, range, fingerprint."""
+    """A symbol's manifest entry from its files' entries (any order): rows, range, fingerprint.
+
+    The fingerprint hashes the content hash of every calendar year, whatever the files
+    holding them: the same bars give the same fingerprint at every granularity.
+    """
     files = sorted(files, key=lambda f: f["first_ns"])
-    fingerprint = hashlib.sha256("|".join(f["sha256"] for f in files).encode()).hexdigest()
+    fingerprint = hashlib.sha256("|".join(h for f in files for h in _pieces(f)).encode()).hexdigest()
     first, last = files[0]["first_ns"], files[-1]["last_ns"]
     return {"rows": sum(f["rows"] for f in files), "first_ns": first, "last_ns": last, "first": iso(first),
             "last": iso(last), "fingerprint": fingerprint, "files": files}
 
 
 def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
-                columns: dict[str, np.ndarray]) -> tuple[dict[str, Any], str]:
-    """Write one year of bars to the transaction's staging; return its file entry and the staged path."""
-    digest = _hash_arrays(timestamp, columns)
-    year = int(_years(timestamp[:1])[0])
-    staged = txn.staged_path(symbol, year, digest)
+                columns: dict[str, np.ndarray], granularity: str = "year") -> tuple[dict[str, Any], str]:
+    """Write one file's bars to the transaction's staging; return its file entry and the staged path.
+
+    One row group per calendar year. A ``year`` file's hash is its bars' hash; a file
+    of a coarser granularity hashes its years' hashes and lists them under ``groups``
+    (rows, bounds and hash of each row group, in order).
+    """
+    years = _year_slices(timestamp)
+    table = Bars(symbol, timestamp, {c: columns[c] for c in VALUE_COLUMNS}).to_arrow()
     buf = io.BytesIO()
-    pq.write_table(Bars(symbol, timestamp, {c: columns[c] for c in VALUE_COLUMNS}).to_arrow(), buf,
-                   compression="snappy")
-    storage.write_bytes(buf.getvalue(), staged)
-    meta = {"path": txn.final_path(symbol, year, digest), "year": year, "rows": len(timestamp), "sha256": digest,
-            "first_ns": int(timestamp[0]), "last_ns": int(timestamp[-1])}
+    if granularity == "year":
+        digest = _hash_arrays(timestamp, columns)
+        bucket = years[0][0]
+        groups = None
+        pq.write_table(table, buf, compression="snappy")
+    else:
+        groups = [{"year": y, "rows": b - a, "sha256": _hash_arrays(timestamp[a:b], {c: columns[c][a:b]
+                                                                                  for c in VALUE_COLUMNS}),
+                   "first_ns": int(timestamp[a]), "last_ns": int(timestamp[b - 1])} for y, a, b in years]
+        digest = hashlib.sha256("|".join(g["sha256"] for g in groups).encode()).hexdigest()
+        bucket = None if granularity == "symbol" else years[0][0] - years[0][0] % 10
+        with pq.ParquetWriter(buf, table.schema, compression="snappy") as writer:
+            for _, a, b in years:
+                writer.write_table(table.slice(a, b - a), row_group_size=b - a)
+    data = buf.getvalue()
+    staged = txn.staged_path(symbol, bucket, digest)
+    storage.write_bytes(data, staged)
+    meta = {"path": txn.final_path(symbol, bucket, digest, granularity), "year": bucket, "rows": len(timestamp),
+            "sha256": digest, "first_ns": int(timestamp[0]), "last_ns": int(timestamp[-1]), "bytes": len(data)}
+    if groups is not None:
+        meta["groups"] = groups
     return meta, staged
 
 
-def write_symbol_files(storage: Storage, bars: Bars, txn: Txn | str | None = None) -> dict[str, Any]:
-    """Stage one symbol's bars as one Parquet file per year; return its manifest entry.
+def write_symbol_files(storage: Storage, bars: Bars, txn: Txn | str | None = None,
+                       granularity: str = "year") -> dict[str, Any]:
+    """Stage one symbol's bars as Parquet files of ``granularity``; return its manifest entry.
 
     Nothing becomes visible until :meth:`BarStore.commit` records the entry: the files
     are written under ``_staging/<txn>/`` (see :mod:`admf_dask.bars.txn`) and moved into
@@ -139,15 +236,17 @@ def write_symbol_files(storage: Storage, bars: Bars, txn: Txn | str | None = Non
     if len(bars.timestamp) == 0:
         raise DataError("no bars to write", symbol=bars.symbol, rule="non-empty")
     txn = Txn(storage) if txn is None else txn if isinstance(txn, Txn) else Txn(storage, txn)
-    files, staged = _stage_all(storage, txn, bars)
-    return {"symbol": bars.symbol, **make_entry(files), "staged": staged, "txn": txn.id}
+    check_granularity(granularity)
+    files, staged = _stage_all(storage, txn, bars, granularity)
+    return {"symbol": bars.symbol, **make_entry(files), "staged": staged, "txn": txn.id, "granularity": granularity}
 
 
-def _stage_all(storage: Storage, txn: Txn, bars: Bars) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _stage_all(storage: Storage, txn: Txn, bars: Bars,
+               granularity: str = "year") -> tuple[list[dict[str, Any]], dict[str, str]]:
     files, staged = [], {}
-    for _, a, b in _year_slices(bars.timestamp):
+    for _, a, b in _buckets(bars.timestamp, granularity):
         meta, path = stage_piece(storage, txn, bars.symbol, bars.timestamp[a:b],
-                                 {c: bars.columns[c][a:b] for c in VALUE_COLUMNS})
+                                 {c: bars.columns[c][a:b] for c in VALUE_COLUMNS}, granularity)
         files.append(meta)
         staged[meta["path"]] = path
     return files, staged
@@ -226,7 +325,7 @@ def _read_bars(store: Any, meta: dict[str, Any], symbol: str, path: str | None =
 
 
 def plan_bars(store: Any, txn: Txn, bars: Bars, base: dict[str, Any] | None, *, mode: str = "merge",
-              on_conflict: str | None = None, file: str | None = None) -> Plan:
+              on_conflict: str | None = None, file: str | None = None, granularity: str = "year") -> Plan:
     """The next version of ``bars.symbol`` from validated new bars and its committed entry ``base``.
 
     Raises DataError naming the symbol, the file and the timestamp when the bars break
@@ -237,10 +336,10 @@ def plan_bars(store: Any, txn: Txn, bars: Bars, base: dict[str, Any] | None, *, 
     if len(bars.timestamp) == 0:
         raise DataError("no bars to write", symbol=symbol, file=file, rule="non-empty")
     if base is None:
-        files, staged = _stage_all(store.storage, txn, bars)
+        files, staged = _stage_all(store.storage, txn, bars, granularity)
         return _finish(symbol, None, files, staged, "new", added=len(bars))
     if mode == "replace":
-        files, staged = _stage_all(store.storage, txn, bars)
+        files, staged = _stage_all(store.storage, txn, bars, granularity)
 
         def new_year(meta: dict[str, Any]) -> Bars:
             a, b = np.searchsorted(bars.timestamp, [meta["first_ns"], meta["last_ns"]], side="left")
@@ -254,16 +353,16 @@ def plan_bars(store: Any, txn: Txn, bars: Bars, base: dict[str, Any] | None, *, 
                         + (f" ({late:,} new bars are not after it)" if late > 1 else ""),
                         symbol=symbol, file=file, rule="append-after-last",
                         hint="use --mode merge to add bars inside the stored history")
-    return _merge(store, txn, bars, base, on_conflict, file)
+    return _merge(store, txn, bars, base, on_conflict, file, granularity)
 
 
 def _merge(store: Any, txn: Txn, bars: Bars, base: dict[str, Any], on_conflict: str | None,
-           file: str | None) -> Plan:
+           file: str | None, granularity: str = "year") -> Plan:
     symbol = bars.symbol
     by_year: dict[int, list[dict[str, Any]]] = {}
     for f in base["files"]:
         by_year.setdefault(f["year"], []).append(f)
-    slices = _year_slices(bars.timestamp)
+    slices = _buckets(bars.timestamp, granularity)  # "year" below: the bucket of a file of this granularity
     touched = {year for year, _, _ in slices}
     files = [f for f in base["files"] if f["year"] not in touched]
     staged: dict[str, str] = {}
@@ -310,7 +409,8 @@ def _merge(store: Any, txn: Txn, bars: Bars, base: dict[str, Any], on_conflict: 
         m_ts = np.concatenate([s_ts, ts[only]])
         order = np.argsort(m_ts, kind="stable")
         meta, path = stage_piece(store.storage, txn, symbol, m_ts[order],
-                                 {c: np.concatenate([s_cols[c], new[c][only]])[order] for c in VALUE_COLUMNS})
+                                 {c: np.concatenate([s_cols[c], new[c][only]])[order] for c in VALUE_COLUMNS},
+                                 granularity)
         files.append(meta)
         staged[meta["path"]] = path
     if differ_total and on_conflict is None:
@@ -383,3 +483,23 @@ def _extends(store: Any, symbol: str, base: dict[str, Any], files: list[dict[str
         return False
     return all(np.array_equal(before.columns[c].view(np.int64), after.columns[c][:n].view(np.int64))
                for c in VALUE_COLUMNS)
+
+
+def plan_repack(store: Any, txn: Txn, symbol: str, base: dict[str, Any] | None, granularity: str) -> Plan:
+    """``symbol``'s committed bars (``base``) staged again as files of ``granularity``.
+
+    The bars are read from the base's files and written unchanged: the entry keeps its
+    fingerprint (it hashes calendar years, see :func:`make_entry`), ``change`` and
+    ``lineage``; only ``files`` differ.
+    """
+    if base is None:
+        raise DataError("the symbol was removed while the dataset was being repacked", symbol=symbol,
+                        hint="run the repack again")
+    stored = [_read_bars(store, f, symbol) for f in sorted(base["files"], key=lambda f: f["first_ns"])]
+    bars = Bars(symbol, np.concatenate([b.timestamp for b in stored]),
+                {c: np.concatenate([b.columns[c] for b in stored]) for c in VALUE_COLUMNS})
+    files, staged = _stage_all(store.storage, txn, bars, granularity)
+    entry = {**base, **make_entry(files)}
+    if entry["fingerprint"] != base["fingerprint"]:  # a file written by something else than admf
+        entry["lineage"] = []
+    return Plan(symbol, base, entry, staged, SymbolChange(symbol, "unchanged", base["rows"], entry["rows"]))

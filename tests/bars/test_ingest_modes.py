@@ -44,7 +44,7 @@ def history():
 @pytest.fixture
 def store(tmp_path, history):
     s = BarStore(str(tmp_path / "store"))
-    ingest(s, [to_csv(tmp_path / "AAA.csv", cut(history, 0, at(history, "2024-01-01")))])
+    ingest(s, [to_csv(tmp_path / "AAA.csv", cut(history, 0, at(history, "2024-01-01")))], granularity="year")
     return s
 
 
