@@ -205,6 +205,8 @@ def _parse_times(raw: pd.Series, numbers: np.ndarray, unit: str, *, file: str, t
     if epoch is not None:
         return epoch
     text = None if pd.api.types.is_datetime64_dtype(raw.dtype) else raw.astype("string").str.strip()
+    if text is not None:  # Stooq's TIME as a number: 93500 is 09:35:00
+        text = text.str.replace(r"^(\d{8}) (\d{1,5})$", lambda m: f"{m.group(1)} {int(m.group(2)):06d}", regex=True)
     if text is not None and text.notna().all() and text.str.fullmatch(r"\d{8}( \d{6})?").all():
         fmt = "%Y%m%d %H%M%S" if text.str.len().eq(15).all() else "%Y%m%d"  # Stooq's DATE (and TIME)
         raw = pd.Series(pd.to_datetime(text, format=fmt, errors="coerce"))
@@ -302,18 +304,24 @@ def _index_to_column(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _yfinance(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """yfinance's ``to_csv``: ``Price,Close,...`` / ``Ticker,AAPL,...`` / ``Date,,...`` -> long rows with a symbol."""
-    if len(frame.columns) < 2 or _norm(frame.columns[0]) != "price" or len(frame) < 2 \
-            or _norm(frame.iloc[0, 0] or "") != "ticker":
+def _yfinance(frame: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """yfinance's ``to_csv``: ``Price,Close,...`` / ``Ticker,AAPL,...`` / ``Date,,...`` -> long rows with a symbol.
+
+    Also ``group_by="ticker"``'s order (the ``Ticker`` row first, then ``Price``).
+    """
+    if len(frame.columns) < 2 or len(frame) < 2:
+        return None
+    top, second = _norm(frame.columns[0]), _norm(frame.iloc[0, 0] or "")
+    if {top, second} != {"price", "ticker"}:
         return None
     skip = 2 if _LOOKUP.get(_norm(frame.iloc[1, 0] or "")) == "timestamp" and frame.iloc[1, 1:].isna().all() else 1
-    tickers = frame.iloc[0, 1:]
-    base = [re.sub(r"\.\d+$", "", str(c)) for c in frame.columns[1:]]
+    header = [re.sub(r"\.\d+$", "", str(c)) for c in frame.columns[1:]]  # pandas numbers repeated names
+    row = [str(x) for x in frame.iloc[0, 1:]]
+    tickers, base = (row, header) if top == "price" else (header, row)
     body = frame.iloc[skip:].reset_index(drop=True)
-    lines = np.arange(2 + skip, 2 + skip + len(body))
+    lines = lines[skip:]
     parts, numbers = [], []
-    for t in pd.unique(tickers):
+    for t in dict.fromkeys(tickers):
         pick = [i + 1 for i, x in enumerate(tickers) if x == t]
         part = body.iloc[:, [0, *pick]].copy()
         part.columns = ["timestamp", *(base[i - 1] for i in pick)]
@@ -351,7 +359,7 @@ def _read_frame(path: str, storage_options: dict | None,
     blank = (frame == "").all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), bool)
     frame = frame.replace("", None)
     frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
-    yf = None if columns else _yfinance(frame)
+    yf = None if columns else _yfinance(frame, lines)
     if yf is not None:
         frame, lines = yf
     return frame, lines, "line"

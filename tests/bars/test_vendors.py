@@ -54,10 +54,11 @@ def test_stooq_daily_and_intraday(tmp_path, capsys):
                           "<TIME>": "000000", "<OPEN>": d.open, "<HIGH>": d.high, "<LOW>": d.low,
                           "<CLOSE>": d.close, "<VOL>": d.volume.astype(int), "<OPENINT>": 0})
     daily.to_csv(tmp_path / "aapl.us.txt", index=False)
-    stamps = pd.date_range("2024-01-02 15:35", periods=40, freq="5min")
+    stamps = pd.date_range("2024-01-02 08:35", periods=40, freq="5min")
     m = ohlcv(40, 2)
+    # TIME as a number loses its leading zero (083500 -> 83500) when a spreadsheet has touched the file
     intraday = pd.DataFrame({"<TICKER>": "MSFT.US", "<PER>": 5, "<DATE>": stamps.strftime("%Y%m%d"),
-                             "<TIME>": stamps.strftime("%H%M%S"), "<OPEN>": m.open, "<HIGH>": m.high,
+                             "<TIME>": stamps.strftime("%H%M%S").astype(int), "<OPEN>": m.open, "<HIGH>": m.high,
                              "<LOW>": m.low, "<CLOSE>": m.close, "<VOL>": m.volume.astype(int), "<OPENINT>": 0})
     intraday.to_csv(tmp_path / "msft.us.txt", index=False)
     store = tmp_path / "store"
@@ -65,7 +66,7 @@ def test_stooq_daily_and_intraday(tmp_path, capsys):
     assert (code, err) == (0, ""), err
     for symbol, path in (("AAPL.US", "aapl.us.txt"), ("MSFT.US", "msft.us.txt")):
         raw = pd.read_csv(tmp_path / path, dtype={"<DATE>": str, "<TIME>": str})  # the oracle: Stooq's rules
-        index = pd.to_datetime(raw["<DATE>"] + raw["<TIME>"], format="%Y%m%d%H%M%S")
+        index = pd.to_datetime(raw["<DATE>"] + raw["<TIME>"].str.zfill(6), format="%Y%m%d%H%M%S")
         want = raw.set_axis(index).rename(columns=lambda c: c.strip("<>").lower()).rename(columns={"vol": "volume"})
         assert_same(stored(store, symbol), want)
 
@@ -161,22 +162,24 @@ def test_yahoo_null_rows(tmp_path, capsys):
 # ---------------------------------------------------------------- yfinance's multi-row header
 
 
-@pytest.mark.parametrize("tickers", [["AAPL"], ["AAPL", "MSFT"]])
-def test_yfinance_multirow_header(tmp_path, capsys, tickers):
+@pytest.mark.parametrize("tickers,group_by", [(["AAPL"], "column"), (["AAPL", "MSFT"], "column"),
+                                              (["AAPL", "MSFT"], "ticker")])
+def test_yfinance_multirow_header(tmp_path, capsys, tickers, group_by):
     days = pd.DatetimeIndex(pd.bdate_range("2024-01-02", periods=15), name="Date")
     parts = {t: ohlcv(15, 5 + i).set_axis(days) for i, t in enumerate(tickers)}
     frame = pd.concat({t: p.rename(columns=str.title) for t, p in parts.items()}, axis=1)
-    frame = frame.swaplevel(axis=1)  # yfinance: (Price, Ticker) columns
-    frame.columns.names = ["Price", "Ticker"]
+    frame.columns.names = ["Ticker", "Price"]  # yf.download(..., group_by="ticker")
+    if group_by == "column":
+        frame = frame.swaplevel(axis=1)  # yfinance's default: (Price, Ticker) columns
     path = tmp_path / "yf.csv"
     frame.to_csv(path)  # what `yf.download(...).to_csv()` writes: Price / Ticker / Date header rows
-    assert path.read_text().splitlines()[0].startswith("Price,")
+    assert path.read_text().splitlines()[0].startswith("Price," if group_by == "column" else "Ticker,")
     store = tmp_path / "store"
     code, out, err = admf(capsys, "ingest", store, path)
     assert (code, err) == (0, ""), err
     back = pd.read_csv(path, header=[0, 1], index_col=0, parse_dates=True)  # the oracle: pandas, two header rows
     for t in tickers:
-        want = back.xs(t, axis=1, level=1).rename(columns=str.lower)
+        want = back.xs(t, axis=1, level=1 if group_by == "column" else 0).rename(columns=str.lower)
         assert_same(stored(store, t), want)
 
 
