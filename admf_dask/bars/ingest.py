@@ -163,6 +163,8 @@ def _epoch(raw: pd.Series, numbers: np.ndarray, unit: str, *, file: str,
             return None
         if timestamp_unit is None and text.str.fullmatch(r"(19|20|21)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])").all():
             return None  # YYYYMMDD dates (Stooq)
+        if timestamp_unit is None and text.str.fullmatch(r"(1[89]|2[01])\d{2}").all():
+            return None  # years (yearly bars)
         values = pd.to_numeric(text, errors="coerce")
     if values.isna().any():
         i = int(np.flatnonzero(values.isna().to_numpy())[0])
