@@ -155,17 +155,46 @@ def test_row_groups_outside_the_range_are_skipped(tmp_path, universe, monkeypatc
         [int((pd.DatetimeIndex(universe[0].timestamp).year == y).sum()) for y in (2015, 2016)]
 
 
-def test_s3_round_trip_repack_and_cli(s3, tmp_path, universe):
+def requests_of(read, monkeypatch) -> list[tuple[str, str]]:
+    """The requests the moto server receives (every one, over HTTP) while ``read()`` runs."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    seen: list[tuple[str, str]] = []
+    call = DomainDispatcherApplication.__call__
+
+    def counting(self, environ, start_response):
+        seen.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        return call(self, environ, start_response)
+
+    with monkeypatch.context() as m:
+        m.setattr(DomainDispatcherApplication, "__call__", counting)
+        read()
+    return seen
+
+
+def assert_one_get_per_file(store, symbol, want, monkeypatch):
+    fresh = BarStore(store.url, store.storage.storage_options)
+    fresh.manifest  # noqa: B018 - read first, not counted
+    got = []
+    seen = requests_of(lambda: got.append(fresh.read(symbol)), monkeypatch)
+    assert_matches(got[0], want)
+    prefix = store.url.split("/", 2)[2]  # bucket/prefix
+    assert sorted(seen) == sorted(("GET", f"/{prefix}/{f['path']}") for f in fresh.entry(symbol)["files"])
+
+
+def test_s3_round_trip_repack_and_cli(s3, tmp_path, universe, monkeypatch):
     url, options = s3
+    options = {k: v for k, v in options.items() if k != "skip_instance_cache"}  # one s3fs client, not one each
     store = BarStore(f"{url}/bars", options)
     store.update(universe, granularity="auto")
     assert store.granularity == "symbol"
     for bars in universe:
         assert_matches(BarStore(store.url, options).read(bars.symbol), frame(bars))
+    assert_one_get_per_file(store, "AAA", frame(universe[0]), monkeypatch)  # one GET, no HEAD
     fingerprint = store.fingerprint
     from admf_dask.cli import cli
 
-    opts = [f"--storage-option={k}={v}" for k, v in options.items() if k != "skip_instance_cache"]
+    opts = [f"--storage-option={k}={v}" for k, v in options.items()]
     result = CliRunner().invoke(cli, ["--json", "repack", store.url, "--granularity", "decade", *opts])
     assert result.exit_code == 0, result.output
     again = BarStore(store.url, options)
@@ -177,3 +206,6 @@ def test_s3_round_trip_repack_and_cli(s3, tmp_path, universe):
     keys = {p.split("/bars/", 1)[1] for p in again.storage.fs.find(again.storage.root)}
     assert {k for k in keys if k.endswith(".parquet")} == listed
     assert json.loads(again.storage.read_bytes("_dataset.json"))["granularity"] == "decade"
+    assert len(again.entry("AAA")["files"]) == 3
+    assert_one_get_per_file(again, "AAA", frame(universe[0]), monkeypatch)  # three GETs at once, no HEAD
+
