@@ -112,6 +112,10 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     try:
         if cluster is not None:
             client = Client(cluster)
+            if config.kind == "local":  # numba kernels loaded in each worker as it starts (preload.py)
+                from .preload import KernelPreload
+
+                client.register_plugin(KernelPreload())
         else:
             try:
                 client = Client(config.kind, timeout=config.timeout)

@@ -1,0 +1,81 @@
+"""Numba kernels loaded once per worker process, when the cluster starts (a WorkerPlugin).
+
+numba loads a compiled kernel from its on-disk cache (``__pycache__/*.nbi``/``*.nbc``)
+on the kernel's first call in a process: in a fresh worker that cost ~0.75 s inside the
+first tasks of a sweep run from the shell. :class:`KernelPreload`, registered by
+:func:`admf_dask.cluster.connect` on ``local`` clusters, starts a background thread in
+each worker as it joins (restarted workers included: the scheduler keeps the plugin) that
+imports the modules tasks run and loads every overload of ``admf_dask.kernels`` that the
+cache holds for this machine, i.e. the signatures this installation has run before. The
+driver plans its run meanwhile; a task that calls a kernel still loading waits on numba's
+own lock, so results are the same with or without it. Nothing is compiled that the cache
+does not hold, and a failure here only costs the time it was meant to save (logged at DEBUG).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import threading
+import time
+from typing import Any
+
+from distributed import WorkerPlugin
+
+__all__ = ["KernelPreload", "preload_kernels"]
+
+log = logging.getLogger(__name__)
+
+# what a sweep's tasks import, besides the kernels (pandas, pyarrow and the hub come with them)
+TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_dask.cache", "admf_dask.bars.store")
+
+
+def preload_kernels() -> tuple[int, float]:
+    """Import the kernel modules and load every cached overload numba holds for this machine.
+
+    Returns (overloads loaded, seconds).
+    """
+    from numba.core.registry import CPUDispatcher
+
+    import admf_dask.kernels as kernels
+
+    t0 = time.perf_counter()
+    n = 0
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        found = list(vars(module).values())
+        found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
+        seen: set[int] = set()
+        for obj in found:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            cache_file = getattr(getattr(obj, "_cache", None), "_cache_file", None)
+            if not isinstance(obj, CPUDispatcher) or obj.__module__ != module.__name__ or cache_file is None:
+                continue
+            magic = obj.targetctx.codegen().magic_tuple()
+            for key in list(cache_file._load_index()):
+                if key[1] == magic:  # (signature, target machine, ...): only what this machine compiled
+                    obj.compile(key[0])  # found in the cache: loaded, not compiled
+                    n += 1
+    return n, time.perf_counter() - t0
+
+
+def _preload() -> None:
+    try:
+        for name in TASK_MODULES:
+            importlib.import_module(name)
+        n, seconds = preload_kernels()
+        log.debug("preloaded %d numba kernel overloads in %.2fs", n, seconds)
+    except Exception as exc:  # an optimisation only: the first call loads what it needs anyway
+        log.debug("kernel preload failed: %r", exc)
+
+
+class KernelPreload(WorkerPlugin):
+    """Load admf's numba kernels in each worker as it starts, in the background."""
+
+    name = "admf-kernel-preload"
+
+    def setup(self, worker: Any) -> None:
+        threading.Thread(target=_preload, name="admf-kernel-preload", daemon=True).start()
