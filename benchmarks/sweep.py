@@ -1,6 +1,7 @@
 """Distributed sweeps end to end: Parquet store -> warm LocalCluster -> committed results table.
 
     python -m benchmarks sweep [--quick] [--skip-scaling] [--skip-seed] [--no-vectorbt] [--repeat N]
+                               [--skip-s3 | --only-s3]
                                [--scale-repeat N] [--scale-seconds S] [--skip-500 | --only-500]
                                [--repeat-500 N] [--vbt-chunks 10,100]
 
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-vectorbt", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of row 1 (ours and vectorbt's); medians")
     p.add_argument("--skip-500", action="store_true", help="skip the 500-symbol rows (ratio_500_*)")
+    p.add_argument("--skip-s3", action="store_true", help="skip the S3 rows (s3_over_local, generate_s3_over_local)")
+    p.add_argument("--only-s3", action="store_true", help="run only the S3 rows (s3_over_local, generate_s3_over_local)")
     p.add_argument("--only-500", action="store_true", help="run only the 500-symbol rows (ratio_500_*)")
     p.add_argument("--repeat-500", type=int, default=3, help="timed runs of ours in the 500-symbol rows")
     p.add_argument("--vbt-chunks", default="10,100", help="vectorbt's symbols per call to try at 500 symbols")
@@ -113,6 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
         figures: dict = {}
         _rows_500(args, rows, figures)
         print_table(["run", "seconds", "backtests", "bar-evals/s"], rows, title="Sweeps of 500 symbols")
+        return figures
+    if args.only_s3:
+        rows, figures = [], {}
+        _rows_s3(args, rows, figures)
+        print_table(["run", "seconds", "backtests", "bar-evals/s"], rows, title="S3 (moto) against local disk")
         return figures
 
     from admf_dask.sweep import SweepConfig
@@ -193,9 +201,25 @@ def main(argv: list[str] | None = None) -> dict:
                 figures[f"seed_{label.split()[0]}_{workers}w_seconds"] = round(t, 3)
     if not args.skip_500:
         _rows_500(args, rows, figures)
+    if not args.skip_s3:
+        _rows_s3(args, rows, figures)
     print_table(["run", "seconds", "backtests", "bar-evals/s"], rows,
                 title="Sweeps end to end on LocalClusters of single-threaded worker processes")
     return figures
+
+
+def _rows_s3(args, rows: list, figures: dict) -> None:
+    """Rows s3_over_local and generate_s3_over_local (benchmarks/_s3.py)."""
+    from admf_dask.sweep import SweepConfig
+
+    from ._s3 import rows as s3_rows
+    from .engine import CASH, COMMISSION, END, START
+
+    config = SweepConfig(strategy="sma_cross", params={"fast": {"from": 5, "to": 50, "step": 5},
+                                                         "slow": {"from": 20, "to": 210, "step": 10}},
+                         direction="long_only", commission=COMMISSION, cash=CASH)
+    s3_rows(args, rows, figures, root=ROOT, config=config, cluster=_cluster, warm=_warm,
+            n_symbols=10 if args.quick else 100, start=START, end=END, repeat=max(1, min(args.repeat, 3)))
 
 
 def _worker_peak_mb() -> float:

@@ -1,0 +1,132 @@
+"""Rows ``generate_s3_over_local`` and ``s3_over_local`` of ``python -m benchmarks sweep``.
+
+A moto S3 server runs in this process on 127.0.0.1 (every request over HTTP, as to
+S3); requests are counted at the server, by method, so the figures say where they go.
+
+- ``generate_s3_over_local``: ``generate_dataset`` (what ``admf generate`` runs) of N
+  symbols x 10 years of daily bars, in process, to S3 vs to local disk (target <= 3).
+- ``s3_over_local``: W (the 184-set SMA-cross grid) x N symbols on a warm 2-worker
+  LocalCluster, bars and run storage on S3 vs both on local disk (target <= 2).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+
+class _Server:
+    def __init__(self) -> None:
+        import logging
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+        from moto.server import ThreadedMotoServer
+
+        for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+            os.environ.setdefault(k, v)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.counts: collections.Counter = collections.Counter()
+        call = DomainDispatcherApplication.__call__
+        counts = self.counts
+
+        def counting(app, environ, start_response):
+            query = environ.get("QUERY_STRING", "")
+            kind = environ["REQUEST_METHOD"] + ("(list)" if "list-type" in query or "prefix" in query else "")
+            counts[kind] += 1
+            return call(app, environ, start_response)
+
+        DomainDispatcherApplication.__call__ = counting
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+        import s3fs
+
+        self.bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        s3fs.S3FileSystem(**self.options).mkdir(self.bucket)
+
+    def take(self) -> dict:
+        out = dict(self.counts)
+        self.counts.clear()
+        return out
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def rows(args, out_rows: list, figures: dict, *, root: str, config, cluster, warm, n_symbols: int,
+         start: str, end: str, repeat: int) -> None:
+    from admf_dask.bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
+    from admf_dask.storage import StorageRef
+    from admf_dask.sweep import run_sweep
+
+    server = _Server()
+    url = f"s3://{server.bucket}"
+    names = symbol_names(n_symbols)
+    spec = SyntheticSpec(start, end, "daily", seed=42)
+    try:
+        # --- generate: in process, the same spec, to a fresh local directory and a fresh S3 prefix
+        local_dir = tempfile.mkdtemp(prefix="admf-bench-gen-", dir=root)
+        try:
+            t0 = time.perf_counter()
+            generate_dataset(BarStore(os.path.join(local_dir, "bars")), names, spec, progress=False)
+            t_gen_local = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+        server.take()
+        s3_store = BarStore(f"{url}/bars", server.options)
+        t0 = time.perf_counter()
+        generate_dataset(s3_store, names, spec, progress=False)
+        t_gen_s3 = time.perf_counter() - t0
+        gen_requests = server.take()
+        out_rows.append([f"4. generate {n_symbols} symbols x 10 y daily, local disk", t_gen_local, n_symbols, None])
+        out_rows.append([f"4. generate {n_symbols} symbols x 10 y daily, S3 (moto, 127.0.0.1)", t_gen_s3, n_symbols,
+                         None])
+        figures.update(generate_local_seconds=round(t_gen_local, 3), generate_s3_seconds=round(t_gen_s3, 3),
+                       generate_s3_over_local=round(t_gen_s3 / t_gen_local, 2), generate_s3_requests=gen_requests,
+                       generate_granularity=s3_store.granularity)
+
+        # --- the sweep: warm cluster, bars and run storage both local, or both on S3
+        local_store = BarStore(os.path.join(root, f"sweep-s3-local-{n_symbols}", "bars"))
+        if not local_store.exists() or local_store.fingerprint != s3_store.refresh().fingerprint:
+            shutil.rmtree(os.path.dirname(local_store.url), ignore_errors=True)
+            generate_dataset(local_store, names, spec, progress=False)
+            local_store = BarStore(local_store.url)
+
+        def timed(client, store, where: str) -> float:
+            run_root = (StorageRef.make(f"{url}/runs-{uuid.uuid4().hex[:8]}", server.options) if where == "s3"
+                        else StorageRef.make(tempfile.mkdtemp(prefix="admf-bench-", dir=root)))
+            t0 = time.perf_counter()
+            run_sweep(config, store, run_root, client, echo=lambda m: None, progress=False)
+            seconds = time.perf_counter() - t0
+            if where == "local":
+                shutil.rmtree(run_root.url, ignore_errors=True)
+            return seconds
+
+        times: dict[str, list[float]] = {"local": [], "s3": []}
+        with cluster(2) as client:
+            warm(client, local_store)
+            timed(client, s3_store, "s3")  # warm: the workers' s3fs clients and manifest
+            server.take()
+            for _ in range(max(1, repeat)):  # alternating, so that a slow spell hits both
+                times["local"].append(timed(client, local_store, "local"))
+                server.take()
+                times["s3"].append(timed(client, s3_store, "s3"))
+        sweep_requests = server.take()  # of the last S3 run
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        for where, label in (("local", "local disk"), ("s3", "S3 (moto, 127.0.0.1)")):
+            out_rows.append([f"5. W x {n_symbols} symbols, warm 2 workers, bars + storage on {label}, "
+                             f"median of {len(times[where])}", med[where], None, None])
+        figures.update(s3_sweep_local_seconds=round(med["local"], 3), s3_sweep_s3_seconds=round(med["s3"], 3),
+                       s3_sweep_local_seconds_all=[round(t, 3) for t in times["local"]],
+                       s3_sweep_s3_seconds_all=[round(t, 3) for t in times["s3"]],
+                       s3_over_local=round(med["s3"] / med["local"], 2), s3_sweep_requests=sweep_requests)
+    finally:
+        server.stop()
