@@ -136,6 +136,29 @@ def _options(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+def _symbol_list(text: str | None, option: str) -> list[str] | None:
+    """Comma-separated symbols; None when the option is not given, an error when it names none."""
+    if text is None:
+        return None
+    symbols = [s.strip() for s in text.split(",") if s.strip()]
+    if not symbols:
+        raise click.BadParameter(f"{text!r} names no symbol", param_hint=option)
+    return symbols
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    """Comma-separated finite numbers."""
+    import math
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated numbers", param_hint=option) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"{text!r}: comma-separated finite numbers", param_hint=option)
+    return values
+
+
 def _env(name: str) -> dict[str, Any]:
     return {"envvar": name, "show_envvar": True}
 
@@ -267,7 +290,7 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     session = _session()
     session.data = {"store": store}
     spec = SyntheticSpec(start, end, freq, seed, start_price, annual_drift, annual_vol)
-    symbols = [s.strip() for s in symbol_list.split(",") if s.strip()] if symbol_list else symbol_names(n_symbols)
+    symbols = _symbol_list(symbol_list, "--symbol-list") or symbol_names(n_symbols)
     bar_store = BarStore(store, _options(storage_options))
     if cluster:
         from .cluster import connect
@@ -450,7 +473,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
 
     options = _options(storage_options)
     config = SweepConfig(strategy=strategy, params=dict(_param_spec(p) for p in params), sample=sample, seed=seed,
-                         symbols=[s.strip() for s in symbol_list.split(",")] if symbol_list else None,
+                         symbols=_symbol_list(symbol_list, "--symbols"),
                          start=start, end=end, direction=direction, cash=cash, commission=commission,
                          slippage_bps=slippage_bps, whole_units=whole_units, stop_loss=stop_loss,
                          take_profit=take_profit, metric=metric, top=top, batch_seconds=batch_seconds,
@@ -532,7 +555,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
         log.info("--from-run last: sweep run %s", from_run)
     config = SignalsConfig(configs=[_member(c, direction) for c in configs] if configs else None,
                            from_run=from_run, top=top, metric=metric,
-                           symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
+                           symbols=_symbol_list(symbol_list, "--symbols"),
                            start=start, end=end, cash=cash, commission=commission, slippage_bps=slippage_bps,
                            memory_budget=memory_budget)
     session = _session()
@@ -607,8 +630,8 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
         log.info("SIGNALS last: signal set %s", signals_id)
     config = ReplayConfig(signals=signals_id, rule=rule, threshold=threshold,
                           weights=_weights(weights) if weights else None,
-                          grid=[float(v) for v in grid.split(",") if v] if grid else None, sample=sample, seed=seed,
-                          symbols=[x.strip() for x in symbol_list.split(",")] if symbol_list else None,
+                          grid=_numbers(grid, "--grid") if grid is not None else None, sample=sample, seed=seed,
+                          symbols=_symbol_list(symbol_list, "--symbols"),
                           direction=direction, commission=commission, metric=metric, top=top,
                           batch_seconds=batch_seconds, retries=retries, max_backtests=max_backtests,
                           memory_budget=memory_budget)
@@ -739,14 +762,22 @@ def main(argv: list[str] | None = None) -> None:
         summary = session.command is not None  # not for --help or --version
     except click.exceptions.Exit as exc:
         code, summary = exc.exit_code, False
-    except click.ClickException as exc:  # usage errors, bad option values
-        exc.show()
-        code, status, error = BAD_INPUT, "failed", exc.format_message()
+    except click.ClickException as exc:  # usage errors, bad option values: one line
+        error = " ".join(exc.format_message().split())
+        path = getattr(getattr(exc, "ctx", None), "command_path", None)
+        click.echo(f"error: {error}" + (f" (see '{path} --help')" if path else ""), err=True)
+        code, status = BAD_INPUT, "failed"
+    except RecursionError as exc:  # nested input deeper than Python's stack: not worth a 3,000-line traceback
+        code, status, error = session.fail(ConfigError("input nested too deeply to read",
+                                                       hint=f"{type(exc).__name__}: simplify the input"))
     except click.exceptions.Abort:  # click's own prompts
         click.echo("interrupted", err=True)
         code, status, error = INTERRUPTED, "interrupted", "aborted"
     except (Exception, KeyboardInterrupt, Interrupted) as exc:
-        code, status, error = session.fail(exc)
+        from .faults import user_error
+
+        mapped = user_error(exc) if isinstance(exc, Exception) else None
+        code, status, error = session.fail(mapped or exc)
     log.info("admf %s: %s, exit %d after %.1fs", session.command, status, code, time.perf_counter() - session.t0,
              extra=FILE_ONLY)
     if threading.current_thread() is threading.main_thread():

@@ -124,6 +124,8 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
                                   key="cluster", hint="start one with `dask scheduler` and `dask worker`, "
                                   "or use cluster: local") from None
         try:
+            if cluster is None:
+                _wait_for_workers(client, config.kind)
             _check_versions(client)
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
             link = client.dashboard_link if dashboard or cluster is None else "(dashboard off)"
@@ -135,6 +137,18 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _wait_for_workers(client: Any, address: str) -> None:
+    """A scheduler with no worker would queue tasks for ever: wait ADMF_WORKER_WAIT seconds for one, then fail."""
+    from .faults import env_seconds
+
+    wait = env_seconds("ADMF_WORKER_WAIT")
+    try:
+        client.wait_for_workers(1, timeout=wait)
+    except TimeoutError:
+        raise ConfigError(f"the dask scheduler at {address} has no worker after {wait:g}s", key="cluster",
+                          hint="start workers with `dask worker {address}` (wait longer: ADMF_WORKER_WAIT)") from None
 
 
 def ensure_client(client: Any) -> Any:
@@ -226,18 +240,37 @@ def collect(client: Any, futures: Sequence[Any], *, label: str,
     follow in that order; ``total`` counts them all); after an error none is submitted.
     """
     from distributed import as_completed
+    from distributed.utils import Deadline
 
+    from .faults import env_seconds, user_error
+
+    stall = env_seconds("ADMF_STALL_TIMEOUT")
     futures = list(futures)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * (total if total is not None else len(futures))
     bar = Progress(label, len(results), enabled=progress)
     first_error: BaseException | None = None
-    pending = as_completed(futures)
+    pending = as_completed(futures, timeout=stall)
     try:
-        for future in pending:
+        while True:
+            try:
+                future = next(pending)
+            except StopIteration:
+                break
+            except TimeoutError:
+                client.cancel(futures)
+                raise AdmfError(f"stalled: no task of stage '{label}' finished in {stall:g}s "
+                                f"({bar.done} of {len(results)} done)",
+                                hint="is the cluster or the storage stuck? (ADMF_STALL_TIMEOUT sets the limit)"
+                                ) from None
+            pending._deadline = Deadline.after(stall)  # the limit counts from the last finished task
             if future.status == "error":
                 if first_error is None:
                     exc = future.exception()
+                    mapped = user_error(exc)
+                    if mapped is not None and not isinstance(exc, AdmfError):
+                        mapped.message = f"{label}: {mapped.message}"
+                        exc = mapped
                     first_error = exc if isinstance(exc, AdmfError) else exc.with_traceback(future.traceback())
                     more = None
                     if not drain_on_error:

@@ -127,7 +127,16 @@ class Storage:
         self.storage_options = dict(storage_options or {})
         try:
             if fs is None:
-                fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                from .faults import check_storage_options, s3_defaults
+
+                protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
+                check_storage_options(self.url, protocol, self.storage_options)
+                options = s3_defaults(self.storage_options) if protocol in ("s3", "s3a") else self.storage_options
+                fs, root = fsspec.core.url_to_fs(self.url, **options)
+                if protocol in ("s3", "s3a"):
+                    from .faults import s3_retries
+
+                    fs.retries = s3_retries()  # bounded: a frozen endpoint fails in ~retries x read_timeout
             else:
                 root = fs._strip_protocol(self.url)
         except (ImportError, ValueError, TypeError) as exc:

@@ -408,7 +408,9 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        from .faults import yaml_load
+
+        data = yaml_load(path.read_text(), file=str(path))
     except FileNotFoundError:
         raise ConfigError("workflow file not found", file=str(path)) from None
     except yaml.YAMLError as exc:

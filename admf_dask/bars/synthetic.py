@@ -49,6 +49,13 @@ class SyntheticSpec:
             raise ConfigError("start_price must be > 0", key="start_price")
         if not self.annual_vol >= 0:
             raise ConfigError("annual_vol must be >= 0", key="annual_vol")
+        # bounds that keep every price finite and positive (1e308 overflowed to inf/NaN bars)
+        if not self.start_price <= 1e12:
+            raise ConfigError(f"start_price must be at most 1e12, got {self.start_price:g}", key="start_price")
+        if not self.annual_vol <= 10:
+            raise ConfigError(f"annual_vol must be at most 10 (1000 %), got {self.annual_vol:g}", key="annual_vol")
+        if not abs(self.annual_drift) <= 10:
+            raise ConfigError(f"annual_drift must be within [-10, 10], got {self.annual_drift:g}", key="annual_drift")
         try:
             start, end = pd.Timestamp(self.start), pd.Timestamp(self.end)
         except ValueError as exc:

@@ -1,0 +1,161 @@
+"""Faults: a storage endpoint that refuses, freezes or goes away; no credentials; a scheduler
+without workers; YAML bombs. Each ends in one line on stderr and exit 2, in bounded time.
+
+The S3 endpoint is the moto server behind a TCP proxy (tests/corpus_support.Proxy) that the
+test freezes (connections accepted, nothing answered) or cuts.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.corpus_support import Proxy, free_port, run_cli, tree_hash
+
+SHORT = {"ADMF_STORAGE_READ_TIMEOUT": "1", "ADMF_STORAGE_CONNECT_TIMEOUT": "1", "ADMF_STORAGE_RETRIES": "2"}
+
+
+@pytest.fixture
+def proxy(s3_endpoint):
+    u = urlparse(s3_endpoint)
+    p = Proxy((u.hostname, u.port))
+    yield p
+    p.cut()
+
+
+@pytest.fixture
+def s3_bars(s3, proxy):
+    """A small dataset in a fresh bucket, written through the proxy; (url, proxy)."""
+    url, _ = s3
+    code, _, err, _ = run_cli(["generate", f"{url}/bars", "--symbols", "2", "--start", "2020-01-01",
+                               "--end", "2020-06-30", "-o", f"endpoint_url={proxy.url}"])
+    assert code == 0, err
+    return f"{url}/bars", proxy
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_frozen_endpoint_gives_one_line_naming_the_url_within_the_timeouts(s3_bars):
+    url, proxy = s3_bars
+    proxy.freeze()
+    code, _, err, seconds = run_cli(["symbols", url, "-o", f"endpoint_url={proxy.url}",
+                                     "-o", "skip_instance_cache=true"], env=SHORT)
+    assert code == 2
+    line = one_line(err)
+    assert proxy.url in line and "did not answer" in line
+    assert seconds < 15  # 2 attempts x 1 s read timeout + backoff; unbounded it ran past 400 s
+
+
+def test_a_refused_endpoint_gives_one_line(s3):
+    url, _ = s3
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err, seconds = run_cli(["sweep", f"{url}/bars", "-s", "sma_cross", "-o", f"endpoint_url={dead}",
+                                     "--cluster", "threads"], env=SHORT)
+    assert code == 2
+    assert dead in one_line(err) and "cannot connect" in err
+    assert seconds < 15
+
+
+def test_missing_credentials_are_one_line_before_any_cluster(s3_bars, tmp_path):
+    url, proxy = s3_bars
+    code, _, err, _ = run_cli(["sweep", url, "-s", "sma_cross", "--storage", str(tmp_path / "st"),
+                               "--cluster", "tcp://127.0.0.1:1", "-o", f"endpoint_url={proxy.url}",
+                               "-o", "skip_instance_cache=true"],
+                              env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
+                                   "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                                   "AWS_CONFIG_FILE": str(tmp_path / "none")})
+    assert code == 2
+    assert "credentials" in one_line(err)
+    assert not (tmp_path / "st").exists()
+
+
+def test_an_outage_mid_run_gives_one_line(s3_bars, tmp_path):
+    """The endpoint goes away while a sweep reads: one line, exit 2, within the timeouts."""
+    url, proxy = s3_bars
+    import threading
+
+    timer = threading.Timer(0.3, proxy.cut)
+    timer.start()
+    code, _, err, seconds = run_cli(["sweep", url, "-s", "sma_cross", "-p", "fast=5:20:5", "-p", "slow=30:60:10",
+                                     "--storage", str(tmp_path / "st"), "--cluster", "threads",
+                                     "-o", f"endpoint_url={proxy.url}", "-o", "skip_instance_cache=true"],
+                                    env=SHORT)
+    timer.cancel()
+    assert code == 2, err
+    assert proxy.url in one_line(err)
+    assert seconds < 20
+
+
+def test_an_unknown_storage_option_is_refused_everywhere(tmp_path):
+    for store in (str(tmp_path / "local"), "memory://x", "s3://bucket/x"):
+        code, _, err, _ = run_cli(["generate", store, "--symbols", "1", "-o", "foo=bar"])
+        assert code == 2 and "unknown storage option 'foo'" in one_line(err)
+    assert tree_hash(str(tmp_path)) == tree_hash(str(tmp_path))  # nothing below was created
+    assert not (tmp_path / "local").exists()
+
+
+def test_a_scheduler_without_workers_fails_after_a_bounded_wait(tmp_path, small_bars):
+    from distributed import LocalCluster
+
+    from admf_dask.bars import BarStore
+
+    BarStore(str(tmp_path / "bars")).write(small_bars)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        t0 = time.perf_counter()
+        code, _, err, _ = run_cli(["sweep", str(tmp_path / "bars"), "-s", "sma_cross", "--storage",
+                                   str(tmp_path / "st"), "--cluster", cluster.scheduler_address],
+                                  env={"ADMF_WORKER_WAIT": "1"})
+        assert code == 2
+        assert "no worker" in one_line(err)
+        assert time.perf_counter() - t0 < 15
+
+
+def test_a_stalled_stage_stops_with_its_name():
+    from distributed import Client, Event, LocalCluster
+
+    from admf_dask.cluster import run_tasks
+    from admf_dask.errors import AdmfError
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        event = Event("never", client=client)
+
+        def stuck(i):
+            event.wait()
+
+        import os
+
+        os.environ["ADMF_STALL_TIMEOUT"] = "1"
+        try:
+            with pytest.raises(AdmfError, match="stalled: no task of stage 'probe' finished in 1s"):
+                run_tasks(client, stuck, [1, 2], label="probe", progress=False)
+        finally:
+            del os.environ["ADMF_STALL_TIMEOUT"]
+            event.set()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n"
+                                               for p, c in zip("abcdefgh", "bcdefghi")), "alias expansion"),
+    ("x: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    ("x: " + "{a: " * 200 + "1" + "}" * 200 + "\n", "nested deeper"),
+])
+def test_yaml_bombs_are_refused_in_under_a_second(tmp_path, text, fragment):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    from admf_dask.errors import ConfigError
+    from admf_dask.workflow import load_workflow
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=fragment):
+        load_workflow(path)
+    assert time.perf_counter() - t0 < 1  # measured alone: the machine's load must not decide it
+    code, _, err, _ = run_cli(["run", str(path)])
+    assert code == 2
+    assert fragment in one_line(err)
