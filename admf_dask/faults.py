@@ -73,17 +73,22 @@ def check_storage_options(url: str, protocol: str, options: dict[str, Any]) -> N
     """ConfigError for a storage option the filesystem of ``url`` does not take (local, memory, s3)."""
     if not options:
         return
-    known: set[str] | None
-    if protocol in ("file", "local"):
-        known = {"auto_mkdir"}
-    elif protocol == "memory":
-        known = set()
-    elif protocol in ("s3", "s3a"):
-        import inspect
+    import inspect
 
+    try:
         import s3fs
 
-        known = set(inspect.signature(s3fs.S3FileSystem.__init__).parameters) - {"self", "args", "kwargs"}
+        s3_known = set(inspect.signature(s3fs.S3FileSystem.__init__).parameters) - {"self", "args", "kwargs"}
+    except ImportError:
+        s3_known = set()
+    # One set of options serves a command's store and its storage root (an S3 store, a local root):
+    # local and memory roots refuse only options that no filesystem admf uses would take.
+    if protocol in ("file", "local"):
+        known = {"auto_mkdir"} | s3_known
+    elif protocol == "memory":
+        known = set(s3_known)
+    elif protocol in ("s3", "s3a"):
+        known = s3_known
     else:
         return
     known |= _COMMON
@@ -92,7 +97,7 @@ def check_storage_options(url: str, protocol: str, options: dict[str, Any]) -> N
             from .errors import did_you_mean
 
             raise ConfigError(f"unknown storage option {key!r} for {protocol} storage", key=key, file=url,
-                              hint=did_you_mean(key, known) or f"known: {', '.join(sorted(known - _COMMON)) or 'none'}")
+                              hint=did_you_mean(key, known) or "see the filesystem's documentation (fsspec, s3fs)")
 
 
 def _chain(exc: BaseException):
