@@ -158,9 +158,18 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
     try:
         if client is None:
             bar = Progress("generate", len(symbols), enabled=progress)
-            for s in symbols:
-                entries.append(_generate_and_write((store.storage.ref, s, spec, txn.id, layout)))
-                bar.advance()
+            tasks = [(store.storage.ref, s, spec, txn.id, layout) for s in symbols]
+            if store.storage.is_local:
+                for task in tasks:
+                    entries.append(_generate_and_write(task))
+                    bar.advance()
+            else:  # object stores: overlap the PUTs' latency, a few symbols at a time
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    for entry in pool.map(_generate_and_write, tasks):
+                        entries.append(entry)
+                        bar.advance()
             bar.close()
         else:
             from ..cluster import run_tasks

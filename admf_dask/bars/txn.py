@@ -148,12 +148,22 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
         if journal != journaled:
             txn.write_record(*journal)
             journaled = journal
-        for final, path in moves.items():
+        def move(final: str, path: str) -> None:
             if storage.conditional:  # copy: a redone plan may read the staged file again
                 storage.copy(path, final)
             else:
                 storage.rename(path, final)
             moved.add(final)
+
+        if storage.conditional and len(moves) > 1:  # S3: one CopyObject each, 8 at a time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for future in [pool.submit(move, final, path) for final, path in moves.items()]:
+                    future.result()
+        else:
+            for final, path in moves.items():
+                move(final, path)
 
     try:
         for attempt in range(_COMMIT_ATTEMPTS):
