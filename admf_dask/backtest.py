@@ -68,6 +68,13 @@ class BacktestResult:
     trades: pd.DataFrame
     equity: pd.Series
     position: pd.Series
+    close: pd.Series | None = None  # the closing prices (for :meth:`plot`)
+
+    def plot(self) -> Any:
+        """A bokeh layout like backtesting.py's plot: price with entries and exits, equity, drawdown."""
+        from admf_dask.reports import backtest_layout
+
+        return backtest_layout(self)
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,7 @@ def backtest(data: Any, strategy: str | Strategy, params: Mapping[str, Any] | No
         trades=table,
         equity=pd.Series(equity, index=index, name="equity"),
         position=pd.Series(position, index=index, name="position"),
+        close=pd.Series(c, index=index, name="close"),
     )
 
 

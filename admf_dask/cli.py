@@ -748,6 +748,39 @@ def runs_gc(keep, dry_run, storage, storage_options) -> None:
     click.echo("\n".join(report.lines()))
 
 
+@cli.command("report")
+@click.argument("run_id", metavar="RUN|latest")
+@storage_root
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The HTML file to write (default: report-<run id>.html in the current directory).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Parameter sets in the table.")
+@click.option("--metric", help="The metric to rank and map (default: the run's, else sharpe).")
+@click.option("--symbol", help="The symbol whose price and trades are drawn (default: the run's first).")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              **_env("ADMF_STORAGE_OPTIONS"), help="fsspec storage option, repeatable.")
+def report_cmd(run_id, storage, output, top, metric, symbol, storage_options) -> None:
+    """Write one self-contained HTML report (no network needed) of a finished sweep or replay.
+
+    RUN is an id, a unique prefix of one, or `latest`. Prints the file's path.
+    """
+    from .reports import write_report
+    from .runresult import load_run
+    from .storage import StorageRef
+
+    result = load_run(StorageRef.make(storage, _options(storage_options)), run_id)
+    if symbol is not None and symbol not in result.run.get("symbols", []):
+        from .errors import ConfigError
+
+        raise ConfigError(f"symbol {symbol!r} is not in run {result.run_id}", key="symbol",
+                          hint=f"symbols: {', '.join(result.run.get('symbols', [])[:10])}")
+    if metric is not None:
+        from .sweep.grid import check_metric
+
+        check_metric(metric)
+    path = write_report(result, output or f"report-{result.run_id}.html", top=top, metric=metric, symbol=symbol)
+    click.echo(str(path))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI; map errors to one line on stderr and an exit code (see the module doc)."""
     args = sys.argv[1:] if argv is None else list(argv)

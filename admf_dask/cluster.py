@@ -151,12 +151,26 @@ def _wait_for_workers(client: Any, address: str) -> None:
                           hint="start workers with `dask worker {address}` (wait longer: ADMF_WORKER_WAIT)") from None
 
 
-def ensure_client(client: Any) -> Any:
-    """A connected client from a client, or from a zero-argument function that connects one.
+_OPENED: dict[str, tuple[Any, Any]] = {}  # clients opened from a setting string, kept for the process
 
-    Long operations take either, so that work already done (a finished sweep, a
+
+def ensure_client(client: Any) -> Any:
+    """A connected client from a client, a zero-argument function that connects one, or a setting string:
+    ``"threads"``, ``"local"`` or a scheduler address (connected on first use, kept open for the process and
+    closed at exit).
+
+    Long operations take any of these, so that work already done (a finished sweep, a
     complete signal set) is reported without starting a cluster.
     """
+    if isinstance(client, str):
+        opened = _OPENED.get(client)
+        if opened is None or opened[1].status not in ("running", "connecting"):
+            import atexit
+
+            ctx = connect(client)
+            opened = _OPENED[client] = (ctx, ctx.__enter__())
+            atexit.register(ctx.__exit__, None, None, None)
+        return opened[1]
     return client() if callable(client) and not hasattr(client, "submit") else client
 
 

@@ -35,7 +35,7 @@ from .leases import (EXPIRY, HEARTBEAT, NO_LEASE, Lease, drop_if_stale, lease_st
 from .storage import Storage, StorageRef
 
 __all__ = ["KINDS", "GcReport", "RunInfo", "find_run", "gc_runs", "latest", "lease_ref", "list_lines", "list_runs",
-           "resolve_last", "run_complete", "run_lease", "set_latest", "set_step_latest", "show_lines",
+           "load_run", "resolve_last", "run_complete", "run_lease", "set_latest", "set_step_latest", "show_lines",
            "workflow_latest", "workflow_lease"]
 
 KINDS = ("sweep", "replay", "signals")
@@ -486,3 +486,10 @@ def list_lines(runs: list[RunInfo]) -> list[str]:
     head = ("ID", "KIND", "STATUS", "CREATED", "SIZE", "LABEL")
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
     return ["  ".join([*(str(x[i]).ljust(widths[i]) for i in range(5)), x[5]]).rstrip() for x in [head, *rows]]
+
+
+def load_run(root: StorageRef | str, run_id: str = "latest", storage_options: dict | None = None) -> Any:
+    """A finished sweep or replay loaded back (:class:`admf_dask.runresult.RunResult`): by id, prefix or ``latest``."""
+    from .runresult import load_run as _load
+
+    return _load(root, run_id, storage_options)

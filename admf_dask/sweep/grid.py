@@ -88,6 +88,8 @@ class SweepConfig:
         _costs(self.direction, self.cash, self.commission, self.slippage_bps, self.whole_units,
                self.stop_loss, self.take_profit)
         check_run_settings(self)
+        if isinstance(self.params, Mapping):  # a Python range or numpy array axis: recorded as a plain list
+            object.__setattr__(self, "params", {k: plain_axis(v) for k, v in self.params.items()})
         if self.sample is not None and self.sample < 1:
             raise ConfigError("sample must be >= 1", key="sample")
         expand_params(self.strategy, self.params, self.sample, self.seed)  # fail now, not on a worker
@@ -163,7 +165,21 @@ class SweepConfig:
 
         batch_chunk(batch, _costs(**self.costs), piece.columns, piece.payload, piece.h, piece.t0, state, portfolio)
 
+def plain_axis(spec: Any) -> Any:
+    """A grid axis given as a Python ``range`` or a 1-D numpy array, as a list of plain numbers (others as given).
+
+    >>> plain_axis(range(5, 20, 5)), plain_axis(np.array([0.5, 1.0]))
+    ([5, 10, 15], [0.5, 1.0])
+    """
+    if isinstance(spec, range):
+        return list(spec)
+    if isinstance(spec, np.ndarray):
+        return [v.item() if isinstance(v, np.generic) else v for v in spec.ravel()] if spec.ndim <= 1 else spec.tolist()
+    return spec
+
+
 def _axis(strategy: str, name: str, spec: Any) -> list:
+    spec = plain_axis(spec)
     if isinstance(spec, Mapping):
         unknown = set(spec) - {"from", "to", "step"}
         if unknown or not {"from", "to"} <= set(spec):

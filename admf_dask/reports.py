@@ -1,0 +1,399 @@
+"""Bokeh views of runs and backtests, and ``admf report``'s self-contained HTML file.
+
+* :func:`backtest_layout` - one backtest (``backtest(...).plot()``): price with trades, equity, drawdown.
+* :func:`run_layout` - a finished sweep or replay (``load_run(...).plot()``), what :func:`write_report` saves.
+* :func:`write_report` - one HTML file with bokeh's JS/CSS inlined (``bokeh.resources.INLINE``): it opens
+  with no network.
+
+Curves longer than :data:`CURVE_POINTS` points are downsampled (:func:`downsample`: the first, last, min
+and max point of each bucket), so that a report stays small whatever the number of bars. The heat map's
+choices (metric, parameter pair, aggregation of the other parameters) are precomputed aggregates that a
+CustomJS callback swaps in: the page needs no server.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CURVE_POINTS", "HEAT_METRICS", "backtest_layout", "downsample", "run_layout", "write_report"]
+
+CURVE_POINTS = 2000  # buckets of a downsampled curve (each keeps its min and max point)
+HEAT_METRICS = ("sharpe", "total_return", "cagr", "sortino", "calmar", "max_drawdown", "win_rate", "profit_factor",
+                "n_trades")
+MAX_HEAT_PARAMS = 5  # parameters offered on the heat map's axes (pairs of the first ones)
+WIDTH = 900
+
+
+def downsample(y: np.ndarray, buckets: int = CURVE_POINTS) -> np.ndarray:
+    """Indices of ``y`` to draw: per bucket of consecutive points its min and max, plus the first and last point.
+
+    >>> downsample(np.array([0., 5, 1, 2, -3, 4, 0, 1]), buckets=2).tolist()
+    [0, 1, 4, 5, 7]
+    """
+    n = len(y)
+    if n <= 2 * buckets:
+        return np.arange(n)
+    k = -(-n // buckets)
+    m = n // k * k
+    v = np.where(np.isnan(y), 0.0, y)
+    block = v[:m].reshape(-1, k)
+    base = np.arange(block.shape[0]) * k
+    idx = np.concatenate([base + block.argmin(1), base + block.argmax(1), np.arange(m, n), [0, n - 1]])
+    return np.unique(idx)
+
+
+def _x(index: pd.Index) -> tuple[np.ndarray, str]:
+    if isinstance(index, pd.DatetimeIndex):
+        ix = index.tz_convert(None) if index.tz is not None else index
+        return ix.values, "datetime"
+    return np.asarray(index, dtype=np.float64), "linear"
+
+
+def _curve(series: pd.Series) -> dict[str, np.ndarray]:
+    x, _ = _x(series.index)
+    y = series.to_numpy(dtype=np.float64)
+    keep = downsample(y)
+    return {"x": x[keep], "y": y[keep]}
+
+
+def _drawdown(equity: pd.Series) -> pd.Series:
+    return equity / equity.cummax() - 1.0
+
+
+def backtest_layout(result: Any, title: str | None = None) -> Any:
+    """One backtest like backtesting.py's plot: price with entries (triangles) and exits (x), each trade a line
+    from entry to exit (green won, red lost); equity; drawdown. x axes linked."""
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, Div
+    from bokeh.plotting import figure
+
+    equity = result.equity
+    _, axis = _x(equity.index)
+    params = ", ".join(f"{k}={v}" for k, v in result.params.items())
+    head = Div(text=f"<h3>{html.escape(title or result.strategy)} ({html.escape(params)})</h3>"
+                    f"<p>{_stats_line(result.stats)}</p>", width=WIDTH)
+    price = figure(width=WIDTH, height=300, x_axis_type=axis, title="price and trades", name="price")
+    close = getattr(result, "close", None)
+    if close is not None:
+        price.line("x", "y", source=ColumnDataSource(_curve(close)), color="#333", legend_label="close")
+    tr = result.trades
+    if len(tr):
+        ex, _ = _x(pd.Index(tr["entry_time"]))
+        xx, _ = _x(pd.Index(tr["exit_time"]))
+        won = tr["pnl"].to_numpy() > 0
+        src = ColumnDataSource({"x0": ex, "y0": tr["entry_price"].to_numpy(), "x1": xx,
+                                "y1": tr["exit_price"].to_numpy(), "pnl": tr["pnl"].to_numpy(),
+                                "dir": np.where(tr["direction"].to_numpy() > 0, "long", "short"),
+                                "color": np.where(won, "#2ca02c", "#d62728"),
+                                "angle": np.where(tr["direction"].to_numpy() > 0, 0.0, np.pi)})
+        price.segment("x0", "y0", "x1", "y1", source=src, color="color", line_width=2, line_dash="dashed")
+        price.scatter("x0", "y0", source=src, marker="triangle", angle="angle", size=9, color="color",
+                      legend_label="entry")
+        price.scatter("x1", "y1", source=src, marker="x", size=9, color="color", legend_label="exit")
+        from bokeh.models import HoverTool
+
+        price.add_tools(HoverTool(tooltips=[("trade", "@dir"), ("entry", "@y0{0.00}"), ("exit", "@y1{0.00}"),
+                                            ("pnl", "@pnl{0.00}")]))
+    price.legend.location = "top_left"
+    eq = figure(width=WIDTH, height=200, x_axis_type=axis, x_range=price.x_range, title="equity", name="equity")
+    eq.line("x", "y", source=ColumnDataSource(_curve(equity)), color="#1f77b4")
+    dd = figure(width=WIDTH, height=150, x_axis_type=axis, x_range=price.x_range, title="drawdown", name="drawdown")
+    d = _curve(_drawdown(equity))
+    dd.varea(x="x", y1="y", y2=0.0, source=ColumnDataSource(d), color="#d62728", alpha=0.4)
+    return column(head, price, eq, dd)
+
+
+def _stats_line(stats: pd.Series) -> str:
+    keys = [k for k in ("total_return", "sharpe", "max_drawdown", "n_trades", "win_rate") if k in stats]
+    return ", ".join(f"{k} {stats[k]:.4g}" for k in keys)
+
+
+# --- runs ---------------------------------------------------------------------------------------------------
+
+
+def _header(result: Any) -> str:
+    run, s = result.run, result.summary
+    cfg = result.config
+    rows = [("run", f"{result.kind} {result.run_id}"), ("where", result.url),
+            ("dataset", str(run.get("bars"))), ("fingerprint", str(run.get("data_fingerprint"))),
+            ("symbols", f"{len(run.get('symbols', []))}: {', '.join(run.get('symbols', [])[:20])}"
+                        + (" ..." if len(run.get("symbols", [])) > 20 else "")),
+            ("range", f"{cfg.get('start') or 'first bar'} to {cfg.get('end') or 'last bar'}"),
+            ("started", str(run.get("started"))), ("finished", str(run.get("finished"))),
+            ("wall", f"{s.get('wall_seconds', '?')} s"),
+            ("counts", f"{s.get('param_sets', run.get('param_sets'))} parameter sets x {s.get('symbols', '?')} "
+                       f"symbols = {s.get('backtests', '?')} backtests, {s.get('bar_evaluations', '?')} "
+                       f"bar-evaluations, {s.get('tasks', '?')} tasks"),
+            ("config", json.dumps(cfg, sort_keys=True, default=str))]
+    body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+                   f"<td><code>{html.escape(v)}</code></td></tr>" for k, v in rows)
+    return f"<h2>admf {html.escape(result.kind)} report</h2><table>{body}</table>"
+
+
+def _inspection(result: Any) -> str:
+    """The bottleneck detector's findings and the Dask performance report's link (runs record them)."""
+    parts = []
+    findings = result.run.get("findings")
+    if findings is not None:
+        if findings:
+            items = "".join(f"<li><b>{html.escape(str(f.get('rule')))}</b>: {html.escape(str(f.get('finding')))}"
+                            f" &mdash; fix: {html.escape(str(f.get('fix')))}</li>" for f in findings)
+            parts.append(f"<h3>Findings</h3><ul class='findings'>{items}</ul>")
+        else:
+            parts.append("<h3>Findings</h3><p class='findings'>no findings</p>")
+    perf = result.run.get("performance_report")
+    if perf:
+        parts.append(f"<p>Dask performance report: <a href='{html.escape(str(perf), quote=True)}'>"
+                     f"{html.escape(str(perf))}</a></p>")
+    return "".join(parts)
+
+
+def _table(frame: pd.DataFrame, name: str) -> Any:
+    from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
+
+    cols = []
+    for c in frame.columns:
+        fmt = NumberFormatter(format="0.[0000]") if pd.api.types.is_float_dtype(frame[c]) else None
+        cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
+    data = {c: frame[c].to_numpy() for c in frame.columns}
+    return DataTable(source=ColumnDataSource(data), columns=cols, width=WIDTH, height=min(40 + 26 * len(frame), 420),
+                     sortable=True, index_position=None, name=name)
+
+
+def _round(a: np.ndarray) -> list:
+    """Values for the page: 6 significant digits, NaN as None (JSON null)."""
+    out = np.array([float(f"{v:.6g}") if np.isfinite(v) else np.nan for v in np.asarray(a, dtype=np.float64)])
+    return [None if np.isnan(v) else v for v in out]
+
+
+def heat_aggregates(portfolio: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, dict]:
+    """Every heat map the page can show: key ``metric|x|y|agg`` -> {"x": [...], "y": [...], "v": [...]}
+    (long form: one cell per (x, y) pair present). Factors are the parameter values as text."""
+    from .runresult import AGGREGATIONS
+
+    out = {}
+    for x, y in itertools.combinations(params, 2):
+        for metric in metrics:
+            for agg in AGGREGATIONS:
+                grid = portfolio.groupby([y, x])[metric].agg(agg)
+                ys = grid.index.get_level_values(0)
+                xs = grid.index.get_level_values(1)
+                out[f"{metric}|{x}|{y}|{agg}"] = {"x": [_factor(v) for v in xs], "y": [_factor(v) for v in ys],
+                                                  "v": _round(grid.to_numpy())}
+    return out
+
+
+def _factor(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v)) if abs(v) < 1e15 else str(v)
+    return str(v.item() if isinstance(v, np.generic) else v)
+
+
+def _sorted_factors(values: list[str]) -> list[str]:
+    uniq = list(dict.fromkeys(values))
+    try:
+        return sorted(uniq, key=float)
+    except ValueError:
+        return sorted(uniq)
+
+
+def _heatmap(portfolio: pd.DataFrame, params: list[str], metric: str) -> Any:
+    from bokeh.layouts import column, row
+    from bokeh.models import (ColorBar, ColumnDataSource, CustomJS, Div, FactorRange, HoverTool, LinearColorMapper,
+                              Select)
+    from bokeh.palettes import Viridis256
+    from bokeh.plotting import figure
+
+    params = params[:MAX_HEAT_PARAMS]
+    metrics = [metric] + [m for m in HEAT_METRICS if m != metric and m in portfolio.columns]
+    aggs = heat_aggregates(portfolio, params, metrics)
+    x, y = params[0], params[1]
+    first = aggs[f"{metric}|{x}|{y}|max"]
+    src = ColumnDataSource(dict(first))
+    vals = [v for v in first["v"] if v is not None]
+    mapper = LinearColorMapper(palette=Viridis256, low=min(vals, default=0), high=max(vals, default=1),
+                               nan_color="#dddddd")
+    label = f"{metric} over {x} x {y}, other parameters: max"
+    fig = figure(width=WIDTH, height=500, x_range=FactorRange(*_sorted_factors(first["x"])),
+                 y_range=FactorRange(*_sorted_factors(first["y"])), title=label, name="heatmap",
+                 x_axis_label=x, y_axis_label=y, tools="hover,save,reset")
+    cells = fig.rect("x", "y", 1, 1, source=src, fill_color={"field": "v", "transform": mapper}, line_color=None,
+                     name="heat_cells")
+    fig.select_one(HoverTool).tooltips = [("x", "@x"), ("y", "@y"), ("value", "@v{0.[000000]}")]
+    fig.select_one(HoverTool).renderers = [cells]
+    fig.add_layout(ColorBar(color_mapper=mapper, width=12), "right")
+    pairs = [f"{a} x {b}" for a, b in itertools.combinations(params, 2)]
+    s_metric = Select(title="metric", value=metric, options=metrics, name="heat_metric")
+    s_pair = Select(title="parameters (x x y)", value=pairs[0], options=pairs, name="heat_pair")
+    s_agg = Select(title="other parameters aggregated by", value="max", options=["max", "median"], name="heat_agg")
+    note = Div(text=f"<i>{html.escape(label)}</i>", name="heat_label")
+    cb = CustomJS(args=dict(src=src, aggs=aggs, fig=fig, mapper=mapper, m=s_metric, p=s_pair, a=s_agg, note=note),
+                  code="""
+const [x, y] = p.value.split(' x ');
+const d = aggs[m.value + '|' + x + '|' + y + '|' + a.value];
+const order = (vs) => { const u = [...new Set(vs)];
+  return u.every(v => !isNaN(parseFloat(v))) ? u.sort((s, t) => parseFloat(s) - parseFloat(t)) : u.sort(); };
+fig.x_range.factors = order(d.x); fig.y_range.factors = order(d.y);
+src.data = {x: d.x, y: d.y, v: d.v};
+const vals = d.v.filter(v => v !== null);
+mapper.low = Math.min(...vals); mapper.high = Math.max(...vals);
+const label = m.value + ' over ' + x + ' x ' + y + ', other parameters: ' + a.value;
+fig.title.text = label; note.text = '<i>' + label + '</i>';
+fig.xaxis[0].axis_label = x; fig.yaxis[0].axis_label = y;
+""")
+    for w in (s_metric, s_pair, s_agg):
+        w.js_on_change("value", cb)
+    return column(row(s_metric, s_pair, s_agg), note, fig)
+
+
+def _distribution(result: Any, top: pd.DataFrame, metric: str) -> Any:
+    """The metric of each symbol for the top sets: one column of points per set, its median marked."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    from .sweep.results import PORTFOLIO
+
+    ids = [int(i) for i in top["set_id"]]
+    storage = result._storage
+    with storage.fs.open(storage.path("results.parquet"), "rb") as f:
+        t = pq.read_table(f, columns=["set_id", "symbol", metric], filters=[("set_id", "in", ids)])
+    t = t.filter(pc.not_equal(t.column("symbol"), PORTFOLIO)).to_pandas()
+    labels = {i: f"#{r + 1} set {i}" for r, i in enumerate(ids)}
+    t["set"] = t["set_id"].map(labels)
+    fig = figure(width=WIDTH, height=300, x_range=[labels[i] for i in ids], name="distribution",
+                 title=f"{metric} across symbols, top {len(ids)} sets", tools="hover,save,reset")
+    src = ColumnDataSource({"set": t["set"].to_numpy(), "v": t[metric].to_numpy(), "symbol": t["symbol"].to_numpy()})
+    from bokeh.transform import jitter
+
+    fig.scatter(x=jitter("set", 0.3, range=fig.x_range), y="v", source=src, size=5, alpha=0.6)
+    med = t.groupby("set")[metric].median()
+    fig.scatter(x=list(med.index), y=med.to_numpy(), marker="dash", size=30, color="#d62728", line_width=3)
+    fig.select_one(HoverTool).tooltips = [("set", "@set"), ("symbol", "@symbol"), (metric, "@v{0.0000}")]
+    return fig
+
+
+def portfolio_curves(result: Any, set_ids: list[int]) -> dict[int, pd.Series]:
+    """The equal-weight portfolio equity of each set, recomputed with ``backtest()`` per symbol: the mean of the
+    sleeves over the union of their timestamps, each carried forward (its starting cash before its first bar),
+    as :mod:`admf_dask.kernels.portfolio` defines it."""
+    from .backtest import backtest
+    from .runresult import BACKTEST_KEYS
+
+    cfg = result.config
+    store = result.bars()
+    kwargs = {k: cfg[k] for k in BACKTEST_KEYS if k in cfg}
+    cash = float(cfg.get("cash", 10_000))
+    sleeves: dict[int, list[pd.Series]] = {i: [] for i in set_ids}
+    params = {i: result.params_of(i) for i in set_ids}
+    for symbol in result.run.get("symbols", []):
+        bars = store.read(symbol, cfg.get("start"), cfg.get("end"))
+        for i in set_ids:
+            sleeves[i].append(backtest(bars, cfg["strategy"], params[i], **kwargs).equity.rename(symbol))
+    out = {}
+    for i, curves in sleeves.items():
+        frame = pd.concat(curves, axis=1).sort_index().ffill().fillna(cash)
+        out[i] = frame.mean(axis=1)
+    return out
+
+
+def _equity(result: Any, top: pd.DataFrame, k: int) -> Any:
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource
+    from bokeh.palettes import Category10_10
+    from bokeh.plotting import figure
+
+    ids = [int(i) for i in top["set_id"].head(k)]
+    curves = portfolio_curves(result, ids)
+    axis = _x(next(iter(curves.values())).index)[1] if curves else "linear"
+    eq = figure(width=WIDTH, height=300, x_axis_type=axis, title=f"PORTFOLIO equity, top {len(ids)} sets",
+                name="portfolio_equity")
+    dd = figure(width=WIDTH, height=180, x_axis_type=axis, x_range=eq.x_range, title="PORTFOLIO drawdown",
+                name="portfolio_drawdown")
+    for n, (i, curve) in enumerate(curves.items()):
+        color = Category10_10[n % 10]
+        eq.line("x", "y", source=ColumnDataSource(_curve(curve)), color=color, legend_label=f"#{n + 1} set {i}")
+        dd.line("x", "y", source=ColumnDataSource(_curve(_drawdown(curve))), color=color)
+    eq.legend.location = "top_left"
+    return column(eq, dd)
+
+
+def _trades(result: Any, set_id: int, symbol: str) -> Any:
+    bt = result.backtest(set_id, symbol)
+    return backtest_layout(bt, title=f"set {set_id} on {symbol}: {bt.strategy}")
+
+
+def _replay_views(result: Any, top: pd.DataFrame, metric: str) -> list[Any]:
+    """A replay: the metric against each member weight (one panel per member) of every weight vector."""
+    from bokeh.layouts import gridplot
+    from bokeh.models import ColumnDataSource
+    from bokeh.plotting import figure
+
+    p = result.portfolio
+    weights = [c for c in result.param_names if c.startswith("w")]
+    src = ColumnDataSource({**{w: p[w].to_numpy() for w in weights}, "v": p[metric].to_numpy()})
+    figs = []
+    for w in weights:
+        f = figure(width=300, height=260, title=f"{metric} vs {w}", x_axis_label=w, name=f"weight_{w}",
+                   tools="hover,box_select,save,reset")
+        f.scatter(w, "v", source=src, size=4, alpha=0.5)
+        figs.append(f)
+    return [gridplot(figs, ncols=3)] if figs else []
+
+
+def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_sets: int = 3,
+               symbol: str | None = None) -> Any:
+    """The bokeh layout of a run: header, findings, top-N table, heat map, distribution, equity, trades."""
+    from bokeh.layouts import column
+    from bokeh.models import Div
+
+    metric = metric or result.metric
+    best = result.top(top, metric)
+    items: list[Any] = [Div(text=_header(result) + _inspection(result), width=WIDTH, name="header")]
+    items.append(Div(text=f"<h3>Top {len(best)} by {html.escape(metric)} (PORTFOLIO rows; click a column to sort)"
+                          "</h3>", width=WIDTH))
+    items.append(_table(best.reset_index(drop=True), "top_table"))
+    params = result.param_names
+    portfolio = result.portfolio
+    if len(params) >= 2:
+        items.append(Div(text="<h3>Heat map</h3>", width=WIDTH))
+        items.append(_heatmap(portfolio, params, metric))
+    if len(best):
+        items.append(Div(text="<h3>Across symbols</h3>", width=WIDTH))
+        items.append(_distribution(result, best, metric))
+    if result.kind == "sweep" and len(best):
+        items.append(Div(text="<h3>PORTFOLIO equity and drawdown (recomputed with backtest())</h3>", width=WIDTH))
+        items.append(_equity(result, best, equity_sets))
+        sym = symbol or result.run.get("symbols", [None])[0]
+        if sym is not None:
+            items.append(_trades(result, int(best["set_id"].iloc[0]), sym))
+    if result.kind == "replay":
+        items.append(Div(text="<h3>Metric against member weights</h3>", width=WIDTH))
+        items += _replay_views(result, best, metric)
+    return column(*items)
+
+
+def write_report(result: Any, path: str | Path, *, top: int = 10, metric: str | None = None,
+                 symbol: str | None = None) -> Path:
+    """Write ``result``'s report as one self-contained HTML file (bokeh inlined); returns its path.
+
+    Written to a temporary name and renamed: a failed build leaves no half-written file.
+    """
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    layout = run_layout(result, top=top, metric=metric, symbol=symbol)
+    page = file_html(layout, INLINE, title=f"admf {result.kind} {result.run_id}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

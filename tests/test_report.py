@@ -1,0 +1,154 @@
+"""Results API (`load_run`) and `admf report`: a real sweep on a threads cluster, oracles from pandas and backtest()."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from admf_dask.backtest import backtest
+from admf_dask.bars import BarStore, generate_bars
+from admf_dask.cli import cli
+from admf_dask.errors import ConfigError
+from admf_dask.runs import load_run
+from admf_dask.storage import StorageRef
+from admf_dask.sweep import SweepConfig, run_sweep
+
+SYMBOLS = ("AAA", "BBB", "CCC")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    store = BarStore(str(d / "bars"))
+    store.write([generate_bars(s, "2019-01-01", "2021-06-30", seed=i) for i, s in enumerate(SYMBOLS)])
+    root = StorageRef.make(str(d / "store"))
+    config = SweepConfig(strategy="sma_cross", params={"fast": range(5, 30, 5), "slow": np.array([40, 60, 80])},
+                         commission=0.001)
+    result = run_sweep(config, store, root, "threads", progress=False, echo=lambda _: None)
+    return d, store, root, result
+
+
+def test_grid_axes_accept_range_and_numpy_array(swept):
+    _, _, _, result = swept
+    assert result.config.params == {"fast": [5, 10, 15, 20, 25], "slow": [40, 60, 80]}
+    assert all(type(v) is int for v in result.config.params["slow"])  # plain numbers: run.json is JSON
+    assert result.summary["param_sets"] == 15
+
+
+def test_load_run_latest_reads_the_run_back(swept):
+    d, _, root, result = swept
+    loaded = load_run(str(d / "store"), "latest")
+    assert loaded.run_id == result.run_id == load_run(root, result.run_id[:6]).run_id
+    assert loaded.config["strategy"] == "sma_cross" and loaded.summary["backtests"] == 15 * 3
+    pd.testing.assert_frame_equal(loaded.table, pd.read_parquet(d / "store" / "runs" / result.run_id /
+                                                                 "results.parquet"))
+    assert sorted(loaded.param_names) == ["fast", "slow"]
+    assert len(loaded.portfolio) == 15 and set(loaded.portfolio["symbol"]) == {"PORTFOLIO"}
+    oracle = loaded.table[loaded.table["symbol"] == "PORTFOLIO"].sort_values("total_return", ascending=False)
+    assert loaded.top(4, "total_return")["set_id"].tolist() == oracle["set_id"].head(4).tolist()
+    with pytest.raises(ConfigError, match="no run or signal set"):
+        load_run(root, "nosuchrun")
+
+
+@pytest.mark.parametrize("agg", ["max", "median"])
+def test_heatmap_is_the_pandas_pivot(swept, agg):
+    _, _, root, _ = swept
+    loaded = load_run(root)
+    rows = pd.read_parquet(loaded._storage.path("results.parquet"))
+    rows = rows[rows["symbol"] == "PORTFOLIO"]
+    oracle = pd.pivot_table(rows, values="sharpe", index="slow", columns="fast", aggfunc=agg)
+    got = loaded.heatmap("fast", "slow", "sharpe", agg=agg)
+    np.testing.assert_allclose(got.to_numpy(), oracle.to_numpy())
+    assert got.index.tolist() == [40, 60, 80] and got.columns.tolist() == [5, 10, 15, 20, 25]
+    one = loaded.heatmap("fast", "slow", "sharpe", agg=agg, symbol="BBB")
+    sym = pd.pivot_table(loaded.per_symbol[loaded.per_symbol["symbol"] == "BBB"], values="sharpe", index="slow",
+                         columns="fast", aggfunc=agg)
+    np.testing.assert_allclose(one.to_numpy(), sym.to_numpy())
+    with pytest.raises(ConfigError, match="no parameter"):
+        loaded.heatmap("fast", "nope")
+
+
+def test_portfolio_curves_recomputed_match_the_runs_portfolio_rows(swept):
+    from admf_dask.reports import portfolio_curves
+
+    _, _, root, _ = swept
+    loaded = load_run(root)
+    ids = loaded.top(2)["set_id"].tolist()
+    curves = portfolio_curves(loaded, ids)
+    rows = loaded.portfolio.set_index("set_id")
+    for i in ids:  # the kernel's PORTFOLIO total_return against the mean of backtest() sleeves
+        assert curves[i].iloc[-1] / curves[i].iloc[0] - 1 == pytest.approx(rows.loc[i, "total_return"], rel=1e-9)
+    one = loaded.backtest(ids[0], "AAA")
+    per = loaded.per_symbol.set_index(["set_id", "symbol"]).loc[(ids[0], "AAA")]
+    assert one.stats["total_return"] == pytest.approx(per["total_return"], rel=1e-9)
+
+
+def test_report_cli_writes_one_self_contained_file(swept, tmp_path):
+    d, _, _, result = swept
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(cli, ["report", "latest", "--storage", str(d / "store"), "-o", str(out), "--top", "4",
+                                   "--metric", "total_return"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == str(out)
+    page = out.read_text()
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)  # nothing fetched
+    assert "Bokeh" in page and result.run_id in page
+    assert "total_return over fast x slow, other parameters: max" in page
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_report_bad_input_is_one_line_and_exit_2(swept, tmp_path):
+    d, _, _, _ = swept
+    for args, words in ((["nosuchrun"], "no run or signal set"), (["latest", "--metric", "sharp"], "unknown metric"),
+                        (["latest", "--symbol", "ZZZ"], "symbol 'ZZZ'")):
+        out = tmp_path / "x.html"
+        proc = _run_main(["report", *args, "--storage", str(d / "store"), "-o", str(out)])
+        assert proc[0] == 2, proc
+        lines = [x for x in proc[1].splitlines() if x.strip()]
+        assert len(lines) == 1 and words in lines[0], proc[1]
+        assert not out.exists()
+
+
+def _run_main(argv):
+    import contextlib
+    import io
+
+    from admf_dask.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, err.getvalue()
+
+
+def test_report_shows_findings_and_performance_report_when_recorded(swept):
+    from admf_dask.reports import _inspection
+
+    _, _, root, _ = swept
+    loaded = load_run(root)
+    assert _inspection(loaded) == ""  # a run made before the monitor: nothing, no error
+    withf = copy.copy(loaded)
+    withf.run = {**loaded.run, "findings": [{"rule": "skew", "finding": "slowest task 6x the median",
+                                             "fix": "smaller batches"}], "performance_report": "perf.html"}
+    text = _inspection(withf)
+    assert "skew" in text and "smaller batches" in text and "href='perf.html'" in text
+    withf.run = {**loaded.run, "findings": []}
+    assert "no findings" in _inspection(withf)
+    json.dumps(withf.run)
+
+
+def test_backtest_plot_is_a_bokeh_layout(swept):
+    from bokeh.plotting import figure
+
+    _, store, _, _ = swept
+    bt = backtest(store.read("AAA"), "sma_cross", {"fast": 5, "slow": 40})
+    layout = bt.plot()
+    figs = [m for m in layout.children if isinstance(m, figure)]
+    assert [f.name for f in figs] == ["price", "equity", "drawdown"]
+    assert len(bt.close) == len(bt.equity)
