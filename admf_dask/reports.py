@@ -167,26 +167,24 @@ def _table(frame: pd.DataFrame, name: str) -> Any:
                      sortable=True, index_position=None, name=name)
 
 
-def _round(a: np.ndarray) -> list:
-    """Values for the page: 6 significant digits, NaN as None (JSON null)."""
-    out = np.array([float(f"{v:.6g}") if np.isfinite(v) else np.nan for v in np.asarray(a, dtype=np.float64)])
-    return [None if np.isnan(v) else v for v in out]
-
-
-def heat_aggregates(portfolio: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, dict]:
-    """Every heat map the page can show: key ``metric|x|y|agg`` -> {"x": [...], "y": [...], "v": [...]}
-    (long form: one cell per (x, y) pair present). Factors are the parameter values as text."""
+def heat_aggregates(rows: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, dict]:
+    """Every heat map the page can show, by parameter pair ``"x x y"``: the cells ``x``, ``y`` (parameter values as
+    text, one per (x, y) pair present) and ``v``: ``{"metric|agg": float32 values}`` in the cells' order (a
+    pair's cells are the same for every metric and aggregation: its factors are stored once)."""
     from .runresult import AGGREGATIONS
 
     out = {}
     for x, y in itertools.combinations(params, 2):
+        grouped = rows.groupby([y, x])
+        values = {}
+        index = None
         for metric in metrics:
             for agg in AGGREGATIONS:
-                grid = portfolio.groupby([y, x])[metric].agg(agg)
-                ys = grid.index.get_level_values(0)
-                xs = grid.index.get_level_values(1)
-                out[f"{metric}|{x}|{y}|{agg}"] = {"x": [_factor(v) for v in xs], "y": [_factor(v) for v in ys],
-                                                  "v": _round(grid.to_numpy())}
+                grid = grouped[metric].agg(agg)
+                index = grid.index if index is None else index
+                values[f"{metric}|{agg}"] = grid.to_numpy(dtype=np.float32)
+        out[f"{x} x {y}"] = {"x": [_factor(v) for v in index.get_level_values(1)],
+                             "y": [_factor(v) for v in index.get_level_values(0)], "v": values}
     return out
 
 
@@ -215,38 +213,45 @@ def _heatmap(portfolio: pd.DataFrame, params: list[str], metric: str) -> Any:
     metrics = [metric] + [m for m in HEAT_METRICS if m != metric and m in portfolio.columns]
     aggs = heat_aggregates(portfolio, params, metrics)
     x, y = params[0], params[1]
-    first = aggs[f"{metric}|{x}|{y}|max"]
-    src = ColumnDataSource(dict(first))
-    vals = [v for v in first["v"] if v is not None]
-    mapper = LinearColorMapper(palette=Viridis256, low=min(vals, default=0), high=max(vals, default=1),
-                               nan_color="#dddddd")
+    pair = aggs[f"{x} x {y}"]
+    first = {"x": pair["x"], "y": pair["y"], "v": pair["v"][f"{metric}|max"]}
+    src = ColumnDataSource(first)
+    finite = first["v"][np.isfinite(first["v"])]
+    mapper = LinearColorMapper(palette=Viridis256, low=float(finite.min()) if finite.size else 0.0,
+                               high=float(finite.max()) if finite.size else 1.0, nan_color="#dddddd")
     label = f"{metric} over {x} x {y}, other parameters: max"
     fig = figure(width=WIDTH, height=500, x_range=FactorRange(*_sorted_factors(first["x"])),
                  y_range=FactorRange(*_sorted_factors(first["y"])), title=label, name="heatmap",
                  x_axis_label=x, y_axis_label=y, tools="hover,save,reset")
     cells = fig.rect("x", "y", 1, 1, source=src, fill_color={"field": "v", "transform": mapper}, line_color=None,
                      name="heat_cells")
-    fig.select_one(HoverTool).tooltips = [("x", "@x"), ("y", "@y"), ("value", "@v{0.[000000]}")]
+    fig.select_one(HoverTool).tooltips = [(x, "@x"), (y, "@y"), ("value", "@v{0.[0000]}")]
     fig.select_one(HoverTool).renderers = [cells]
     fig.add_layout(ColorBar(color_mapper=mapper, width=12), "right")
-    pairs = [f"{a} x {b}" for a, b in itertools.combinations(params, 2)]
+    pairs = list(aggs)
     s_metric = Select(title="metric", value=metric, options=metrics, name="heat_metric")
     s_pair = Select(title="parameters (x x y)", value=pairs[0], options=pairs, name="heat_pair")
     s_agg = Select(title="other parameters aggregated by", value="max", options=["max", "median"], name="heat_agg")
     note = Div(text=f"<i>{html.escape(label)}</i>", name="heat_label")
-    cb = CustomJS(args=dict(src=src, aggs=aggs, fig=fig, mapper=mapper, m=s_metric, p=s_pair, a=s_agg, note=note),
-                  code="""
+    hover = fig.select_one(HoverTool)
+    cb = CustomJS(args=dict(src=src, aggs=aggs, fig=fig, mapper=mapper, m=s_metric, p=s_pair, a=s_agg, note=note,
+                            hover=hover), code="""
 const [x, y] = p.value.split(' x ');
-const d = aggs[m.value + '|' + x + '|' + y + '|' + a.value];
-const order = (vs) => { const u = [...new Set(vs)];
-  return u.every(v => !isNaN(parseFloat(v))) ? u.sort((s, t) => parseFloat(s) - parseFloat(t)) : u.sort(); };
-fig.x_range.factors = order(d.x); fig.y_range.factors = order(d.y);
-src.data = {x: d.x, y: d.y, v: d.v};
-const vals = d.v.filter(v => v !== null);
-mapper.low = Math.min(...vals); mapper.high = Math.max(...vals);
+const d = aggs.get ? aggs.get(p.value) : aggs[p.value];
+const vs = d.get ? d.get('v') : d.v;
+const v = vs.get ? vs.get(m.value + '|' + a.value) : vs[m.value + '|' + a.value];
+const dx = d.get ? d.get('x') : d.x, dy = d.get ? d.get('y') : d.y;
+const order = (xs) => { const u = [...new Set(xs)];
+  return u.every(t => !isNaN(parseFloat(t))) ? u.sort((s, t) => parseFloat(s) - parseFloat(t)) : u.sort(); };
+fig.x_range.factors = order(dx); fig.y_range.factors = order(dy);
+src.data = {x: dx, y: dy, v: v};
+let lo = Infinity, hi = -Infinity;
+for (const t of v) { if (isFinite(t)) { lo = Math.min(lo, t); hi = Math.max(hi, t); } }
+if (isFinite(lo)) { mapper.low = lo; mapper.high = hi; }
 const label = m.value + ' over ' + x + ' x ' + y + ', other parameters: ' + a.value;
 fig.title.text = label; note.text = '<i>' + label + '</i>';
 fig.xaxis[0].axis_label = x; fig.yaxis[0].axis_label = y;
+hover.tooltips = [[x, '@x'], [y, '@y'], ['value', '@v{0.[0000]}']];
 """)
     for w in (s_metric, s_pair, s_agg):
         w.js_on_change("value", cb)
@@ -262,7 +267,7 @@ def _distribution(result: Any, top: pd.DataFrame, metric: str) -> Any:
 
     from .sweep.results import PORTFOLIO
 
-    ids = [int(i) for i in top["set_id"]]
+    ids = list(dict.fromkeys(int(i) for i in top["set_id"]))
     storage = result._storage
     with storage.fs.open(storage.path("results.parquet"), "rb") as f:
         t = pq.read_table(f, columns=["set_id", "symbol", metric], filters=[("set_id", "in", ids)])
@@ -363,15 +368,18 @@ def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_
     items.append(_table(best.reset_index(drop=True), "top_table"))
     params = result.param_names
     portfolio = result.portfolio
+    pooled = portfolio.empty  # no PORTFOLIO rows (symbols of different bar frequencies): map every symbol's rows
     if len(params) >= 2:
-        items.append(Div(text="<h3>Heat map</h3>", width=WIDTH))
-        items.append(_heatmap(portfolio, params, metric))
+        items.append(Div(text="<h3>Heat map</h3>" + ("<p>no PORTFOLIO rows in this run: the map aggregates the "
+                                                     "single symbols' rows</p>" if pooled else ""), width=WIDTH))
+        items.append(_heatmap(result.per_symbol if pooled else portfolio, params, metric))
     if len(best):
         items.append(Div(text="<h3>Across symbols</h3>", width=WIDTH))
         items.append(_distribution(result, best, metric))
-    if result.kind == "sweep" and len(best):
+    if result.kind == "sweep" and len(best) and not pooled:
         items.append(Div(text="<h3>PORTFOLIO equity and drawdown (recomputed with backtest())</h3>", width=WIDTH))
         items.append(_equity(result, best, equity_sets))
+    if result.kind == "sweep" and len(best):
         sym = symbol or result.run.get("symbols", [None])[0]
         if sym is not None:
             items.append(_trades(result, int(best["set_id"].iloc[0]), sym))
