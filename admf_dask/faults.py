@@ -145,7 +145,8 @@ def user_error(exc: BaseException, where: str | None = None) -> AdmfError | None
             return StorageError(f"{_endpoint(e, where)} did not answer in time ({_short(text) or name})",
                                 file=where, hint="the endpoint is frozen or unreachable; timeouts: "
                                 "ADMF_STORAGE_READ_TIMEOUT, ADMF_STORAGE_CONNECT_TIMEOUT, ADMF_STORAGE_RETRIES")
-        if name == "OutOfBoundsDatetime" or "Out of bounds nanosecond timestamp" in text:
+        if name == "OutOfBoundsDatetime" or "Out of bounds nanosecond timestamp" in text or (
+                name == "OverflowError" and "Timestamp to nanoseconds" in text):
             return DataError(f"date out of range: {_short(text)}", file=where,
                              hint="dates must lie between 1677-09-22 and 2262-04-11")
         if name in ("BadGzipFile", "BadZipFile") or (name == "error" and type(e).__module__ == "zlib") or (
