@@ -202,6 +202,36 @@ class ReplayStep(ReplayConfig):
 
 
 @dataclass(frozen=True)
+class ReportStep:
+    """Write a run's self-contained HTML report (as ``admf report``) and print its path.
+
+    ``run`` is ``sweep`` or ``replay`` (this workflow's latest run of that kind: a step
+    before this one, or else the run its step made when the workflow last ran) or a run
+    id. ``output`` is the file, relative to the workflow file (default:
+    ``<storage>/reports/report-<run id>.html`` on a local root, else
+    ``report-<run id>.html`` beside the workflow file). An existing file is kept
+    (rerunning a workflow recomputes nothing) unless ``force``.
+    """
+
+    run: str = "sweep"
+    output: str | None = None
+    top: int = 10
+    metric: str | None = None
+    symbol: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run, str) or not self.run:
+            raise ConfigError(f"run must be sweep, replay or a run id, got {self.run!r}", key="run")
+        if not isinstance(self.top, int) or isinstance(self.top, bool) or self.top < 1:
+            raise ConfigError(f"top must be a whole number >= 1, got {self.top!r}", key="top")
+        if self.metric is not None:
+            from .sweep.grid import check_metric
+
+            check_metric(self.metric)
+
+
+@dataclass(frozen=True)
 class Workflow:
     storage: str
     steps: tuple[tuple[str, Any], ...]
@@ -254,13 +284,14 @@ class Context:
         self._client = None
         self.last_run: str | None = None  # the latest sweep's run id, for `from_run: last`
         self.last_set: str | None = None  # the latest signal set's id, for `signals: last`
+        self.last_replay: str | None = None  # the latest replay's run id, for a report step's `run: replay`
         self.produced: tuple[str, str] | None = None  # (kind, id) of the run the current step made
 
     def last(self, kind: str) -> str | None:
         """This run's latest sweep run or signal set, else what the workflow's steps made when it last ran."""
         from .runs import workflow_latest
 
-        mine = self.last_run if kind == "sweep" else self.last_set
+        mine = {"sweep": self.last_run, "signals": self.last_set, "replay": self.last_replay}[kind]
         return mine or workflow_latest(self.root, self.workflow.name, kind)
 
     @property
@@ -382,9 +413,39 @@ def _run_replay(ctx: Context, step: ReplayStep) -> StepResult:
     result = run_replay(step.config(signals), root, lambda: ctx.client,
                         ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
                         echo=ctx.echo, wait=ctx.wait)
+    ctx.last_replay = result.run_id
     ctx.produced = ("replay", result.run_id)
     return StepResult("\n".join([*result.lines(), format_top(result), best_weights(result)]),
                       {"signals": signals if step.signals == "last" else step.signals, **run_data(result)})
+
+
+def _run_report(ctx: Context, step: ReportStep) -> StepResult:
+    from .reports import write_report
+    from .runresult import load_run
+
+    run_id = step.run
+    if run_id in ("sweep", "replay"):
+        run_id = ctx.last(step.run)
+        if run_id is None:
+            raise ConfigError(f"run: {step.run} needs a {step.run} step before this one, or an earlier run of this "
+                              f"workflow with a {step.run} step", key="run")
+    result = load_run(ctx.root, run_id)
+    if step.symbol is not None and step.symbol not in result.run.get("symbols", []):
+        raise ConfigError(f"symbol {step.symbol!r} is not in run {result.run_id}", key="symbol")
+    name = f"report-{result.run_id}.html"
+    if step.output:
+        path = Path(ctx.path(step.output))
+    elif "://" not in ctx.workflow.storage or ctx.workflow.storage.startswith("file://"):
+        path = Path(ctx.workflow.storage.removeprefix("file://")) / "reports" / name
+    else:
+        path = Path(ctx.workflow.base_dir) / name
+    data = {"run_id": result.run_id, "run_kind": result.kind, "path": str(path)}
+    if path.exists() and not step.force:
+        return StepResult(f"report of {result.kind} {result.run_id}: {path} (kept; force: true rewrites it)",
+                          {**data, "written": False})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_report(result, path, top=step.top, metric=step.metric, symbol=step.symbol)
+    return StepResult(f"report of {result.kind} {result.run_id}: {path}", {**data, "written": True})
 
 
 STEPS: dict[str, tuple[type, Callable[[Context, Any], StepResult]]] = {
@@ -395,6 +456,7 @@ STEPS: dict[str, tuple[type, Callable[[Context, Any], StepResult]]] = {
     "sweep": (SweepStep, _run_sweep),
     "signals": (SignalsStep, _run_signals),
     "replay": (ReplayStep, _run_replay),
+    "report": (ReportStep, _run_report),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -29,9 +30,18 @@ def test_quickstart_runs_end_to_end_on_its_local_cluster_and_reruns_as_a_no_op(t
         assert f"SYM00{i}" in first.stdout
     store = BarStore(str(tmp_path / "bars" / "quickstart"))
     assert store.symbols() == [f"SYM00{i}" for i in range(8)]
+    # the last step writes the sweep's report and prints its path
+    (sweep_id,) = [p.parent.name for p in (tmp_path / "runs").glob("*/run.json")
+                   if json.loads(p.read_text())["kind"] == "sweep"]
+    report = tmp_path / "reports" / f"report-{sweep_id}.html"
+    assert first.stdout.rstrip().splitlines()[-1] == f"report of sweep {sweep_id}: {report}"
+    page = report.read_text()
+    assert sweep_id in page and "Bokeh" in page
+    assert not re.search(r"<script[^>]*\bsrc=", page) and not re.search(r"<link[^>]*\bhref=", page)  # no network
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout and store.fingerprint[:12] in second.stdout
+    assert f"{report} (kept" in second.stdout and report.read_text() == page
 
 
 def _workflow(tmp_path, text):
