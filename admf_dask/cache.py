@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -712,7 +713,9 @@ class IndicatorHub:
         self._mapped = False  # MappedSets were handed out: workers hold mappings until release()
 
     def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
-        return f"indicators-{symbol}-{token([self.bars_ref, symbol, str(start), str(end), sorted(plan.tokens), __version__])[:20]}"
+        # the stage first, then a hex token: the dashboard files the task under "indicators" (dask's key_split
+        # stops at the first word that is not all letters; a symbol such as AAPL would have joined the name)
+        return f"indicators-{token([self.bars_ref, symbol, str(start), str(end), sorted(plan.tokens), __version__])[:20]}-{symbol}"
 
     def get(self, symbol: str, plan: IndicatorPlan, start: Any = None, end: Any = None) -> IndicatorSet:
         """Build (or reuse) the set in this process."""
@@ -766,7 +769,7 @@ class IndicatorHub:
         """
         held = self._held(symbol, start, end, plan) if self.client is not None else None
         if held is None and plan.specs and self._maps(consumers):  # nothing to map without indicators
-            key = f"indicators-mapped-{self._key(symbol, start, end, plan).removeprefix('indicators-')}"
+            key = f"{self._key(symbol, start, end, plan)}-mapped"
             fut = self.client.submit(build_mapped_set, self.bars_ref, symbol, start, end, plan.specs,
                                      self.cache_ref, fingerprint=self.fingerprint, key=key, pure=False)
             self._pending[fut.key] = fut
@@ -821,7 +824,7 @@ class IndicatorHub:
             return
         self._spreading[fut.key] = [
             self.client.submit(_arrived, fut, workers=[w], allow_other_workers=False, pure=False,
-                               key=f"spread-{fut.key}-{i}") for i, w in enumerate(workers)]
+                               key=f"indicators-{i}-spread-{fut.key}") for i, w in enumerate(workers)]
 
     def settle(self, source: Any, counters: HubCounters) -> None:
         """Record the counters of a set that a task has already brought back.
@@ -839,7 +842,8 @@ class IndicatorHub:
         """Counters so far (on a cluster, collects the small counter objects of finished sets)."""
         if self._pending:
             pending, self._pending = list(self._pending.values()), {}
-            for c in self.client.gather([self.client.submit(_counters_of, f, pure=False) for f in pending]):
+            for c in self.client.gather([self.client.submit(_counters_of, f, key=f"indicators-{uuid.uuid4().hex[:12]}0-counters")
+                                                for f in pending]):
                 self._counters.add(c)
         return self._counters
 

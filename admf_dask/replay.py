@@ -431,7 +431,8 @@ class ReplayFeed:
                            self.job.start, self.job.end)
         if consumers <= 1:
             return src
-        key = f"replay-input-{self.job.set_id}-{symbol}-{token([src.start, src.end, self.bars.fingerprint])[:12]}"
+        # stage "bars" on the dashboard (a symbol's bars and signals loaded): the stage, then a hex token
+        key = f"bars-{token([self.job.set_id, src.start, src.end, self.bars.fingerprint])[:16]}-replay-{symbol}"
         return self.client.submit(_build, src, key=key, pure=False)
 
     def settle(self, source: Any, counters: Any) -> None:

@@ -355,7 +355,7 @@ def _run_summary(ctx: Context, step: SummaryStep) -> StepResult:
     for s in symbols:
         store.entry(s)  # unknown symbols fail here, with a suggestion, before any task runs
     rows = run_tasks(ctx.client, summarize_symbol, [(store.ref, s, step.start, step.end) for s in symbols],
-                     label="summary", progress=False)
+                     label="summary", stage="bars", progress=False)
     return StepResult(format_summary(rows), {"dataset": step.dataset, "symbols": len(rows),
                                              "bars": sum(int(r["bars"]) for r in rows)})
 

@@ -177,7 +177,7 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
 
             tasks = [(store.storage.ref, s, spec, txn.id, layout) for s in symbols]
             run_tasks(client, _generate_and_write, tasks, label="generate",
-                      keys=[f"generate-{s}-{token([store.url, s, spec, txn.id])}" for s in symbols],
+                      keys=[f"bars-{token([store.url, s, spec, txn.id])}-generate-{s}" for s in symbols],
                       on_result=lambda i, entry: entries.append(entry), progress=progress,
                       drain_on_error=True)
         return store.commit(entries, source=source)
