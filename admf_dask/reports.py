@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["CURVE_POINTS", "HEAT_METRICS", "backtest_layout", "downsample", "run_layout", "write_report"]
+from .errors import ConfigError
+
+__all__ = ["CURVE_POINTS", "HEAT_METRICS", "backtest_layout", "downsample", "replay_curves", "replay_members", "run_layout",
+           "write_report"]
 
 CURVE_POINTS = 2000  # buckets of a downsampled curve (each keeps its min and max point)
 HEAT_METRICS = ("sharpe", "total_return", "cagr", "sortino", "calmar", "max_drawdown", "win_rate", "profit_factor",
@@ -164,7 +167,7 @@ def _table(frame: pd.DataFrame, name: str) -> Any:
         cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
     data = {c: frame[c].to_numpy() for c in frame.columns}
     return DataTable(source=ColumnDataSource(data), columns=cols, width=WIDTH, height=min(40 + 26 * len(frame), 420),
-                     sortable=True, index_position=None, name=name)
+                     sortable=True, reorderable=False, index_position=None, name=name)
 
 
 def heat_aggregates(rows: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, dict]:
@@ -336,22 +339,125 @@ def _trades(result: Any, set_id: int, symbol: str) -> Any:
     return backtest_layout(bt, title=f"set {set_id} on {symbol}: {bt.strategy}")
 
 
-def _replay_views(result: Any, top: pd.DataFrame, metric: str) -> list[Any]:
-    """A replay: the metric against each member weight (one panel per member) of every weight vector."""
-    from bokeh.layouts import gridplot
-    from bokeh.models import ColumnDataSource
+def replay_members(result: Any) -> list[str]:
+    """The labels of a replay's members in weight order (``w0`` is the first): from its signal set."""
+    return [m.label for m in _signal_set(result).members]
+
+
+def _signal_set(result: Any) -> Any:
+    from .replay import open_signal_set
+
+    if result.kind != "replay":
+        raise ConfigError(f"run {result.run_id} is a {result.kind}, not a replay", key="run")
+    return open_signal_set(str(result.config["signals"]), result.root)
+
+
+def replay_curves(result: Any, set_id: int) -> dict[str, pd.Series]:
+    """A replay's ensemble (weight vector ``set_id``) and each member alone: their equal-weight PORTFOLIO equity,
+    recomputed over the run's symbols with the replay's own kernel, rule and costs from the stored signals.
+
+    Keys: ``"ensemble"`` and the member labels. A member alone is its one-hot weight vector, which reproduces
+    the member's own backtest exactly (see :mod:`admf_dask.replay`). Sleeves are combined as the PORTFOLIO
+    rows are: the mean over the union of timestamps, each carried forward (its cash before its first bar).
+    """
+    from .backtest import _costs, _f64, _ppy
+    from .kernels.portfolio import accumulators_init
+    from .kernels.replay import ensemble_batch_with_equity
+    from .replay import RULES
+    from .strategies import direction_code
+
+    cfg = result.config
+    signal_set = _signal_set(result)
+    labels = [m.label for m in signal_set.members]
+    row = result.portfolio.set_index("set_id").loc[int(set_id)]
+    weights = np.vstack([[float(row[f"w{j}"]) for j in range(len(labels))], np.eye(len(labels))])
+    costs = _costs("long_short", **cfg["costs"])
+    store = result.bars()
+    start, end = signal_set.manifest.get("start"), signal_set.manifest.get("end")
+    sleeves: list[list[pd.Series]] = [[] for _ in weights]
+    for symbol in result.run.get("symbols", []):
+        bars = store.read(symbol, start=start, end=end)
+        n = len(bars)
+        if n == 0:
+            continue
+        signals = signal_set.load(symbol, bars)
+        o, h, lo, c = (_f64(bars.columns[k]) for k in ("open", "high", "low", "close"))
+        eq, tr, ex = accumulators_init(len(weights), n)
+        ensemble_batch_with_equity(signals, weights, RULES[cfg["rule"]], float(cfg["threshold"]),
+                                   direction_code(cfg["direction"]), o, h, lo, c, np.arange(n, dtype=np.int64),
+                                   _ppy(bars, True, None), costs.cash, costs.commission, costs.slippage_bps,
+                                   costs.whole_units, costs.stop_loss, costs.take_profit, eq, tr, ex)
+        index = pd.DatetimeIndex(pd.to_datetime(bars.timestamp, utc=True))
+        for k in range(len(weights)):
+            sleeves[k].append(pd.Series(eq[k], index=index, name=symbol))
+    out = {}
+    for name, curves in zip(["ensemble", *labels], sleeves):
+        frame = pd.concat(curves, axis=1).sort_index().ffill().fillna(costs.cash)
+        out[name] = frame.mean(axis=1)
+    return out
+
+
+def _replay_header(result: Any) -> str:
+    """A replay's members (which configuration each weight column weighs) and its rule."""
+    cfg = result.config
+    rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>w{j}</th><td><code>{html.escape(label)}"
+                   f"</code></td></tr>" for j, label in enumerate(replay_members(result)))
+    return (f"<h3>Members (weight column: configuration)</h3><table class='members'>{rows}</table>"
+            f"<p>rule {html.escape(str(cfg.get('rule')))}, threshold {cfg.get('threshold')}, direction "
+            f"{html.escape(str(cfg.get('direction')))}, signal set {html.escape(str(cfg.get('signals')))}</p>")
+
+
+def _replay_views(result: Any, best: pd.DataFrame, metric: str) -> list[Any]:
+    """A replay: its members, the metric against each member weight (every vector a point; the max and median
+    over the other weights a line), and the best ensemble's equity against its members' equity."""
+    from bokeh.layouts import column, gridplot
+    from bokeh.models import ColumnDataSource, Div, HoverTool
+    from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
 
+    labels = replay_members(result)
     p = result.portfolio
-    weights = [c for c in result.param_names if c.startswith("w")]
-    src = ColumnDataSource({**{w: p[w].to_numpy() for w in weights}, "v": p[metric].to_numpy()})
+    weights = [f"w{j}" for j in range(len(labels)) if f"w{j}" in p.columns]
+    items: list[Any] = []
+    src = ColumnDataSource({**{w: p[w].to_numpy() for w in weights}, "v": p[metric].to_numpy(),
+                            "set_id": p["set_id"].to_numpy()})
     figs = []
-    for w in weights:
-        f = figure(width=300, height=260, title=f"{metric} vs {w}", x_axis_label=w, name=f"weight_{w}",
-                   tools="hover,box_select,save,reset")
-        f.scatter(w, "v", source=src, size=4, alpha=0.5)
+    for j, w in enumerate(weights):
+        f = figure(width=300, height=260, title=f"{metric} vs {w}", x_axis_label=f"{w}: {labels[j]}"[:60],
+                   y_axis_label=metric, name=f"weight_{w}", tools="box_select,save,reset")
+        dots = f.scatter(w, "v", source=src, size=5, alpha=0.4, color="#1f77b4")
+        f.add_tools(HoverTool(renderers=[dots], tooltips=[("set", "@set_id"), (w, f"@{w}"),
+                                                            (metric, "@v{0.[0000]}")]))
+        for agg, color in (("max", "#2ca02c"), ("median", "#d62728")):
+            line = p.groupby(w)[metric].agg(agg)
+            f.line(line.index.to_numpy(dtype=np.float64), line.to_numpy(dtype=np.float64), color=color,
+                   line_width=2, legend_label=agg)
+        f.legend.location = "bottom_right"
+        f.legend.background_fill_alpha = 0.5
         figs.append(f)
-    return [gridplot(figs, ncols=3)] if figs else []
+    if figs:
+        items.append(Div(text=f"<h3>{html.escape(metric)} against each member weight (points: every weight vector; "
+                              "lines: max and median over the other weights)</h3>", width=WIDTH))
+        items.append(gridplot(figs, ncols=3))
+    if len(best):
+        set_id = int(best["set_id"].iloc[0])
+        curves = replay_curves(result, set_id)
+        vector = ", ".join(f"{w}={best[w].iloc[0]:g}" for w in weights)
+        eq = figure(width=WIDTH, height=320, x_axis_type="datetime", name="replay_equity",
+                    title=f"PORTFOLIO equity: the best ensemble (set {set_id}: {vector}) against its members alone")
+        dd = figure(width=WIDTH, height=180, x_axis_type="datetime", x_range=eq.x_range, title="PORTFOLIO drawdown",
+                    name="replay_drawdown")
+        for n, (name, curve) in enumerate(curves.items()):
+            color, width = ("#000000", 3) if name == "ensemble" else (Category10_10[n % 10], 1.5)
+            label = f"ensemble (set {set_id})" if name == "ensemble" else name
+            eq.line("x", "y", source=ColumnDataSource(_curve(curve)), color=color, line_width=width,
+                    legend_label=label[:60])
+            dd.line("x", "y", source=ColumnDataSource(_curve(_drawdown(curve))), color=color, line_width=width)
+        eq.legend.location = "top_left"
+        items.append(Div(text="<h3>The best ensemble against its members (recomputed from the stored signals)</h3>",
+                         width=WIDTH))
+        items.append(column(eq, dd))
+    return items
 
 
 def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_sets: int = 3,
@@ -362,9 +468,11 @@ def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_
 
     metric = metric or result.metric
     best = result.top(top, metric)
-    items: list[Any] = [Div(text=_header(result) + _inspection(result), width=WIDTH, name="header")]
-    items.append(Div(text=f"<h3>Top {len(best)} by {html.escape(metric)} (PORTFOLIO rows; click a column to sort)"
-                          "</h3>", width=WIDTH))
+    head = _header(result) + _inspection(result) + (_replay_header(result) if result.kind == "replay" else "")
+    items: list[Any] = [Div(text=head, width=WIDTH, name="header")]
+    what = "weight vectors (w<i>j</i>: member j's weight)" if result.kind == "replay" else "parameter sets"
+    items.append(Div(text=f"<h3>Top {len(best)} {what} by {html.escape(metric)} (PORTFOLIO rows; click a column to "
+                          "sort)</h3>", width=WIDTH))
     items.append(_table(best.reset_index(drop=True), "top_table"))
     params = result.param_names
     portfolio = result.portfolio
@@ -384,7 +492,6 @@ def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_
         if sym is not None:
             items.append(_trades(result, int(best["set_id"].iloc[0]), sym))
     if result.kind == "replay":
-        items.append(Div(text="<h3>Metric against member weights</h3>", width=WIDTH))
         items += _replay_views(result, best, metric)
     return column(*items)
 

@@ -152,3 +152,68 @@ def test_backtest_plot_is_a_bokeh_layout(swept):
     figs = [m for m in layout.children if isinstance(m, figure)]
     assert [f.name for f in figs] == ["price", "equity", "drawdown"]
     assert len(bt.close) == len(bt.equity)
+
+
+MEMBERS = ({"fast": 5, "slow": 40}, {"fast": 15, "slow": 60})
+
+
+@pytest.fixture(scope="module")
+def replayed(swept):
+    """A replay of 2 explicit members over the sweep's bars, in a root of its own (its `latest` is the replay)."""
+    from admf_dask.replay import ReplayConfig, run_replay
+    from admf_dask.signals import SignalsConfig, generate_signals
+
+    d, store, _, _ = swept
+    root = StorageRef.make(str(d / "replay_store"))
+    configs = [{"strategy": "sma_cross", "params": p} for p in MEMBERS]
+    signal_set = generate_signals(SignalsConfig(configs=configs, commission=0.001), store, root, "threads",
+                                  progress=False, echo=lambda _: None)
+    result = run_replay(ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1]), root, "threads", progress=False,
+                        echo=lambda _: None)
+    return d, store, root, result
+
+
+def test_load_run_reads_a_replay_back_with_its_members(replayed):
+    from admf_dask.reports import replay_members
+
+    _, _, root, result = replayed
+    loaded = load_run(root, "latest")
+    assert (loaded.kind, loaded.run_id) == ("replay", result.run_id)
+    assert loaded.param_names == ["w0", "w1"] and len(loaded.portfolio) == 8  # 3 x 3 grid minus (0, 0)
+    assert replay_members(loaded) == ["sma_cross(fast=5,slow=40)", "sma_cross(fast=15,slow=60)"]
+    oracle = pd.pivot_table(loaded.portfolio, values="sharpe", index="w1", columns="w0", aggfunc="max")
+    np.testing.assert_allclose(loaded.heatmap("w0", "w1", "sharpe").to_numpy(), oracle.to_numpy())
+    with pytest.raises(ConfigError, match="only a sweep's sets are backtests"):
+        loaded.backtest(0, "AAA")
+
+
+def test_replay_curves_match_the_portfolio_rows_and_the_members_own_backtests(replayed):
+    from admf_dask.reports import replay_curves
+
+    _, store, root, _ = replayed
+    loaded = load_run(root)
+    rows = loaded.portfolio.set_index("set_id")
+    best = int(loaded.top(1)["set_id"].iloc[0])
+    mixed = int(rows[(rows["w0"] == 0.5) & (rows["w1"] == 1.0)].index[0])
+    for set_id in (best, mixed):  # the ensemble's curve ends where the run's PORTFOLIO row says
+        curves = replay_curves(loaded, set_id)
+        ens = curves["ensemble"]
+        assert ens.iloc[-1] / 10_000 - 1 == pytest.approx(rows.loc[set_id, "total_return"], rel=1e-9)
+    for params, (label, curve) in zip(MEMBERS, list(curves.items())[1:]):  # members alone: backtest() oracle
+        sleeves = [backtest(store.read(s), "sma_cross", params, commission=0.001).equity for s in SYMBOLS]
+        oracle = pd.concat(sleeves, axis=1).sort_index().ffill().fillna(10_000).mean(axis=1)
+        assert label == f"sma_cross(fast={params['fast']},slow={params['slow']})"
+        np.testing.assert_allclose(curve.to_numpy(), oracle.to_numpy(), rtol=1e-9)
+
+
+def test_report_of_a_replay_shows_weights_members_and_equity(replayed, tmp_path):
+    d, _, _, result = replayed
+    out = tmp_path / "replay.html"
+    res = CliRunner().invoke(cli, ["report", result.run_id[:8], "--storage", str(d / "replay_store"), "-o",
+                                   str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert not re.search(r"<script[^>]+src=", page) and "admf replay report" in page
+    for name in ("weight_w0", "weight_w1", "replay_equity", "replay_drawdown", "heatmap", "top_table"):
+        assert f'"name":"{name}"' in page.replace(" ", ""), name
+    assert "sma_cross(fast=15,slow=60)" in page and "sharpe over w0 x w1, other parameters: max" in page
