@@ -286,12 +286,16 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     its name, so adding symbols later leaves existing ones unchanged.
     """
     from .bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
+    from .preflight import check_cluster, check_writable
+    from .storage import StorageRef
 
     session = _session()
     session.data = {"store": store}
+    check_cluster(cluster)
     spec = SyntheticSpec(start, end, freq, seed, start_price, annual_drift, annual_vol)
     symbols = _symbol_list(symbol_list, "--symbol-list") or symbol_names(n_symbols)
     bar_store = BarStore(store, _options(storage_options))
+    check_writable(StorageRef.make(store))
     if cluster:
         from .cluster import connect
 
@@ -468,10 +472,12 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     """
     from .bars import BarStore
     from .cluster import connect
+    from .preflight import check_cluster, check_writable
     from .storage import StorageRef
     from .sweep import SweepConfig, run_sweep
 
     options = _options(storage_options)
+    check_cluster(cluster)  # a bad setting fails before run.json or a lease is written
     config = SweepConfig(strategy=strategy, params=dict(_param_spec(p) for p in params), sample=sample, seed=seed,
                          symbols=_symbol_list(symbol_list, "--symbols"),
                          start=start, end=end, direction=direction, cash=cash, commission=commission,
@@ -482,8 +488,10 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     session.data = {"store": store}
     bar_store = BarStore(store, options)
     bar_store.manifest  # a wrong STORE fails before a cluster starts
+    root = StorageRef.make(storage, options)
+    check_writable(root)
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
-        result = run_sweep(config, bar_store, StorageRef.make(storage, options),
+        result = run_sweep(config, bar_store, root,
                            lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info,
                            wait=wait)
     session.data.update(run_data(result), top=top_records(result))
@@ -544,11 +552,13 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     """
     from .bars import BarStore
     from .cluster import connect
+    from .preflight import check_cluster, check_writable
     from .runs import resolve_last
     from .signals import SignalsConfig, generate_signals
     from .storage import StorageRef
 
     options = _options(storage_options)
+    check_cluster(cluster)
     root = StorageRef.make(storage, options)
     if from_run == "last":
         from_run = resolve_last(root, "sweep")
@@ -562,6 +572,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     session.data = {"store": store}
     bar_store = BarStore(store, options)
     bar_store.manifest
+    check_writable(root)
     with ExitStack() as stack:
         result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
                                   force=force, echo=log.info, wait=wait)
@@ -619,11 +630,13 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     """
     from .bars import BarStore
     from .cluster import connect
+    from .preflight import check_cluster, check_writable
     from .replay import ReplayConfig, best_weights, plan_replay, run_replay
     from .runs import resolve_last
     from .storage import StorageRef
 
     options = _options(storage_options)
+    check_cluster(cluster)
     root = StorageRef.make(storage, options)
     if signals_id == "last":
         signals_id = resolve_last(root, "signals")
@@ -638,6 +651,7 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     session = _session()
     session.data = {"signals": signals_id}
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
+    check_writable(root)
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
                             yes=yes, echo=log.info, wait=wait)

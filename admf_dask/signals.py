@@ -787,8 +787,9 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
     from .runs import run_lease
 
     plan = _resolve(config, bars, root)
-    for s in plan.symbols:
-        bars.entry(s)  # unknown symbols fail here, with a suggestion
+    from .preflight import check_range
+
+    check_range(bars, plan.symbols, plan.start, plan.end)  # unknown symbols, empty ranges: before any write
     identity = set_identity(plan, bars)
     set_id = token(identity)[:16]
     ref = root.child("signals", set_id)

@@ -65,6 +65,18 @@ FILES = {
     "steps_not_list.yaml": "name: x\nstorage: {root}\nsteps: {{generate: 1}}\n",
     "two_keys_step.yaml": "name: x\nstorage: {root}\nsteps:\n  - {{generate: {{dataset: a}}, sweep: {{dataset: a}}}}\n",
     "tab.yaml": "name: x\n\tstorage: y\n",
+    # preflight: a later step that cannot run is refused before step 1 writes
+    "missing_set.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n"
+                        "  - replay: {{signals: nosuchset, grid: [0, 1]}}\n",
+    "missing_run.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n"
+                        "  - signals: {{dataset: a, from_run: nosuchrun}}\n",
+    "replay_no_last.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n"
+                           "  - replay: {{signals: last, grid: [0, 1]}}\n",
+    "bad_range_second.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n"
+                             "  - sweep: {{dataset: a, strategy: sma_cross, start: 2021-06-01, end: 2021-01-01}}\n",
+    "ungenerated_symbol.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 2, start: 2020-01-01, end: 2020-03-01}}\n"
+                               "  - sweep: {{dataset: a, strategy: sma_cross, symbols: [SYM009]}}\n",
+    "readonly_root.yaml": "name: x\nstorage: /sys/admf-unwritable\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
 }
 
 
@@ -126,7 +138,9 @@ CASES: list[tuple[str, list[str]]] = [
         ["--metric", "bogus"], ["--top", "-1"], ["--batch-seconds", "0"], ["--batch-seconds", "-1"],
         ["--batch-seconds", "nan"], ["--retries", "-1"], ["--max-backtests", "0"], ["--memory-budget", "abc"],
         ["--memory-budget", "-1GB"], ["--memory-budget", "0"], ["--sample", "0"], ["--sample", "x"],
-        ["--seed", "x"], ["-o", "foo=bar"], ["--cluster", "bogus"],
+        ["--seed", "x"], ["-o", "foo=bar"], ["--cluster", "bogus"], ["--start", "2019-01-01", "--end", "2019-12-31"],
+        ["--symbols", "AAA,BBB", "--start", "2022-01-01"], ["--storage", "/sys/admf-unwritable"],
+        ["--storage", "{f:good.csv}"],
     )],
     ("sweep missing store", ["sweep", "{new}", "-s", "sma_cross", "--storage", "{root}", "--cluster", "threads"]),
     ("sweep store is a file", ["sweep", "{f:good.csv}", "-s", "sma_cross", "--storage", "{root}"]),
@@ -145,7 +159,10 @@ CASES: list[tuple[str, list[str]]] = [
         ["--from-run", "nosuchrun"], ["--from-run", "last"], ["--top", "0"], ["--top", "x"],
         ["--direction", "up"], ["--symbols", ""], ["--symbols", "NOPE", "-c", "sma_cross:fast=5,slow=20"],
         ["--start", "notadate", "-c", "sma_cross:fast=5,slow=20"], ["-o", "foo=bar"], [],
-        ["--cash", "x"],
+        ["--cash", "x"], ["--end", "1990-01-01", "-c", "sma_cross:fast=5,slow=20"],
+        ["--start", "2021-06-01", "--end", "2021-01-01", "-c", "sma_cross:fast=5,slow=20"],
+        ["--cluster", "bogus", "-c", "sma_cross:fast=5,slow=20"],
+        ["--storage", "/sys/admf-unwritable", "-c", "sma_cross:fast=5,slow=20"],
     )],
     ("signals missing store", ["signals", "{new}", "-c", "sma_cross:fast=5,slow=20", "--storage", "{root}"]),
     # symbols, runs
@@ -170,7 +187,8 @@ CASES: list[tuple[str, list[str]]] = [
         "not_yaml.yaml", "list.yaml", "scalar.yaml", "empty.yaml", "unknown_key.yaml", "unknown_step.yaml",
         "bad_cluster.yaml", "bad_generate.yaml", "bad_vol.yaml", "bad_sweep.yaml", "sweep_unknown_key.yaml",
         "bad_options.yaml", "bomb.yaml", "deep_flow.yaml", "deep_block.yaml", "steps_not_list.yaml",
-        "two_keys_step.yaml", "tab.yaml", "missing_second.yaml"]],
+        "two_keys_step.yaml", "tab.yaml", "missing_second.yaml", "missing_set.yaml", "missing_run.yaml",
+        "replay_no_last.yaml", "bad_range_second.yaml", "ungenerated_symbol.yaml", "readonly_root.yaml"]],
     ("run --memory-budget abc", ["run", "{f:missing_second.yaml}", "--memory-budget", "abc"]),
     ("run -o foo=bar", ["run", "{f:missing_second.yaml}", "-o", "foo=bar"]),
 ]
@@ -179,20 +197,10 @@ CASES: list[tuple[str, list[str]]] = [
 SUBPROCESS = {"generate --vol 1e308", "run bomb.yaml", "sweep --symbols ", "replay --grid abc", "ingest corrupt.csv.gz"}
 
 # Cases known to fail today, with why: reported, not hidden.
-_PREFLIGHT = "preflight of date ranges against the data not done yet: starts the cluster first"
 KNOWN: dict[str, str] = {
     "ingest truncated.csv.gz": "a truncated gzip stream ends as exit 130 (EOFError path), not one line",
     "ingest strings.parquet": "all-string Parquet is still converted silently (policy: refuse)",
-    "sweep --start 2030-01-01": _PREFLIGHT + " (writes cache packs)",
-    "sweep --start 2021-06-01 --end 2021-01-01": _PREFLIGHT + " (writes cache packs)",
-    "sweep --start notadate": _PREFLIGHT + " (may write a run directory)",
-    "sweep --start 1600-01-01": _PREFLIGHT + " (may write a run directory)",
-    "sweep --end 2300-01-01": _PREFLIGHT + " (may write a run directory)",
-    "sweep --cluster bogus": "the run directory is written before the cluster setting is checked",
-    "sweep --end 1990-01-01": _PREFLIGHT + " (writes after an earlier failed sweep in the same root)",
-    "signals --start notadate -c sma_cross:fast=5,slow=20": _PREFLIGHT,
     "log file in missing dir": "the log-file error is printed twice",
-    "run missing_second.yaml": "a workflow's later step naming a missing dataset fails after step 1 wrote",
 }
 
 

@@ -177,7 +177,10 @@ def test_step_warnings_are_collected_per_step(tmp_path, monkeypatch):
         logging.getLogger("admf_dask.demo").warning("3 symbols have no bars in the range")
         return workflow.StepResult("done", {"symbols": 3})
 
+    from admf_dask.bars import BarStore, generate_bars
+
     monkeypatch.setitem(workflow.STEPS, "summary", (workflow.SummaryStep, warn))
+    BarStore(str(tmp_path / "x" / "bars" / "d")).write([generate_bars("AAA", "2024-01-01", "2024-01-31", seed=1)])
     wf = _workflow(tmp_path, "storage: x\ncluster: threads\nsteps:\n  - summary: {dataset: d}\n")
     (record,) = run_workflow(load_workflow(wf), echo=lambda _: None)
     assert (record.status, record.warnings, record.data) == ("ok", ["3 symbols have no bars in the range"],

@@ -28,6 +28,7 @@ from ..bars import BarStore
 from ..config import token
 from ..budget import chunk_rows, format_bytes
 from ..errors import ConfigError, DataError
+from ..preflight import check_range
 from ..storage import StorageRef
 from .container import ContainerTask, run_container
 from .frequency import mixed_frequencies
@@ -167,8 +168,7 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     """
     sets, dropped = expand_params(config.strategy, config.params, config.sample, config.seed)
     symbols = list(config.symbols) if config.symbols else bars.symbols()
-    for s in symbols:
-        bars.entry(s)
+    check_range(bars, symbols, config.start, config.end)  # before the lease, the cluster, run.json
     identity = {"sweep": config.identity(), "data": bars.fingerprint, "symbols": symbols, "version": __version__}
     return run_grid(config, sets, symbols, bars, root, client, identity=identity, kind="sweep",
                     feed=lambda c: SweepFeed(config, sets, bars, root, c),

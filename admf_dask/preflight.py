@@ -1,0 +1,231 @@
+"""Preflight: what a run needs, checked before a cluster starts or anything is written.
+
+A mistake found here costs a second and leaves storage as it was; found by a task it
+costs a cluster start, retries, a run directory and cache packs. The checks read only
+manifests (no bar file is opened) and never write:
+
+=================  ====================================================================
+check              refuses (ConfigError, DataError or StorageError: one line, exit 2)
+=================  ====================================================================
+cluster            a cluster setting that is not threads, local or a scheduler address
+dates              a bound that is not a time, outside 1677-09-22 .. 2262-04-11, or an
+                   end before the start
+symbols            a symbol the dataset does not hold
+range              a range that holds none of a symbol's bars (by the manifest's first
+                   and last bar)
+writable           a local storage root (or the first of its parents that exists) that
+                   this process cannot write
+workflow           a step naming a dataset that neither exists nor is made by an earlier
+                   step; a named run or signal set that does not exist
+=================  ====================================================================
+
+>>> check_dates("2021-06-01", "2021-01-01")
+Traceback (most recent call last):
+...
+admf_dask.errors.ConfigError: end 2021-01-01 is before start 2021-06-01 [key end]; swap them or widen the range
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, DataError, StorageError, did_you_mean
+from .storage import StorageRef
+
+__all__ = ["check_cluster", "check_dates", "check_range", "check_writable", "preflight_workflow"]
+
+_MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+
+
+def _day(ns: int) -> str:
+    return pd.Timestamp(ns, tz="UTC").strftime("%Y-%m-%d")
+
+
+def to_bound(when: Any, key: str) -> int | None:
+    """A start/end bound as int64 ns UTC (None stays None); ConfigError naming ``key`` if it is not a usable time."""
+    if when is None:
+        return None
+    if isinstance(when, (int, np.integer)) and not isinstance(when, bool):
+        return int(when)
+    try:
+        ts = pd.Timestamp(when)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read {when!r} as a time: {exc}", key=key,
+                          hint="give a date such as 2021-01-31 or a time such as 2021-01-31T15:30") from None
+    if ts is pd.NaT:
+        raise ConfigError(f"cannot read {when!r} as a time", key=key, hint="give a date such as 2021-01-31")
+    try:
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return int(ts.value)
+    except (OverflowError, ValueError):
+        raise ConfigError(f"{when} is outside the times admf can hold", key=key,
+                          hint=f"dates must lie between {pd.Timestamp.min:%Y-%m-%d} and "
+                               f"{pd.Timestamp.max:%Y-%m-%d}") from None
+
+
+def check_dates(start: Any, end: Any) -> tuple[int | None, int | None]:
+    """Both bounds parsed (ns UTC or None); ConfigError when one is no usable time or the end is before the start."""
+    lo, hi = to_bound(start, "start"), to_bound(end, "end")
+    if lo is not None and hi is not None and hi < lo:
+        raise ConfigError(f"end {end} is before start {start}", key="end", hint="swap them or widen the range")
+    return lo, hi
+
+
+def check_range(bars: Any, symbols: Iterable[str], start: Any, end: Any) -> None:
+    """Every symbol is in ``bars`` and has bars in ``[start, end]``, by the manifest alone (no file is read).
+
+    DataError naming the first symbol whose bars all lie outside the range, with its
+    first and last bar; a range that overlaps a symbol's bars but holds fewer than two
+    is left to the run (counting exactly opens files).
+    """
+    lo, hi = check_dates(start, end)
+    lo_ns, hi_ns = (_MIN_NS if lo is None else lo), (_MAX_NS if hi is None else hi)
+    for symbol in symbols:
+        entry = bars.entry(symbol)  # DataError with a suggestion for an unknown symbol
+        first, last = int(entry["first_ns"]), int(entry["last_ns"])
+        if last < lo_ns or first > hi_ns:
+            wanted = f"{start or 'the first bar'} to {end or 'the last bar'}"
+            raise DataError(f"no bar of {symbol} from {wanted}: its bars run from {_day(first)} to {_day(last)}",
+                            symbol=symbol, key="end" if first > hi_ns else "start", hint="choose a start/end range inside the data (`admf symbols` lists it)")
+
+
+def check_cluster(cluster: Any) -> None:
+    """ConfigError for a cluster setting that is not threads, local, an address or a valid mapping."""
+    from .config import ClusterConfig
+
+    if cluster is not None:
+        ClusterConfig.parse(cluster)
+
+
+def check_writable(root: StorageRef) -> None:
+    """StorageError when a local root cannot be written by this process; other filesystems are not probed.
+
+    The root need not exist: the first of its parents that exists must be a directory
+    this process can create a file in (what ``makedirs`` needs; a probe file is created
+    there and removed at once), and the root's ``runs``, ``signals`` and ``cache``
+    directories, where they exist, must be writable by their permissions.
+    """
+    if "://" in root.url and not root.url.startswith("file://"):
+        return
+    path = os.path.abspath(root.url.removeprefix("file://"))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        raise StorageError(f"{probe} is a file, not a directory", file=root.url,
+                           hint="give a storage root that is a directory")
+    hint = "give a writable storage root or fix its permissions"
+    try:  # os.access is not enough: root passes it on a read-only mount
+        fd, name = tempfile.mkstemp(prefix=".admf-write-probe-", dir=probe)
+    except OSError as exc:
+        raise StorageError(f"cannot write to {probe}: {exc.strerror or exc}", file=root.url, hint=hint) from None
+    os.close(fd)
+    os.unlink(name)
+    for d in ("runs", "signals", "cache"):  # listed by other commands: checked, not probed
+        sub = os.path.join(path, d)
+        if os.path.isdir(sub) and not os.access(sub, os.W_OK | os.X_OK):
+            raise StorageError(f"cannot write to {sub}: permission denied", file=root.url, hint=hint)
+
+
+# ---------------------------------------------------------------------------- workflows
+def _generated_symbols(step: Any) -> set[str] | None:
+    from .bars import symbol_names
+
+    return set(symbol_names(step.symbols) if isinstance(step.symbols, int) else step.symbols)
+
+
+def preflight_workflow(workflow: Any, last: Any = None) -> None:
+    """Check every step of ``workflow`` against storage before step 1 runs.
+
+    Datasets a step names must exist, or be made by an earlier ``generate`` or
+    ``ingest`` step; their symbols and date ranges are checked against the
+    manifest (or the symbols a generate step makes); a named sweep run or signal
+    set must exist, ``last`` needs an earlier step or an earlier run of the workflow
+    (``last(kind)`` answers that). The storage root must be writable.
+    """
+    from .bars import BarStore
+
+    root = StorageRef.make(workflow.storage, workflow.storage_options)
+    check_writable(root)
+    made: dict[str, set[str] | None] = {}  # datasets earlier steps make: their symbols (None: unknown)
+    existing: list[str] | None = None
+    produced: set[str] = set()  # kinds of runs earlier steps make
+    for i, (kind, step) in enumerate(workflow.steps):
+        where = f"steps[{i}].{kind}"
+        try:
+            name = getattr(step, "dataset", None)
+            if kind == "generate":
+                prior = made.get(name, set())
+                made[name] = None if prior is None else prior | _generated_symbols(step)
+                continue
+            if kind == "ingest":
+                made[name] = None
+                continue
+            symbols = list(getattr(step, "symbols", None) or [])
+            if name is not None and name not in made:
+                ref = root.child("bars", name)
+                store = BarStore(ref.url, ref.options)
+                if not store.exists():
+                    if existing is None:
+                        existing = _datasets(root)
+                    raise ConfigError(f"dataset {name!r} does not exist under {root.child('bars').url}, and no "
+                                      f"earlier step makes it", key="dataset",
+                                      hint=did_you_mean(name, existing) or "add a generate or ingest step before "
+                                      "this one, or fix the name")
+                if kind == "replay":
+                    pass  # the set's own symbols and range: checked when the set is opened
+                else:
+                    check_range(store, symbols or store.symbols(), getattr(step, "start", None),
+                                getattr(step, "end", None))
+            else:
+                check_dates(getattr(step, "start", None), getattr(step, "end", None))
+                known = made.get(name)
+                for s in symbols if known is not None and kind != "replay" else []:
+                    if s not in known:
+                        raise DataError(f"symbol {s!r} is not among those the earlier generate step(s) make",
+                                        symbol=s, hint=did_you_mean(s, known))
+            if kind == "signals" and step.from_run is not None:
+                _check_source(root, "sweep", step.from_run, "from_run", "sweep" in produced, last)
+            if kind == "replay":
+                _check_source(root, "signals", step.signals, "signals", "signals" in produced, last)
+            produced.add(kind)
+        except (ConfigError, DataError, StorageError) as exc:
+            if "key" in exc.where and exc.where["key"].startswith("steps["):
+                raise
+            key = f"{where}.{exc.where['key']}" if "key" in exc.where else where
+            where_fields = {k: v for k, v in exc.where.items() if k != "key"}
+            raise type(exc)(exc.message, hint=exc.hint, key=key, **where_fields) from None
+
+
+def _datasets(root: StorageRef) -> list[str]:
+    storage = root.child("bars").open()
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in storage.fs.ls(storage.path(), detail=False))
+    except (FileNotFoundError, OSError):
+        return []
+
+
+def _check_source(root: StorageRef, kind: str, name: str, key: str, earlier: bool, last: Any) -> None:
+    """A named run (``kind`` sweep) or signal set exists; ``last`` has an earlier step or an earlier workflow run."""
+    if name == "last":
+        if not earlier and (last is None or last(kind) is None):
+            step = "sweep" if kind == "sweep" else "signals"
+            raise ConfigError(f"{key}: last needs a {step} step before this one, or an earlier run of this "
+                              f"workflow with a {step} step", key=key)
+        return
+    if earlier or "/" in name:  # an id an earlier step may make again; a URL is opened by the step
+        return
+    where = root.child("runs" if kind == "sweep" else "signals", name)
+    marker = "run.json" if kind == "sweep" else "_signals.json"
+    if not where.open().exists(marker):
+        raise ConfigError(f"no {'sweep run' if kind == 'sweep' else 'signal set'} {name!r} under {root.url}",
+                          key=key, hint="give an id that `admf runs list` shows, or `last`")
