@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import ConfigError
 
 __all__ = ["CURVE_POINTS", "HEAT_METRICS", "backtest_layout", "downsample", "replay_curves", "replay_members", "run_layout",
-           "write_report"]
+           "save_html", "write_report"]
 
 CURVE_POINTS = 2000  # buckets of a downsampled curve (each keeps its min and max point)
 HEAT_METRICS = ("sharpe", "total_return", "cagr", "sortino", "calmar", "max_drawdown", "win_rate", "profit_factor",
@@ -238,7 +238,7 @@ def _heatmap(portfolio: pd.DataFrame, params: list[str], metric: str) -> Any:
     note = Div(text=f"<i>{html.escape(label)}</i>", name="heat_label")
     hover = fig.select_one(HoverTool)
     cb = CustomJS(args=dict(src=src, aggs=aggs, fig=fig, mapper=mapper, m=s_metric, p=s_pair, a=s_agg, note=note,
-                            hover=hover), code="""
+                            hover=hover, xaxis=fig.xaxis[0], yaxis=fig.yaxis[0]), code="""
 const [x, y] = p.value.split(' x ');
 const d = aggs.get ? aggs.get(p.value) : aggs[p.value];
 const vs = d.get ? d.get('v') : d.v;
@@ -253,7 +253,7 @@ for (const t of v) { if (isFinite(t)) { lo = Math.min(lo, t); hi = Math.max(hi, 
 if (isFinite(lo)) { mapper.low = lo; mapper.high = hi; }
 const label = m.value + ' over ' + x + ' x ' + y + ', other parameters: ' + a.value;
 fig.title.text = label; note.text = '<i>' + label + '</i>';
-fig.xaxis[0].axis_label = x; fig.yaxis[0].axis_label = y;
+xaxis.axis_label = x; yaxis.axis_label = y;
 hover.tooltips = [[x, '@x'], [y, '@y'], ['value', '@v{0.[0000]}']];
 """)
     for w in (s_metric, s_pair, s_agg):
@@ -502,11 +502,16 @@ def write_report(result: Any, path: str | Path, *, top: int = 10, metric: str | 
 
     Written to a temporary name and renamed: a failed build leaves no half-written file.
     """
+    layout = run_layout(result, top=top, metric=metric, symbol=symbol)
+    return save_html(layout, path, f"admf {result.kind} {result.run_id}")
+
+
+def save_html(layout: Any, path: str | Path, title: str) -> Path:
+    """Write a bokeh layout as one self-contained HTML file (bokeh's JS and CSS inlined), atomically."""
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
 
-    layout = run_layout(result, top=top, metric=metric, symbol=symbol)
-    page = file_html(layout, INLINE, title=f"admf {result.kind} {result.run_id}")
+    page = file_html(layout, INLINE, title=title)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
