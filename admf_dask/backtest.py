@@ -70,11 +70,17 @@ class BacktestResult:
     position: pd.Series
     close: pd.Series | None = None  # the closing prices (for :meth:`plot`)
 
-    def plot(self) -> Any:
-        """A bokeh layout like backtesting.py's plot: price with entries and exits, equity, drawdown."""
-        from admf_dask.reports import backtest_layout
+    def plot(self, filename: str | None = None) -> Any:
+        """A bokeh layout like backtesting.py's plot: price with entries and exits, equity, drawdown.
 
-        return backtest_layout(self)
+        With ``filename``, also saved there as one self-contained HTML file (opens with no network).
+        """
+        from admf_dask.reports import backtest_layout, save_html
+
+        layout = backtest_layout(self)
+        if filename is not None:
+            save_html(layout, filename, f"admf backtest {self.strategy}")
+        return layout
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,46 @@ def dask_cluster_processes(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# --- a finished sweep and a replay, for the report tests (tests/test_report*.py) ---------------------------------
+
+REPORT_SYMBOLS = ("AAA", "BBB", "CCC")
+REPORT_MEMBERS = ({"fast": 5, "slow": 40}, {"fast": 15, "slow": 60})
+
+
+@pytest.fixture(scope="session")
+def report_sweep(tmp_path_factory):
+    """(dir, bars, root, result): sma_cross over fast 5..25 x slow 40/60/80 on 3 symbols, 2.5 years, threads."""
+    import numpy as np
+
+    from admf_dask.bars import BarStore, generate_bars
+    from admf_dask.storage import StorageRef
+    from admf_dask.sweep import SweepConfig, run_sweep
+
+    d = tmp_path_factory.mktemp("report")
+    store = BarStore(str(d / "bars"))
+    store.write([generate_bars(s, "2019-01-01", "2021-06-30", seed=i) for i, s in enumerate(REPORT_SYMBOLS)])
+    root = StorageRef.make(str(d / "store"))
+    config = SweepConfig(strategy="sma_cross", params={"fast": range(5, 30, 5), "slow": np.array([40, 60, 80])},
+                         commission=0.001)
+    result = run_sweep(config, store, root, "threads", progress=False, echo=lambda _: None)
+    return d, store, root, result
+
+
+@pytest.fixture(scope="session")
+def report_replay(report_sweep):
+    """(dir, bars, root, result): a replay of 2 explicit members (grid 0, 0.5, 1) over the sweep's bars, in a root
+    of its own (its `latest` is the replay)."""
+    from admf_dask.replay import ReplayConfig, run_replay
+    from admf_dask.signals import SignalsConfig, generate_signals
+    from admf_dask.storage import StorageRef
+
+    d, store, _, _ = report_sweep
+    root = StorageRef.make(str(d / "replay_store"))
+    configs = [{"strategy": "sma_cross", "params": p} for p in REPORT_MEMBERS]
+    signal_set = generate_signals(SignalsConfig(configs=configs, commission=0.001), store, root, "threads",
+                                  progress=False, echo=lambda _: None)
+    result = run_replay(ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1]), root, "threads", progress=False,
+                        echo=lambda _: None)
+    return d, store, root, result

@@ -12,26 +12,22 @@ import pytest
 from click.testing import CliRunner
 
 from admf_dask.backtest import backtest
-from admf_dask.bars import BarStore, generate_bars
 from admf_dask.cli import cli
 from admf_dask.errors import ConfigError
 from admf_dask.runs import load_run
-from admf_dask.storage import StorageRef
-from admf_dask.sweep import SweepConfig, run_sweep
 
-SYMBOLS = ("AAA", "BBB", "CCC")
+from .conftest import REPORT_MEMBERS as MEMBERS
+from .conftest import REPORT_SYMBOLS as SYMBOLS
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    store = BarStore(str(d / "bars"))
-    store.write([generate_bars(s, "2019-01-01", "2021-06-30", seed=i) for i, s in enumerate(SYMBOLS)])
-    root = StorageRef.make(str(d / "store"))
-    config = SweepConfig(strategy="sma_cross", params={"fast": range(5, 30, 5), "slow": np.array([40, 60, 80])},
-                         commission=0.001)
-    result = run_sweep(config, store, root, "threads", progress=False, echo=lambda _: None)
-    return d, store, root, result
+def swept(report_sweep):
+    return report_sweep
+
+
+@pytest.fixture(scope="module")
+def replayed(report_replay):
+    return report_replay
 
 
 def test_grid_axes_accept_range_and_numpy_array(swept):
@@ -153,24 +149,6 @@ def test_backtest_plot_is_a_bokeh_layout(swept):
     assert [f.name for f in figs] == ["price", "equity", "drawdown"]
     assert len(bt.close) == len(bt.equity)
 
-
-MEMBERS = ({"fast": 5, "slow": 40}, {"fast": 15, "slow": 60})
-
-
-@pytest.fixture(scope="module")
-def replayed(swept):
-    """A replay of 2 explicit members over the sweep's bars, in a root of its own (its `latest` is the replay)."""
-    from admf_dask.replay import ReplayConfig, run_replay
-    from admf_dask.signals import SignalsConfig, generate_signals
-
-    d, store, _, _ = swept
-    root = StorageRef.make(str(d / "replay_store"))
-    configs = [{"strategy": "sma_cross", "params": p} for p in MEMBERS]
-    signal_set = generate_signals(SignalsConfig(configs=configs, commission=0.001), store, root, "threads",
-                                  progress=False, echo=lambda _: None)
-    result = run_replay(ReplayConfig(signals=signal_set.set_id, grid=[0, 0.5, 1]), root, "threads", progress=False,
-                        echo=lambda _: None)
-    return d, store, root, result
 
 
 def test_load_run_reads_a_replay_back_with_its_members(replayed):
