@@ -197,6 +197,8 @@ def preflight_workflow(workflow: Any, last: Any = None) -> None:
                 _check_source(root, "sweep", step.from_run, "from_run", "sweep" in produced, last)
             if kind == "replay":
                 _check_source(root, "signals", step.signals, "signals", "signals" in produced, last)
+            if kind == "report":
+                _check_report(root, step.run, produced, last)
             produced.add(kind)
         except (ConfigError, DataError, StorageError) as exc:
             if "key" in exc.where and exc.where["key"].startswith("steps["):
@@ -204,6 +206,19 @@ def preflight_workflow(workflow: Any, last: Any = None) -> None:
             key = f"{where}.{exc.where['key']}" if "key" in exc.where else where
             where_fields = {k: v for k, v in exc.where.items() if k != "key"}
             raise type(exc)(exc.message, hint=exc.hint, key=key, **where_fields) from None
+
+
+def _check_report(root: StorageRef, run: str, produced: set[str], last: Any) -> None:
+    """A report step's run: ``sweep``/``replay`` needs such a step before it or from the workflow's last run; an id
+    must name a run under the root (unless an earlier step makes runs: ids are tokens a step may make again)."""
+    from .runs import find_run
+
+    if run in ("sweep", "replay"):
+        if run not in produced and (last is None or last(run) is None):
+            raise ConfigError(f"run: {run} needs a {run} step before this one, or an earlier run of this "
+                              f"workflow with a {run} step", key="run")
+    elif not produced & {"sweep", "replay"}:
+        find_run(root, run)
 
 
 def _datasets(root: StorageRef) -> list[str]:

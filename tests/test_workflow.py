@@ -185,3 +185,21 @@ def test_step_warnings_are_collected_per_step(tmp_path, monkeypatch):
     (record,) = run_workflow(load_workflow(wf), echo=lambda _: None)
     assert (record.status, record.warnings, record.data) == ("ok", ["3 symbols have no bars in the range"],
                                                               {"symbols": 3})
+
+
+@pytest.mark.parametrize("step,words", [("{run: sweep}", "run: sweep needs a sweep step before this one"),
+                                        ("{run: replay}", "run: replay needs a replay step before this one"),
+                                        ("{run: 0123abcd}", "no runs under"),
+                                        ("{run: sweep, metric: sharp}", "unknown metric")])
+def test_a_report_step_without_its_run_fails_before_anything_is_written(tmp_path, step, words):
+    wf = _workflow(tmp_path, f"""\
+        storage: store
+        cluster: threads
+        steps:
+          - generate: {{dataset: d, symbols: 2, start: 2021-01-01, end: 2021-03-31}}
+          - report: {step}
+        """)
+    with pytest.raises(ConfigError, match=words) as err:
+        run_workflow(load_workflow(wf), echo=lambda _: None)
+    assert "steps[1].report" in str(err.value)
+    assert not (tmp_path / "store" / "bars").exists()
