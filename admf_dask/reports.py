@@ -30,7 +30,8 @@ __all__ = ["CURVE_POINTS", "HEAT_METRICS", "backtest_layout", "downsample", "rep
 CURVE_POINTS = 2000  # buckets of a downsampled curve (each keeps its min and max point)
 HEAT_METRICS = ("sharpe", "total_return", "cagr", "sortino", "calmar", "max_drawdown", "win_rate", "profit_factor",
                 "n_trades")
-MAX_HEAT_PARAMS = 5  # parameters offered on the heat map's axes (pairs of the first ones)
+HEAT_VALUES = 2_000_000  # heat-map values a page stores at most (float32: 8 MB), over every parameter pair
+MAX_TRADES = 2_000  # trades drawn on a price plot at most (evenly spaced over the backtest; the count is said)
 WIDTH = 900
 
 
@@ -48,7 +49,9 @@ def downsample(y: np.ndarray, buckets: int = CURVE_POINTS) -> np.ndarray:
     v = np.where(np.isnan(y), 0.0, y)
     block = v[:m].reshape(-1, k)
     base = np.arange(block.shape[0]) * k
-    idx = np.concatenate([base + block.argmin(1), base + block.argmax(1), np.arange(m, n), [0, n - 1]])
+    tail = v[m:]  # the last, shorter bucket: its min and max too (at most 2 * buckets + 2 points in all)
+    ends = [m + tail.argmin(), m + tail.argmax()] if len(tail) else []
+    idx = np.concatenate([base + block.argmin(1), base + block.argmax(1), ends, [0, n - 1]]).astype(np.int64)
     return np.unique(idx)
 
 
@@ -82,11 +85,15 @@ def backtest_layout(result: Any, title: str | None = None) -> Any:
     params = ", ".join(f"{k}={v}" for k, v in result.params.items())
     head = Div(text=f"<h3>{html.escape(title or result.strategy)} ({html.escape(params)})</h3>"
                     f"<p>{_stats_line(result.stats)}</p>", width=WIDTH)
-    price = figure(width=WIDTH, height=300, x_axis_type=axis, title="price and trades", name="price")
+    tr = result.trades
+    shown = ""
+    if len(tr) > MAX_TRADES:  # evenly spaced over the backtest: a page of a million trades would not open
+        tr = tr.iloc[np.unique(np.linspace(0, len(tr) - 1, MAX_TRADES).round().astype(np.int64))]
+        shown = f" ({len(tr):,} of {len(result.trades):,} trades drawn, evenly spaced)"
+    price = figure(width=WIDTH, height=300, x_axis_type=axis, title=f"price and trades{shown}", name="price")
     close = getattr(result, "close", None)
     if close is not None:
         price.line("x", "y", source=ColumnDataSource(_curve(close)), color="#333", legend_label="close")
-    tr = result.trades
     if len(tr):
         ex, _ = _x(pd.Index(tr["entry_time"]))
         xx, _ = _x(pd.Index(tr["exit_time"]))
@@ -170,18 +177,35 @@ def _table(frame: pd.DataFrame, name: str) -> Any:
                      sortable=True, reorderable=False, index_position=None, name=name)
 
 
-def heat_aggregates(rows: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, dict]:
-    """Every heat map the page can show, by parameter pair ``"x x y"``: the cells ``x``, ``y`` (parameter values as
-    text, one per (x, y) pair present) and ``v``: ``{"metric|agg": float32 values}`` in the cells' order (a
-    pair's cells are the same for every metric and aggregation: its factors are stored once)."""
+def heat_aggregates(rows: pd.DataFrame, params: list[str], metrics: list[str],
+                    budget: int | None = None) -> dict[str, dict]:
+    """Every heat map the page can show, by parameter pair ``"x x y"`` (every pair of ``params``): the cells ``x``,
+    ``y`` (parameter values as text, one per (x, y) pair present) and ``v``: ``{"metric|agg": float32 values}`` in
+    the cells' order (a pair's cells are the same for every metric and aggregation: its factors are stored once).
+
+    ``budget`` (default :data:`HEAT_VALUES`) bounds the values stored, so that the page stays small whatever the
+    number of parameters: pairs, in order, get every metric while they fit, then only the first metric, then
+    nothing (left out of the page). The first pair always gets at least the first metric.
+    """
     from .runresult import AGGREGATIONS
 
-    out = {}
+    budget = HEAT_VALUES if budget is None else budget
+    out: dict[str, dict] = {}
+    used = 0
     for x, y in itertools.combinations(params, 2):
         grouped = rows.groupby([y, x])
+        cells = grouped.ngroups
+        per_metric = cells * len(AGGREGATIONS)
+        if used + per_metric * len(metrics) <= budget:
+            keep = metrics
+        elif used + per_metric <= budget or not out:
+            keep = metrics[:1]
+        else:
+            continue
+        used += per_metric * len(keep)
         values = {}
         index = None
-        for metric in metrics:
+        for metric in keep:
             for agg in AGGREGATIONS:
                 grid = grouped[metric].agg(agg)
                 index = grid.index if index is None else index
@@ -212,9 +236,14 @@ def _heatmap(portfolio: pd.DataFrame, params: list[str], metric: str) -> Any:
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
-    params = params[:MAX_HEAT_PARAMS]
     metrics = [metric] + [m for m in HEAT_METRICS if m != metric and m in portfolio.columns]
     aggs = heat_aggregates(portfolio, params, metrics)
+    n_pairs = len(params) * (len(params) - 1) // 2
+    thin = [p for p, d in aggs.items() if len(d["v"]) < 2 * len(metrics)]
+    budget_note = ""
+    if len(aggs) < n_pairs or thin:
+        budget_note = (f" (to keep the page small: {n_pairs - len(aggs)} of {n_pairs} parameter pairs left out, "
+                       f"{len(thin)} with only {metric}; use RunResult.heatmap for any pair)")
     x, y = params[0], params[1]
     pair = aggs[f"{x} x {y}"]
     first = {"x": pair["x"], "y": pair["y"], "v": pair["v"][f"{metric}|max"]}
@@ -235,7 +264,7 @@ def _heatmap(portfolio: pd.DataFrame, params: list[str], metric: str) -> Any:
     s_metric = Select(title="metric", value=metric, options=metrics, name="heat_metric")
     s_pair = Select(title="parameters (x x y)", value=pairs[0], options=pairs, name="heat_pair")
     s_agg = Select(title="other parameters aggregated by", value="max", options=["max", "median"], name="heat_agg")
-    note = Div(text=f"<i>{html.escape(label)}</i>", name="heat_label")
+    note = Div(text=f"<i>{html.escape(label)}</i>{html.escape(budget_note)}", name="heat_label")
     hover = fig.select_one(HoverTool)
     cb = CustomJS(args=dict(src=src, aggs=aggs, fig=fig, mapper=mapper, m=s_metric, p=s_pair, a=s_agg, note=note,
                             hover=hover, xaxis=fig.xaxis[0], yaxis=fig.yaxis[0]), code="""
@@ -243,6 +272,11 @@ const [x, y] = p.value.split(' x ');
 const d = aggs.get ? aggs.get(p.value) : aggs[p.value];
 const vs = d.get ? d.get('v') : d.v;
 const v = vs.get ? vs.get(m.value + '|' + a.value) : vs[m.value + '|' + a.value];
+if (v === undefined) {
+  note.text = '<i>' + m.value + ' over ' + p.value + ' is not stored in this page (its size budget): choose ' +
+              'another metric, or use RunResult.heatmap</i>';
+  return;
+}
 const dx = d.get ? d.get('x') : d.x, dy = d.get ? d.get('y') : d.y;
 const order = (xs) => { const u = [...new Set(xs)];
   return u.every(t => !isNaN(parseFloat(t))) ? u.sort((s, t) => parseFloat(s) - parseFloat(t)) : u.sort(); };

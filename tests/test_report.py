@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from admf_dask.backtest import backtest
+from admf_dask.bars import generate_bars
 from admf_dask.cli import cli
 from admf_dask.errors import ConfigError
 from admf_dask.runs import load_run
@@ -195,3 +196,39 @@ def test_report_of_a_replay_shows_weights_members_and_equity(replayed, tmp_path)
     for name in ("weight_w0", "weight_w1", "replay_equity", "replay_drawdown", "heatmap", "top_table"):
         assert f'"name":"{name}"' in page.replace(" ", ""), name
     assert "sma_cross(fast=15,slow=60)" in page and "sharpe over w0 x w1, other parameters: max" in page
+
+
+def test_heat_map_offers_every_parameter_pair_within_its_size_budget():
+    from admf_dask.reports import heat_aggregates
+
+    rng = np.random.default_rng(3)
+    names = [f"p{i}" for i in range(6)]
+    grid = pd.MultiIndex.from_product([[1, 2, 3]] * 6, names=names).to_frame(index=False)
+    grid["sharpe"], grid["total_return"] = rng.normal(size=len(grid)), rng.normal(size=len(grid))
+    aggs = heat_aggregates(grid, names, ["sharpe", "total_return"])
+    assert len(aggs) == 15 and "p4 x p5" in aggs  # every pair, not only the first parameters'
+    cells = aggs["p4 x p5"]
+    oracle = pd.pivot_table(grid, values="total_return", index="p5", columns="p4", aggfunc="median")
+    got = {(int(x), int(y)): v for x, y, v in zip(cells["x"], cells["y"], cells["v"]["total_return|median"])}
+    for (y, x), v in oracle.stack().items():
+        assert got[(x, y)] == pytest.approx(v, rel=1e-6)
+    per_metric = 9 * 2  # 3 x 3 cells, max and median
+    small = heat_aggregates(grid, names, ["sharpe", "total_return"], budget=3 * 2 * per_metric + per_metric)
+    assert list(small) == ["p0 x p1", "p0 x p2", "p0 x p3", "p0 x p4"]  # 3 pairs in full, then one metric, then none
+    assert [len(d["v"]) for d in small.values()] == [4, 4, 4, 2]
+    assert list(heat_aggregates(grid, names, ["sharpe"], budget=0)) == ["p0 x p1"]  # the first pair always
+
+
+def test_long_curves_and_many_trades_are_thinned_on_the_plot():
+    from bokeh.models import ColumnDataSource
+
+    from admf_dask.reports import CURVE_POINTS, MAX_TRADES
+
+    bars = generate_bars("MIN", "2021-01-01", "2021-12-31", freq="minute", seed=4)
+    bt = backtest(bars, "sma_cross", {"fast": 2, "slow": 5})
+    assert len(bt.equity) > 50_000 and len(bt.trades) > MAX_TRADES
+    layout = bt.plot()
+    sizes = {len(next(iter(src.data.values()))) for src in layout.select({"type": ColumnDataSource})}
+    assert max(sizes) <= 2 * CURVE_POINTS + 2 and MAX_TRADES in sizes
+    price = layout.select_one({"name": "price"})
+    assert f"{MAX_TRADES:,} of {len(bt.trades):,} trades drawn" in price.title.text
