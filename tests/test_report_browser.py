@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -83,12 +84,24 @@ class Page:
 
         plots = self.plots()
         assert not [p for p in plots if p.get("missing")], plots
-        shot = Image.open(io.BytesIO(self.page.screenshot(full_page=True))).convert("RGB")
+        rgb = np.asarray(Image.open(io.BytesIO(self.page.screenshot(full_page=True))).convert("RGB"), np.uint32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         out = {}
-        for p in plots:
-            box = (int(p["x"]) + 2, int(p["y"]) + 2, int(p["x"] + p["w"]) - 2, int(p["y"] + p["h"]) - 2)
-            out[p["name"] or p["id"]] = len(shot.crop(box).getcolors(maxcolors=1 << 24))
+        for p in plots:  # 2 pixels in from the frame's edge: its outline is not content
+            crop = packed[int(p["y"]) + 2:int(p["y"] + p["h"]) - 2, int(p["x"]) + 2:int(p["x"] + p["w"]) - 2]
+            out[p["name"] or p["id"]] = len(np.unique(crop))
         return out
+
+    def hover(self, fx, fy):
+        """Hover the heat map's cell (fx, fy): its tooltip's fields, by label."""
+        cell = self.page.evaluate(CELL_JS, [fx, fy])
+        assert cell is not None, (fx, fy)
+        self.page.mouse.move(cell["x"], cell["y"])
+        tip = self.page.locator(".bk-tooltip-content").first
+        tip.wait_for(state="visible", timeout=5_000)
+        text = tip.inner_text()
+        fields = dict(line.split(":", 1) for line in text.replace(":\n", ":").splitlines() if ":" in line)
+        return {k.strip(): v.strip() for k, v in fields.items()}
 
     def check_clean(self):
         assert self.errors == []
@@ -126,15 +139,9 @@ def test_sweep_report_renders_and_the_heatmap_tooltip_is_the_table_value(browser
                                         ".startsWith(m + ' over')", arg=metric)
         for fast, slow in ((10, 60), (25, 40)):
             expected = rows.groupby(["fast", "slow"])[metric].max().loc[(fast, slow)]  # the other params: none
-            cell = page.page.evaluate(CELL_JS, [str(fast), str(slow)])
-            page.page.mouse.move(cell["x"], cell["y"])
-            tip = page.page.locator(".bk-tooltip-content").first
-            tip.wait_for(state="visible", timeout=5_000)
-            text = tip.inner_text()
-            fields = dict(line.split(":", 1) for line in text.replace(":\n", ":").splitlines() if ":" in line)
-            fields = {k.strip(): v.strip() for k, v in fields.items()}
-            assert (fields["fast"], fields["slow"]) == (str(fast), str(slow)), text
-            assert float(fields["value"]) == pytest.approx(expected, abs=6e-5), (metric, fast, slow, text)
+            fields = page.hover(str(fast), str(slow))
+            assert (fields["fast"], fields["slow"]) == (str(fast), str(slow)), fields
+            assert float(fields["value"]) == pytest.approx(expected, abs=6e-5), (metric, fast, slow, fields)
     page.check_clean()
 
 
@@ -146,6 +153,10 @@ def test_replay_report_renders(browser, report_replay, tmp_path):
     colours = page.colours()
     assert set(colours) >= {"heatmap", "distribution", "weight_w0", "weight_w1", "replay_equity", "replay_drawdown"}
     assert {k: v for k, v in colours.items() if v < MIN_COLOURS} == {}, colours
+    rows = pd.read_parquet(root.child("runs", result.run_id).url + "/results.parquet")
+    expected = rows[rows["symbol"] == "PORTFOLIO"].set_index(["w0", "w1"])["sharpe"].loc[(0.5, 1.0)]
+    fields = page.hover("0.5", "1")  # 2 members: one vector per cell
+    assert (fields["w0"], fields["w1"]) == ("0.5", "1") and float(fields["value"]) == pytest.approx(expected, abs=6e-5)
     page.check_clean()
 
 
