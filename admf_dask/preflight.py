@@ -244,3 +244,21 @@ def _check_source(root: StorageRef, kind: str, name: str, key: str, earlier: boo
     if not where.open().exists(marker):
         raise ConfigError(f"no {'sweep run' if kind == 'sweep' else 'signal set'} {name!r} under {root.url}",
                           key=key, hint="give an id that `admf runs list` shows, or `last`")
+
+
+# ---------------------------------------------------------------------------- stored references
+def stored_bars(stored: str, options: dict[str, Any] | None, *, what: str, hint: str) -> Any:
+    """The bar store a run or signal set recorded (``stored``), opened with ``options``.
+
+    Runs and sets store an absolute path or a full URL. Older ones stored the path as
+    typed: a relative one is read from the working directory, and if no dataset is
+    there, the StorageError says so (``what`` names the run or set, ``hint`` how to
+    name the dataset instead) rather than "no bar dataset here".
+    """
+    from .bars import BarStore
+
+    store = BarStore(stored, options)
+    if "://" in stored or os.path.isabs(stored) or store.exists():
+        return store
+    raise StorageError(f"{what} recorded its dataset as the relative path {stored!r} (made by an older admf), "
+                       f"and there is no dataset at {store.url}", file=stored, hint=hint)

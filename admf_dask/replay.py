@@ -482,7 +482,11 @@ def plan_replay(config: ReplayConfig, root: StorageRef, bars: BarStore | None = 
     """
     signal_set = open_signal_set(config.signals, root)
     if bars is None:
-        bars = BarStore(signal_set.manifest["bars"], root.options)
+        from .preflight import stored_bars
+
+        bars = stored_bars(signal_set.manifest["bars"], root.options, what=f"signal set {signal_set.set_id}",
+                           hint="name the dataset with --store (or the step's dataset:), or run from the "
+                                "directory the set was made in")
     signal_set.check_data(bars)
     return signal_set, bars, config.bind(signal_set)
 

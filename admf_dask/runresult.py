@@ -88,6 +88,10 @@ class RunResult(SweepResult):
         """The bar store the run was made from (at its recorded URL, with the root's storage options)."""
         from .bars import BarStore
 
+        from .preflight import stored_bars
+
+        stored_bars(self.run["bars"], self.root.options, what=f"run {self.run_id}",
+                    hint="run from the directory the run was made in")
         return BarStore.open(StorageRef.make(self.run["bars"], self.root.options))
 
     def params_of(self, set_id: int) -> dict[str, Any]:

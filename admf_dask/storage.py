@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import StorageError
 
-__all__ = ["Storage", "StorageRef", "replacing"]
+__all__ = ["Storage", "StorageRef", "absolute_url", "replacing"]
 
 
 @contextmanager
@@ -60,12 +60,39 @@ def replacing(target: str) -> Iterator[str]:
         raise
 
 
+def absolute_url(url: str) -> str:
+    """A plain local path made absolute; a URL with a protocol (``s3://``, ``file://``, ``memory://``) as it is.
+
+    Runs and signal sets store the dataset's URL, and tasks open storage from a
+    :class:`StorageRef`: a relative path would mean another place in another working
+    directory (``admf replay`` run elsewhere, a ``dask worker`` started elsewhere).
+
+    >>> absolute_url("s3://bucket/bars") == "s3://bucket/bars" and absolute_url("/data/bars") == "/data/bars"
+    True
+    >>> os.path.isabs(absolute_url("data/bars"))
+    True
+    """
+    url = str(url)
+    if "://" in url or "::" in url or not url:
+        return url
+    return os.path.abspath(url)
+
+
 @dataclass(frozen=True)
 class StorageRef:
-    """Where a storage root lives: an fsspec URL and its options (picklable, hashable by value)."""
+    """Where a storage root lives: an fsspec URL and its options (picklable, hashable by value).
+
+    A plain local path is kept absolute (:func:`absolute_url`), so a reference means the
+    same place in every process.
+    """
 
     url: str
     storage_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        absolute = absolute_url(self.url)
+        if absolute != self.url:
+            object.__setattr__(self, "url", absolute)
 
     @classmethod
     def make(cls, url: str, storage_options: dict[str, Any] | None = None) -> StorageRef:
@@ -123,7 +150,7 @@ class Storage:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, fs: Any = None) -> None:
-        self.url = str(url)
+        self.url = absolute_url(url) if fs is None or isinstance(fs, LocalFileSystem) else str(url)
         self.storage_options = dict(storage_options or {})
         try:
             if fs is None:

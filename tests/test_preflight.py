@@ -1,0 +1,67 @@
+"""Preflight and stored references: what runs record of their dataset, read back from elsewhere.
+
+The bad inputs the preflight refuses (dates, symbols, clusters, unwritable roots, workflow
+steps) are cases of the corpus (tests/test_corpus.py); here: the paths runs store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.corpus_support import run_cli
+
+
+@pytest.fixture(scope="module")
+def made_here(tmp_path_factory):
+    """A dataset, a signal set and a replay made with relative paths from one directory: (base, set id)."""
+    base = tmp_path_factory.mktemp("relative")
+    work = base / "work"
+    work.mkdir()
+    quiet = ["-q"]
+    code, _, err, _ = run_cli([*quiet, "generate", "bars", "--symbols", "1", "--start", "2020-01-01",
+                               "--end", "2020-12-31"], cwd=str(work))
+    assert code == 0, err
+    code, _, err, _ = run_cli([*quiet, "signals", "bars", "-c", "sma_cross:fast=5,slow=20", "--storage", "st",
+                               "--cluster", "threads"], cwd=str(work))
+    assert code == 0, err
+    (set_id,) = _ids(work / "st" / "signals")
+    return base, set_id
+
+
+def _ids(path) -> list[str]:
+    return [p.name for p in path.iterdir() if not p.name.startswith("_") and p.is_dir()]
+
+
+def test_runs_and_sets_store_absolute_dataset_paths_and_replay_works_from_elsewhere(made_here):
+    base, set_id = made_here
+    manifest = json.loads((base / "work" / "st" / "signals" / set_id / "_signals.json").read_text())
+    assert manifest["bars"] == str(base / "work" / "bars")
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    code, _, err, _ = run_cli(["-q", "replay", set_id, "--grid", "0,1", "--storage", str(base / "work" / "st"),
+                               "--cluster", "threads"], cwd=str(elsewhere))
+    assert code == 0, err
+    (run_id,) = _ids(base / "work" / "st" / "runs")
+    run = json.loads((base / "work" / "st" / "runs" / run_id / "run.json").read_text())
+    assert run["bars"] == str(base / "work" / "bars")
+    assert os.listdir(elsewhere) == []  # nothing written where it ran
+
+
+def test_an_older_relative_reference_read_from_elsewhere_is_one_clear_line(made_here, tmp_path):
+    base, set_id = made_here
+    path = base / "work" / "st" / "signals" / set_id / "_signals.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "bars": "bars"}))  # as admf stored it before: the path as typed
+    try:
+        code, _, err, _ = run_cli(["-q", "replay", set_id, "--grid", "0,1", "--storage", str(base / "work" / "st"),
+                                   "--cluster", "threads"], cwd=str(tmp_path))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "relative path 'bars'" in err and "--store" in err, err
+        code, _, err, _ = run_cli(["-q", "replay", set_id, "--grid", "0,1", "--storage", "st", "--cluster",
+                                   "threads"], cwd=str(base / "work"))  # from where it was made: still read
+        assert code == 0, err
+    finally:
+        path.write_text(json.dumps(manifest))
