@@ -108,15 +108,30 @@ class Page:
         assert [u for u in self.requests if not u.startswith(("file://", "data:", "blob:"))] == []
 
 
-def test_an_empty_figure_counts_as_blank(browser, tmp_path):
-    """The detector itself: a figure with axes and grid but nothing drawn stays under the threshold."""
+def test_an_empty_figure_counts_as_blank_and_the_heat_map_controls_work(browser, tmp_path):
+    """The detector itself (a figure with nothing drawn stays under the threshold), and the heat map's page controls
+    on 3 parameters: another pair and aggregation swapped in by the page's CustomJS, its tooltip the pandas value."""
+    from bokeh.layouts import column
     from bokeh.plotting import figure
 
-    from admf_dask.reports import save_html
+    from admf_dask.reports import _heatmap, save_html
 
-    page = Page(browser, save_html(figure(width=600, height=300, name="empty"), tmp_path / "empty.html", "empty"))
+    rng = np.random.default_rng(7)
+    grid = pd.MultiIndex.from_product([[1, 2, 3], [10, 20], [5, 6, 7, 8]], names=["a", "b", "c"]).to_frame(index=False)
+    grid["sharpe"], grid["total_return"] = rng.normal(size=len(grid)), rng.normal(size=len(grid))
+    layout = column(figure(width=600, height=300, name="empty"), _heatmap(grid, ["a", "b", "c"], "sharpe"))
+    page = Page(browser, save_html(layout, tmp_path / "controls.html", "controls"))
+    colours = page.colours()
+    assert colours["empty"] < MIN_COLOURS <= colours["heatmap"], colours
+    selects = page.page.locator("select")
+    selects.nth(1).select_option("a x c")
+    selects.nth(2).select_option("median")
+    page.page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('heatmap').title.text === "
+                                "'sharpe over a x c, other parameters: median'")
+    fields = page.hover("2", "7")
+    expected = grid[(grid["a"] == 2) & (grid["c"] == 7)]["sharpe"].median()
+    assert (fields["a"], fields["c"]) == ("2", "7") and float(fields["value"]) == pytest.approx(expected, abs=6e-5)
     page.check_clean()
-    assert page.colours()["empty"] < MIN_COLOURS
 
 
 def test_sweep_report_renders_and_the_heatmap_tooltip_is_the_table_value(browser, report_sweep, tmp_path):
