@@ -10,7 +10,8 @@ symbols' :class:`~admf_dask.cache.IndicatorSet` futures from the indicator hub
 (bars are loaded on the workers; the client never ships bar arrays), runs the
 fused kernel through :func:`~admf_dask.backtest.run_batch`, writes its rows to
 ``results/part-<j>.parquet`` and then its marker ``done/part-<j>.json``: written
-first, then marked.
+first, then marked. The marker records each file's size and sha256 and the layout
+(``integrity``): resume trusts only parts that pass those checks.
 
 One module per job:
 
@@ -20,6 +21,7 @@ One module per job:
 ``container``  the container task (:func:`run_container`) and its timelines
 ``portfolio``  partial portfolio accumulators and their reduce
 ``results``    result tables and :class:`SweepResult`
+``integrity``  what a done marker records; its checks on resume and assembly
 ``run``        :func:`run_sweep` and :func:`run_grid`: the run loop
 =============  ==============================================================
 """

@@ -36,6 +36,7 @@ class ContainerTask:
     stream: Any = None  # a streaming.StreamSpec: the symbols are read in time chunks (run_stream_container)
     resume: Any = None  # an incremental.Resume: go on from the state a previous run saved for this part
     keep_state: bool = False  # save the state the symbols reach (state/part-<j>.state), for incremental runs
+    layout: str = ""  # the token of the run's task layout, recorded in the done marker
 
 def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> AdmfError:
     """Find the parameter set that fails (deterministic bugs) and name it."""
@@ -192,6 +193,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     from ..kernels.state import run_state_init
     from ..kernels.stats import PeriodsPerYearStream
     from .incremental import whole_symbol_state, write_state
+    from .integrity import commit, digest
     from .portfolio import _stream_portfolio_table
 
     t0 = time.perf_counter()
@@ -201,6 +203,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     m = len(batch.params)
     equity = _SCRATCH.take(m, len(timeline.stamps))
     saved: dict[str, np.ndarray] | None = {} if task.keep_state else None  # the state reached, for the next run
+    files: dict[str, dict[str, Any]] = {}  # what the part commits: name -> size, sha256
     try:
         acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
         stats = []
@@ -231,17 +234,21 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
                                                                        timeline.periods_per_year)],
                                      promote_options="default")
         else:
-            storage.write_bytes(_arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2],
-                                               "timeline": timeline.stamps}), f"portfolio/part-{task.part:06d}.acc")
+            name = f"portfolio/part-{task.part:06d}.acc"
+            buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
+            storage.write_bytes(buffers, name)
+            files[name] = digest(buffers)
     finally:
         _SCRATCH.give(equity)
-    write_part(storage, table, f"results/part-{task.part:06d}.parquet")
-    marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi}
+    name = f"results/part-{task.part:06d}.parquet"
+    files[name] = write_part(storage, table, name)
+    extra: dict[str, Any] = {}
     if not task.whole_range:  # where this part's summed equity is, relative to the storage root
-        marker["equity"] = [f"runs/{task.run_id}/portfolio/part-{task.part:06d}.acc"]
+        extra["equity"] = [f"runs/{task.run_id}/portfolio/part-{task.part:06d}.acc"]
     if saved is not None:
-        marker["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
-    storage.write_json(marker, f"done/part-{task.part:06d}.json")
-    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0,
+        extra["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
+        files[extra["state"]["file"]] = {k: extra["state"][k] for k in ("size", "sha256")}
+    commit(storage, task, table.num_rows, files, **extra)
+    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0, "files": files,
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
             "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)}}

@@ -55,7 +55,10 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     from .incremental import read_state, write_state
 
     storage = run_ref.open()
-    heads = [_read_part(storage, j) for j in parts]  # small: trades, extra, and the timeline of whole parts
+    # what each part committed (file -> size, sha256): every accumulator file is checked as it is read
+    committed = {j: storage.read_json(f"done/part-{j:06d}.json") for j in parts}
+    records = {name: rec for marker in committed.values() for name, rec in marker.get("files", {}).items()}
+    heads = [_read_part(storage, j, records=records) for j in parts]  # small: trades, extra, and the timeline of whole parts
     trades, extra = heads[0]["trades"], heads[0]["extra"]
     for h in heads[1:]:
         trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]
@@ -67,7 +70,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
         total, before = None, None
         for j, h in whole:
-            equity = _read_part(storage, j, equity=True)["equity"]
+            equity = _read_part(storage, j, equity=True, records=records)["equity"]
             lasts[j] = equity[:, -1].copy()
             start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
             step = rebase_equity(equity, h["timeline"], union, start)
@@ -78,13 +81,14 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     root = history.open() if history is not None else None
     for j, h in zip(parts, heads):
         if history is not None:
-            files = storage.read_json(f"done/part-{j:06d}.json")["equity"]
+            files = committed[j]["equity"]
             readers.append(_PartReader(root, files, np.empty((m, 0)), np.empty(0, np.int64),
                                        starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))))
         elif "windows" in h:
             files = [f"portfolio/part-{j:06d}/w-{k:06d}.acc" for k in range(int(h["windows"][0]))]
             readers.append(_PartReader(storage, files, np.empty((m, 0)), np.empty(0, np.int64),
-                                       starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))))
+                                       starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash)),
+                                       records))
     sleeves = np.ascontiguousarray(extra[:, 2])
     pstate = portfolio_state_init(m)
     spacing = PeriodsPerYearStream()
@@ -131,10 +135,16 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     return {"rows": name, "state": state}
 
 
-def _read_part(storage: Any, part: int, equity: bool = False) -> dict[str, np.ndarray]:
-    """A part's accumulator file: everything but its equity (dropped at once), or with it."""
+def _read_part(storage: Any, part: int, equity: bool = False,
+               records: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """A part's accumulator file: everything but its equity (dropped at once), or with it.
+
+    Checked against its commit record in ``records`` (file -> size, sha256) when it has one.
+    """
+    from .integrity import read_checked
+
     name = f"portfolio/part-{part:06d}.acc"
-    arrays = _arrays_read(storage.read_bytes(name), storage.display(name))
+    arrays = _arrays_read(read_checked(storage, name, (records or {}).get(name)), storage.display(name))
     if not equity:  # copies: views would keep the whole file's bytes, equity included, alive
         arrays = {k: v.copy() for k, v in arrays.items() if k != "equity"}
     return arrays
@@ -144,8 +154,9 @@ class _PartReader:
     """One part's summed equity in time order: in memory, then window files (see :func:`reduce_portfolio`)."""
 
     def __init__(self, storage: Any, files: list[str], equity: np.ndarray, stamps: np.ndarray,
-                 before: np.ndarray) -> None:
+                 before: np.ndarray, records: Mapping[str, Any] | None = None) -> None:
         self.storage, self._files = storage, list(files)
+        self._records = records or {}  # the run's window files' commit records (file -> size, sha256)
         self._equity, self._stamps, self._pos = equity, stamps, 0
         self.before = before  # the part's value before the stamps to come
 
@@ -153,8 +164,10 @@ class _PartReader:
         while self._pos >= len(self._stamps):
             if not self._files:
                 return False
+            from .integrity import read_checked
+
             name = self._files.pop(0)
-            arrays = _arrays_read(self.storage.read_bytes(name), self.storage.display(name))
+            arrays = _arrays_read(read_checked(self.storage, name, self._records.get(name)), self.storage.display(name))
             self._equity, self._stamps, self._pos = arrays["equity"], arrays["timeline"], 0
         return True
 

@@ -53,14 +53,22 @@ def _dictionary(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_floating(f.type)]
 
 
-def write_part(storage: Storage, table: pa.Table, name: str) -> None:
-    """A task's rows (set-major, see :func:`_rows_table`) as a Parquet part in row groups the final table can skip."""
+def write_part(storage: Storage, table: pa.Table, name: str) -> dict[str, Any]:
+    """A task's rows (set-major, see :func:`_rows_table`) as a Parquet part in row groups the final table can skip.
+
+    Returns the part's commit record (size, sha256: :func:`~admf_dask.sweep.integrity.digest`).
+    """
+    from .integrity import digest
+
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=PART_ROW_GROUP, use_dictionary=_dictionary(table.schema))
-    storage.write_bytes(buf.getvalue(), name)
+    raw = buf.getvalue()
+    storage.write_bytes(raw, name)
+    return digest(raw)
 
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
-                      portfolio: Mapping[int, str], keep_portfolio: bool = True) -> int:
+                      portfolio: Mapping[int, str], keep_portfolio: bool = True, *,
+                      symbols: list[str] | None = None, records: Mapping[str, Any] | None = None) -> int:
     """Stream the final table ``results.parquet`` from the committed parts, a block of set ids at a time.
 
     Rows are ordered by set id, then symbol, each set's PORTFOLIO row last. A range's
@@ -74,7 +82,15 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
     ``portfolio.parquet`` (one per set), which :class:`SweepResult` reads for its rankings.
     Returns the row count. ``keep_portfolio=False`` (symbols of different bar frequencies:
     :mod:`admf_dask.sweep.frequency`) leaves the PORTFOLIO rows out of both files.
+
+    Checked (:mod:`admf_dask.sweep.integrity`), a StorageError otherwise: each part
+    against its commit record in ``records`` (file -> size, sha256), and, with
+    ``symbols``, each block holds exactly one row per (set, symbol) and one PORTFOLIO
+    row per set.
     """
+    from .integrity import check_block, check_file
+
+    records = records or {}
     rows = 0
     portfolio_rows = []
     pool = pa.default_memory_pool()
@@ -87,12 +103,16 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                     files.append(portfolio[lo])
                 metas = []
                 for name in files:
+                    check_file(storage, name, records.get(name))
                     with storage.fs.open(storage.path(name), "rb") as fh:
                         metas.append(pq.read_metadata(fh))
                 per_set = max(1, sum(md.num_rows for md in metas) // max(hi - lo, 1))
                 step = max(1, _BLOCK_ROWS // per_set)
                 for a in range(lo, hi, step):
                     table = _block(storage, files, metas, a, min(a + step, hi))
+                    if symbols is not None:
+                        check_block(table.column("set_id").to_numpy(), table.column("symbol").to_pylist(), a,
+                                    min(a + step, hi), symbols, PORTFOLIO, storage.display("results"))
                     if not keep_portfolio:
                         table = table.filter(pc.not_equal(table.column("symbol"), PORTFOLIO))
                     if writer is None:

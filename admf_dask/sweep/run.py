@@ -4,13 +4,14 @@ Storage, under ``<root>/runs/<run-id>/``::
 
     run.json            config, data fingerprint, package version, task layout, status (written first)
     results/part-<j>.parquet   one per task: set_id, symbol, parameters, statistics
-    done/part-<j>.json         the marker: the task is committed
+    done/part-<j>.json         the marker: the task is committed (its files' size and sha256, the layout's token)
     results.parquet     the final table, assembled once every task is committed
 
 The run id is the token of (config, data fingerprint, package version), so the
 same command finds its run again. Rerunning resumes: committed tasks are skipped
-(their markers are the truth; a results file without a marker is redone and
-overwritten with identical content). A finished run prints its result and does
+once their markers pass their checks (:mod:`~admf_dask.sweep.integrity`: the
+layout and every file as committed; a part that fails, or a results file without
+a marker, is redone and overwritten). A finished run prints its result and does
 nothing; ``force=True`` starts it afresh.
 """
 
@@ -35,6 +36,7 @@ from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _estimate, _probe, plan_layout
 from .incremental import Resume, plan_incremental, record_chain
+from .integrity import layout_token, verify_committed
 from .streaming import run_stream_container
 from .portfolio import reduce_portfolio
 from .results import SweepResult, write_final_table
@@ -302,14 +304,20 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                  f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
                  f"{chunks[0]} chunks per symbol")
 
-        done = set()
+        listed = set()
         storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
         if storage.fs.exists(storage.path("done")):
-            done = {int(p.rsplit("part-", 1)[1].split(".")[0])
-                    for p in storage.fs.ls(storage.path("done"), detail=False) if p.endswith(".json")}
+            listed = {int(p.rsplit("part-", 1)[1].split(".")[0])
+                      for p in storage.fs.ls(storage.path("done"), detail=False) if p.endswith(".json")}
+        layout_tok = layout_token(layout)
+        done, failed = verify_committed(storage, listed, layout, layout_tok)  # files and layout, not mere markers
         todo = [j for j in range(len(layout)) if j not in done]
-        if done:
+        if done or failed:
             echo(f"resuming: {len(done)} of {len(layout)} tasks already committed")
+        if failed:
+            j, why = min(failed.items())
+            echo(f"  {len(failed)} committed part(s) failed their check and are recomputed: part {j}: {why}"
+                 + (" ..." if len(failed) > 1 else ""))
 
         t0 = time.perf_counter()
         # task keys: the run and where it is stored (one run id in two storage roots is two runs)
@@ -337,8 +345,11 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                config, run_ref, run_id, whole_range=len(ranges[layout[j][1:3]]) == 1,
                                stream=spec if layout[j][3] else None,
                                resume=resume(resume_parts.get(str(j), resume_parts.get(j))),
-                               keep_state=keep_state) for j in todo]
+                               keep_state=keep_state, layout=layout_tok) for j in todo]
         bars_read = Counter()
+        records: dict[str, Any] = {}  # what the final table checks its parts against: file -> size, sha256
+        for marker in done.values():
+            records.update(marker["files"])
 
         def inputs(i: int) -> list[Any]:  # the hub's sets of a task, asked for when the task is submitted
             task = tasks[i]
@@ -351,6 +362,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
 
         def finished(i: int, out: dict[str, Any]) -> None:
             bars_read.update(out.get("bars", {}))
+            records.update(out.get("files", {}))
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
                 source.settle(sources.get(sym), counters)
@@ -375,12 +387,12 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         wall = time.perf_counter() - t0
         lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
-                          keep_portfolio=not mixed)
+                          keep_portfolio=not mixed, symbols=symbols, records=records)
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
                    if wall > 0 else 0.0,
-                   "tasks_resumed": len(done), "peak_worker_memory_mb": round(peak / 1e6, 1),
+                   "tasks_resumed": len(done), "recomputed_parts": len(failed), "peak_worker_memory_mb": round(peak / 1e6, 1),
                    "bars_read": int(sum(bars_read.values())),
                    "incremental_symbols": len(went_on), "full_symbols": len(symbols) - len(went_on),
                    "run_started": run.get("started"), "run_finished": _now()}

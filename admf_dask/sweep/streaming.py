@@ -58,6 +58,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     from ..bars import BarStore
     from ..bars.store import to_ns
     from .incremental import indicator_states, read_state, symbol_state, unpack_symbol, write_state
+    from .integrity import commit, digest
     from ..kernels.portfolio import EXTRA_WIDTH, fold_sleeves, portfolio_fold, portfolio_state_init, trade_acc_init
     from ..kernels.state import finalize_runs, run_state_init, sleeve_before
     from ..kernels.stats import PeriodsPerYearStream
@@ -99,6 +100,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         union = PeriodsPerYearStream.from_arrays({k: saved[f"union/{k}"] for k in ("spacings", "counts", "scalars")})
         folded = int(saved["folded"][0])
     n_windows = 0
+    files: dict[str, dict[str, Any]] = {}  # what the part commits: name -> size, sha256
     for window in windows(streams):
         acc = np.zeros((m, len(window.stamps)))
         for i, piece in enumerate(window.pieces):
@@ -116,8 +118,10 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         if pstate is not None:
             portfolio_fold(acc, sleeves, folded, pstate)
         else:
-            storage.write_bytes(_arrays_parts({"equity": acc, "timeline": window.stamps}),
-                                f"portfolio/part-{task.part:06d}/w-{n_windows:06d}.acc")
+            name = f"portfolio/part-{task.part:06d}/w-{n_windows:06d}.acc"
+            buffers = _arrays_parts({"equity": acc, "timeline": window.stamps})
+            storage.write_bytes(buffers, name)
+            files[name] = digest(buffers)
         union.update(window.stamps)
         folded += len(window.stamps)
         n_windows += 1
@@ -136,12 +140,13 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         table = pa.concat_tables([table, _stream_portfolio_table(task.lo, task.hi, task.param_sets, pstate, trades,
                                                                  extra, ppy)], promote_options="default")
     else:
-        storage.write_bytes(_arrays_parts({"trades": trades, "extra": extra,
-                                           "windows": np.array([n_windows], dtype=np.int64)}),
-                            f"portfolio/part-{task.part:06d}.acc")
-    write_part(storage, table, f"results/part-{task.part:06d}.parquet")
-    marker = {"part": task.part, "rows": table.num_rows, "symbols": list(task.symbols), "lo": task.lo,
-              "hi": task.hi, "windows": n_windows}
+        name = f"portfolio/part-{task.part:06d}.acc"
+        buffers = _arrays_parts({"trades": trades, "extra": extra, "windows": np.array([n_windows], dtype=np.int64)})
+        storage.write_bytes(buffers, name)
+        files[name] = digest(buffers)
+    name = f"results/part-{task.part:06d}.parquet"
+    files[name] = write_part(storage, table, name)
+    marker: dict[str, Any] = {"windows": n_windows}
     if not task.whole_range:  # the part's summed equity, window files relative to the storage root, after
         # the history of the run it went on from
         before = list(task.resume.equity) if task.resume is not None else []
@@ -156,7 +161,8 @@ def run_stream_container(task: Any) -> dict[str, Any]:
             keep.update({"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
                          **{f"union/{k}": v for k, v in union.to_arrays().items()}})
         marker["state"] = write_state(storage, keep, f"state/part-{task.part:06d}.state")
-    storage.write_json(marker, f"done/part-{task.part:06d}.json")
-    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start,
+        files[marker["state"]["file"]] = {k: marker["state"][k] for k in ("size", "sha256")}
+    commit(storage, task, table.num_rows, files, **marker)
+    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start, "files": files,
             "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)},
             "bars": {sym: stream.seen - s0 for sym, stream, s0 in zip(task.symbols, streams, seen0)}}

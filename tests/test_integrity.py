@@ -1,0 +1,121 @@
+"""Integrity of committed work (sweep/integrity.py): damaged parts, overlapping layouts, the final table's rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from admf_dask.bars import BarStore, generate_bars, symbol_names
+from admf_dask.cluster import connect
+from admf_dask.errors import StorageError
+from admf_dask.storage import StorageRef
+from admf_dask.sweep import SweepConfig, run_sweep
+from admf_dask.sweep.results import write_final_table
+
+THREADS = {"kind": "threads", "n_workers": 2, "dashboard_address": ""}
+PARAMS = {"fast": [5, 10, 15], "slow": [30, 60]}
+
+
+@pytest.fixture(scope="module")
+def bars(tmp_path_factory):
+    store = BarStore(str(tmp_path_factory.mktemp("integrity") / "bars"))
+    store.write([generate_bars(s, "2019-01-01", "2021-12-31", seed=11) for s in symbol_names(4)])
+    return store
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect(THREADS) as c:
+        yield c
+
+
+def _sweep(bars, root, client, batch_seconds):
+    config = SweepConfig(strategy="sma_cross", params=PARAMS, commission=0.001, batch_seconds=batch_seconds)
+    return run_sweep(config, bars, StorageRef.make(str(root)), client, progress=False, echo=lambda _: None)
+
+
+def _interrupted(run_dir):
+    """Make a finished run look like one killed before its final table: status running, no table."""
+    run = json.loads((run_dir / "run.json").read_text())
+    run["status"] = "running"
+    run.pop("summary", None)
+    (run_dir / "run.json").write_text(json.dumps(run))
+    for name in ("results.parquet", "portfolio.parquet"):
+        (run_dir / name).unlink()
+    return run
+
+
+def _flip(path, at=None):
+    raw = bytearray(path.read_bytes())
+    i = len(raw) // 2 if at is None else at
+    raw[i] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_and_truncated_parts_are_recomputed_on_rerun(tmp_path, bars, client):
+    first = _sweep(bars, tmp_path, client, 1e-5)
+    run_dir = tmp_path / "runs" / first.run_id
+    reference = (run_dir / "results.parquet").read_bytes()
+    marker = json.loads((run_dir / "done" / "part-000000.json").read_text())
+    assert set(marker["files"]) >= {"results/part-000000.parquet", "portfolio/part-000000.acc"}
+    assert marker["layout"] and marker["files"]["results/part-000000.parquet"]["size"] > 0
+    n_tasks = first.summary["tasks"]
+    assert n_tasks >= 4 and first.summary["recomputed_parts"] == 0
+
+    _interrupted(run_dir)
+    _flip(run_dir / "results" / "part-000000.parquet")  # a statistic's byte: it would still read
+    _flip(run_dir / "portfolio" / "part-000001.acc", at=(run_dir / "portfolio" / "part-000001.acc").stat().st_size - 9)
+    part = run_dir / "results" / "part-000002.parquet"
+    part.write_bytes(part.read_bytes()[:-100])  # truncated
+    again = _sweep(bars, tmp_path, client, 1e-5)
+    assert again.summary["recomputed_parts"] == 3 and again.summary["tasks_resumed"] == n_tasks - 3
+    assert (run_dir / "results.parquet").read_bytes() == reference
+
+    # damage after the resume check, before assembly: the final table refuses it, writing nothing
+    layout = json.loads((run_dir / "run.json").read_text())["layout"]
+    ranges: dict[tuple[int, int], list[int]] = {}
+    for j, (_, lo, hi, *_) in enumerate(layout):
+        ranges.setdefault((lo, hi), []).append(j)
+    portfolio = {lo: f"portfolio/rows-{lo:09d}.parquet" for lo, _ in ranges}
+    storage = StorageRef.make(str(run_dir)).open()
+    records = {}
+    for j in range(len(layout)):
+        records.update(json.loads((run_dir / "done" / f"part-{j:06d}.json").read_text())["files"])
+    symbols = bars.symbols()
+    (lo, hi), parts = sorted(ranges.items())[0]
+    with pytest.raises(StorageError, match=r"1\d* duplicated \(set, symbol\) row\(s\), first \(0, "):
+        write_final_table(storage, {**ranges, (lo, hi): parts + parts[:1]}, portfolio, symbols=symbols)
+    with pytest.raises(StorageError, match=r"missing \(set, symbol\) row\(s\), first \(0, "):
+        write_final_table(storage, {**ranges, (lo, hi): parts[1:]}, portfolio, symbols=symbols)
+    _flip(run_dir / "results" / "part-000003.parquet")
+    with pytest.raises(StorageError, match="part-000003.parquet fails its checksum"):
+        write_final_table(storage, ranges, portfolio, symbols=symbols, records=records)
+    assert (run_dir / "results.parquet").read_bytes() == reference  # nothing half-written
+
+
+def test_parts_of_another_layout_are_not_trusted(tmp_path, bars, client):
+    """Two sweeps of one run id with different task layouts in one run directory: no duplicated row.
+
+    The run directory holds the committed parts of layout A (fine tasks) when a run with
+    layout B (coarse tasks: another batch_seconds) takes it over and resumes.
+    """
+    a = _sweep(bars, tmp_path / "a", client, 1e-5)
+    b = _sweep(bars, tmp_path / "b", client, 60.0)
+    assert a.run_id == b.run_id and a.summary["tasks"] > b.summary["tasks"]
+    run_dir = tmp_path / "a" / "runs" / a.run_id
+    reference = a.table
+    _interrupted(run_dir)
+    shutil.copy(tmp_path / "b" / "runs" / b.run_id / "run.json", run_dir / "run.json")  # layout B
+    run = json.loads((run_dir / "run.json").read_text())
+    run["status"] = "running"
+    run.pop("summary")
+    (run_dir / "run.json").write_text(json.dumps(run))
+    resumed = _sweep(bars, tmp_path / "a", client, 60.0)
+    assert resumed.summary["tasks_resumed"] == 0
+    assert resumed.summary["recomputed_parts"] == b.summary["tasks"]  # A's markers at B's part numbers
+    table = resumed.table
+    assert len(table) == len(reference) and not table.duplicated(["set_id", "symbol"]).any()
+    pd.testing.assert_frame_equal(table, reference)
