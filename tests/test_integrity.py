@@ -85,7 +85,7 @@ def test_flipped_and_truncated_parts_are_recomputed_on_rerun(tmp_path, bars, cli
     for j in range(len(layout)):
         records.update(json.loads((run_dir / "done" / f"part-{j:06d}.json").read_text())["files"])
     symbols = bars.symbols()
-    (lo, hi), parts = sorted(ranges.items())[0]
+    (lo, hi), parts = min(ranges.items())
     with pytest.raises(StorageError, match=r"1\d* duplicated \(set, symbol\) row\(s\), first \(0, "):
         write_final_table(storage, {**ranges, (lo, hi): parts + parts[:1]}, portfolio, symbols=symbols)
     with pytest.raises(StorageError, match=r"missing \(set, symbol\) row\(s\), first \(0, "):
