@@ -507,7 +507,10 @@ def run_layout(result: Any, *, top: int = 10, metric: str | None = None, equity_
     what = "weight vectors (w<i>j</i>: member j's weight)" if result.kind == "replay" else "parameter sets"
     items.append(Div(text=f"<h3>Top {len(best)} {what} by {html.escape(metric)} (PORTFOLIO rows; click a column to "
                           "sort)</h3>", width=WIDTH))
-    items.append(_table(best.reset_index(drop=True), "top_table"))
+    shown = best.reset_index(drop=True)
+    if "symbol" in shown and (shown["symbol"] == "PORTFOLIO").all():  # says nothing the title does not
+        shown = shown.drop(columns="symbol")
+    items.append(_table(shown, "top_table"))
     params = result.param_names
     portfolio = result.portfolio
     pooled = portfolio.empty  # no PORTFOLIO rows (symbols of different bar frequencies): map every symbol's rows
