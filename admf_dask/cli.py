@@ -223,6 +223,7 @@ def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as
     try:
         setup_logging(verbosity=session.verbosity, log_file=log_file)
     except OSError as exc:
+        setup_logging(verbosity=session.verbosity)  # stderr only: the error is printed once, not by logging's last resort
         raise ConfigError(f"cannot open the log file: {exc.strerror or exc}", file=log_file,
                           hint="give a path in an existing, writable directory") from None
     session.warnings = ctx.with_resource(collect_warnings())

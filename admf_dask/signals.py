@@ -225,6 +225,9 @@ def _resolve(config: SignalsConfig, bars: BarStore, root: StorageRef) -> _Plan:
     swept = run["config"]
     metric = config.metric or "sharpe"
     rows = SweepResult(run["run_id"], ref.url, run.get("summary", {}), None, storage).top(config.top, metric)
+    if len(rows) < config.top:  # taking fewer than asked for would be silent
+        raise ConfigError(f"top {config.top} is more than the {len(rows)} parameter set(s) run {config.from_run} "
+                          f"ranks by {metric}", key="top", hint=f"ask for --top {len(rows)} or fewer")
     from .strategies import get_strategy
 
     names = get_strategy(swept["strategy"]).param_names

@@ -198,9 +198,6 @@ SUBPROCESS = {"generate --vol 1e308", "run bomb.yaml", "sweep --symbols ", "repl
 
 # Cases known to fail today, with why: reported, not hidden.
 KNOWN: dict[str, str] = {
-    "ingest truncated.csv.gz": "a truncated gzip stream ends as exit 130 (EOFError path), not one line",
-    "ingest strings.parquet": "all-string Parquet is still converted silently (policy: refuse)",
-    "log file in missing dir": "the log-file error is printed twice",
 }
 
 

@@ -65,3 +65,19 @@ def test_an_older_relative_reference_read_from_elsewhere_is_one_clear_line(made_
         assert code == 0, err
     finally:
         path.write_text(json.dumps(manifest))
+
+
+def test_signals_top_more_than_the_runs_sets_is_refused_before_writing(made_here):
+    from tests.corpus_support import tree_hash
+
+    base, _ = made_here
+    work = base / "work"
+    code, _, err, _ = run_cli(["-q", "sweep", "bars", "-s", "sma_cross", "-p", "fast=5,10", "-p", "slow=20",
+                               "--storage", "st", "--cluster", "threads"], cwd=str(work))
+    assert code == 0, err
+    before = tree_hash(str(work))
+    code, _, err, _ = run_cli(["-q", "signals", "bars", "--from-run", "last", "--top", "1000", "--storage", "st",
+                               "--cluster", "threads"], cwd=str(work))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "top 1000 is more than the 2 parameter set(s)" in err and "--top 2 or fewer" in err, err
+    assert tree_hash(str(work)) == before

@@ -342,7 +342,10 @@ def _read_frame(path: str, storage_options: dict | None,
     try:
         if ext == ".parquet" or ext == ".pq":
             with fsspec.open(path, "rb", **(storage_options or {})) as f:
-                frame = _index_to_column(pq.read_table(f).to_pandas())
+                table = pq.read_table(f)
+            if not columns:
+                _typed_columns(table, path)
+            frame = _index_to_column(table.to_pandas())
             if columns:
                 frame = frame.set_axis(_names(columns, len(frame.columns), path), axis=1)
             return frame, np.arange(1, len(frame) + 1), "row"
@@ -354,6 +357,9 @@ def _read_frame(path: str, storage_options: dict | None,
                 frame = pd.read_csv(f, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
+    except EOFError as exc:  # a truncated gzip stream (click would take an EOFError for an aborted prompt)
+        raise DataError(f"the compressed file ends early (truncated?): {exc}", file=path,
+                        rule="file-format", hint="download or copy the file again") from None
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         kind = "Parquet" if ext in (".parquet", ".pq") else "CSV"
         raise DataError(f"cannot read as {kind}: {exc}", file=path, rule="file-format") from None
@@ -365,6 +371,22 @@ def _read_frame(path: str, storage_options: dict | None,
     if yf is not None:
         frame, lines = yf
     return frame, lines, "line"
+
+
+def _typed_columns(table: pa.Table, path: str) -> None:
+    """A Parquet file's prices and volume are numbers, its timestamps times or numbers: text is refused.
+
+    Parquet carries types; text where a number belongs means the file was written from
+    unparsed strings, and converting them silently would hide that.
+    """
+    for field in table.schema:
+        canon = _LOOKUP.get(_norm(field.name))
+        if canon is not None and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            want = "a timestamp or number" if canon == "timestamp" else "a number"
+            raise DataError(f"Parquet column {field.name!r} holds text ({field.type}), not {want}", file=path,
+                            key=field.name, rule="column-type",
+                            hint="cast it when writing the file, e.g. df.astype({'close': float}) or "
+                                 "pd.to_datetime(df['timestamp']), or ingest a CSV")
 
 
 def _names(columns: list[str], width: int, path: str) -> list[str]:
