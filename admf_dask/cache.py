@@ -26,6 +26,7 @@ memory and loaded from storage, and the hit rate; run summaries print them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -624,8 +625,8 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
     widest = {s.token: [-2.2250738585072014e-308] * len(s.init_state()) for s in specs}
     head = _pack_head(row_names, tokens, ["0" * 64] * len(specs), shape, widest)
     with replacing(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.truncate(len(head) + 8 * shape[0] * shape[1])
+        with open(tmp, "wb") as f:  # allocated, not sparse: a full disk is an error here, not a SIGBUS later
+            _allocate(f, len(head) + 8 * shape[0] * shape[1])
         matrix = np.memmap(tmp, dtype="<f8", mode="r+", offset=len(head), shape=shape)
         states = []
         for spec in specs:
@@ -643,6 +644,18 @@ def build_mapped_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, sp
         del matrix
     counters.computed += len(specs)
     return MappedSet(path, len(head), shape, tuple(names), symbol, key, bars, counters, tuple(states))
+
+
+def _allocate(f: Any, size: int) -> None:
+    """Give the open file ``f`` ``size`` bytes of disk (ENOSPC raised now: a sparse file mapped would kill
+    the worker with SIGBUS when the disk fills, leaving its temporary file behind)."""
+    f.truncate(size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 def _map_pack(path: str, specs: Sequence[IndicatorSpec], names: list[tuple[str, str]],

@@ -27,8 +27,10 @@ admf_dask.errors.ConfigError: end 2021-01-01 is before start 2021-06-01 [key end
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -262,3 +264,47 @@ def stored_bars(stored: str, options: dict[str, Any] | None, *, what: str, hint:
         return store
     raise StorageError(f"{what} recorded its dataset as the relative path {stored!r} (made by an older admf), "
                        f"and there is no dataset at {store.url}", file=stored, hint=hint)
+
+
+# ---------------------------------------------------------------------------- temporary files left behind
+TEMP_GRACE = 24 * 3600  # seconds: a temporary file of another host is taken as left behind after this long
+
+
+def remove_stale_temp(url: str, *, grace: float = TEMP_GRACE) -> int:
+    """Remove the temporary files (``*.tmp-*``) that crashed writers left under a local root; how many.
+
+    A writer that fails removes its own; one killed (SIGKILL, a worker lost to SIGBUS or
+    the OOM killer) cannot. A file is left behind when its writer is dead: its name
+    carries the writer's host tag and pid (:func:`admf_dask.storage.temp_tag`), so on
+    this host a file whose process is gone goes at once and a live writer's stays;
+    a file of another host, or one without the tag (older admf), goes once untouched
+    for ``grace`` seconds. Other filesystems have no temporary files (one PUT each).
+    """
+    from .bars.txn import _HOST, _alive
+    from .storage import TEMP_MARK
+
+    if "://" in url and not url.startswith("file://"):
+        return 0
+    root = os.path.abspath(url.removeprefix("file://"))
+    now, removed = time.time(), 0
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "_staging"]  # transactions clean up their own (bars.txn)
+        for name in names:
+            if TEMP_MARK not in name:
+                continue
+            parts = name.rsplit(TEMP_MARK, 1)[1].split("-")
+            path = os.path.join(dirpath, name)
+            try:
+                if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
+                    if _alive(int(parts[1])):
+                        continue
+                elif now - os.stat(path).st_mtime <= grace:
+                    continue
+                os.remove(path)
+                removed += 1
+            except OSError:  # gone meanwhile, or not ours to remove
+                pass
+    if removed:
+        logging.getLogger("admf_dask.preflight").info("removed %d temporary file(s) that crashed writers left under %s",
+                                                      removed, root)
+    return removed

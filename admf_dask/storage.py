@@ -43,6 +43,18 @@ from .errors import StorageError
 __all__ = ["Storage", "StorageRef", "absolute_url", "replacing"]
 
 
+TEMP_MARK = ".tmp-"  # a temporary sibling: <target>.tmp-<host tag>-<pid>-<random>
+
+
+def temp_tag() -> str:
+    """``<host tag>-<pid>-<random>``: who writes a temporary file, so a clean-up can tell a live writer's."""
+    import hashlib
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 @contextmanager
 def replacing(target: str) -> Iterator[str]:
     """A temporary sibling of the local file ``target`` to write: renamed onto it on success, removed on failure.
@@ -50,7 +62,7 @@ def replacing(target: str) -> Iterator[str]:
     Readers see the old file or the whole new one, never a part.
     """
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    tmp = f"{target}{TEMP_MARK}{temp_tag()}"
     try:
         yield tmp
         os.replace(tmp, target)
@@ -338,7 +350,11 @@ class Storage:
                         break
                     except FileNotFoundError:
                         if attempt == 4 or not os.path.exists(self.path(src)):
+                            self._prune_parents(target)  # no empty symbol=X/year=Y directory is left
                             raise
+                    except BaseException:
+                        self._prune_parents(target)
+                        raise
             elif self.conditional:
                 self.fs.copy(self.path(src), self.path(dst))
                 self.fs.rm(self.path(src))

@@ -546,9 +546,10 @@ def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = Non
     log.info("workflow %s: %d step(s), storage %s", workflow.name, len(workflow.steps), workflow.storage)
     with ExitStack() as stack:
         ctx = Context(workflow, stack, log.info, wait=wait)
-        from .preflight import preflight_workflow
+        from .preflight import preflight_workflow, remove_stale_temp
 
         preflight_workflow(workflow, ctx.last)  # every step against storage, before step 1 writes
+        remove_stale_temp(ctx.root.url)
         stack.enter_context(workflow_lease(ctx.root, workflow.name).acquire(wait=wait, echo=ctx.echo))
         for record, (kind, step) in zip(records, workflow.steps):
             where = f"[{record.step}/{len(records)}] {kind}"

@@ -81,3 +81,44 @@ def test_signals_top_more_than_the_runs_sets_is_refused_before_writing(made_here
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "top 1000 is more than the 2 parameter set(s)" in err and "--top 2 or fewer" in err, err
     assert tree_hash(str(work)) == before
+
+
+def test_a_run_removes_the_temporary_files_of_dead_writers_and_keeps_live_ones(made_here):
+    import subprocess
+    import sys
+    import time
+
+    from admf_dask.bars.txn import _HOST
+
+    base, _ = made_here
+    work = base / "work"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    cache = work / "st" / "cache" / "x"
+    cache.mkdir(parents=True, exist_ok=True)
+    names = {"dead": f"a.pack.tmp-{_HOST}-{dead}-0123456789ab", "live": f"b.pack.tmp-{_HOST}-{os.getpid()}-0123",
+             "old_elsewhere": "c.json.tmp-ffffffff-1-0123", "new_elsewhere": "d.json.tmp-ffffffff-1-0123",
+             "old_untagged": "e.json.tmp-0f1e2d3c4b5a69788796a5b4c3d2e1f0"}
+    for name in names.values():
+        (cache / name).write_bytes(b"x")
+    for key in ("old_elsewhere", "old_untagged"):
+        old = time.time() - 2 * 24 * 3600
+        os.utime(cache / names[key], (old, old))
+    code, _, err, _ = run_cli(["-q", "sweep", "bars", "-s", "sma_cross", "-p", "fast=5,10", "-p", "slow=20",
+                               "--storage", "st", "--cluster", "threads"], cwd=str(work))
+    assert code == 0, err
+    assert sorted(p.name for p in cache.iterdir()) == sorted([names["live"], names["new_elsewhere"]])
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from admf_dask.cache import _allocate
+    from admf_dask.storage import Storage, replacing
+
+    storage = Storage(str(tmp_path))
+    with pytest.raises(TypeError):
+        storage.write_bytes([b"ok", object()], "a.json")  # fails while writing
+    target = str(tmp_path / "b.pack")
+    with pytest.raises(OSError) as raised, replacing(target) as tmp, open(tmp, "wb") as f:
+        _allocate(f, 1 << 44)  # more than the disk: ENOSPC (or EFBIG) now, not a SIGBUS in a mapped write
+    assert raised.value.errno in (28, 27), raised.value
+    assert os.listdir(tmp_path) == []
