@@ -8,7 +8,8 @@ series, so it is small, and replaying it needs no indicator.
 
 Storage, under ``<root>/signals/<set-id>/``::
 
-    parts/<symbol>.parquet   one row per change: member (int16), timestamp (int64 ns UTC), target (int8)
+    parts/<symbol>.parquet   one row per change: member (int16), timestamp (timestamp[ns, UTC]), target (int8),
+                             symbol (dictionary string): readable as it is by pandas, polars, DuckDB
     state/<symbol>.state     the engine state the symbol's generation ended in (built-in members only)
     _signals.json            the manifest, written last
 
@@ -428,7 +429,7 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
         if state is not None:  # the state first: a part found written has its state beside it
             entry["state"] = _write_state(storage, state, _state_name(symbol))
         buf = io.BytesIO()
-        pq.write_table(table.combine_chunks(), buf)  # one chunk: the same bytes however the events were cut
+        pq.write_table(_stored_events(table, symbol), buf)  # one chunk: the same bytes however the events were cut
         raw = buf.getvalue()
         storage.write_bytes(raw, name)
         entries.append({"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
@@ -489,6 +490,18 @@ def _found(storage: Any, store: BarStore, name: str, symbol: str, start: Any, en
     return {"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
             "events": pq.read_metadata(io.BytesIO(raw)).num_rows, "bars": n,
             "first_ns": first if n else None, "last_ns": last if n else None, **entry, "read": 0}
+
+
+_EVENTS = pa.schema([("member", pa.int16()), ("timestamp", pa.int64()), ("target", pa.int8())])
+_STORED_TS = pa.timestamp("ns", tz="UTC")
+
+
+def _stored_events(table: pa.Table, symbol: str) -> pa.Table:
+    """Events as a part stores them: the timestamp a UTC timestamp type, a symbol column; one chunk."""
+    table = table.select(["member", "timestamp", "target"]).combine_chunks()
+    ts = table.column("timestamp").cast(pa.int64()).cast(_STORED_TS)
+    symbols = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)), pa.array([symbol]))
+    return table.set_column(1, pa.field("timestamp", _STORED_TS), ts).append_column("symbol", symbols)
 
 
 def _empty_events() -> pa.Table:
@@ -761,7 +774,8 @@ def read_verified_part(set_ref: StorageRef, entry: Mapping[str, Any], symbol: st
     if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
         raise DataError(f"signal part {where} fails its checksum", file=where, symbol=symbol,
                         hint="regenerate the set with `admf signals --force`")
-    return pq.read_table(io.BytesIO(raw))
+    table = pq.read_table(io.BytesIO(raw), columns=["member", "timestamp", "target"])
+    return table.cast(_EVENTS)  # int64 ns, as the kernels take them (parts of older sets stored int64)
 
 
 def set_identity(plan: _Plan, bars: BarStore) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,3 +120,36 @@ def test_parts_of_another_layout_are_not_trusted(tmp_path, bars, client):
     table = resumed.table
     assert len(table) == len(reference) and not table.duplicated(["set_id", "symbol"]).any()
     pd.testing.assert_frame_equal(table, reference)
+
+
+def test_other_readers_see_typed_columns_and_the_runs_metadata(tmp_path, bars, client):
+    """results.parquet: n_trades int64 and the run's identity in its key-value metadata; a signal part:
+    a UTC timestamp column and a symbol column, as pandas reads them, and still replayable."""
+    import pyarrow.parquet as pq
+
+    from admf_dask.runs import load_run
+    from admf_dask.signals import SignalsConfig, generate_signals
+
+    result = _sweep(bars, tmp_path, client, 60.0)
+    path = tmp_path / "runs" / result.run_id / "results.parquet"
+    schema = pq.read_schema(path)
+    assert str(schema.field("n_trades").type) == "int64" and str(schema.field("sharpe").type) == "double"
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    run = json.loads((path.parent / "run.json").read_text())
+    assert meta["admf.run_id"] == result.run_id and meta["admf.data_fingerprint"] == bars.fingerprint
+    assert json.loads(meta["admf.config"]) == run["config"] and meta["admf.version"] == run["version"]
+    portfolio = pq.read_table(path.parent / "portfolio.parquet")
+    assert portfolio.schema.metadata[b"admf.run_id"] == result.run_id.encode()
+    loaded = load_run(str(tmp_path), result.run_id)
+    assert loaded.table["n_trades"].dtype == "int64" and (loaded.table["n_trades"] > 0).any()
+
+    sigs = generate_signals(SignalsConfig(from_run=result.run_id, top=2), bars, StorageRef.make(str(tmp_path)),
+                            client, progress=False, echo=lambda _: None)
+    symbol = bars.symbols()[1]
+    part = tmp_path / "signals" / sigs.set_id / "parts" / f"{symbol}.parquet"
+    frame = pd.read_parquet(part)
+    assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]" and set(frame["symbol"]) == {symbol}
+    stamps = bars.read(symbol).timestamp
+    assert frame["timestamp"].isin(pd.to_datetime(stamps, utc=True)).all() and len(frame) > 2
+    targets = sigs.load(symbol, bars.read(symbol))  # the replay's reader: int64 events on the bars
+    assert targets.shape == (2, len(stamps)) and set(np.unique(targets)) <= {-1, 0, 1}

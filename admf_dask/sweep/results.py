@@ -16,6 +16,7 @@ from ..kernels.stats import STAT_NAMES
 from ..storage import Storage
 
 PORTFOLIO = "PORTFOLIO"  # the symbol column of the equal-weight portfolio rows
+INTEGER_STATS = ("n_trades",)  # statistics stored as int64 (null where the row has none), the others float64
 
 
 def _stats_table(set_id: np.ndarray, symbol: pa.Array, params: Mapping[str, list], matrix: np.ndarray) -> pa.Table:
@@ -24,7 +25,11 @@ def _stats_table(set_id: np.ndarray, symbol: pa.Array, params: Mapping[str, list
     for name, values in params.items():
         columns[name] = pa.array(values)
     for i, name in enumerate(STAT_NAMES):
-        columns[name] = matrix[:, i]
+        values = matrix[:, i]
+        if name in INTEGER_STATS:  # counts: exact integers in the kernels' float rows
+            missing = np.isnan(values)
+            values = pa.array(np.where(missing, 0, values).astype(np.int64), mask=missing if missing.any() else None)
+        columns[name] = values
     return pa.table(columns)
 
 def _rows_table(task: Any, batch: Any, stats: list[np.ndarray]) -> pa.Table:
@@ -68,7 +73,8 @@ def write_part(storage: Storage, table: pa.Table, name: str) -> dict[str, Any]:
 
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
                       portfolio: Mapping[int, str], keep_portfolio: bool = True, *,
-                      symbols: list[str] | None = None, records: Mapping[str, Any] | None = None) -> int:
+                      symbols: list[str] | None = None, records: Mapping[str, Any] | None = None,
+                      metadata: Mapping[str, str] | None = None) -> int:
     """Stream the final table ``results.parquet`` from the committed parts, a block of set ids at a time.
 
     Rows are ordered by set id, then symbol, each set's PORTFOLIO row last. A range's
@@ -86,7 +92,8 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
     Checked (:mod:`admf_dask.sweep.integrity`), a StorageError otherwise: each part
     against its commit record in ``records`` (file -> size, sha256), and, with
     ``symbols``, each block holds exactly one row per (set, symbol) and one PORTFOLIO
-    row per set.
+    row per set. ``metadata`` goes into both files' Parquet key-value metadata (the
+    run's id, config, data fingerprint and version: :func:`run_metadata`).
     """
     from .integrity import check_block, check_file
 
@@ -116,7 +123,8 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                     if not keep_portfolio:
                         table = table.filter(pc.not_equal(table.column("symbol"), PORTFOLIO))
                     if writer is None:
-                        writer = pq.ParquetWriter(f, table.schema, use_dictionary=_dictionary(table.schema))
+                        schema = table.schema.with_metadata({**(table.schema.metadata or {}), **(metadata or {})})
+                        writer = pq.ParquetWriter(f, schema, use_dictionary=_dictionary(table.schema))
                     elif not table.schema.equals(writer.schema):
                         table = table.cast(writer.schema)
                     writer.write_table(table)
@@ -130,9 +138,25 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 writer.close()
     if portfolio_rows:
         buf = io.BytesIO()
-        pq.write_table(pa.concat_tables(portfolio_rows), buf)
+        rows_ = pa.concat_tables(portfolio_rows)
+        pq.write_table(rows_.replace_schema_metadata({**(rows_.schema.metadata or {}), **(metadata or {})}), buf)
         storage.write_bytes(buf.getvalue(), "portfolio.parquet")
     return rows
+
+
+def run_metadata(run: Mapping[str, Any]) -> dict[str, str]:
+    """A run's identity as Parquet key-value metadata (``admf.*`` keys, strings; the config as JSON).
+
+    >>> run_metadata({"run_id": "ab12", "kind": "sweep", "config": {"strategy": "sma_cross"},
+    ...               "data_fingerprint": "f00", "version": "0.1", "bars": "/data/bars"})["admf.config"]
+    '{"strategy": "sma_cross"}'
+    """
+    import json
+
+    return {"admf.run_id": str(run["run_id"]), "admf.kind": str(run["kind"]),
+            "admf.config": json.dumps(run["config"], sort_keys=True),
+            "admf.data_fingerprint": str(run["data_fingerprint"]), "admf.version": str(run["version"]),
+            "admf.bars": str(run.get("bars", ""))}
 
 
 def _block(storage: Storage, files: list[str], metas: list[Any], a: int, b: int) -> pa.Table:

@@ -39,7 +39,7 @@ from .incremental import Resume, plan_incremental, record_chain
 from .integrity import layout_token, verify_committed
 from .streaming import run_stream_container
 from .portfolio import reduce_portfolio
-from .results import SweepResult, write_final_table
+from .results import SweepResult, run_metadata, write_final_table
 
 
 def _peak_rss() -> int:
@@ -387,7 +387,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         wall = time.perf_counter() - t0
         lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
-                          keep_portfolio=not mixed, symbols=symbols, records=records)
+                          keep_portfolio=not mixed, symbols=symbols, records=records, metadata=run_metadata(run))
         peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
