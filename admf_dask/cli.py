@@ -36,7 +36,7 @@ STORE_HELP = "Dataset URL or path: a local directory, file://, s3://bucket/prefi
 EXIT_CODES = """\b
 Exit codes:
   0    ok
-  1    failure (unexpected error; traceback in --log-file, or on stderr with -v)
+  1    failure (unexpected error: its traceback on stderr, or in --log-file; a hint to report it)
   2    bad input or configuration
   75   busy: another process is running this run or workflow; try later
   130  interrupted (SIGINT, SIGTERM): committed work is kept, rerun to resume
@@ -92,17 +92,18 @@ class Session:
         elif isinstance(exc, AdmfError):
             line = f"error: {exc}"
             log.error("%s", line, extra=FILE_ONLY)
-        else:
+        else:  # not a known user error: the traceback (on stderr, or in the log file), and whom to tell
             line = f"error: {error_line(exc)}"
             log.error("%s", line, exc_info=exc, extra=FILE_ONLY)
-            if self.verbosity > 0:
+            if self.verbosity > 0 or not self.log_file:
                 import traceback
 
                 traceback.print_exception(exc, file=sys.stderr)
-            elif self.log_file:
-                line += f"; the traceback is in {self.log_file}"
+                line += "; the traceback is above"
             else:
-                line += "; see --log-file PATH or -v for the traceback"
+                line += f"; the traceback is in {self.log_file}"
+            line += (f"\nhint: an unexpected error (exit 1): unless the traceback ends in your own code (a strategy),"
+                     f" please report it as a bug of admf-dask {__version__}, with the command and the traceback")
         click.echo(line, err=True)
         return code, status, line if code == INTERRUPTED else error_line(exc)
 

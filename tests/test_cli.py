@@ -116,16 +116,25 @@ def admf_env(env, *args):
                           env=env, timeout=120)
 
 
-def test_an_unexpected_error_exits_1_with_one_line_and_its_traceback_in_the_log_file(tmp_path, failing):
+def test_an_unexpected_error_exits_1_with_its_traceback_and_a_hint_to_report_it(tmp_path, failing):
     store, env = failing
     log = tmp_path / "admf.log"
-    out = admf_env(env, "--log-file", log, "sweep", store, "-s", "failing:flat", "-p", "window=3",
-                   "--storage", tmp_path, "--cluster", "threads")
+    args = ["sweep", store, "-s", "failing:flat", "-p", "window=3", "--storage", tmp_path, "--cluster", "threads"]
+    out = admf_env(env, "--log-file", log, *args)
     assert out.returncode == 1
-    assert out.stderr.splitlines()[-1] == f"error: RuntimeError: lookback table is missing; the traceback is in {log}"
+    error, hint = out.stderr.splitlines()[-2:]
+    assert error == f"error: RuntimeError: lookback table is missing; the traceback is in {log}"
+    assert hint.startswith("hint: an unexpected error (exit 1)") and "report it as a bug of admf-dask" in hint
     assert "Traceback" not in out.stderr
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and 'raise RuntimeError("lookback table is missing")' in text
+    out = admf_env(env, *args)  # no log file: the traceback on stderr, then the same two lines
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert "Traceback (most recent call last):" in lines and 'raise RuntimeError("lookback table is missing")' in \
+        out.stderr
+    assert lines[-2] == "error: RuntimeError: lookback table is missing; the traceback is above"
+    assert lines[-1] == hint
 
 
 def test_busy_exits_75_and_json_still_reports_it(tmp_path, failing):
