@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .config import ClusterConfig
-from .errors import AdmfError, ConfigError
+from .errors import AdmfError, BusyError, ConfigError
 from .progress import Progress
 
 __all__ = ["STAGES", "collect", "connect", "ensure_client", "run_tasks"]
@@ -297,6 +297,9 @@ def collect(client: Any, futures: Sequence[Any], *, label: str,
                     if mapped is not None and not isinstance(exc, AdmfError):
                         mapped.message = f"{label}: {mapped.message}"
                         exc = mapped
+                    elif isinstance(exc, AdmfError) and not isinstance(exc, BusyError) and \
+                            not exc.message.startswith(f"{label}"):
+                        exc.message = f"{label}: {exc.message}"  # the stage a worker failed in
                     first_error = exc if isinstance(exc, AdmfError) else exc.with_traceback(future.traceback())
                     more = None
                     if not drain_on_error:

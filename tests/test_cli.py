@@ -98,6 +98,12 @@ def _lookback(window=5):
 
 
 flat.lookback = _lookback  # user code that fails outside the call the engine guards
+
+
+def cursed(bars, indicators, window=5):  # fails on a worker: one symbol, one parameter set
+    if window == 7 and bars.symbol == "BBB":
+        raise ValueError("window 7 is cursed on BBB")
+    return np.zeros(len(bars.close), dtype=np.int8)
 '''
 
 
@@ -135,6 +141,17 @@ def test_an_unexpected_error_exits_1_with_its_traceback_and_a_hint_to_report_it(
         out.stderr
     assert lines[-2] == "error: RuntimeError: lookback table is missing; the traceback is above"
     assert lines[-1] == hint
+
+
+def test_a_task_failing_on_a_worker_is_one_line_naming_stage_symbol_and_parameter_set(tmp_path, failing):
+    store, env = failing
+    out = admf_env(env, "sweep", store, "-s", "failing:cursed", "-p", "window=5,7", "--storage", tmp_path,
+                   "--cluster", "threads", "--batch-seconds", "0.0001")
+    assert out.returncode == 2
+    rest = [ln for ln in out.stderr.splitlines() if " INFO admf_dask." not in ln]  # the run's own INFO lines
+    assert len(rest) == 1, out.stderr  # no "Compute Failed" block, no traceback
+    assert rest[0].startswith("error: sweep: failing:cursed failed on parameter set 1 {'window': 7}: ValueError: "
+                              "window 7 is cursed on BBB [symbol BBB, key run "), rest[0]
 
 
 def test_busy_exits_75_and_json_still_reports_it(tmp_path, failing):

@@ -48,8 +48,9 @@ def _fail_where(task: ContainerTask, symbol: str, data: Any, exc: Exception) -> 
         try:
             task.config.stats(data, task.config.prepare([dict(p)]), (pos, accumulators_init(1, len(pos))))
         except Exception as inner:  # the first set that fails alone is the culprit
+            cause = inner.__cause__ if isinstance(inner, AdmfError) and inner.__cause__ is not None else inner
             return AdmfError(f"{label} failed on parameter set {task.lo + i} {dict(p)}: "
-                             f"{type(inner).__name__}: {inner}", symbol=symbol, key=where)
+                             f"{type(cause).__name__}: {cause}", symbol=symbol, key=where)
     return AdmfError(f"{label} failed: {type(exc).__name__}: {exc}", symbol=symbol, key=where)
 
 @dataclass(frozen=True)
