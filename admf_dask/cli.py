@@ -358,9 +358,14 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestam
     """
     from .bars import BarStore
     from .bars import ingest as do_ingest
+    from .preflight import check_writable, remove_stale_temp
+    from .storage import StorageRef
 
     session = _session()
     session.data = {"store": store}
+    if not check:
+        check_writable(StorageRef.make(store))
+        remove_stale_temp(store)
     from .errors import DataError
 
     try:

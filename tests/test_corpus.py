@@ -124,6 +124,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("ingest --tz Mars", I + ["{f:good.csv}", "--tz", "Mars/Phobos"]),
     ("ingest -o foo=bar", I + ["{f:good.csv}", "-o", "foo=bar"]),
     ("ingest store is a file", ["ingest", "{f:good.csv}", "{f:good.csv}"]),
+    ("ingest unwritable store", ["ingest", "/sys/admf-unwritable", "{f:good.csv}"]),
     # sweep
     *[(f"sweep {' '.join(a)}", S + a) for a in (
         ["-s", "nope"], ["-s", ""], ["-s", "os:system"], ["-s", "no.such.module:fn"],
