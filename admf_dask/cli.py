@@ -169,6 +169,11 @@ storage_option = click.option(
     help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:5000 -o anon=false); "
          "in the environment, space separated.")
 
+performance_report_option = click.option(
+    "--performance-report", "performance_report", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+    help="Save dask's performance report (task stream, worker profile, bandwidth) of the run's tasks as HTML: "
+         "PATH, or without one beside run.json (local storage) or ./admf-performance-<run-id>.html.")
+
 wait_option = click.option(
     "--wait", is_flag=True,
     help="If another process is running this (exit 75 otherwise), wait until it finishes or its lease expires, "
@@ -238,9 +243,10 @@ def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as
 @click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).", **_env("ADMF_STORAGE"))
 @memory_budget_option("Override every step's memory_budget, e.g. 1GiB.")
 @wait_option
+@performance_report_option
 @storage_option
 def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: str | None, wait: bool,
-        storage_options: tuple[str, ...]) -> None:
+        performance_report: str | None, storage_options: tuple[str, ...]) -> None:
     """Run a YAML WORKFLOW (see workflows/quickstart.yaml).
 
     The whole file is validated first; steps then run in order on one cluster, and
@@ -249,7 +255,8 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
     storage_options. With --json the summary lists every step: kind, status, UTC
     start and finish, seconds, run or set ids, counts and warnings. While another
     process runs the same workflow (or one of its runs), this exits with 75, or
-    waits with --wait.
+    waits with --wait. --performance-report gives every sweep, signals and replay step a
+    performance report (a step's own performance_report key wins); PATH is then a directory.
     """
     from .workflow import load_workflow, run_workflow
 
@@ -259,7 +266,7 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
                          storage_options=_options(storage_options))
     session.data.update(workflow=flow.name, storage=flow.storage, cluster=flow.cluster.kind)
     session.steps = []
-    run_workflow(flow, echo=session.output, records=session.steps, wait=wait)
+    run_workflow(flow, echo=session.output, records=session.steps, wait=wait, performance_report=performance_report)
 
 
 @cli.command()
@@ -463,10 +470,11 @@ def _param_spec(pair: str) -> tuple[str, object]:
 @click.option("--force", is_flag=True, help="Recompute a run that exists (finished or not).")
 @memory_budget_option()
 @wait_option
+@performance_report_option
 @storage_option
 def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direction, cash, commission,
           slippage_bps, whole_units, stop_loss, take_profit, storage, cluster, metric, top, batch_seconds,
-          retries, max_backtests, yes, force, memory_budget, wait, storage_options) -> None:
+          retries, max_backtests, yes, force, memory_budget, wait, performance_report, storage_options) -> None:
     """Sweep a strategy's parameters over the symbols of STORE on a Dask cluster.
 
     Results go to <storage>/runs/<run-id>/ (one row per parameter set and symbol),
@@ -502,7 +510,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, root,
                            lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info,
-                           wait=wait)
+                           wait=wait, performance_report=performance_report)
     session.data.update(run_data(result), top=top_records(result))
     session.output("\n".join([*result.lines(), format_top(result)]))
 
@@ -545,9 +553,10 @@ def _member(spec: str, direction: str) -> dict:
 @click.option("--force", is_flag=True, help="Rewrite the set even if it is complete.")
 @memory_budget_option()
 @wait_option
+@performance_report_option
 @storage_option
 def signals(store, from_run, top, metric, configs, direction, symbol_list, start, end, cash, commission,
-            slippage_bps, storage, cluster, force, memory_budget, wait, storage_options) -> None:
+            slippage_bps, storage, cluster, force, memory_budget, wait, performance_report, storage_options) -> None:
     """Generate and store the signals of strategy configurations over STORE (phase 1 of replay).
 
     Each configuration's target series is stored per symbol as sparse change events
@@ -585,7 +594,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     remove_stale_temp(root.url)
     with ExitStack() as stack:
         result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
-                                  force=force, echo=log.info, wait=wait)
+                                  force=force, echo=log.info, wait=wait, performance_report=performance_report)
     session.data.update(signal_set_data(result))
     session.output("\n".join(format_signal_set(result)))
 
@@ -624,10 +633,11 @@ def _weights(text: str) -> list[list[float]]:
 @click.option("--force", is_flag=True, help="Recompute a replay run that exists.")
 @memory_budget_option()
 @wait_option
+@performance_report_option
 @storage_option
 def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symbol_list, direction, commission,
            storage, cluster, metric, top, batch_seconds, retries, max_backtests, yes, force, memory_budget,
-           wait, storage_options) -> None:
+           wait, performance_report, storage_options) -> None:
     """Evaluate ensemble weights over the stored SIGNALS set (phase 2): no indicator is computed.
 
     SIGNALS is a set id printed by `admf signals` (under --storage/signals), a
@@ -665,7 +675,7 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     remove_stale_temp(root.url)
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
-                            yes=yes, echo=log.info, wait=wait)
+                            yes=yes, echo=log.info, wait=wait, performance_report=performance_report)
     session.data.update(run_data(result), top=top_records(result))
     session.output("\n".join([*result.lines(), format_top(result), best_weights(result)]))
 

@@ -493,7 +493,7 @@ def plan_replay(config: ReplayConfig, root: StorageRef, bars: BarStore | None = 
 
 def run_replay(config: ReplayConfig, root: StorageRef, client: Any, bars: BarStore | None = None, *,
                force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
-               progress: bool = True, wait: bool = False) -> SweepResult:
+               progress: bool = True, wait: bool = False, performance_report: str | bool | None = None) -> SweepResult:
     """Phase 2: evaluate the weight vectors over the stored signals; the result table and summary.
 
     ``bars`` defaults to the dataset the set was made from (its recorded URL, with
@@ -504,7 +504,7 @@ def run_replay(config: ReplayConfig, root: StorageRef, client: Any, bars: BarSto
     identity = {"replay": job.identity(), "data": bars.fingerprint, "version": __version__}
     return run_grid(job, sets, list(job.symbols), bars, root, client, identity=identity, kind="replay",
                     feed=lambda c: ReplayFeed(job, signal_set, bars, c), force=force, yes=yes, echo=echo,
-                    progress=progress, wait=wait)
+                    progress=progress, wait=wait, performance_report=performance_report)
 
 
 def best_weights(result: SweepResult) -> str:

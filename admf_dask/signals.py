@@ -785,8 +785,11 @@ def set_identity(plan: _Plan, bars: BarStore) -> dict[str, Any]:
 
 def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, client: Any, *,
                      force: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
-                     wait: bool = False) -> SignalSet:
+                     wait: bool = False, performance_report: str | bool | None = None) -> SignalSet:
     """Phase 1: compute and store the signals of ``config``'s members; return the committed set.
+
+    ``performance_report``: a path for dask's performance report of the set's tasks, or
+    True for the default place (beside the manifest on local storage); the manifest records it.
 
     Runs as batched tasks (a few symbols each) on ``client`` (a Client, or a function
     that connects one, called only if there is work); writes the manifest last.
@@ -813,13 +816,13 @@ def generate_signals(config: SignalsConfig, bars: BarStore, root: StorageRef, cl
     with run_lease(root, "signals", set_id, wait=wait, echo=echo,
                    complete=None if force else lambda: ref.open().exists(MANIFEST)) as lease:
         return _generate_signals(config, plan, identity, set_id, bars, root, client, force=force, echo=echo,
-                                 progress=progress, lease=lease)
+                                 progress=progress, lease=lease, performance_report=performance_report)
 
 
 def _generate_signals(config: SignalsConfig, plan: _Plan, identity: dict[str, Any], set_id: str, bars: BarStore,
                       root: StorageRef,
                       client: Any, *, force: bool, echo: Callable[[str], None], progress: bool,
-                      lease: Any) -> SignalSet:
+                      lease: Any, performance_report: str | bool | None = None) -> SignalSet:
     """:func:`generate_signals`' work, under the set's ``lease`` (confirmed before the manifest is written)."""
     from .cluster import ensure_client, run_tasks
     from .sweep.incremental import chain_key
@@ -848,11 +851,16 @@ def _generate_signals(config: SignalsConfig, plan: _Plan, identity: dict[str, An
     # here, must not stand in for this one. On an error the run waits for the tasks already running, so that
     # none is still writing into the set's directory when the call returns (and --force removes it).
     nonce = uuid.uuid4().hex[:8]
+    from .monitor import RunMonitor, report_path
+
+    monitor = RunMonitor(client, threads, stage="signals", on=False,
+                         performance_report=report_path(performance_report, storage, set_id)).start()
     results = run_tasks(client, _write_group, [(ref, bars.ref, bars.fingerprint, g, plan.start, plan.end,
                                                 plan.members, rows, root.child("cache"), keep_state,
                                                 {s: resume[s] for s in g if s in resume}) for g in groups],
                         label="signals", progress=progress, retries=config.retries, drain_on_error=True,
                         keys=[f"signals-{set_id}-{nonce}-{i}" for i in range(len(groups))])
+    monitor.stop()
     entries = [e for group in results for e in group]
     parts = {e["symbol"]: {k: v for k, v in e.items() if k not in ("symbol", "read")} for e in entries}
     summary = {"incremental_from": prev_id, "incremental_symbols": len(resume),
@@ -862,7 +870,8 @@ def _generate_signals(config: SignalsConfig, plan: _Plan, identity: dict[str, An
                 "bars": bars.url, "symbols": list(plan.symbols), "start": plan.start, "end": plan.end,
                 "members": [{**asdict(m), "label": m.label} for m in plan.members], "costs": plan.costs,
                 "source": plan.source, "parts": parts, "resumable": keep_state,
-                "symbol_versions": {s: bars.symbol_fingerprint(s) for s in plan.symbols}, "summary": summary}
+                "symbol_versions": {s: bars.symbol_fingerprint(s) for s in plan.symbols}, "summary": summary,
+                **({"performance_report": monitor.path} if monitor.path else {})}
     lease.confirm()
     storage.write_json(manifest, MANIFEST)  # the commit point
     if keep_state:  # then the chain: the next set of this configuration goes on from this one

@@ -181,7 +181,9 @@ class Storage:
         except (ImportError, ValueError, TypeError) as exc:
             raise StorageError(f"cannot open storage: {exc}", file=self.url,
                                hint="use a local path or an fsspec URL such as s3://bucket/prefix") from exc
-        self.fs = fs
+        from .monitor import count_requests
+
+        self.fs = count_requests(fs)  # requests counted and timed for the run's monitor (monitor.py)
         self.root = root.rstrip("/") or "/"
 
     @property

@@ -145,13 +145,29 @@ class IndicatorsStep:
         self.plan()
 
 
+def _check_report(value: Any) -> None:
+    if not (value is None or isinstance(value, bool) or (isinstance(value, str) and value)):
+        raise ConfigError(f"performance_report must be true, false or a file path, got {value!r}",
+                          key="performance_report")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SweepStep(SweepConfig):
-    """A parameter sweep over a dataset (see :class:`admf_dask.sweep.SweepConfig`)."""
+    """A parameter sweep over a dataset (see :class:`admf_dask.sweep.SweepConfig`).
+
+    ``performance_report`` (in sweep, signals and replay steps): ``true`` for dask's
+    performance report of the step's tasks in its default place, or a file path
+    (relative to the workflow file).
+    """
 
     dataset: str
     force: bool = False
     yes: bool = False
+    performance_report: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_report(self.performance_report)
 
     def config(self) -> SweepConfig:
         return SweepConfig(**{f.name: getattr(self, f.name) for f in fields(SweepConfig)})
@@ -167,6 +183,11 @@ class SignalsStep(SignalsConfig):
 
     dataset: str
     force: bool = False
+    performance_report: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_report(self.performance_report)
 
     def config(self, last_run: str | None) -> SignalsConfig:
         values = {f.name: getattr(self, f.name) for f in fields(SignalsConfig)}
@@ -190,6 +211,11 @@ class ReplayStep(ReplayConfig):
     dataset: str | None = None
     force: bool = False
     yes: bool = False
+    performance_report: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_report(self.performance_report)
 
     def config(self, last_set: str | None) -> ReplayConfig:
         values = {f.name: getattr(self, f.name) for f in fields(ReplayConfig)}
@@ -286,6 +312,8 @@ class Context:
         self.last_set: str | None = None  # the latest signal set's id, for `signals: last`
         self.last_replay: str | None = None  # the latest replay's run id, for a report step's `run: replay`
         self.produced: tuple[str, str] | None = None  # (kind, id) of the run the current step made
+        self.report_dir: str | None = None  # admf run --performance-report: "" (default places) or a directory
+        self.step_no = 0
 
     def last(self, kind: str) -> str | None:
         """This run's latest sweep run or signal set, else what the workflow's steps made when it last ran."""
@@ -311,6 +339,17 @@ class Context:
 
     def path(self, rel: str) -> str:
         return rel if "://" in rel or os.path.isabs(rel) else os.path.join(self.workflow.base_dir, rel)
+
+    def performance_report(self, step: Any, kind: str) -> str | bool | None:
+        """The step's performance report: its own key, else ``admf run --performance-report [DIR]``."""
+        if step.performance_report is not None:
+            value = step.performance_report
+            return self.path(value) if isinstance(value, str) else value or None
+        if self.report_dir is None:
+            return None
+        if self.report_dir == "":
+            return True
+        return os.path.join(os.path.abspath(self.report_dir), f"performance-{self.step_no}-{kind}.html")
 
 
 def _run_generate(ctx: Context, step: GenerateStep) -> StepResult:
@@ -385,7 +424,8 @@ def _run_sweep(ctx: Context, step: SweepStep) -> StepResult:
 
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
     result = run_sweep(step.config(), ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
-                       yes=step.yes, echo=ctx.echo, wait=ctx.wait)
+                       yes=step.yes, echo=ctx.echo, wait=ctx.wait,
+                       performance_report=ctx.performance_report(step, "sweep"))
     ctx.last_run = result.run_id
     ctx.produced = ("sweep", result.run_id)
     return StepResult("\n".join([*result.lines(), format_top(result)]), {"dataset": step.dataset, **run_data(result)})
@@ -398,7 +438,8 @@ def _run_signals(ctx: Context, step: SignalsStep) -> StepResult:
     root = StorageRef.make(ctx.workflow.storage, ctx.workflow.storage_options)
     signal_set = generate_signals(step.config(ctx.last("sweep") if step.from_run == "last" else None),
                                   ctx.dataset(step.dataset), root, lambda: ctx.client, force=step.force,
-                                  echo=ctx.echo, wait=ctx.wait)
+                                  echo=ctx.echo, wait=ctx.wait,
+                                  performance_report=ctx.performance_report(step, "signals"))
     ctx.last_set = signal_set.set_id
     ctx.produced = ("signals", signal_set.set_id)
     return StepResult("\n".join(format_signal_set(signal_set)), {"dataset": step.dataset, **signal_set_data(signal_set)})
@@ -412,7 +453,7 @@ def _run_replay(ctx: Context, step: ReplayStep) -> StepResult:
     signals = ctx.last("signals") if step.signals == "last" else None
     result = run_replay(step.config(signals), root, lambda: ctx.client,
                         ctx.dataset(step.dataset) if step.dataset else None, force=step.force, yes=step.yes,
-                        echo=ctx.echo, wait=ctx.wait)
+                        echo=ctx.echo, wait=ctx.wait, performance_report=ctx.performance_report(step, "replay"))
     ctx.last_replay = result.run_id
     ctx.produced = ("replay", result.run_id)
     return StepResult("\n".join([*result.lines(), format_top(result), best_weights(result)]),
@@ -525,7 +566,8 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
 
 
 def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = None,
-                 records: list[StepRecord] | None = None, wait: bool = False) -> list[StepRecord]:
+                 records: list[StepRecord] | None = None, wait: bool = False,
+                 performance_report: str | None = None) -> list[StepRecord]:
     """Run the steps in order; a failing step stops the workflow with its error.
 
     Each step's text goes to ``echo`` (default: printed to stdout), progress messages
@@ -535,7 +577,8 @@ def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = Non
     The process holds the workflow's lease (:func:`admf_dask.runs.workflow_lease`) while
     it runs: a second invocation raises BusyError (exit 75), or with ``wait`` waits for
     the first (and then finds its work done). Each step that makes a run points
-    ``workflows/<name>/latest/<i>-<kind>.json`` at it.
+    ``workflows/<name>/latest/<i>-<kind>.json`` at it. ``performance_report`` ("" or a
+    directory) gives sweep, signals and replay steps without their own key a performance report.
     """
     from .runs import set_step_latest, workflow_lease
 
@@ -546,6 +589,7 @@ def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = Non
     log.info("workflow %s: %d step(s), storage %s", workflow.name, len(workflow.steps), workflow.storage)
     with ExitStack() as stack:
         ctx = Context(workflow, stack, log.info, wait=wait)
+        ctx.report_dir = performance_report
         from .preflight import preflight_workflow, remove_stale_temp
 
         preflight_workflow(workflow, ctx.last)  # every step against storage, before step 1 writes
@@ -555,7 +599,7 @@ def run_workflow(workflow: Workflow, *, echo: Callable[[str], None] | None = Non
             where = f"[{record.step}/{len(records)}] {kind}"
             log.info("%s", where)
             record.started, t = utc_now(), time.perf_counter()
-            ctx.produced = None
+            ctx.produced, ctx.step_no = None, record.step
             try:
                 with collect_warnings() as warned:
                     result = STEPS[kind][1](ctx, step)

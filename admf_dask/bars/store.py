@@ -298,7 +298,10 @@ class BarStore:
         cluster already keeps every core busy, and threads only add CPU time (~25 %
         more for ten small files).
         """
-        return self._read(symbol, start, end, columns, parallel=not _in_dask_task())
+        from ..monitor import timed
+
+        with timed("bars"):  # the task's "bars" stage, when a task collects its stages (monitor.py)
+            return self._read(symbol, start, end, columns, parallel=not _in_dask_task())
 
     def _read(self, symbol: str, start: object, end: object, columns: Sequence[str] | None,
               parallel: bool) -> Bars:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import AdmfError
+from ..monitor import enabled, rss, stage_times_start, stage_times_take
 from ..storage import StorageRef
 from .grid import ParamSets
 from .portfolio import _arrays_parts, _portfolio_table
@@ -198,7 +200,9 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     from .portfolio import _stream_portfolio_table
 
     t0 = time.perf_counter()
+    stage_times_start()  # BarStore.read adds its time to "bars"
     indicator_sets = [task.config.load(src) for src in sources]
+    t_inputs = time.perf_counter()
     batch = task.config.prepare([dict(p) for p in task.param_sets])
     timeline = group_timeline(indicator_sets)
     m = len(batch.params)
@@ -218,6 +222,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
             except Exception as exc:
                 raise _fail_where(task, symbol, iset, exc) from None
             saved.update(whole_symbol_state(i, iset, batch, run, task.config))
+        t_kernel = time.perf_counter()
         table = _rows_table(task, batch, stats)
         storage = task.run_ref.open()
         if task.whole_range and saved is not None:  # the portfolio folded (as a stream would), its state kept
@@ -250,6 +255,12 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
         extra["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
         files[extra["state"]["file"]] = {k: extra["state"][k] for k in ("size", "sha256")}
     commit(storage, task, table.num_rows, files, **extra)
-    return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t0, "files": files,
+    t_end = time.perf_counter()
+    times = stage_times_take()
+    bars = min(times.get("bars", 0.0), t_inputs - t0)
+    # the monitor's stages: the tables and portfolio rows count with writing them
+    stages = {"bars": bars, "indicators": t_inputs - t0 - bars, "kernel": t_kernel - t_inputs, "write": t_end - t_kernel}
+    return {"part": task.part, "rows": table.num_rows, "seconds": t_end - t0, "files": files,
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
-            "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)}}
+            "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)},
+            "stages": stages, "pid": os.getpid(), "rss": rss() if enabled() else 0}

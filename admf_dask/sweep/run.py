@@ -159,11 +159,12 @@ def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
 
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
-              wait: bool = False) -> SweepResult:
+              wait: bool = False, performance_report: str | bool | None = None) -> SweepResult:
     """Run (or resume, or just report) a sweep; return its result table and summary.
 
     ``client`` is a distributed Client, or a function that connects one (called only
-    if there is work to do).
+    if there is work to do). ``performance_report`` is a path for dask's performance
+    report of the run's tasks, or True for the default place (:func:`admf_dask.monitor.report_path`).
 
     Raises ConfigError before launching when the sweep has more than
     ``config.max_backtests`` backtests and ``yes`` is false.
@@ -175,13 +176,14 @@ def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any
     return run_grid(config, sets, symbols, bars, root, client, identity=identity, kind="sweep",
                     feed=lambda c: SweepFeed(config, sets, bars, root, c),
                     note=f" ({dropped} grid points broke the rules)" if dropped else "",
-                    force=force, yes=yes, echo=echo, progress=progress, wait=wait)
+                    force=force, yes=yes, echo=echo, progress=progress, wait=wait,
+                    performance_report=performance_report)
 
 
 def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
              client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[Any], Any], note: str = "",
              force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
-             progress: bool = True, wait: bool = False) -> SweepResult:
+             progress: bool = True, wait: bool = False, performance_report: str | bool | None = None) -> SweepResult:
     """Run (or resume, or report) sets x symbols as container tasks: the engine of sweeps and replays.
 
     ``config`` has the container hooks (``prepare``, ``stats``, ``load``, ``costs``,
@@ -202,13 +204,14 @@ def run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: 
     with run_lease(root, kind, run_id, wait=wait, echo=echo,
                    complete=None if force else lambda: run_complete(root.child("runs", run_id))) as lease:
         return _run_grid(config, sets, symbols, bars, root, client, identity=identity, kind=kind, feed=feed,
-                         note=note, force=force, yes=yes, echo=echo, progress=progress, lease=lease)
+                         note=note, force=force, yes=yes, echo=echo, progress=progress, lease=lease,
+                         performance_report=performance_report)
 
 
 def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars: BarStore, root: StorageRef,
               client: Any, *, identity: Mapping[str, Any], kind: str, feed: Callable[[Any], Any], note: str = "",
               force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
-              progress: bool = True, lease: Any) -> SweepResult:
+              progress: bool = True, lease: Any, performance_report: str | bool | None = None) -> SweepResult:
     """:func:`run_grid`'s work, under the run's ``lease`` (checked before each commit)."""
     from ..cluster import ensure_client, run_tasks
 
@@ -320,6 +323,10 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                  + (" ..." if len(failed) > 1 else ""))
 
         t0 = time.perf_counter()
+        from ..monitor import RunMonitor, findings, report_path
+
+        monitor = RunMonitor(client, threads, stage=kind,
+                             performance_report=report_path(performance_report, storage, run_id)).start()
         # task keys: the run and where it is stored (one run id in two storage roots is two runs)
         place = token(run_ref.url)[:8]
         ranges: dict[tuple[int, int], list[int]] = {}
@@ -363,6 +370,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         def finished(i: int, out: dict[str, Any]) -> None:
             bars_read.update(out.get("bars", {}))
             records.update(out.get("files", {}))
+            monitor.task(out)
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
                 source.settle(sources.get(sym), counters)
@@ -385,6 +393,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0
+        monitor.stop()
         lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
                           keep_portfolio=not mixed, symbols=symbols, records=records, metadata=run_metadata(run))
@@ -402,7 +411,13 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             summary["portfolio_left_out"] = mixed
         if todo:
             summary.update(source.summary())
-        final = {**run, "status": "complete", "summary": summary, "finished": _now(), "finished_on": _host()}
+        record = monitor.record()
+        found = findings(record)
+        for f in found:  # one line each, at the end of the run
+            echo(f"finding: {f['finding']}: {f['fix']}")
+        final = {**run, "status": "complete", "summary": summary, "finished": _now(), "finished_on": _host(),
+                 "findings": found, **({"monitor": record} if record else {}),
+                 **({"performance_report": monitor.path} if monitor.path else {})}
         if keep_state:
             final.update(resumable=True, symbol_versions={s: bars.symbol_fingerprint(s) for s in symbols},
                          reduce_states={str(lo): out["state"] for (lo, _), out in zip(split, reduced)})

@@ -18,6 +18,7 @@ time order.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import AdmfError, DataError
+from ..monitor import enabled, rss
 from ..storage import StorageRef
 from .portfolio import _arrays_parts, _stream_portfolio_table
 from .results import _rows_table, write_part
@@ -165,4 +167,5 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     commit(storage, task, table.num_rows, files, **marker)
     return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start, "files": files,
             "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)},
-            "bars": {sym: stream.seen - s0 for sym, stream, s0 in zip(task.symbols, streams, seen0)}}
+            "bars": {sym: stream.seen - s0 for sym, stream, s0 in zip(task.symbols, streams, seen0)},
+            "pid": os.getpid(), "rss": rss() if enabled() else 0}  # stages interleave along time: not split
