@@ -142,13 +142,15 @@ _SYNC_OPS = ("cat_file", "cat", "pipe_file", "put_file", "get_file", "info", "ls
 
 def count_requests(fs: Any) -> Any:
     """Count (and time) the requests made through ``fs``; once per filesystem instance (fsspec shares them)."""
-    if getattr(fs, "_admf_counted", False) or not enabled():
+    if getattr(fs, "_admf_counted", False):  # (the wrappers check ADMF_MONITOR at each call)
         return fs
     try:
         if hasattr(fs, "_call_s3"):
             call = fs._call_s3
 
             async def counted_call(method: Any, *args: Any, **kwargs: Any) -> Any:
+                if not enabled():
+                    return await call(method, *args, **kwargs)
                 t0 = time.perf_counter()
                 try:
                     return await call(method, *args, **kwargs)
@@ -169,7 +171,7 @@ def count_requests(fs: Any) -> Any:
 
 def _counted(name: str, method: Any) -> Any:
     def counted(*args: Any, **kwargs: Any) -> Any:
-        if getattr(_LOCAL, "in_request", False):  # inside a counted call: part of that request
+        if getattr(_LOCAL, "in_request", False) or not enabled():  # inside a counted call: part of that request
             return method(*args, **kwargs)
         _LOCAL.in_request = True
         t0 = time.perf_counter()
