@@ -197,3 +197,20 @@ def test_a_low_memory_limit_is_found_as_memory_pressure(tmp_path, dataset):
         run = _sweep(tmp_path, dataset, client, memory_budget="8MB")
     (pressure,) = [f for f in run["findings"] if f["rule"] == "memory-pressure"]
     assert "lower memory_budget" in pressure["fix"] and "% of its limit" in pressure["finding"]
+
+
+def test_the_scheduler_dashboard_serves_prometheus_metrics():
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    from admf_dask.cluster import connect as connect_cluster
+
+    from .corpus_support import free_port
+
+    port = free_port()
+    with connect_cluster({"kind": "threads", "n_workers": 1, "dashboard_address": f"127.0.0.1:{port}"}) as client:
+        client.submit(sum, [1, 2], key="sweep-000001-metrics").result()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    assert "dask_scheduler_workers" in text and "dask_scheduler_tasks" in text
+    assert 'prefix_name="sweep"' in text  # per task prefix: per stage
