@@ -516,10 +516,15 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
 
 
 def _member(spec: str, direction: str) -> dict:
-    """``sma_cross:fast=10,slow=50`` -> {strategy, params, direction}."""
+    """``sma_cross:fast=10,slow=50`` or ``package.module:function:window=5`` -> {strategy, params, direction}."""
     import yaml
 
+    from .strategies import STRATEGIES
+
     strategy, _, rest = spec.partition(":")
+    head, _, tail = rest.partition(":")
+    if strategy.strip() not in STRATEGIES and head and "=" not in head and "," not in head:
+        strategy, rest = f"{strategy}:{head}", tail  # a user strategy: package.module:function[:params]
     params = {}
     for pair in filter(None, rest.split(",")):
         name, sep, value = pair.partition("=")
@@ -538,7 +543,8 @@ def _member(spec: str, direction: str) -> dict:
               help="How many of --from-run's best parameter sets.")
 @click.option("--metric", help="Rank --from-run's portfolio rows by this statistic (default: sharpe).")
 @click.option("--config", "-c", "configs", multiple=True, metavar="STRATEGY:NAME=V,...",
-              help="Repeatable, instead of --from-run: e.g. -c sma_cross:fast=10,slow=50 -c rsi_reversion:window=14.")
+              help="Repeatable, instead of --from-run: e.g. -c sma_cross:fast=10,slow=50 -c rsi_reversion:window=14 "
+                   "(a user strategy: -c package.module:function:window=5).")
 @click.option("--direction", type=click.Choice(["long_short", "long_only", "short_only"]), default="long_short",
               show_default=True, help="Direction mode of the -c configurations.")
 @click.option("--symbols", "symbol_list", help="Comma-separated symbols for -c (default: all in STORE).")

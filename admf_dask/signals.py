@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .bars import BarStore, Bars
 from .config import token
-from .errors import ConfigError, DataError, StorageError, did_you_mean
+from .errors import AdmfError, ConfigError, DataError, StorageError, did_you_mean
 from .storage import StorageRef
 from .sweep import check_metric
 
@@ -414,17 +414,24 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
         if found is not None:
             entries.append(found)
             continue
-        if symbol in resume:
-            cont = resume[symbol]
-            if cont.set_ref not in earlier:
-                earlier[cont.set_ref] = cont.set_ref.open()
-            table, n, first, last, state, read = _continued_part(store, symbol, end, members, rows, cont,
-                                                                 earlier[cont.set_ref])
-        elif store.rows_in_range(symbol, start, end) <= rows:
-            table, n, first, last, state = _whole_part(store, symbol, start, end, members, cache_ref, keep_state)
-            read = n
-        else:
-            table, n, first, last, state, read = _streamed_part(store, symbol, start, end, members, rows, keep_state)
+        try:
+            if symbol in resume:
+                cont = resume[symbol]
+                if cont.set_ref not in earlier:
+                    earlier[cont.set_ref] = cont.set_ref.open()
+                table, n, first, last, state, read = _continued_part(store, symbol, end, members, rows, cont,
+                                                                     earlier[cont.set_ref])
+            elif store.rows_in_range(symbol, start, end) <= rows:
+                table, n, first, last, state = _whole_part(store, symbol, start, end, members, cache_ref,
+                                                           keep_state)
+                read = n
+            else:
+                table, n, first, last, state, read = _streamed_part(store, symbol, start, end, members, rows,
+                                                                    keep_state)
+        except AdmfError as exc:  # the symbol it failed on, for the one line the user gets
+            if "symbol" in exc.where:
+                raise
+            raise type(exc)(exc.message, hint=exc.hint, symbol=symbol, **exc.where) from exc
         entry = {}
         if state is not None:  # the state first: a part found written has its state beside it
             entry["state"] = _write_state(storage, state, _state_name(symbol))

@@ -152,6 +152,12 @@ def test_a_task_failing_on_a_worker_is_one_line_naming_stage_symbol_and_paramete
     assert len(rest) == 1, out.stderr  # no "Compute Failed" block, no traceback
     assert rest[0].startswith("error: sweep: failing:cursed failed on parameter set 1 {'window': 7}: ValueError: "
                               "window 7 is cursed on BBB [symbol BBB, key run "), rest[0]
+    out = admf_env(env, "-q", "signals", store, "-c", "failing:cursed:window=7", "--storage", tmp_path,
+                   "--cluster", "threads")  # a user strategy by module:function, then its parameters
+    assert out.returncode == 2
+    line = ("error: signals: strategy 'failing:cursed' failed with params {'window': 7}: "
+            "ValueError: window 7 is cursed on BBB [symbol BBB, key strategy]")
+    assert out.stderr.splitlines() == [line], out.stderr
 
 
 def test_busy_exits_75_and_json_still_reports_it(tmp_path, failing):
