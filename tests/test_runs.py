@@ -298,7 +298,7 @@ def test_two_sweeps_of_one_run_started_together_compute_it_once(tmp_path, client
     store = BarStore(str(tmp_path / "bars"))
     store.write([generate_bars(s, "2019-01-01", "2021-12-31", seed=2) for s in ("AAA", "BBB")])
     root = StorageRef.make(str(tmp_path / "store"))
-    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10, 20], "slow": [40, 80]}, batch_seconds=1e-4)
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10, 20], "slow": [40, 80]}, batch_seconds=1e-6)
     barrier, lines, results = threading.Barrier(2), [[], []], [None, None]
 
     def sweep(i: int) -> None:
