@@ -170,6 +170,7 @@ def preflight_workflow(workflow: Any, last: Any = None) -> None:
                 made[name] = None if prior is None else prior | _generated_symbols(step)
                 continue
             if kind == "ingest":
+                _check_files(workflow.base_dir, step.files)
                 made[name] = None
                 continue
             symbols = list(getattr(step, "symbols", None) or [])
@@ -221,6 +222,17 @@ def _check_report(root: StorageRef, run: str, produced: set[str], last: Any) -> 
                               f"workflow with a {run} step", key="run")
     elif not produced & {"sweep", "replay"}:
         find_run(root, run)
+
+
+def _check_files(base_dir: str, files: Iterable[str]) -> None:
+    """An ingest step's local files exist (relative to the workflow file); URLs are left to the step."""
+    for i, rel in enumerate(files):
+        if "://" in rel:
+            continue
+        path = rel if os.path.isabs(rel) else os.path.join(base_dir, rel)
+        if not os.path.isfile(path):
+            raise ConfigError("file not found" if not os.path.exists(path) else "not a file", file=path,
+                              key=f"files[{i}]", hint="paths are relative to the workflow file")
 
 
 def _datasets(root: StorageRef) -> list[str]:

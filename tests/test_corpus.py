@@ -76,6 +76,8 @@ FILES = {
                              "  - sweep: {{dataset: a, strategy: sma_cross, start: 2021-06-01, end: 2021-01-01}}\n",
     "ungenerated_symbol.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 2, start: 2020-01-01, end: 2020-03-01}}\n"
                                "  - sweep: {{dataset: a, strategy: sma_cross, symbols: [SYM009]}}\n",
+    "missing_ingest_file.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: "
+                                "2020-01-01, end: 2020-03-01}}\n  - ingest: {{dataset: b, files: [nosuch.csv]}}\n",
     "readonly_root.yaml": "name: x\nstorage: /sys/admf-unwritable\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
 }
 
@@ -189,7 +191,8 @@ CASES: list[tuple[str, list[str]]] = [
         "bad_cluster.yaml", "bad_generate.yaml", "bad_vol.yaml", "bad_sweep.yaml", "sweep_unknown_key.yaml",
         "bad_options.yaml", "bomb.yaml", "deep_flow.yaml", "deep_block.yaml", "steps_not_list.yaml",
         "two_keys_step.yaml", "tab.yaml", "missing_second.yaml", "missing_set.yaml", "missing_run.yaml",
-        "replay_no_last.yaml", "bad_range_second.yaml", "ungenerated_symbol.yaml", "readonly_root.yaml"]],
+        "replay_no_last.yaml", "bad_range_second.yaml", "ungenerated_symbol.yaml", "readonly_root.yaml",
+        "missing_ingest_file.yaml"]],
     ("run --memory-budget abc", ["run", "{f:missing_second.yaml}", "--memory-budget", "abc"]),
     ("run -o foo=bar", ["run", "{f:missing_second.yaml}", "-o", "foo=bar"]),
 ]
