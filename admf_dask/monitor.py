@@ -13,6 +13,7 @@ Every run (sweep, replay) records into ``run.json["monitor"]``:
                     against its memory limit
 ``events``          pauses, spills (count, bytes) and restarts during the run
 ``storage``         requests through fsspec (every process's counts summed) and their latency
+``monitor_seconds`` what recording cost this process (probes, task stream, the record)
 ==================  ===============================================================================
 
 :func:`findings` turns a record into named findings, each with a fix (pure functions
@@ -233,11 +234,42 @@ def _probe(dask_worker: Any = None) -> dict[str, Any]:
     return out
 
 
-def _probe_all(client: Any) -> dict[str, dict[str, Any]]:
-    try:
-        return client.run(_probe)
-    except Exception:  # noqa: BLE001  (a worker gone: the record says less, the run goes on)
-        return {}
+def _scheduler_view(dask_scheduler: Any = None, index: int = 0, since: float = 0.0) -> dict[str, Any]:
+    """Run on the scheduler: the tasks its task stream recorded from ``index`` on, compacted to
+    (stage, compute seconds, worker), and the memory events since ``since``."""
+    from dask.utils import key_split
+
+    plugin = dask_scheduler._task_stream_plugin()
+    tasks = [(key_split(t["key"]), sum(s["stop"] - s["start"] for s in t.get("startstops", ())
+                                       if s.get("action") == "compute"), t.get("worker"))
+             for t in plugin.collect(start_index=index)]
+    counts = {"pauses": 0, "restarts": 0, "workers_lost": 0}
+    for topic, items in dask_scheduler.get_events().items():
+        for stamp, msg in items:
+            if stamp < since or not isinstance(msg, dict):
+                continue
+            action = msg.get("action")
+            if topic != "all" and action == "worker-status-change" and msg.get("status") == "paused":
+                counts["pauses"] += 1
+            elif topic == "all" and action == "remove-worker":
+                counts["workers_lost"] += 1
+            elif topic == "worker-restart-memory":
+                counts["restarts"] += 1
+    return {"tasks": tasks, "events": counts}
+
+
+def _both(client: Any, **scheduler_kwargs: Any) -> Any:
+    """The workers' probes and the scheduler's view at once (one round trip's wait), as a concurrent future;
+    without ``scheduler_kwargs`` the probes only."""
+    import asyncio
+
+    async def gather() -> tuple[Any, Any]:
+        probes = client._run(_probe, on_error="return")
+        if not scheduler_kwargs:
+            return await probes, None
+        return await asyncio.gather(probes, client._run_on_scheduler(_scheduler_view, **scheduler_kwargs))
+
+    return asyncio.run_coroutine_threadsafe(gather(), client.loop.asyncio_loop)
 
 
 # ---------------------------------------------------------------- the run monitor
@@ -265,6 +297,7 @@ class RunMonitor:
         self._here: dict[str, Any] | None = None
         self._index = 0
         self.wall = 0.0
+        self.cost = 0.0  # seconds this process spent recording (start, stop, record; the report not counted)
 
     def start(self) -> RunMonitor:
         if self.path is not None:
@@ -273,11 +306,13 @@ class RunMonitor:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._report = performance_report(filename=self.path)
             self._report.__enter__()
-        if self.on:
-            self._index = self.client.sync(self.client.scheduler.get_task_stream_index)
-            self._start = _probe_all(self.client)
+        if self.on:  # the probes are asked for now and collected in stop(): the run does not wait for them
+            t = time.perf_counter()
             self._here = REQUESTS.snapshot()
             self._since = time.time()
+            self._index = self.client.sync(self.client.scheduler.get_task_stream_index)  # before any task
+            self._starting = _both(self.client)
+            self.cost += time.perf_counter() - t
         self._t0 = time.perf_counter()
         return self
 
@@ -297,36 +332,24 @@ class RunMonitor:
             report, self._report = self._report, None
             report.__exit__(None, None, None)
         if self.on:
-            self._end = _probe_all(self.client)
-            self._stream = self.client.sync(self.client.scheduler.get_task_stream, start_index=self._index)
-            self._events = self._count_events()
-
-    def _count_events(self) -> dict[str, int]:
-        counts = {"pauses": 0, "restarts": 0, "workers_lost": 0}
-        try:
-            events = self.client.get_events()
-        except Exception:  # noqa: BLE001
-            return counts
-        for topic, items in events.items():
-            for stamp, msg in items:
-                if stamp < self._since or not isinstance(msg, dict):
-                    continue
-                action = msg.get("action")
-                if topic != "all" and action == "worker-status-change" and msg.get("status") == "paused":
-                    counts["pauses"] += 1
-                elif topic == "all" and action == "remove-worker":
-                    counts["workers_lost"] += 1
-                elif topic == "worker-restart-memory":
-                    counts["restarts"] += 1
-        return counts
+            t = time.perf_counter()
+            self._start, _ = self._starting.result(timeout=60)
+            self._end, view = _both(self.client, index=self._index, since=self._since).result(timeout=60)
+            self._start = {a: p for a, p in self._start.items() if isinstance(p, dict)}  # (a worker gone)
+            self._end = {a: p for a, p in self._end.items() if isinstance(p, dict)}
+            self._stream, self._events = view["tasks"], view["events"]
+            self.cost += time.perf_counter() - t
 
     def record(self) -> dict[str, Any]:
         """The run's monitor record (JSON-safe), or {} when recording is off."""
         if not self.on:
             return {}
-        return build_record(stream=self._stream, wall=self.wall, threads=self.threads, stage=self.stage,
-                            stages=self._stages, start=self._start, end=self._end, task_rss=self._rss,
-                            here=(self._here, REQUESTS.snapshot()), events=self._events)
+        t = time.perf_counter()
+        record = build_record(stream=self._stream, wall=self.wall, threads=self.threads, stage=self.stage,
+                              stages=self._stages, start=self._start, end=self._end, task_rss=self._rss,
+                              here=(self._here, REQUESTS.snapshot()), events=self._events)
+        record["monitor_seconds"] = round(self.cost + time.perf_counter() - t, 4)
+        return record
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -335,18 +358,15 @@ def _quantile(values: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(values), q)) if values else 0.0
 
 
-def build_record(*, stream: list[dict[str, Any]], wall: float, threads: int, stage: str,
+def build_record(*, stream: list[tuple[str, float, str]], wall: float, threads: int, stage: str,
                  stages: Mapping[str, float], start: Mapping[str, Any], end: Mapping[str, Any],
                  task_rss: Mapping[str, int], here: tuple[Any, Any], events: Mapping[str, int]) -> dict[str, Any]:
     """The record from what :class:`RunMonitor` gathered (see the module docstring for its keys)."""
-    from dask.utils import key_split
-
     by_stage: dict[str, list[float]] = {}
     workers_used = set()
-    for t in stream:
-        compute = sum(s["stop"] - s["start"] for s in t.get("startstops", ()) if s.get("action") == "compute")
-        by_stage.setdefault(key_split(t["key"]), []).append(compute)
-        workers_used.add(t.get("worker"))
+    for stage_name, compute, worker in stream:
+        by_stage.setdefault(stage_name, []).append(compute)
+        workers_used.add(worker)
     main = by_stage.get(stage, [])
     task_seconds = sum(sum(v) for v in by_stage.values())
     capacity = wall * threads
