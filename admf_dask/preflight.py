@@ -80,11 +80,12 @@ def check_dates(start: Any, end: Any) -> tuple[int | None, int | None]:
 
 
 def check_range(bars: Any, symbols: Iterable[str], start: Any, end: Any) -> None:
-    """Every symbol is in ``bars`` and has bars in ``[start, end]``, by the manifest alone (no file is read).
+    """Every symbol is in ``bars`` and has at least two bars in ``[start, end]``.
 
-    DataError naming the first symbol whose bars all lie outside the range, with its
-    first and last bar; a range that overlaps a symbol's bars but holds fewer than two
-    is left to the run (counting exactly opens files).
+    DataError naming the first symbol whose bars all lie outside the range (with its
+    first and last bar, from the manifest), or that has fewer than two bars in it:
+    counted exactly by :meth:`BarStore.rows_in_range`, which opens only the files a bound
+    falls in and keeps the count for the run that follows.
     """
     lo, hi = check_dates(start, end)
     lo_ns, hi_ns = (_MIN_NS if lo is None else lo), (_MAX_NS if hi is None else hi)
@@ -94,7 +95,14 @@ def check_range(bars: Any, symbols: Iterable[str], start: Any, end: Any) -> None
         if last < lo_ns or first > hi_ns:
             wanted = f"{start or 'the first bar'} to {end or 'the last bar'}"
             raise DataError(f"no bar of {symbol} from {wanted}: its bars run from {_day(first)} to {_day(last)}",
-                            symbol=symbol, key="end" if first > hi_ns else "start", hint="choose a start/end range inside the data (`admf symbols` lists it)")
+                            symbol=symbol, key="end" if first > hi_ns else "start",
+                            hint="choose a start/end range inside the data (`admf symbols` lists it)")
+        if lo is not None or hi is not None:
+            n = bars.rows_in_range(symbol, start, end)
+            if n < 2:
+                raise DataError(f"{n} bar(s) of {symbol} from {start or 'the first bar'} to {end or 'the last bar'}:"
+                                " at least two are needed", symbol=symbol, key="start",
+                                hint="widen the start/end range")
 
 
 def check_cluster(cluster: Any) -> None:

@@ -92,6 +92,7 @@ class BarStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, fs: Any = None) -> None:
         self.storage = Storage(url, storage_options, fs=fs)
         self._manifest: dict[str, Any] | None = None
+        self._counted: dict[tuple, int] = {}  # rows_in_range by (symbol version, bounds): preflight, then the run
         # pyarrow's own local filesystem is much faster than going through fsspec;
         # other filesystems (and fsspec subclasses, e.g. instrumented ones) are wrapped.
         if type(self.storage.fs) is LocalFileSystem:
@@ -502,8 +503,11 @@ class BarStore:
         their timestamp statistics; only a row group straddling the bound has its
         timestamp column read (in batches), to count exactly.
         """
-        self.entry(symbol)
+        entry = self.entry(symbol)
         lo, hi = to_ns(start, _MIN_NS), to_ns(end, _MAX_NS)
+        key = (symbol, entry["fingerprint"], lo, hi)
+        if key in self._counted:
+            return self._counted[key]
         total = 0
         for meta in self._files(symbol, lo, hi):
             if lo <= meta["first_ns"] and meta["last_ns"] <= hi:
@@ -511,6 +515,7 @@ class BarStore:
                 continue
             with closing(self._file_segments(meta, symbol, [], lo, hi)) as segments:
                 total += sum(seg.stop - seg.start for seg in segments)
+        self._counted[key] = total
         return total
 
     def row_groups(self, symbol: str, start: object = None, end: object = None) -> list[tuple[int, int, int]]:
