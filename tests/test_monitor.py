@@ -214,3 +214,31 @@ def test_the_scheduler_dashboard_serves_prometheus_metrics():
             text = response.read().decode()
     assert "dask_scheduler_workers" in text and "dask_scheduler_tasks" in text
     assert 'prefix_name="sweep"' in text  # per task prefix: per stage
+
+
+def test_a_workflow_step_writes_its_performance_report_where_its_key_says(tmp_path):
+    from admf_dask.errors import ConfigError
+    from admf_dask.workflow import load_workflow, run_workflow
+
+    flow = """\
+name: perf
+storage: store
+cluster: {kind: threads, n_workers: 2}
+steps:
+  - generate: {dataset: d, symbols: 2, start: 2020-01-01, end: 2021-12-31, freq: daily}
+  - sweep:
+      dataset: d
+      strategy: sma_cross
+      params: {fast: [5, 10], slow: [30]}
+      performance_report: %s
+"""
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(flow % "reports/sweep.html")
+    run_workflow(load_workflow(wf), echo=lambda _: None)
+    report = tmp_path / "reports" / "sweep.html"  # relative to the workflow file
+    assert "Dask Performance Report" in report.read_text()
+    (run_dir,) = [p for p in (tmp_path / "store" / "runs").iterdir() if p.is_dir() and not p.name.startswith("_")]
+    assert json.loads((run_dir / "run.json").read_text())["performance_report"] == str(report)
+    wf.write_text(flow % "3")
+    with pytest.raises(ConfigError, match="performance_report must be"):
+        load_workflow(wf)
