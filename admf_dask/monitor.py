@@ -340,6 +340,13 @@ class RunMonitor:
             self._stream, self._events = view["tasks"], view["events"]
             self.cost += time.perf_counter() - t
 
+    def peak_rss(self) -> int | None:
+        """The largest worker's peak resident memory in its lifetime (``ru_maxrss``), from the end probes;
+        None when recording is off."""
+        if not self.on:
+            return None
+        return max((int(p.get("maxrss", 0)) for p in self._end.values()), default=0)
+
     def record(self) -> dict[str, Any]:
         """The run's monitor record (JSON-safe), or {} when recording is off."""
         if not self.on:

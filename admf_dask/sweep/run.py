@@ -397,7 +397,9 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
                           keep_portfolio=not mixed, symbols=symbols, records=records, metadata=run_metadata(run))
-        peak = max(client.run(_peak_rss).values(), default=0)
+        peak = monitor.peak_rss()  # the monitor's end probes have it; else one more round trip
+        if peak is None:
+            peak = max(client.run(_peak_rss).values(), default=0)
         summary = {**estimate, "status": "complete", "wall_seconds": round(wall, 3),
                    "bar_evals_per_s": round(estimate["bar_evaluations"] * len(todo) / max(len(layout), 1) / wall, 1)
                    if wall > 0 else 0.0,
