@@ -134,30 +134,38 @@ def test_an_unexpected_error_exits_1_with_its_traceback_and_a_hint_to_report_it(
     assert "Traceback" not in out.stderr
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and 'raise RuntimeError("lookback table is missing")' in text
-    out = admf_env(env, *args)  # no log file: the traceback on stderr, then the same two lines
-    assert out.returncode == 1
-    lines = out.stderr.splitlines()
-    assert "Traceback (most recent call last):" in lines and 'raise RuntimeError("lookback table is missing")' in \
-        out.stderr
+
+    from tests.corpus_support import run_cli
+
+    with pytest.MonkeyPatch.context() as mp:  # no log file (in this process): the traceback on stderr, then the lines
+        mp.syspath_prepend(str(tmp_path / "mods"))
+        code, _, err, _ = run_cli(args)
+    lines = err.splitlines()
+    assert code == 1
+    assert "Traceback (most recent call last):" in lines and 'raise RuntimeError("lookback table is missing")' in err
     assert lines[-2] == "error: RuntimeError: lookback table is missing; the traceback is above"
     assert lines[-1] == hint
 
 
-def test_a_task_failing_on_a_worker_is_one_line_naming_stage_symbol_and_parameter_set(tmp_path, failing):
-    store, env = failing
-    out = admf_env(env, "sweep", store, "-s", "failing:cursed", "-p", "window=5,7", "--storage", tmp_path,
-                   "--cluster", "threads", "--batch-seconds", "0.0001")
-    assert out.returncode == 2
-    rest = [ln for ln in out.stderr.splitlines() if " INFO admf_dask." not in ln]  # the run's own INFO lines
-    assert len(rest) == 1, out.stderr  # no "Compute Failed" block, no traceback
+def test_a_task_failing_on_a_worker_is_one_line_naming_stage_symbol_and_parameter_set(tmp_path, failing,
+                                                                                       monkeypatch):
+    from tests.corpus_support import run_cli
+
+    store, _ = failing
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))  # a threads cluster: the workers are this process
+    code, _, err, _ = run_cli(["sweep", store, "-s", "failing:cursed", "-p", "window=5,7", "--storage", tmp_path,
+                               "--cluster", "threads", "--batch-seconds", "0.0001"])
+    assert code == 2
+    rest = [ln for ln in err.splitlines() if " INFO admf_dask." not in ln]  # the run's own INFO lines
+    assert len(rest) == 1, err  # no "Compute Failed" block, no traceback
     assert rest[0].startswith("error: sweep: failing:cursed failed on parameter set 1 {'window': 7}: ValueError: "
                               "window 7 is cursed on BBB [symbol BBB, key run "), rest[0]
-    out = admf_env(env, "-q", "signals", store, "-c", "failing:cursed:window=7", "--storage", tmp_path,
-                   "--cluster", "threads")  # a user strategy by module:function, then its parameters
-    assert out.returncode == 2
+    code, _, err, _ = run_cli(["-q", "signals", store, "-c", "failing:cursed:window=7", "--storage", tmp_path,
+                               "--cluster", "threads"])  # a user strategy by module:function, then its parameters
+    assert code == 2
     line = ("error: signals: strategy 'failing:cursed' failed with params {'window': 7}: "
             "ValueError: window 7 is cursed on BBB [symbol BBB, key strategy]")
-    assert out.stderr.splitlines() == [line], out.stderr
+    assert err.splitlines() == [line], err
 
 
 def test_busy_exits_75_and_json_still_reports_it(tmp_path, failing):
