@@ -172,7 +172,8 @@ storage_option = click.option(
 performance_report_option = click.option(
     "--performance-report", "performance_report", is_flag=False, flag_value="", default=None, metavar="[PATH]",
     help="Save dask's performance report (task stream, worker profile, bandwidth) of the run's tasks as HTML: "
-         "PATH, or without one beside run.json (local storage) or ./admf-performance-<run-id>.html.")
+         "PATH, or without one beside run.json (local storage) or ./admf-performance-<run-id>.html "
+         "(without PATH, put it after the command's arguments: the next word would be taken as PATH).")
 
 wait_option = click.option(
     "--wait", is_flag=True,
