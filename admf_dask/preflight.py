@@ -147,10 +147,45 @@ def check_writable(root: StorageRef) -> None:
 
 
 # ---------------------------------------------------------------------------- workflows
-def _generated_symbols(step: Any) -> set[str] | None:
+class _Made:
+    """What earlier steps of a workflow make of a dataset: its symbols and span (None: unknown, e.g. ingested)."""
+
+    def __init__(self) -> None:
+        self.symbols: set[str] | None = set()
+        self.span: tuple[int, int] | None = None  # first and last bar's day (ns), as far as generate steps tell
+
+    def add(self, symbols: Iterable[str] | None, first: int | None, last: int | None) -> None:
+        if symbols is None or self.symbols is None:
+            self.symbols = None
+        else:
+            self.symbols |= set(symbols)
+        if first is not None and last is not None:
+            self.span = (first, last) if self.span is None else (min(first, self.span[0]), max(last, self.span[1]))
+
+    def unknown(self) -> None:
+        self.symbols, self.span = None, (_MIN_NS, _MAX_NS)
+
+    def check(self, symbols: Iterable[str], start: Any, end: Any) -> None:
+        lo, hi = check_dates(start, end)
+        for s in symbols if self.symbols is not None else []:
+            if s not in self.symbols:
+                raise DataError(f"symbol {s!r} is not among those the earlier generate step(s) make", symbol=s,
+                                hint=did_you_mean(s, self.symbols))
+        if self.span is not None:
+            first, last = self.span
+            lo_ns, hi_ns = (_MIN_NS if lo is None else lo), (_MAX_NS if hi is None else hi)
+            if last + 86_400 * 10**9 <= lo_ns or first > hi_ns:
+                raise DataError(f"no bar from {start or 'the first bar'} to {end or 'the last bar'}: the earlier "
+                                f"step(s) make bars from {_day(first)} to {_day(last)}",
+                                key="end" if first > hi_ns else "start",
+                                hint="choose a start/end range inside the data the workflow makes")
+
+
+def _generated(step: Any) -> tuple[list[str], int, int]:
     from .bars import symbol_names
 
-    return set(symbol_names(step.symbols) if isinstance(step.symbols, int) else step.symbols)
+    symbols = symbol_names(step.symbols) if isinstance(step.symbols, int) else list(step.symbols)
+    return symbols, to_bound(step.start, "start"), to_bound(step.end, "end")
 
 
 def preflight_workflow(workflow: Any, last: Any = None) -> None:
@@ -166,20 +201,27 @@ def preflight_workflow(workflow: Any, last: Any = None) -> None:
 
     root = StorageRef.make(workflow.storage, workflow.storage_options)
     check_writable(root)
-    made: dict[str, set[str] | None] = {}  # datasets earlier steps make: their symbols (None: unknown)
+    made: dict[str, _Made] = {}  # datasets earlier steps make or add to
     existing: list[str] | None = None
     produced: set[str] = set()  # kinds of runs earlier steps make
     for i, (kind, step) in enumerate(workflow.steps):
         where = f"steps[{i}].{kind}"
         try:
             name = getattr(step, "dataset", None)
+            if kind in ("generate", "ingest") and name not in made:
+                made[name] = _Made()
+                ref = root.child("bars", name)
+                store = BarStore(ref.url, ref.options)
+                if store.exists():  # what is stored stays: the step adds to it
+                    info = store.manifest["symbols"]
+                    made[name].add(info, min((e["first_ns"] for e in info.values()), default=None),
+                                   max((e["last_ns"] for e in info.values()), default=None))
             if kind == "generate":
-                prior = made.get(name, set())
-                made[name] = None if prior is None else prior | _generated_symbols(step)
+                made[name].add(*_generated(step))
                 continue
             if kind == "ingest":
                 _check_files(workflow.base_dir, step.files)
-                made[name] = None
+                made[name].unknown()
                 continue
             symbols = list(getattr(step, "symbols", None) or [])
             if name is not None and name not in made:
@@ -197,13 +239,10 @@ def preflight_workflow(workflow: Any, last: Any = None) -> None:
                 else:
                     check_range(store, symbols or store.symbols(), getattr(step, "start", None),
                                 getattr(step, "end", None))
+            elif name is not None and kind != "replay":
+                made[name].check(symbols, getattr(step, "start", None), getattr(step, "end", None))
             else:
                 check_dates(getattr(step, "start", None), getattr(step, "end", None))
-                known = made.get(name)
-                for s in symbols if known is not None and kind != "replay" else []:
-                    if s not in known:
-                        raise DataError(f"symbol {s!r} is not among those the earlier generate step(s) make",
-                                        symbol=s, hint=did_you_mean(s, known))
             if kind == "signals" and step.from_run is not None:
                 _check_source(root, "sweep", step.from_run, "from_run", "sweep" in produced, last)
             if kind == "replay":

@@ -78,6 +78,9 @@ FILES = {
                                "  - sweep: {{dataset: a, strategy: sma_cross, symbols: [SYM009]}}\n",
     "missing_ingest_file.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: "
                                 "2020-01-01, end: 2020-03-01}}\n  - ingest: {{dataset: b, files: [nosuch.csv]}}\n",
+    "range_after_generated.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: "
+                                  "2020-01-01, end: 2020-03-01}}\n  - sweep: {{dataset: a, strategy: sma_cross, "
+                                  "start: 2021-01-01}}\n",
     "readonly_root.yaml": "name: x\nstorage: /sys/admf-unwritable\nsteps:\n  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
 }
 
@@ -193,7 +196,7 @@ CASES: list[tuple[str, list[str]]] = [
         "bad_options.yaml", "bomb.yaml", "deep_flow.yaml", "deep_block.yaml", "steps_not_list.yaml",
         "two_keys_step.yaml", "tab.yaml", "missing_second.yaml", "missing_set.yaml", "missing_run.yaml",
         "replay_no_last.yaml", "bad_range_second.yaml", "ungenerated_symbol.yaml", "readonly_root.yaml",
-        "missing_ingest_file.yaml"]],
+        "missing_ingest_file.yaml", "range_after_generated.yaml"]],
     ("run --memory-budget abc", ["run", "{f:missing_second.yaml}", "--memory-budget", "abc"]),
     ("run -o foo=bar", ["run", "{f:missing_second.yaml}", "-o", "foo=bar"]),
 ]
