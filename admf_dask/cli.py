@@ -306,7 +306,7 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     symbols = _symbol_list(symbol_list, "--symbol-list") or symbol_names(n_symbols)
     bar_store = BarStore(store, _options(storage_options))
     check_writable(StorageRef.make(store))
-    remove_stale_temp(store)
+    remove_stale_temp(store, dataset=True)
     if cluster:
         from .cluster import connect
 
@@ -373,7 +373,7 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestam
     session.data = {"store": store}
     if not check:
         check_writable(StorageRef.make(store))
-        remove_stale_temp(store)
+        remove_stale_temp(store, dataset=True)
     from .errors import DataError
 
     try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -327,42 +328,50 @@ def stored_bars(stored: str, options: dict[str, Any] | None, *, what: str, hint:
 
 # ---------------------------------------------------------------------------- temporary files left behind
 TEMP_GRACE = 24 * 3600  # seconds: a temporary file of another host is taken as left behind after this long
+_TEMP_NAME = re.compile(r"\.tmp-(?:([0-9a-f]{8})-(\d+)-[0-9a-f]{12}|[0-9a-f]{32})$")
 
 
-def remove_stale_temp(url: str, *, grace: float = TEMP_GRACE) -> int:
-    """Remove the temporary files (``*.tmp-*``) that crashed writers left under a local root; how many.
+def remove_stale_temp(url: str, *, dataset: bool = False, grace: float = TEMP_GRACE) -> int:
+    """Remove the temporary files that crashed writers left under a local root (or dataset); how many.
 
     A writer that fails removes its own; one killed (SIGKILL, a worker lost to SIGBUS or
-    the OOM killer) cannot. A file is left behind when its writer is dead: its name
-    carries the writer's host tag and pid (:func:`admf_dask.storage.temp_tag`), so on
-    this host a file whose process is gone goes at once and a live writer's stays;
-    a file of another host, or one without the tag (older admf), goes once untouched
-    for ``grace`` seconds. Other filesystems have no temporary files (one PUT each).
+    the OOM killer) cannot. Only admf's own places are searched: a root's ``runs``,
+    ``signals``, ``cache``, ``workflows`` and ``bars`` directories, or with ``dataset`` a
+    directory holding a bar dataset; and only names admf gives its temporary files
+    (``<file>.tmp-<host tag>-<pid>-<random>``, :func:`admf_dask.storage.temp_tag`, or an
+    older admf's ``<file>.tmp-<32 hex digits>``). A file is left behind when its writer
+    is dead: on this host a file whose process is gone goes at once and a live writer's
+    stays; a file of another host, or an older one, goes once untouched for ``grace``
+    seconds. Other filesystems have no temporary files (one PUT each).
     """
-    from .bars.txn import _HOST, _alive
-    from .storage import TEMP_MARK
+    from .bars.txn import _HOST, MANIFEST, _alive
 
     if "://" in url and not url.startswith("file://"):
         return 0
     root = os.path.abspath(url.removeprefix("file://"))
+    if dataset:
+        tops = [root] if os.path.isfile(os.path.join(root, MANIFEST)) else []
+    else:
+        tops = [os.path.join(root, d) for d in ("runs", "signals", "cache", "workflows", "bars")]
     now, removed = time.time(), 0
-    for dirpath, dirnames, names in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "_staging"]  # transactions clean up their own (bars.txn)
-        for name in names:
-            if TEMP_MARK not in name:
-                continue
-            parts = name.rsplit(TEMP_MARK, 1)[1].split("-")
-            path = os.path.join(dirpath, name)
-            try:
-                if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
-                    if _alive(int(parts[1])):
-                        continue
-                elif now - os.stat(path).st_mtime <= grace:
+    for top in tops:
+        for dirpath, dirnames, names in os.walk(top):
+            dirnames[:] = [d for d in dirnames if d != "_staging"]  # transactions clean up their own (bars.txn)
+            for name in names:
+                m = _TEMP_NAME.search(name)
+                if m is None:
                     continue
-                os.remove(path)
-                removed += 1
-            except OSError:  # gone meanwhile, or not ours to remove
-                pass
+                path = os.path.join(dirpath, name)
+                try:
+                    if m.group(1) == _HOST:
+                        if _alive(int(m.group(2))):
+                            continue
+                    elif now - os.stat(path).st_mtime <= grace:
+                        continue
+                    os.remove(path)
+                    removed += 1
+                except OSError:  # gone meanwhile, or not ours to remove
+                    pass
     if removed:
         logging.getLogger("admf_dask.preflight").info("removed %d temporary file(s) that crashed writers left under %s",
                                                       removed, root)

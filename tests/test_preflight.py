@@ -96,18 +96,24 @@ def test_a_run_removes_the_temporary_files_of_dead_writers_and_keeps_live_ones(m
                           text=True, check=True).stdout.strip()
     cache = work / "st" / "cache" / "x"
     cache.mkdir(parents=True, exist_ok=True)
-    names = {"dead": f"a.pack.tmp-{_HOST}-{dead}-0123456789ab", "live": f"b.pack.tmp-{_HOST}-{os.getpid()}-0123",
-             "old_elsewhere": "c.json.tmp-ffffffff-1-0123", "new_elsewhere": "d.json.tmp-ffffffff-1-0123",
-             "old_untagged": "e.json.tmp-0f1e2d3c4b5a69788796a5b4c3d2e1f0"}
-    for name in names.values():
-        (cache / name).write_bytes(b"x")
-    for key in ("old_elsewhere", "old_untagged"):
-        old = time.time() - 2 * 24 * 3600
-        os.utime(cache / names[key], (old, old))
+    tag = "0123456789ab"
+    names = {"dead": f"a.pack.tmp-{_HOST}-{dead}-{tag}", "live": f"b.pack.tmp-{_HOST}-{os.getpid()}-{tag}",
+             "old_elsewhere": f"c.json.tmp-ffffffff-1-{tag}", "new_elsewhere": f"d.json.tmp-ffffffff-1-{tag}",
+             "old_untagged": "e.json.tmp-0f1e2d3c4b5a69788796a5b4c3d2e1f0", "not_ours": "notes.tmp-draft"}
+    other = work / "st" / "mine"  # not a directory admf writes: never searched
+    other.mkdir(exist_ok=True)
+    old = time.time() - 2 * 24 * 3600
+    for folder in (cache, other):
+        for name in names.values():
+            (folder / name).write_bytes(b"x")
+            if not name.startswith(("b.", "d.")):
+                os.utime(folder / name, (old, old))
     code, _, err, _ = run_cli(["-q", "sweep", "bars", "-s", "sma_cross", "-p", "fast=5,10", "-p", "slow=20",
                                "--storage", "st", "--cluster", "threads"], cwd=str(work))
     assert code == 0, err
-    assert sorted(p.name for p in cache.iterdir()) == sorted([names["live"], names["new_elsewhere"]])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([names["live"], names["new_elsewhere"],
+                                                              names["not_ours"]])
+    assert sorted(p.name for p in other.iterdir()) == sorted(names.values())
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
