@@ -52,6 +52,15 @@ For ``m`` parameter sets (a task's set range) and a union timeline of ``T``:
 * ``extra_acc`` float64 ``(m, 3)``: sums of ``exposure``, ``buy_and_hold_return``
   and the sleeve count.
 
+Every value added into them is first rounded to a multiple of a power of two
+(:func:`~admf_dask.kernels.state.fixed`: equity to 2**-20, ~1e-6 of a currency
+unit; trade returns, exposure and buy-and-hold to 2**-42, counts are integers
+already), so the sums are exact and the same in any order: a portfolio row is
+bit-identical whichever symbols the task layout groups together, and whichever
+order its parts are merged in. Exact while a sum stays below 2**53 quanta (equity
+~8.6e9 summed over the sleeves, returns 2,048); beyond that the sums round as
+plain float sums do.
+
 :func:`strategy_batch_with_equity` (built-in strategy kinds) and
 :func:`targets_batch_with_equity` (target matrices of user strategies) run one
 symbol's batch exactly as :func:`~admf_dask.kernels.strategies.run_strategy_batch`
@@ -60,7 +69,7 @@ and :func:`~admf_dask.kernels.simulate.simulate_stats_batch` do (same per-bar
 the symbol's sleeves into the accumulators. Tasks over different symbol groups
 with the same set range and the same union timeline combine with
 :func:`merge_accumulators` (sums, except best = max and worst = min;
-:func:`merge_trade_acc`); :func:`portfolio_stats` turns the final accumulators
+:func:`merge_trade_acc`: exact, so associative and commutative); :func:`portfolio_stats` turns the final accumulators
 into rows. All symbols of the portfolio must be mapped onto the *same* union
 timeline (the union over every symbol of the sweep, fixed before the tasks run),
 or a group's own timeline moved onto it with :func:`rebase_equity`.
@@ -94,7 +103,8 @@ import numpy as np
 
 from admf_dask.kernels.simulate import _chunk_stats_eq
 from admf_dask.kernels.state import (
-    BAR_WIDTH, TRADE0, check_state, check_timeline, close_ends, cost_args, finalize_runs, run_state_init,
+    BAR_WIDTH, EQUITY_QUANTUM, RATIO_QUANTUM, TRADE0, check_state, check_timeline, close_ends, cost_args,
+    finalize_runs, fixed, run_state_init,
 )
 from admf_dask.kernels.stats import N_STATS, bar_init, bar_update, finalize, trade_init
 from admf_dask.kernels.strategies import _CHUNK_EQ_KERNELS, _check
@@ -161,8 +171,8 @@ def merge_accumulators(acc_a, acc_b):
 
     Both must cover the same parameter sets (rows) on the same union timeline.
     Returns a new tuple: equity and extra accumulators added, trade accumulators
-    merged with :func:`merge_trade_acc`. Associative and commutative up to float
-    rounding of the sums, so partial results can be tree-reduced.
+    merged with :func:`merge_trade_acc`. Associative and commutative (the sums are
+    in fixed point, see the module docstring), so partial results can be tree-reduced.
     """
     eq_a, tr_a, ex_a = acc_a
     eq_b, tr_b, ex_b = acc_b
@@ -192,17 +202,18 @@ def _check_acc(n, m, timeline_pos, equity_acc, trade_acc, extra_acc):
 
 @numba.njit(inline="always")
 def _fold_sleeve(k, row_stats, trade_st, trade_acc, extra_acc):
+    # counts are integers (exact); sums of returns in fixed point (state.fixed): the same in any order
     trade_acc[k, 0] += trade_st[0]
     trade_acc[k, 1] += trade_st[1]
-    trade_acc[k, 2] += trade_st[2]
-    trade_acc[k, 3] += trade_st[3]
-    trade_acc[k, 4] += trade_st[4]
-    trade_acc[k, 5] += trade_st[5]
+    trade_acc[k, 2] += fixed(trade_st[2], RATIO_QUANTUM)
+    trade_acc[k, 3] += fixed(trade_st[3], RATIO_QUANTUM)
+    trade_acc[k, 4] += fixed(trade_st[4], RATIO_QUANTUM)
+    trade_acc[k, 5] += fixed(trade_st[5], RATIO_QUANTUM)
     trade_acc[k, 6] += trade_st[6]
     trade_acc[k, 7] = max(trade_acc[k, 7], trade_st[7])
     trade_acc[k, 8] = min(trade_acc[k, 8], trade_st[8])
-    extra_acc[k, 0] += row_stats[_EXPOSURE]
-    extra_acc[k, 1] += row_stats[_BUY_AND_HOLD]
+    extra_acc[k, 0] += fixed(row_stats[_EXPOSURE], RATIO_QUANTUM)
+    extra_acc[k, 1] += fixed(row_stats[_BUY_AND_HOLD], RATIO_QUANTUM)
     extra_acc[k, 2] += 1.0
 
 
@@ -429,7 +440,7 @@ def starting_equity(m, sleeves, cash):
     """
     before = 0.0
     for _ in range(sleeves):
-        before += cash
+        before += fixed(cash, EQUITY_QUANTUM)  # as _sleeve_add adds a sleeve's value before its first bar
     return np.full(m, before)
 
 

@@ -358,6 +358,7 @@ def _ensemble(vote, with_eq, seg_target, signals, weights, threshold, direction,
                     equity_buf[j] = bar_st[1]
         pack_run(srow, sim, bar_st, trade_st, signal, float(seg_target[n_seg - 1]))
         if with_eq:
+            # in fixed point (state.fixed): the sum is the same whatever the symbols' grouping and order
             _sleeve_add(equity_acc[row], timeline_pos, gaps, equity_buf, before)
 
 

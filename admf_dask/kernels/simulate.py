@@ -435,6 +435,7 @@ def _stats_chunk(with_eq, open_, high, low, close, targets, h, t0, state, commis
             _row_stats(targets[k], open_, high, low, close, h, t0, row, commission, slippage_bps,
                        whole_units, stop_loss, take_profit)
         if with_eq:
+            # in fixed point (state.fixed): the sum is the same whatever the symbols' grouping and order
             _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, before)
 
 

@@ -87,9 +87,9 @@ from numba.extending import overload
 from admf_dask.kernels.stats import N_STATS, bar_init, finalize, trade_init
 
 __all__ = [
-    "BAR0", "BAR_WIDTH", "PENDING", "RUN_STATE_WIDTH", "SIGNAL", "SIM_WIDTH", "STATE_FIELDS",
-    "TRADE0", "TRADE_WIDTH", "check_state", "check_timeline", "close_ends", "cost_args", "finalize_runs",
-    "pack_run", "run_state_init", "sim_init", "sleeve_before", "unpack_run",
+    "BAR0", "BAR_WIDTH", "EQUITY_QUANTUM", "PENDING", "RATIO_QUANTUM", "RUN_STATE_WIDTH", "SIGNAL", "SIM_WIDTH",
+    "STATE_FIELDS", "TRADE0", "TRADE_WIDTH", "check_state", "check_timeline", "close_ends", "cost_args",
+    "finalize_runs", "fixed", "fixed_np", "pack_run", "run_state_init", "sim_init", "sleeve_before", "unpack_run",
 ]
 
 SIM_FIELDS = ("direction", "units", "entry_price", "entry_comm", "entry_bar", "sl_price",
@@ -323,13 +323,35 @@ def _gaps(timeline_pos):
     return out[:g]
 
 
+# Sums across sleeves in fixed point, so that they do not depend on the order they are added in (the
+# task layout groups symbols one way or another): every value added into a portfolio accumulator is
+# first rounded to a multiple of a power of two (``fixed``), and sums of such multiples are exact in
+# float64 while they stay below 2**53 quanta. Equity in currency units: 2**-20 (~1e-6) up to ~8.6e9
+# summed; ratios (trade returns, exposure, buy-and-hold) 2**-42 (~2e-13) up to 2,048 summed. Beyond
+# that the sums are rounded as plain float sums are: as accurate, no longer independent of the order.
+EQUITY_QUANTUM = 2.0 ** -20
+RATIO_QUANTUM = 2.0 ** -42
+_ROUNDER = 1.5 * 2.0 ** 52  # y + _ROUNDER - _ROUNDER rounds y to an integer (|y| < 2**51), no branch
+
+
+@numba.njit(inline="always")
+def fixed(x, quantum):
+    """``x`` rounded to a multiple of ``quantum`` (a power of two): exact sums in any order (see above)."""
+    return ((x / quantum + _ROUNDER) - _ROUNDER) * quantum
+
+
+def fixed_np(x, quantum=EQUITY_QUANTUM):
+    """:func:`fixed` in numpy (the same IEEE operations, the same values)."""
+    return ((np.asarray(x, dtype=np.float64) / quantum + _ROUNDER) - _ROUNDER) * quantum
+
+
 @numba.njit(inline="always")
 def _add_run(row, equity_buf, t0, t1, p0):
     # Bars t0 .. t1 - 1 sit at the contiguous positions p0 .. p0 + t1 - t0 - 1.
     seg = row[p0:p0 + t1 - t0]
     src = equity_buf[t0:t1]
     for i in range(t1 - t0):
-        seg[i] += src[i]
+        seg[i] += fixed(src[i], EQUITY_QUANTUM)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -342,6 +364,7 @@ def _sleeve_add(row, timeline_pos, gaps, equity_buf, before):
     # 27 % on 184 SMA sets x 2,520 bars, this ~12 %; inlining it also slowed the
     # targets kernel's bar loop 1.9x.
     n = equity_buf.shape[0]
+    before = fixed(before, EQUITY_QUANTUM)
     if n == 0:
         for j in range(row.shape[0]):
             row[j] += before
@@ -352,12 +375,12 @@ def _sleeve_add(row, timeline_pos, gaps, equity_buf, before):
     for i in range(gaps.shape[0]):
         t = gaps[i]
         _add_run(row, equity_buf, t0, t + 1, timeline_pos[t0])
-        e = equity_buf[t]
+        e = fixed(equity_buf[t], EQUITY_QUANTUM)
         for j in range(timeline_pos[t] + 1, timeline_pos[t + 1]):
             row[j] += e
         t0 = t + 1
     _add_run(row, equity_buf, t0, n, timeline_pos[t0])
-    e = equity_buf[n - 1]
+    e = fixed(equity_buf[n - 1], EQUITY_QUANTUM)
     for j in range(timeline_pos[n - 1] + 1, row.shape[0]):
         row[j] += e
 

@@ -215,6 +215,7 @@ def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, sta
                 equity_buf[j] = bar_st[1]  # equity at the close
         pack_run(state[k], sim, bar_st, trade_st, signal, target)
         if with_eq:
+            # in fixed point (state.fixed): the sum is the same whatever the symbols' grouping and order
             _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, before)
 
 

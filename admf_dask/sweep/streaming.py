@@ -62,7 +62,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
     from .incremental import indicator_states, read_state, symbol_state, unpack_symbol, write_state
     from .integrity import commit, digest
     from ..kernels.portfolio import EXTRA_WIDTH, fold_sleeves, portfolio_fold, portfolio_state_init, trade_acc_init
-    from ..kernels.state import finalize_runs, run_state_init, sleeve_before
+    from ..kernels.state import finalize_runs, fixed_np, run_state_init, sleeve_before
     from ..kernels.stats import PeriodsPerYearStream
     from ..stream import SymbolStream, windows
 
@@ -107,7 +107,7 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         acc = np.zeros((m, len(window.stamps)))
         for i, piece in enumerate(window.pieces):
             if piece.n == 0:  # nothing of this symbol in the window: its sleeve holds its last value
-                acc += np.array([sleeve_before(row) for row in states[i]])[:, None]
+                acc += fixed_np(np.array([sleeve_before(row) for row in states[i]]))[:, None]  # as _sleeve_add
                 continue
             try:
                 config.stats_chunk(piece, batch, states[i], (window.position(i), acc))
