@@ -494,8 +494,12 @@ def _found(storage: Any, store: BarStore, name: str, symbol: str, start: Any, en
     else:
         n, first, last = _span(store, symbol, start, end)
     raw = storage.read_bytes(name)
+    try:
+        events = pq.read_metadata(io.BytesIO(raw)).num_rows
+    except (pa.ArrowException, OSError):
+        return None  # damaged (truncated, overwritten): compute the symbol again
     return {"symbol": symbol, "file": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
-            "events": pq.read_metadata(io.BytesIO(raw)).num_rows, "bars": n,
+            "events": events, "bars": n,
             "first_ns": first if n else None, "last_ns": last if n else None, **entry, "read": 0}
 
 

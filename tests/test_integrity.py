@@ -186,3 +186,11 @@ def test_other_readers_see_typed_columns_and_the_runs_metadata(tmp_path, bars, c
     assert frame["timestamp"].isin(pd.to_datetime(stamps, utc=True)).all() and len(frame) > 2
     targets = sigs.load(symbol, bars.read(symbol))  # the replay's reader: int64 events on the bars
     assert targets.shape == (2, len(stamps)) and set(np.unique(targets)) <= {-1, 0, 1}
+
+    # an interrupted generation (no manifest yet) with a truncated part: generated again, not trusted
+    manifest = json.loads((part.parent.parent / "_signals.json").read_text())
+    (part.parent.parent / "_signals.json").unlink()
+    part.write_bytes(part.read_bytes()[:-40])
+    again = generate_signals(SignalsConfig(from_run=result.run_id, top=2), bars, StorageRef.make(str(tmp_path)),
+                             client, progress=False, echo=lambda _: None)
+    assert again.manifest["parts"][symbol]["sha256"] == manifest["parts"][symbol]["sha256"]
