@@ -18,6 +18,7 @@ from admf_dask.bars import Bars, generate_bars
 from admf_dask.kernels import portfolio as kp
 from admf_dask.kernels import strategies as ks
 from admf_dask.kernels.simulate import simulate_stats_batch
+from admf_dask.kernels.state import EQUITY_QUANTUM, RATIO_QUANTUM, fixed_np
 from admf_dask.kernels.stats import N_STATS, STAT_NAMES, trade_init
 from admf_dask.strategies import direction_code, get_strategy, prepare_batch
 
@@ -256,11 +257,16 @@ def test_symbol_order_does_not_matter(universe, timeline):
 
 
 def test_single_symbol_portfolio_is_its_row(universe):
-    """One sleeve on its own calendar: the portfolio row is the symbol's row, bit for bit."""
+    """One sleeve on its own calendar: the portfolio row is the symbol's row, but for the fixed-point sums.
+
+    Its equity is added rounded to 2**-20 (~1e-10 of the cash here) and its trade returns to 2**-42
+    (kernels.state.fixed): sums of sleeves are then exact in any order.
+    """
     bars = universe[1]
     own = bars.timestamp
     rows, acc = _accumulate("sma_cross", SETS, [bars], own, _costs("long_short"))
-    np.testing.assert_array_equal(kp.portfolio_stats(*acc, PPY), rows[0])
+    assert (np.mod(acc[0], EQUITY_QUANTUM) == 0).all()
+    np.testing.assert_allclose(kp.portfolio_stats(*acc, PPY), rows[0], rtol=1e-8, atol=1e-12)
 
 
 def test_sleeve_curve_prefill_and_forward_fill():
@@ -275,8 +281,10 @@ def test_sleeve_curve_prefill_and_forward_fill():
                                         np.nan, np.nan, *acc)
     eq = CASH * np.r_[1.0, 1.0, 1.0, close[3:] / close[2]]
     want = np.r_[CASH, CASH, eq[0], eq[1], eq[1], eq[2], eq[3], eq[3], eq[3], eq[4], eq[5], eq[5], eq[5]]
-    np.testing.assert_allclose(acc[0][0], want, rtol=1e-15)
-    assert acc[2][0].tolist() == [rows[0, COL["exposure"]], rows[0, COL["buy_and_hold_return"]], 1.0]
+    assert (np.mod(acc[0][0], EQUITY_QUANTUM) == 0).all()  # each value rounded to a multiple of 2**-20
+    np.testing.assert_allclose(acc[0][0], want, rtol=1e-15, atol=EQUITY_QUANTUM / 2)
+    assert acc[2][0].tolist() == [*fixed_np([rows[0, COL["exposure"]], rows[0, COL["buy_and_hold_return"]]],
+                                            RATIO_QUANTUM), 1.0]
     trade = acc[1][0]
     assert trade[0] == 1.0 and trade[1] == 1.0 and trade[7] == trade[8] == rows[0, COL["best_trade"]]
 
