@@ -73,6 +73,7 @@ def test_flipped_and_truncated_parts_are_recomputed_on_rerun(tmp_path, bars, cli
     part.write_bytes(part.read_bytes()[:-100])  # truncated
     again = _sweep(bars, tmp_path, client, 1e-5)
     assert again.summary["recomputed_parts"] == 3 and again.summary["tasks_resumed"] == n_tasks - 3
+    assert f"({n_tasks - 3} resumed, 3 recomputed: they failed their check)" in "\n".join(again.lines())
     assert (run_dir / "results.parquet").read_bytes() == reference
 
     # damage after the resume check, before assembly: the final table refuses it, writing nothing

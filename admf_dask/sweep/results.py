@@ -276,7 +276,9 @@ class SweepResult:
                f"{s['bar_evaluations']:,} bar-evaluations"]
         if s.get("wall_seconds"):
             out.append(f"wall {s['wall_seconds']:.1f}s, {s['bar_evals_per_s']:,.0f} bar-evals/s, "
-                       f"{s['tasks']} tasks ({s['tasks_resumed']} resumed), "
+                       f"{s['tasks']} tasks ({s['tasks_resumed']} resumed"
+                       + (f", {s['recomputed_parts']} recomputed: they failed their check"
+                          if s.get("recomputed_parts") else "") + "), "
                        f"peak worker memory {s['peak_worker_memory_mb']:,.0f} MB")
         if s.get("indicators"):
             out.append(s["indicators"])
