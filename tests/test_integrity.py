@@ -143,6 +143,15 @@ def test_portfolio_rows_are_bit_identical_whatever_the_layout(tmp_path, bars, cl
     assert len(list((run_dir / "portfolio").glob("part-*.acc"))) == 4  # reduced from the parts
     _same_bits(split.table, expected)
 
+    # streamed in chunks of 200 bars, groups [a, b, c] and [d]: windows summed and merged in time order
+    run = _interrupted(run_dir)
+    run.update(layout=[[s[:3], 0, 6, True], [s[3:], 0, 6, True]], chunk_rows=200)
+    (run_dir / "run.json").write_text(json.dumps(run))
+    streamed = _sweep(bars, tmp_path / "whole", client, 60.0)
+    assert streamed.summary["recomputed_parts"] == 2 and streamed.summary["tasks"] == 2
+    assert len(list((run_dir / "portfolio").glob("part-000000/w-*.acc"))) > 3
+    _same_bits(streamed.table, expected)
+
 
 def _same_bits(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
