@@ -336,20 +336,18 @@ def _ensemble(vote, with_eq, seg_target, signals, weights, threshold, direction,
         srow = state[row]
         before = sleeve_before(srow) if with_eq else 0.0
         sim, bar_st, trade_st, signal, pending = unpack_run(srow)
+        # One call site of the inlined sim_step (two doubled the kernels' compile time).
         # The chunk's first bar trades the pending combined target (decided at the
         # previous chunk's last close; ignored at bar 0); bar t trades the target
-        # of bar t - 1, so segment s feeds chunk bars start[s] + 1 .. start[s + 1].
-        raw = _pending_as(pending, seg_target)
-        sim, bar_st, trade_st = sim_step(
-            sim, bar_st, trade_st, tb, raw, o_[0], h_[0], l_[0], c_[0],
-            commission, slippage_bps, whole_units, stop_loss, take_profit, False, 0, 0,
-            dummy_f, dummy_f, dummy_i, dummy_t)
-        if with_eq:
-            equity_buf[0] = bar_st[1]
-        for s in range(n_seg):
-            raw = seg_target[s]
-            j1 = min(start[s + 1] + 1, nc)
-            for j in range(start[s] + 1, j1):
+        # of bar t - 1, so segment s feeds chunk bars start[s] + 1 .. start[s + 1]
+        # (s = -1 below: the first bar).
+        pend = _pending_as(pending, seg_target)
+        for s in range(-1, n_seg):
+            if s < 0:
+                raw, j0, j1 = pend, 0, min(1, nc)
+            else:
+                raw, j0, j1 = seg_target[s], start[s] + 1, min(start[s + 1] + 1, nc)
+            for j in range(j0, j1):
                 sim, bar_st, trade_st = sim_step(
                     sim, bar_st, trade_st, tb + j, raw, o_[j], h_[j], l_[j], c_[j],
                     commission, slippage_bps, whole_units, stop_loss, take_profit, False, 0, 0,
