@@ -860,7 +860,29 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(code or INTERRUPTED))
     if summary and (session.json or "--json" in args):
         session.print_json(code, status, error)
+    if argv is None:  # the console command: exit handlers run, then no interpreter teardown
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Run the exit handlers, flush, and end the process without tearing the interpreter down.
+
+    After a sweep, freeing every module and object (numba's, pandas', distributed's) took
+    0.3-2 s of the command's wall time for nothing. Exit handlers (``atexit``: clusters
+    opened by ``ensure_client``, logging) still run; only the command line does this, not
+    ``main(argv)`` called from Python.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -412,6 +412,15 @@ def indicator_runs(client: Any) -> dict[int, int]:
     return counts
 
 
+def _probe_input(bars_ref: StorageRef, fingerprint: str, start: Any, end: Any, k: int, symbol: str,
+                 sample: list[dict[str, Any]], max_rows: int) -> ReplayInput:
+    """The replay probe's input: a bounded slice of the symbol's bars and ``k`` made-up signal rows."""
+    bars = BarStore.open(bars_ref, fingerprint).read_head(symbol, max_rows, start=start, end=end)
+    signals = np.zeros((k, len(bars)), dtype=np.int8)  # the kernel's speed does not depend on them much
+    signals[:, len(bars) // 3:] = 1
+    return ReplayInput(bars, signals)
+
+
 class ReplayFeed:
     """Per-symbol inputs of a replay (see :class:`~admf_dask.sweep.SweepFeed`): bars plus stored signals."""
 
@@ -442,11 +451,14 @@ class ReplayFeed:
         pass  # the run dropping its future is all: nothing else holds a symbol's input
 
     def probe_input(self, symbol: str, sample: list[dict[str, Any]], max_rows: int) -> ReplayInput:
-        bars = self.bars.read_head(symbol, max_rows, start=self.job.start, end=self.job.end)
-        k = len(self.job.labels)
-        signals = np.zeros((k, len(bars)), dtype=np.int8)  # the kernel's speed does not depend on them much
-        signals[:, len(bars) // 3:] = 1
-        return ReplayInput(bars, signals)
+        return self.probe_reader()(symbol, sample, max_rows)
+
+    def probe_reader(self) -> Any:
+        """:meth:`probe_input` as a picklable function (the probe runs on a worker)."""
+        import functools
+
+        return functools.partial(_probe_input, self.bars.ref, self.bars.fingerprint, self.job.start, self.job.end,
+                                 len(self.job.labels))
 
     def shape(self, sets: list[dict[str, Any]]) -> tuple[float, int]:
         return float(len(self.job.labels)), 0  # int8 signal rows; no indicator, no halo

@@ -412,3 +412,39 @@ def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():
         assert spans == [(lo, lo + 4) for lo in range(0, 24, 4)] + [(24, 26), (26, 28), (28, 30), (30, 32)]
     ones = [(("A",), i, i + 1) for i in range(8)]
     assert _halve_tail(ones, threads=1) == ones  # single sets: nothing to halve
+
+
+def test_the_probe_times_the_whole_container_path_and_rounds_to_a_grid(tmp_path, dataset):
+    """probe_path (run on a worker by run_sweep): load, kernel and results measured; the figures the layout
+    uses are powers of sqrt(2) within 19 % of the measures, so probe noise rarely changes the layout."""
+    import math
+
+    from admf_dask.sweep.layout import _PROBE_SETS, coarse, probe_path
+    from admf_dask.sweep.run import SweepFeed
+
+    assert coarse(1.0) == 1.0 and coarse(1.1) == 1.0 and coarse(1.3) == math.sqrt(2) and coarse(0.0) == 0.0
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [30, 60]})
+    sets, _ = expand_params("sma_cross", config.params)
+    feed = SweepFeed(config, sets, dataset, StorageRef.make(str(tmp_path / "root")), client=None)
+    rows = dataset.rows_in_range("SYM000", None, None)
+    probe = probe_path("SYM000", feed.probe_reader(), config, sets[:_PROBE_SETS], 100_000, rows)
+    for key, measured in (("seconds_per_bar", "measured_seconds_per_bar"), ("load_seconds", "measured_load_seconds")):
+        assert probe[key] == coarse(probe[measured]) > 0
+        assert 2 ** -0.26 <= probe[key] / probe[measured] <= 2 ** 0.26
+        assert math.log2(probe[key]) * 2 == round(math.log2(probe[key]) * 2)
+    assert probe["measured_seconds_per_bar"] > probe["kernel_seconds_per_bar"] > 0  # the results are in
+    assert probe["results_seconds_per_row"] > 0 and probe["rows"] == rows
+
+
+def test_run_json_records_the_probe_taken_on_a_worker(tmp_path, dataset):
+    import json
+
+    from distributed import get_task_stream
+
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5], "slow": [30]})
+    with connect(THREADS) as client, get_task_stream(client) as ts:
+        result = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False)
+    assert [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")], "the probe was a task"
+    run = json.loads((tmp_path / "runs" / result.run_id / "run.json").read_text())
+    assert run["seconds_per_bar_probe"] == run["probe"]["seconds_per_bar"] > 0
+    assert run["probe"]["symbol"] in run["symbols"]

@@ -229,6 +229,61 @@ def _probe(config: Any, data: Any, sample: list[dict]) -> float:
         best = min(best, time.perf_counter() - t0)
     return max(best / (len(sample) * n), 1e-10)
 
+_GRID = 2  # probe figures are rounded to powers of 2 ** (1 / _GRID): within 19 % of the measure, and the
+# same from run to run unless the machine's speed moves across a step (noise of +-10 % rarely does)
+
+
+def coarse(seconds: float) -> float:
+    """``seconds`` rounded to the probe's grid (powers of the square root of 2), so that the layout is stable."""
+    if seconds <= 0:
+        return 0.0
+    return float(2.0 ** (round(math.log2(seconds) * _GRID) / _GRID))
+
+
+def probe_path(symbol: str, read: Any, config: Any, sample: list[dict], max_rows: int, full_rows: int) -> dict[str, Any]:
+    """Task: time a container's whole path on one symbol, on a worker: what the layout plans with.
+
+    ``read(symbol, sample, max_rows)`` loads the probe input (the feed's ``probe_reader``:
+    a bounded slice of the bars, the sample's indicators); its time, scaled to the
+    symbol's ``full_rows`` bars and to the whole input's ``read.unique`` indicators, is a
+    symbol's *load* (what its hub task or inline build costs). Then the kernel
+    (:func:`_probe`: the sample over the slice, best of two) and the results (the
+    sample's rows as a container builds and writes them, best of two; the load too) give the seconds per
+    bar-evaluation of a container. Both figures are rounded to the :func:`coarse`
+    grid. Returns them with the measures they came from (``run.json["probe"]``).
+    """
+    import io
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from ..kernels.portfolio import accumulators_init
+    from .results import _dictionary, _rows_table
+
+    t_read = math.inf
+    for _ in range(2):  # the first in a fresh worker also pays first-use costs (imports, the manifest, kernels)
+        t0 = time.perf_counter()
+        data = read(symbol, sample, max_rows)
+        t_read = min(t_read, time.perf_counter() - t0)
+    n = max(len(data.bars), 1)
+    kernel = _probe(config, data, sample)
+    batch = config.prepare(sample)
+    stats = config.stats(data, batch, (np.arange(len(data.bars), dtype=np.int64), accumulators_init(len(sample), n)))
+    t_results = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        table = _rows_table(SimpleNamespace(lo=0, hi=len(sample), symbols=(symbol,)), batch, [stats])
+        pq.write_table(table, io.BytesIO(), use_dictionary=_dictionary(table.schema))
+        t_results = min(t_results, time.perf_counter() - t0)
+    unique = max(1, len(batch.plan.specs)) if hasattr(batch, "plan") else 1
+    scale = getattr(read, "unique", unique) / unique
+    load = t_read * max(1.0, scale) * full_rows / n
+    per_bar = kernel + t_results / max(len(sample), 1) / max(full_rows, 1)
+    return {"seconds_per_bar": coarse(per_bar), "load_seconds": coarse(load), "symbol": symbol, "rows": n,
+            "sets": len(sample), "kernel_seconds_per_bar": kernel, "results_seconds_per_row": t_results / len(sample),
+            "read_seconds": t_read, "measured_seconds_per_bar": per_bar, "measured_load_seconds": load}
+
+
 def plan_layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], spb: float, batch_seconds: float,
                 threads: int, budget: int, payload_bytes: float, halo: int, aligned: bool,
                 load_seconds: float = 0.0) -> dict[str, Any]:

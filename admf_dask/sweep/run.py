@@ -34,7 +34,7 @@ from ..storage import StorageRef
 from .container import ContainerTask, run_container
 from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
-from .layout import _PROBE_SETS, _estimate, _probe, plan_layout
+from .layout import _PROBE_SETS, _estimate, plan_layout, probe_path
 from .incremental import Resume, plan_incremental, record_chain
 from .integrity import layout_token, verify_committed
 from .streaming import run_stream_container
@@ -77,12 +77,15 @@ class SweepFeed:
         self.hub.settle(source, counters)
 
     def probe_input(self, symbol: str, sample: list[dict[str, Any]], max_rows: int) -> Any:
-        from ..cache import IndicatorSet
+        return self.probe_reader()(symbol, sample, max_rows)
 
-        # a bounded slice: the probe times the kernel per bar, it needs no whole history
-        bars = self.bars.read_head(symbol, max_rows, start=self.config.start, end=self.config.end)
-        specs = self.config.prepare(sample).plan.specs  # the sample's indicators, computed here, not cached
-        return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
+    def probe_reader(self) -> Callable[[str, list[dict[str, Any]], int], Any]:
+        """:meth:`probe_input` as a picklable function, for the probe task on a worker; ``.unique`` indicators
+        a symbol's input holds (the whole plan's: the probe input holds only the sample's)."""
+        import functools
+
+        reader = functools.partial(_sweep_probe_input, self.bars.ref, self.bars.fingerprint, self.config)
+        return _Reader(reader, self.plan.unique)
 
     def shape(self, sets: list[dict[str, Any]]) -> tuple[float, int]:
         """Payload bytes per bar of a symbol (its indicator rows, or a user strategy's targets) and the halo."""
@@ -109,6 +112,27 @@ class SweepFeed:
 
     def release(self) -> None:
         self.hub.release()
+
+class _Reader:
+    """A feed's probe input as a picklable callable, with the count of unique indicators of a whole input."""
+
+    def __init__(self, fn: Callable[..., Any], unique: int) -> None:
+        self.fn, self.unique = fn, unique
+
+    def __call__(self, symbol: str, sample: list[dict[str, Any]], max_rows: int) -> Any:
+        return self.fn(symbol, sample, max_rows)
+
+
+def _sweep_probe_input(bars_ref: StorageRef, fingerprint: str, config: SweepConfig, symbol: str,
+                       sample: list[dict[str, Any]], max_rows: int) -> Any:
+    """A bounded slice of the symbol's bars and the sample's indicators (see :func:`~.layout.probe_path`)."""
+    from ..cache import IndicatorSet
+
+    store = BarStore.open(bars_ref, fingerprint)
+    bars = store.read_head(symbol, max_rows, start=config.start, end=config.end)
+    specs = config.prepare(sample).plan.specs  # the sample's indicators, computed here, not cached
+    return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
+
 
 _PROBE_MAX_ROWS = 200_000  # bars the probe reads: enough to time the kernel on, whatever the history
 
@@ -272,17 +296,20 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         elif run is None:
             longest = max(symbols, key=bars_per_symbol.__getitem__)
             sample = sets[:_PROBE_SETS]
-            t_load = time.perf_counter()
             probe_rows = int(max(2, min(_PROBE_MAX_ROWS, budget // (48 + payload + 8 * len(sample)))))
-            probe_input = source.probe_input(longest, sample, probe_rows)
-            t_load = (time.perf_counter() - t_load) * bars_per_symbol[longest] / max(len(probe_input.bars), 1)
-            spb = _probe(config, probe_input, sample)
-            del probe_input
+            args = (source.probe_reader(), config, sample, probe_rows, bars_per_symbol[longest])
+            if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
+                # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
+                probe = run_tasks(client, probe_path, [longest], label=kind, progress=False, retries=config.retries,
+                                  keys=[f"{kind}-{token([run_id, _now()])[:12]}-probe"], extra_args=[args])[0]
+            else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
+                probe = probe_path(longest, *args)
+            spb, t_load = probe["seconds_per_bar"], probe["load_seconds"]
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
                                payload, halo, _aligned(bars, symbols), t_load)
             run = {"run_id": run_id, "kind": kind, "status": "running", "version": __version__, **_started(),
                    "data_fingerprint": bars.fingerprint, "bars": bars.url, "config": config.identity(),
-                   "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb,
+                   "symbols": symbols, "param_sets": len(sets), "seconds_per_bar_probe": spb, "probe": probe,
                    "memory_budget": budget, "full_because": inc_note, **plan}
             lease.confirm()  # the layout is written once: not by a process that lost the run meanwhile
             storage.write_json(run, "run.json")
