@@ -20,6 +20,13 @@ def sma_grid_plan() -> IndicatorPlan:
     return IndicatorPlan.from_requests(IndicatorSpec.make("sma", window=w) for pair in GRID for w in pair)
 
 
+@pytest.fixture(autouse=True)
+def store_every_indicator(monkeypatch):
+    """These tests are of the storage cache's mechanics: every computed indicator is stored (on daily bars the
+    default stores none, cheaper to compute than to load; see the tests of the rule at the end)."""
+    monkeypatch.setenv("ADMF_INDICATOR_STORE", "all")
+
+
 @pytest.fixture
 def dataset(tmp_path):
     store = BarStore(str(tmp_path / "bars"))
@@ -347,3 +354,37 @@ def test_whole_series_packs_carry_each_indicator_end_state(dataset, tmp_path):
     damaged = build_indicator_set(dataset.ref, "AAA", None, None, specs, cache)
     assert damaged.counters.corrupt >= 1 and damaged.counters.computed >= 1
     np.testing.assert_array_equal(damaged.states[tok], expected[tok])
+
+
+def test_by_default_indicators_cheaper_to_compute_than_to_load_are_not_stored(dataset, tmp_path, monkeypatch):
+    """The cost-aware cache: SMAs of daily bars cost less to compute than to write and load back, so a second
+    session computes them again, and the counters say why."""
+    monkeypatch.delenv("ADMF_INDICATOR_STORE")
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    plan = sma_grid_plan()
+    first = IndicatorHub(dataset, cache)
+    a1 = first.get("AAA", plan)
+    assert (first.counters.computed, first.counters.cheap) == (26, 26)
+    assert not list((tmp_path / "cache").rglob("*.pack"))
+    second = IndicatorHub(BarStore(dataset.url), cache)
+    a2 = second.get("AAA", plan)
+    c = second.counters
+    assert (c.computed, c.cheap, c.loaded_storage) == (26, 26, 0)
+    assert "26 computed (26 cheaper to compute than to load: not stored)" in c.line()
+    assert c.as_dict()["cheap"] == 26
+    for spec in plan.specs:
+        np.testing.assert_array_equal(a1.get(spec), a2.get(spec))
+
+
+def test_worth_storing_keeps_what_costs_more_to_compute_than_to_load(monkeypatch):
+    monkeypatch.delenv("ADMF_INDICATOR_STORE")
+    from admf_dask.cache import STORE_SECONDS_PER_BYTE, STORE_SECONDS_PER_PACK, worth_storing
+
+    nbytes = 2520 * 8
+    load = nbytes * STORE_SECONDS_PER_BYTE[True]
+    cheap, dear = (load / 2, nbytes), (load + 2 * STORE_SECONDS_PER_PACK[True], nbytes)
+    assert worth_storing({"a": cheap, "b": dear}, local=True) == {"b"}
+    assert worth_storing({"a": cheap}, local=True) == set()
+    # worth it on local disk, not where each pack is a request (S3): the pack's own cost is not saved
+    small = (load + STORE_SECONDS_PER_PACK[True] * 2, nbytes)
+    assert worth_storing({"b": small}, local=True) == {"b"} and worth_storing({"b": small}, local=False) == set()
