@@ -171,3 +171,48 @@ def test_yaml_bombs_are_refused_in_under_a_second(tmp_path, text, fragment):
     code, _, err, _ = run_cli(["run", str(path)])
     assert code == 2
     assert fragment in one_line(err)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs mounted at tmp_path/disk (needs root: skipped where mount is refused)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, small_disk):
+    """The run's files (portfolio accumulators of many small tasks) fill the storage's disk mid-run:
+    one line naming the file, exit 2, no temporary file left; with room again the same command
+    completes, and its table equals one made on a roomy disk."""
+    import subprocess
+
+    import pandas as pd
+
+    code, _, err, _ = run_cli(["-q", "generate", str(tmp_path / "bars"), "--symbols", "3", "--start", "2015-01-01",
+                               "--end", "2024-12-31"])
+    assert code == 0, err
+    args = ["-q", "sweep", str(tmp_path / "bars"), "-s", "sma_cross", "-p", "fast=5:20:5", "-p", "slow=30:60:10",
+            "--cluster", "threads", "--batch-seconds", "1e-6"]
+    code, _, err, _ = run_cli([*args, "--storage", str(small_disk)])
+    assert code == 2, err
+    line = one_line(err)
+    assert "No space left on device" in line and f"[file {small_disk}/runs/" in line, line
+    assert not [p for p in small_disk.rglob("*") if ".tmp-" in p.name]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    code, _, err, _ = run_cli([*args, "--storage", str(small_disk)])
+    assert code == 0, err
+    code, _, err, _ = run_cli([*args[:-2], "--storage", str(tmp_path / "roomy")])  # one task: the same bits
+    assert code == 0, err
+    [mine] = small_disk.glob("runs/*/results.parquet")
+    [roomy] = (tmp_path / "roomy").glob("runs/*/results.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(mine), pd.read_parquet(roomy))
