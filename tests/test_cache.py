@@ -377,14 +377,16 @@ def test_by_default_indicators_cheaper_to_compute_than_to_load_are_not_stored(da
 
 
 def test_worth_storing_keeps_what_costs_more_to_compute_than_to_load(monkeypatch):
-    monkeypatch.delenv("ADMF_INDICATOR_STORE")
-    from admf_dask.cache import STORE_SECONDS_PER_BYTE, STORE_SECONDS_PER_PACK, worth_storing
+    from admf_dask.cache import STORE_SECONDS_PER_BYTE as PER_BYTE
+    from admf_dask.cache import STORE_SECONDS_PER_PACK as PER_PACK
+    from admf_dask.cache import worth_storing
 
+    monkeypatch.delenv("ADMF_INDICATOR_STORE")
     nbytes = 2520 * 8
-    load = nbytes * STORE_SECONDS_PER_BYTE[True]
-    cheap, dear = (load / 2, nbytes), (load + 2 * STORE_SECONDS_PER_PACK[True], nbytes)
+    load = nbytes * PER_BYTE[True]
+    cheap, dear = (load / 2, nbytes), (load + 2 * PER_PACK[True], nbytes)
     assert worth_storing({"a": cheap, "b": dear}, local=True) == {"b"}
     assert worth_storing({"a": cheap}, local=True) == set()
     # worth it on local disk, not where each pack is a request (S3): the pack's own cost is not saved
-    small = (load + STORE_SECONDS_PER_PACK[True] * 2, nbytes)
+    small = (load + PER_PACK[True] * 2, nbytes)
     assert worth_storing({"b": small}, local=True) == {"b"} and worth_storing({"b": small}, local=False) == set()
