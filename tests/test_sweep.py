@@ -447,4 +447,10 @@ def test_run_json_records_the_probe_taken_on_a_worker(tmp_path, dataset):
     assert [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")], "the probe was a task"
     run = json.loads((tmp_path / "runs" / result.run_id / "run.json").read_text())
     assert run["seconds_per_bar_probe"] == run["probe"]["seconds_per_bar"] > 0
-    assert run["probe"]["symbol"] in run["symbols"]
+    assert run["probe"]["symbol"] in run["symbols"] and "kept" not in run["probe"]
+    # the same configuration again on this machine: the kept probe, the same layout, no probe task
+    with connect(THREADS) as client, get_task_stream(client) as ts:
+        again = run_sweep(config, dataset, StorageRef.make(str(tmp_path)), client, progress=False, force=True)
+    assert not [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")]
+    rerun = json.loads((tmp_path / "runs" / again.run_id / "run.json").read_text())
+    assert rerun["probe"] == {**run["probe"], "kept": True} and rerun["layout"] == run["layout"]

@@ -28,7 +28,7 @@ from .. import __version__
 from ..bars import BarStore
 from ..config import token
 from ..budget import chunk_rows, format_bytes
-from ..errors import ConfigError, DataError
+from ..errors import AdmfError, ConfigError, DataError
 from ..preflight import check_range
 from ..storage import StorageRef
 from .container import ContainerTask, run_container
@@ -132,6 +132,46 @@ def _sweep_probe_input(bars_ref: StorageRef, fingerprint: str, config: SweepConf
     bars = store.read_head(symbol, max_rows, start=config.start, end=config.end)
     specs = config.prepare(sample).plan.specs  # the sample's indicators, computed here, not cached
     return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
+
+
+def _machine_class(threads: int) -> str:
+    """This machine's class for the probe: architecture, CPU model, cores, and the cluster's threads."""
+    import os
+    import platform
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return token([platform.machine(), model or platform.processor(), os.cpu_count(), threads])[:12]
+
+
+def _probe_name(kind: str, config: Any, what: tuple, threads: int) -> str:
+    sample, rows, full = what
+    return f"probe/{_machine_class(threads)}/{token([kind, config.identity(), sample, rows, full, __version__])[:16]}.json"
+
+
+def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int) -> dict[str, Any] | None:
+    """A probe this machine class took of the same configuration, kept under ``<root>/cache/probe/``
+    (``ADMF_PROBE=fresh`` measures again); None when there is none, or it does not read."""
+    import os
+
+    if os.environ.get("ADMF_PROBE", "") == "fresh":
+        return None
+    try:
+        kept = root.child("cache").open().read_json(_probe_name(kind, config, what, threads))
+        return {**kept, "kept": True} if isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0 else None
+    except (OSError, ValueError, TypeError, AdmfError):  # missing or damaged: measure again
+        return None
+
+
+def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int, probe: dict[str, Any]) -> None:
+    try:
+        root.child("cache").open().write_json(probe, _probe_name(kind, config, what, threads))
+    except (OSError, ValueError, AdmfError) as exc:  # an optimisation only: the next run measures again
+        logging.getLogger(__name__).debug("probe not kept: %r", exc)
 
 
 _PROBE_MAX_ROWS = 200_000  # bars the probe reads: enough to time the kernel on, whatever the history
@@ -298,12 +338,18 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             sample = sets[:_PROBE_SETS]
             probe_rows = int(max(2, min(_PROBE_MAX_ROWS, budget // (48 + payload + 8 * len(sample)))))
             args = (source.probe_reader(), config, sample, probe_rows, bars_per_symbol[longest])
-            if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
+            # kept: this machine class measured this configuration before: the same layout again, no probe
+            probe = _kept_probe(root, kind, config, args[2:], threads)
+            if probe is not None:
+                pass
+            elif getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
                 # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
                 probe = run_tasks(client, probe_path, [longest], label=kind, progress=False, retries=config.retries,
                                   keys=[f"{kind}-{token([run_id, _now()])[:12]}-probe"], extra_args=[args])[0]
+                _keep_probe(root, kind, config, args[2:], threads, probe)
             else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
                 probe = probe_path(longest, *args)
+                _keep_probe(root, kind, config, args[2:], threads, probe)
             spb, t_load = probe["seconds_per_bar"], probe["load_seconds"]
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
                                payload, halo, _aligned(bars, symbols), t_load)
