@@ -59,10 +59,22 @@ def temp_tag() -> str:
 def replacing(target: str) -> Iterator[str]:
     """A temporary sibling of the local file ``target`` to write: renamed onto it on success, removed on failure.
 
-    Readers see the old file or the whole new one, never a part.
+    Readers see the old file or the whole new one, never a part. The temporary file exists
+    (empty) when this yields: a concurrent writer's clean-up removes only *empty* directories
+    (a finished transaction's ``_staging``, a ``symbol=X/year=Y`` left empty), and one could
+    remove a directory made here before a file is in it. So the directories and the file are
+    made together, again if a directory went meanwhile.
     """
-    os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}{TEMP_MARK}{temp_tag()}"
+    for attempt in range(8):
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileNotFoundError:  # a parent directory was pruned between the mkdir calls or before the open
+            if attempt == 7:
+                raise
+            time.sleep(0.001 * (attempt + 1))
     try:
         yield tmp
         os.replace(tmp, target)

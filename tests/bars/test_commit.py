@@ -389,3 +389,26 @@ def test_a_commit_whose_answer_was_lost_is_not_redone(tmp_path):
     assert fresh.entry("AAA")["change"] == "append" and fresh.extends("AAA", store.entry("AAA")["lineage"][0][
         "fingerprint"]) == 30
     np.testing.assert_array_equal(fresh.read("AAA").timestamp, full.timestamp)
+
+
+
+def test_a_write_survives_concurrent_prunes_of_its_empty_directories(tmp_path, monkeypatch):
+    """Finished transactions remove ``_staging`` when it is empty, and removals prune an emptied
+    ``symbol=X/year=Y``: a writer that has just made such a directory must not lose it before its
+    file is in it (twenty concurrent ingests failed this way: "cannot write: No such file or
+    directory: .../_staging/<txn>"). The race is made certain: the first three times the writer
+    has made its directories, a prune removes them before it goes on."""
+    real = os.makedirs
+    pruned = []
+
+    def makedirs_then_pruned(path, *args, **kwargs):
+        real(path, *args, **kwargs)  # (makedirs calls itself for missing parents: those pass)
+        if len(pruned) < 3 and str(path) == str(tmp_path / "_staging" / "t"):
+            os.rmdir(path)  # empty: what a concurrent commit's prune removes
+            os.rmdir(os.path.dirname(path))
+            pruned.append(path)
+
+    monkeypatch.setattr(os, "makedirs", makedirs_then_pruned)
+    Storage(str(tmp_path)).write_bytes(b"x", "_staging", "t", "f")
+    assert len(pruned) == 3 and (tmp_path / "_staging" / "t" / "f").read_bytes() == b"x"
+    assert os.listdir(tmp_path / "_staging" / "t") == ["f"]  # no temporary file left
