@@ -4,9 +4,9 @@
 
 The sweep benchmark's row 1 workload (SMA cross, 184 sets x ``--symbols`` symbols x 2,520
 daily bars, long-only, 0.1 %) on a warm LocalCluster of 2 single-threaded worker
-processes, each run into a fresh storage root. The two settings alternate (off, on,
-off, on, ...; ``ADMF_MONITOR`` set in this process and in every worker before each
-run), ``--repeat`` runs each after one untimed run of each. Two measures of each run:
+processes, each run into a fresh storage root. The two settings alternate in ABBA order
+(off, on, on, off, off, on, ...: the second run of a pair is not always the same setting;
+``ADMF_MONITOR`` set in this process and in every worker before each run), ``--repeat`` runs each after one untimed run of each. Two measures of each run:
 its wall time, and the CPU seconds of the cluster's processes (this one, with the
 scheduler, and the workers; ``getrusage``), which other load on the machine disturbs
 less. ``overhead`` is the median over the pairs of (on / off - 1) of the wall times,
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         for value in ("0", "1"):
             run(value, timed=False)
-        for _ in range(args.repeat):
-            for value in ("0", "1"):
+        for i in range(args.repeat):
+            for value in (("0", "1") if i % 2 == 0 else ("1", "0")):
                 run(value, timed=True)
     pairs = [on / off - 1 for off, on in zip(wall["0"], wall["1"])]
     pairs_cpu = [on / off - 1 for off, on in zip(cpu["0"], cpu["1"])]
