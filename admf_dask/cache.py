@@ -37,6 +37,7 @@ import errno
 import hashlib
 import json
 import os
+import posixpath
 import threading
 import time
 import uuid
@@ -245,11 +246,14 @@ class IndicatorCache:
         found: dict[str, dict[str, np.ndarray]] = {}
         corrupt: set[str] = set()
         fs, folder = self.storage.fs, self.storage.path(self._dir(key))
-        if not self.storage.exists(self._dir(key)):
-            return found, 0
+        # an object store: one LIST (none cached: another worker may have written since), not exists' HEAD + LIST
         try:
-            packs = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".pack"))
-        except FileNotFoundError:
+            names = (self.storage.listdir(self._dir(key)) if not self.storage.is_local
+                     else [posixpath.basename(p) for p in fs.ls(folder, detail=False)])
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        packs = sorted(posixpath.join(folder, n) for n in names if n.endswith(".pack"))
+        if not packs:
             return found, 0
         for path in packs:
             if len(found) == len(wanted):

@@ -62,7 +62,8 @@ def lease_ref(root: StorageRef, kind: str, run_id: str) -> StorageRef:
 def run_complete(ref: StorageRef) -> bool:
     """Whether the sweep or replay run at ``ref`` has finished (its run.json says complete)."""
     storage = ref.open()
-    return storage.exists("run.json") and storage.read_json("run.json").get("status") == "complete"
+    run = storage.read_json("run.json", missing=None)  # one GET on S3
+    return run is not None and run.get("status") == "complete"
 
 
 @contextmanager

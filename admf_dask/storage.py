@@ -226,10 +226,21 @@ class Storage:
         return self.fs.exists(path)
 
     def read_bytes(self, *parts: str) -> bytes:
+        """A whole file's bytes: on S3 one GET (s3fs would HEAD it first for its size)."""
         try:
-            return self.fs.cat_file(self.path(*parts))
+            return self.fs.cat_file(self.path(*parts), **({"max_concurrency": 1} if self.conditional else {}))
         except FileNotFoundError:
             raise StorageError("file not found", file=self.display(*parts)) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read: {exc}", file=self.display(*parts)) from exc
+
+    def read_optional(self, *parts: str) -> bytes | None:
+        """A whole file's bytes, or None if it does not exist: one GET on S3, where :meth:`exists` and
+        then :meth:`read_bytes` would make a HEAD, a LIST and a GET."""
+        try:
+            return self.fs.cat_file(self.path(*parts), **({"max_concurrency": 1} if self.conditional else {}))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         except OSError as exc:
             raise StorageError(f"cannot read: {exc}", file=self.display(*parts)) from exc
 
@@ -276,8 +287,11 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
 
-    def read_json(self, *parts: str) -> Any:
-        raw = self.read_bytes(*parts)
+    def read_json(self, *parts: str, missing: Any = ...) -> Any:
+        """A JSON file's value; ``missing`` (when given) if the file does not exist (one GET on S3)."""
+        raw = self.read_bytes(*parts) if missing is ... else self.read_optional(*parts)
+        if raw is None:
+            return missing
         try:
             return json.loads(raw)
         except ValueError as exc:
@@ -344,6 +358,11 @@ class Storage:
             if self.is_local:
                 return sorted(os.listdir(full))
             self.fs.invalidate_cache(full)
+            if self.conditional:  # one LIST (s3fs's ls lists a missing prefix's parent too)
+                from fsspec.asyn import sync
+
+                bucket, key, _ = self.fs.split_path(full)
+                return sorted(sync(self.fs.loop, _list_names, self.fs, bucket, key.rstrip("/") + "/"))
             return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(full, detail=False))
         except (FileNotFoundError, NotADirectoryError):
             return []
@@ -503,6 +522,18 @@ async def _get_object(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
         return await response["Body"].read(), response["ETag"]
     finally:
         response["Body"].close()
+
+
+async def _list_names(fs: Any, bucket: str, prefix: str) -> list[str]:
+    """Names directly under ``prefix`` (files and sub-prefixes): one LIST per 1,000."""
+    names, kw = [], {}
+    while True:
+        response = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **kw)
+        names += [o["Key"][len(prefix):] for o in response.get("Contents", ())]
+        names += [p["Prefix"][len(prefix):].rstrip("/") for p in response.get("CommonPrefixes", ())]
+        if not response.get("IsTruncated"):
+            return [n for n in names if n]
+        kw = {"ContinuationToken": response["NextContinuationToken"]}
 
 
 def _precondition_failed(exc: BaseException) -> bool:

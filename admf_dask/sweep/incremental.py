@@ -200,12 +200,13 @@ def plan_incremental(root: StorageRef, identity: dict[str, Any], kind: str, bars
 
     storage = root.child("runs").open()
     pointer = f"{CHAIN}/{kind}-{chain_key(identity)}.json"
-    if not storage.exists(pointer):
+    last = storage.read_json(pointer, missing=None)  # one GET on S3 (exists, then read: HEAD, LIST, GET)
+    if last is None:
         return None, "no earlier run of this configuration"
-    prev_id = storage.read_json(pointer).get("run_id")
-    if not storage.exists(f"{prev_id}/run.json"):
+    prev_id = last.get("run_id")
+    prev = storage.read_json(f"{prev_id}/run.json", missing=None)
+    if prev is None:
         return None, f"the last run {prev_id} is gone"
-    prev = storage.read_json(f"{prev_id}/run.json")
     if prev.get("status") != "complete" or prev.get("version") != __version__:
         return None, f"the last run {prev_id} is not complete or of another version"
     if prev.get("symbols") != symbols or prev.get("param_sets") != n_sets or not prev.get("resumable"):

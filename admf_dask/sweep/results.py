@@ -46,6 +46,7 @@ def _rows_table(task: Any, batch: Any, stats: list[np.ndarray]) -> pa.Table:
 
 PART_ROW_GROUP = 16_384  # rows per row group of a task's part: the final table reads parts by set-id blocks
 _BLOCK_ROWS = 32_768  # rows of the final table assembled at once (a block of set ids, every symbol)
+_HOLD_BYTES = 16 << 20  # on an object store, a committed part up to this size is read whole, once
 
 
 def _dictionary(schema: pa.Schema) -> list[str]:
@@ -95,7 +96,7 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
     row per set. ``metadata`` goes into both files' Parquet key-value metadata (the
     run's id, config, data fingerprint and version: :func:`run_metadata`).
     """
-    from .integrity import check_block, check_file
+    from .integrity import check_block, check_file, read_checked
 
     records = records or {}
     rows = 0
@@ -108,15 +109,21 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 files = [f"results/part-{j:06d}.parquet" for j in ranges[(lo, hi)]]
                 if lo in portfolio:
                     files.append(portfolio[lo])
-                metas = []
+                metas, held = [], {}
                 for name in files:
-                    check_file(storage, name, records.get(name))
+                    record = records.get(name)
+                    if not storage.is_local and record is not None and record["size"] <= _HOLD_BYTES:
+                        # on an object store a small part is read once (one GET), checked, and held for its range
+                        held[name] = pa.py_buffer(read_checked(storage, name, record))
+                        metas.append(pq.read_metadata(pa.BufferReader(held[name])))
+                        continue
+                    check_file(storage, name, record)
                     with storage.fs.open(storage.path(name), "rb") as fh:
                         metas.append(pq.read_metadata(fh))
                 per_set = max(1, sum(md.num_rows for md in metas) // max(hi - lo, 1))
                 step = max(1, _BLOCK_ROWS // per_set)
                 for a in range(lo, hi, step):
-                    table = _block(storage, files, metas, a, min(a + step, hi))
+                    table = _block(storage, files, metas, a, min(a + step, hi), held)
                     if symbols is not None:
                         check_block(table.column("set_id").to_numpy(), table.column("symbol").to_pylist(), a,
                                     min(a + step, hi), symbols, PORTFOLIO, storage.display("results"))
@@ -159,7 +166,8 @@ def run_metadata(run: Mapping[str, Any]) -> dict[str, str]:
             "admf.bars": str(run.get("bars", ""))}
 
 
-def _block(storage: Storage, files: list[str], metas: list[Any], a: int, b: int) -> pa.Table:
+def _block(storage: Storage, files: list[str], metas: list[Any], a: int, b: int,
+           held: Mapping[str, Any] | None = None) -> pa.Table:
     """The rows of set ids [a, b) from every part, sorted: set id, then symbol, PORTFOLIO last.
 
     Each part is opened for the block and closed after it (its footer read once, before):
@@ -171,7 +179,7 @@ def _block(storage: Storage, files: list[str], metas: list[Any], a: int, b: int)
         groups = [g for g in range(md.num_row_groups) if _holds(md.row_group(g), a, b)]
         if not groups:
             continue
-        with storage.fs.open(storage.path(name), "rb") as fh:
+        with (pa.BufferReader(held[name]) if held and name in held else storage.fs.open(storage.path(name), "rb")) as fh:
             t = pq.ParquetFile(fh, metadata=md, pre_buffer=False, buffer_size=1 << 16).read_row_groups(
                 groups, use_threads=False)
         ids = t.column("set_id")

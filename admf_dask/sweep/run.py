@@ -282,10 +282,11 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
     run_id = token(identity)[:16]
     run_ref = root.child("runs", run_id)
     storage = run_ref.open()
-    if force and storage.exists("run.json"):
+    run = storage.read_json("run.json", missing=None)  # one GET on S3, none of exists' HEAD and LIST
+    if force and run is not None:
         echo(f"--force: discarding run {run_id}")
         storage.fs.rm(storage.path(), recursive=True)
-    run = storage.read_json("run.json") if storage.exists("run.json") else None
+        run = None
     if run is not None and run.get("status") == "complete":
         return SweepResult(run_id, run_ref.url, {**run["summary"], "status": "complete (already done)"},
                            config, storage)
@@ -380,11 +381,9 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                  f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
                  f"{chunks[0]} chunks per symbol")
 
-        listed = set()
-        storage.fs.invalidate_cache(storage.path("done"))  # s3fs caches listings; markers are what we trust
-        if storage.fs.exists(storage.path("done")):
-            listed = {int(p.rsplit("part-", 1)[1].split(".")[0])
-                      for p in storage.fs.ls(storage.path("done"), detail=False) if p.endswith(".json")}
+        # markers are what we trust; one LIST, not cached (listdir invalidates s3fs's listing cache)
+        listed = {int(n.rsplit("part-", 1)[1].split(".")[0])
+                  for n in storage.listdir("done") if n.startswith("part-") and n.endswith(".json")}
         layout_tok = layout_token(layout)
         done, failed = verify_committed(storage, listed, layout, layout_tok)  # files and layout, not mere markers
         todo = [j for j in range(len(layout)) if j not in done]
