@@ -418,12 +418,15 @@ def worth_storing(costs: dict[str, tuple[float, int]], local: bool) -> set[str]:
 
 def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
                         cache_ref: StorageRef | None, *priors: IndicatorSet,
-                        fingerprint: str | None = None) -> IndicatorSet:
+                        fingerprint: str | None = None, known: frozenset[str] | None = None) -> IndicatorSet:
     """Task: load a symbol's bars and get every spec from memory, storage or the kernels.
 
     ``priors`` are sets of this symbol already in memory (passed as futures on a
     cluster); their arrays are reused when they were computed on the same bars.
     ``fingerprint`` is the dataset's, so the worker can reuse a manifest it has read.
+    ``known`` is the set of data keys that had packs in the cache when the hub listed it
+    (:meth:`IndicatorHub.known_keys`; None: not listed): a key not in it is not looked for
+    (no LIST per symbol on an object store; a pack written since is only a missed reuse).
     """
     store = BarStore.open(bars_ref, fingerprint)
     key = None
@@ -458,7 +461,7 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
             counters.reused_memory += 1
         else:
             missing.append(spec)
-    if cache is not None and missing:  # with the end states stored beside them, where they were
+    if cache is not None and missing and (known is None or key in known):  # with the end states beside them
         loaded, corrupt = cache.load(key, missing, len(bars), states=states, require_states=False)
         for spec in missing:
             if spec.token in loaded:
@@ -599,10 +602,11 @@ class InlineSet:
     specs: tuple[IndicatorSpec, ...]
     cache_ref: StorageRef | None
     fingerprint: str | None
+    known: frozenset[str] | None = None
 
     def build(self) -> IndicatorSet:
         return build_indicator_set(self.bars_ref, self.symbol, self.start, self.end, self.specs, self.cache_ref,
-                                   fingerprint=self.fingerprint)
+                                   fingerprint=self.fingerprint, known=self.known)
 
 
 def resolve(source: IndicatorSet | InlineSet | MappedSet) -> IndicatorSet:
@@ -783,6 +787,7 @@ class IndicatorHub:
         self._spreading: dict[str, list[Any]] = {}  # set key -> its _arrived tasks, one per worker
         self._local: bool | None = None  # every worker on this machine and the cache on local disk
         self._mapped = False  # MappedSets were handed out: workers hold mappings until release()
+        self._known: Any = ...  # known_keys(), once listed
 
     def _key(self, symbol: str, start: Any, end: Any, plan: IndicatorPlan) -> str:
         # the stage first, then a hex token: the dashboard files the task under "indicators" (dask's key_split
@@ -823,7 +828,7 @@ class IndicatorHub:
         key = self._key(symbol, start, end, plan)
         priors = [fut for fut, _, rng in self._sets.get(symbol, []) if rng == (start, end)]
         fut = self.client.submit(build_indicator_set, self.bars_ref, symbol, start, end, plan.specs, self.cache_ref,
-                                 *priors, fingerprint=self.fingerprint, key=key, pure=False)
+                                 *priors, fingerprint=self.fingerprint, known=self.known_keys(), key=key, pure=False)
         self._sets.setdefault(symbol, []).append((fut, set(plan.tokens), (start, end)))
         self._pending[fut.key] = fut
         return fut
@@ -852,7 +857,32 @@ class IndicatorHub:
             if consumers > 1:
                 self._spread(fut, consumers)
             return fut
-        return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint)
+        return InlineSet(self.bars_ref, symbol, start, end, tuple(plan.specs), self.cache_ref, self.fingerprint,
+                         self.known_keys())
+
+    _KNOWN_PAGES = 5  # LIST pages (1,000 keys each) the hub reads of the cache at most; more: per symbol
+
+    def known_keys(self) -> frozenset[str] | None:
+        """The data keys with packs in an object-store cache, listed once per hub (a run): one LIST,
+        where each symbol's set would make its own. None (look per symbol) on local disk, without a
+        cache, or when the cache holds over ``_KNOWN_PAGES`` thousand keys."""
+        if self._known is ...:
+            self._known = None
+            if self.cache_ref is not None:
+                storage = IndicatorCache(self.cache_ref).storage
+                if storage.conditional:
+                    from fsspec.asyn import sync
+
+                    from .storage import _list_names
+
+                    bucket, prefix, _ = storage.fs.split_path(storage.path(IndicatorCache(self.cache_ref)._dir("")))
+                    try:
+                        names = sync(storage.fs.loop, _list_names, storage.fs, bucket, prefix.rstrip("/") + "/",
+                                     self._KNOWN_PAGES)
+                        self._known = None if names is None else frozenset(names)
+                    except OSError:
+                        self._known = None
+        return self._known
 
     def _worker_addresses(self) -> list[str]:
         if self._workers is None:

@@ -23,6 +23,7 @@ that tasks receive; workers open their own filesystem from it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import posixpath
@@ -524,16 +525,17 @@ async def _get_object(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
         response["Body"].close()
 
 
-async def _list_names(fs: Any, bucket: str, prefix: str) -> list[str]:
-    """Names directly under ``prefix`` (files and sub-prefixes): one LIST per 1,000."""
+async def _list_names(fs: Any, bucket: str, prefix: str, pages: int | None = None) -> list[str] | None:
+    """Names directly under ``prefix`` (files and sub-prefixes): one LIST per 1,000; None past ``pages`` LISTs."""
     names, kw = [], {}
-    while True:
+    for _ in itertools.count() if pages is None else range(pages):
         response = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **kw)
         names += [o["Key"][len(prefix):] for o in response.get("Contents", ())]
         names += [p["Prefix"][len(prefix):].rstrip("/") for p in response.get("CommonPrefixes", ())]
         if not response.get("IsTruncated"):
             return [n for n in names if n]
         kw = {"ContinuationToken": response["NextContinuationToken"]}
+    return None
 
 
 def _precondition_failed(exc: BaseException) -> bool:

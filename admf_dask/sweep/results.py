@@ -112,8 +112,9 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 metas, held = [], {}
                 for name in files:
                     record = records.get(name)
-                    if not storage.is_local and record is not None and record["size"] <= _HOLD_BYTES:
-                        # on an object store a small part is read once (one GET), checked, and held for its range
+                    if not storage.is_local and (record is None or record["size"] <= _HOLD_BYTES):
+                        # on an object store a small part (or the reduce's portfolio rows: one per set) is read
+                        # once (one GET), checked against its record, and held while its range is assembled
                         held[name] = pa.py_buffer(read_checked(storage, name, record))
                         metas.append(pq.read_metadata(pa.BufferReader(held[name])))
                         continue

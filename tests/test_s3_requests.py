@@ -1,0 +1,73 @@
+"""Requests a sweep makes of S3, counted at the moto server (every one over HTTP): issue 16 item 2."""
+
+from __future__ import annotations
+
+import collections
+
+import pyarrow.parquet as pq
+
+from admf_dask.bars import BarStore, generate_bars, symbol_names
+from admf_dask.cluster import connect
+from admf_dask.storage import StorageRef
+from admf_dask.sweep import SweepConfig, run_sweep
+
+THREADS = {"kind": "threads", "n_workers": 2, "dashboard_address": ""}
+CONFIG = SweepConfig(strategy="sma_cross", params={"fast": [5, 10, 15, 20], "slow": [30, 40, 60]},
+                     batch_seconds=0.0005)
+
+
+def counted(monkeypatch, prefix: str):
+    """(method, path) of every request under ``prefix`` the moto server receives in the block (a Counter)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    seen: collections.Counter = collections.Counter()
+    call = DomainDispatcherApplication.__call__
+
+    def counting(self, environ, start_response):
+        path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+        listed = "list-type" in query or "prefix=" in query
+        where = path.rstrip("/") + ("/" + query.split("prefix=", 1)[1].split("&", 1)[0] if listed else "")
+        if prefix in where.replace("%2F", "/"):
+            seen[environ["REQUEST_METHOD"] + ("(list)" if listed else "")] += 1
+        return call(self, environ, start_response)
+
+    monkeypatch.setattr(DomainDispatcherApplication, "__call__", counting)
+    return seen
+
+
+def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, monkeypatch):
+    bucket, options = s3
+    options = {k: v for k, v in options.items() if k != "skip_instance_cache"}
+    names = symbol_names(4)
+    bars = [generate_bars(s, "2019-01-01", "2020-12-31", seed=5) for s in names]
+    store = BarStore(f"{bucket}/bars", options)
+    store.write(bars)
+    local = BarStore(str(tmp_path / "bars"))
+    local.write(bars)
+    root = StorageRef.make(f"{bucket}/store", options)
+    run_prefix = bucket.split("://", 1)[1] + "/store"
+    with connect(THREADS) as client:
+        want = run_sweep(CONFIG, local, StorageRef.make(str(tmp_path / "store")), client, progress=False)
+        seen = counted(monkeypatch, run_prefix)
+        got = run_sweep(CONFIG, store, root, client, progress=False)
+        first = dict(seen)
+        seen.clear()
+        again = run_sweep(CONFIG, store, root, client, progress=False)
+        rerun = dict(seen)
+    tasks = len(root.child("runs", got.run_id).open().read_json("run.json")["layout"])
+    assert tasks >= 2 and got.summary["status"] == "complete" and again.summary["status"] == "complete (already done)"
+    # no HEAD before a read or a write, no exists() (HEAD + LIST) before reading run.json or listing a prefix
+    assert first.get("HEAD", 0) == 0, first
+    # one LIST of the indicator cache for the run (not one per symbol), one of the done markers
+    assert first.get("GET(list)", 0) <= 2, first
+    # four PUTs per task (accumulators, results part, end state, marker); the run's own: run.json twice, the
+    # lease's, the kept probe, the reduce's, results.parquet, portfolio.parquet, the chain and latest pointers
+    assert first.get("PUT", 0) <= 4 * tasks + 16, first
+    # GETs: the lease, run.json, the kept probe, the chain pointer, the reduce's reads (markers, accumulators),
+    # the assembly's of each part (once each); the bars (one per symbol) are outside the run's prefix
+    assert first.get("GET", 0) <= 4 * tasks + 12, first
+    # a finished run is reported from its run.json: a handful of requests, no listing
+    assert sum(rerun.values()) <= 4 and rerun.get("GET(list)", 0) == 0, rerun
+    # the table assembled from parts read once and held in memory is the local run's
+    s3_table = pq.read_table(store.storage.fs.open(root.open().path("runs", got.run_id, "results.parquet"), "rb"))
+    assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
