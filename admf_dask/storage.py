@@ -265,6 +265,22 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
 
+    def write_many(self, files: dict[str, bytes | list[Any]]) -> None:
+        """Write several whole files (relative path: bytes or a list of buffers), each as :meth:`write_bytes`
+        does; on an object store at once (fsspec's ``pipe`` of a dict: the PUTs run concurrently).
+
+        No order among them: a commit marker is written after this returns, never in it.
+        """
+        if self.is_local or len(files) < 2:
+            for name, data in files.items():
+                self.write_bytes(data, name)
+            return
+        try:
+            self.fs.pipe({self.path(name): data if not isinstance(data, list) else b"".join(data)
+                          for name, data in files.items()})
+        except OSError as exc:
+            raise StorageError(f"cannot write: {exc}", file=self.display(min(files))) from exc
+
     @contextmanager
     def writing(self, *parts: str) -> Iterator[Any]:
         """A binary file to write a large file into, streamed: committed whole when the block ends, or not at all.

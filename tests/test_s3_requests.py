@@ -66,6 +66,12 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # GETs: the lease, run.json, the kept probe, the chain pointer, the reduce's reads (markers, accumulators),
     # the assembly's of each part (once each); the bars (one per symbol) are outside the run's prefix
     assert first.get("GET", 0) <= 4 * tasks + 12, first
+    # the summary reports the tasks' requests by operation (the monitor's count), and prints them in one line
+    by_op = got.summary["storage_by_op"]
+    assert by_op.get("put_object", 0) >= 4 * tasks and "head_object" not in by_op, by_op
+    assert [line for line in got.lines() if line.startswith("storage: ")] == [
+        f"storage: {got.summary['storage_requests']:,} requests during the tasks ("
+        + ", ".join(f"{n:,} {op}" for op, n in sorted(by_op.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"]
     # a finished run is reported from its run.json: a handful of requests, no listing
     assert sum(rerun.values()) <= 4 and rerun.get("GET(list)", 0) == 0, rerun
     # the table assembled from parts read once and held in memory is the local run's

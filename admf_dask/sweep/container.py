@@ -209,6 +209,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     equity = _SCRATCH.take(m, len(timeline.stamps))
     saved: dict[str, np.ndarray] | None = {} if task.keep_state else None  # the state reached, for the next run
     files: dict[str, dict[str, Any]] = {}  # what the part commits: name -> size, sha256
+    pending: dict[str, Any] = {}  # files to write before the marker (object stores: concurrently)
     try:
         acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
         stats = []
@@ -242,19 +243,23 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
         else:
             name = f"portfolio/part-{task.part:06d}.acc"
             buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
-            storage.write_bytes(buffers, name)
             files[name] = digest(buffers)
+            if storage.is_local:  # buffers over scratch memory, given back below: written now
+                storage.write_bytes(buffers, name)
+            else:  # copied now, put with the part's other files
+                pending[name] = b"".join(buffers)
     finally:
         _SCRATCH.give(equity)
     name = f"results/part-{task.part:06d}.parquet"
-    files[name] = write_part(storage, table, name)
+    files[name] = write_part(storage, table, name, into=pending)
     extra: dict[str, Any] = {}
     if not task.whole_range:  # where this part's summed equity is, relative to the storage root
         extra["equity"] = [f"runs/{task.run_id}/portfolio/part-{task.part:06d}.acc"]
     if saved is not None:
-        extra["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state")
+        extra["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state", into=pending)
         files[extra["state"]["file"]] = {k: extra["state"][k] for k in ("size", "sha256")}
-    commit(storage, task, table.num_rows, files, **extra)
+    storage.write_many(pending)  # on an object store the PUTs at once
+    commit(storage, task, table.num_rows, files, **extra)  # the marker last, once every file is in place
     t_end = time.perf_counter()
     times = stage_times_take()
     bars = min(times.get("bars", 0.0), t_inputs - t0)

@@ -58,12 +58,17 @@ class Resume:
     equity: tuple[str, ...] = ()  # the part's summed equity so far: files relative to the storage root
 
 
-def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
-    """Write named arrays as one state file under a run; return what the commit records: file, size, sha256."""
+def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str,
+                into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write named arrays as one state file under a run (or put it in ``into``, a dict of pending writes);
+    return what the commit records: file, size, sha256."""
     from .portfolio import _arrays_parts
 
     raw = b"".join(_arrays_parts(arrays))  # one buffer: a few hundred small arrays per part
-    storage.write_bytes(raw, name)
+    if into is not None:
+        into[name] = raw
+    else:
+        storage.write_bytes(raw, name)
     return {"file": name, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 

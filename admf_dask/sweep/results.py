@@ -59,17 +59,21 @@ def _dictionary(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_floating(f.type)]
 
 
-def write_part(storage: Storage, table: pa.Table, name: str) -> dict[str, Any]:
+def write_part(storage: Storage, table: pa.Table, name: str, into: dict[str, Any] | None = None) -> dict[str, Any]:
     """A task's rows (set-major, see :func:`_rows_table`) as a Parquet part in row groups the final table can skip.
 
-    Returns the part's commit record (size, sha256: :func:`~admf_dask.sweep.integrity.digest`).
+    Returns the part's commit record (size, sha256: :func:`~admf_dask.sweep.integrity.digest`). With
+    ``into`` (a dict of pending writes, see :meth:`Storage.write_many`) the bytes go there instead.
     """
     from .integrity import digest
 
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=PART_ROW_GROUP, use_dictionary=_dictionary(table.schema))
     raw = buf.getvalue()
-    storage.write_bytes(raw, name)
+    if into is not None:
+        into[name] = raw
+    else:
+        storage.write_bytes(raw, name)
     return digest(raw)
 
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
@@ -291,6 +295,10 @@ class SweepResult:
                        f"peak worker memory {s['peak_worker_memory_mb']:,.0f} MB")
         if s.get("indicators"):
             out.append(s["indicators"])
+        if s.get("storage_requests"):
+            ops = sorted(s.get("storage_by_op", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            out.append(f"storage: {s['storage_requests']:,} requests during the tasks ("
+                       + ", ".join(f"{n:,} {op}" for op, n in ops) + ")")
         if s.get("portfolio_left_out"):
             out.append(s["portfolio_left_out"])
         return out

@@ -486,6 +486,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         if todo:
             summary.update(source.summary())
         record = monitor.record()
+        if record.get("storage", {}).get("requests"):  # what the tasks asked of storage, by operation
+            summary.update(storage_requests=record["storage"]["requests"], storage_by_op=record["storage"]["by_op"])
         found = findings(record)
         for f in found:  # one line each, at the end of the run
             echo(f"finding: {f['finding']}: {f['fix']}")
