@@ -418,7 +418,8 @@ def worth_storing(costs: dict[str, tuple[float, int]], local: bool) -> set[str]:
 
 def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
                         cache_ref: StorageRef | None, *priors: IndicatorSet,
-                        fingerprint: str | None = None, known: frozenset[str] | None = None) -> IndicatorSet:
+                        fingerprint: str | None = None, known: frozenset[str] | None = None,
+                        bars: Bars | None = None) -> IndicatorSet:
     """Task: load a symbol's bars and get every spec from memory, storage or the kernels.
 
     ``priors`` are sets of this symbol already in memory (passed as futures on a
@@ -427,16 +428,17 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     ``known`` is the set of data keys that had packs in the cache when the hub listed it
     (:meth:`IndicatorHub.known_keys`; None: not listed): a key not in it is not looked for
     (no LIST per symbol on an object store; a pack written since is only a missed reuse).
+    ``bars`` are the symbol's bars in the range when already read (:func:`read_ahead`).
     """
     store = BarStore.open(bars_ref, fingerprint)
     key = None
-    bars = None
     for prior in priors:
         if prior.symbol == symbol:
             bars, key = prior.bars, prior.data_key
             break
-    if bars is None:
-        bars = _with_period(store.read(symbol, start=start, end=end))
+    if key is None:
+        if bars is None:
+            bars = _with_period(store.read(symbol, start=start, end=end))
         key = data_key(store.symbol_fingerprint(symbol), bars)
     cache = IndicatorCache(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
@@ -604,9 +606,41 @@ class InlineSet:
     fingerprint: str | None
     known: frozenset[str] | None = None
 
-    def build(self) -> IndicatorSet:
+    def build(self, bars: Bars | None = None) -> IndicatorSet:
+        """The set; ``bars`` are the symbol's bars in the range if already read (:func:`read_ahead`)."""
         return build_indicator_set(self.bars_ref, self.symbol, self.start, self.end, self.specs, self.cache_ref,
-                                   fingerprint=self.fingerprint, known=self.known)
+                                   fingerprint=self.fingerprint, known=self.known, bars=bars)
+
+    def read_bars(self) -> Bars:
+        """The symbol's bars in the range, as :func:`build_indicator_set` reads them."""
+        return _with_period(BarStore.open(self.bars_ref, self.fingerprint).read(self.symbol, start=self.start,
+                                                                                end=self.end))
+
+
+def read_ahead(sources: Sequence[Any], load: Any) -> list[Any]:
+    """``[load(s) for s in sources]``, reading the next inline set's bars while this one is built.
+
+    Only for bars on an object store (each read is a round trip); elsewhere, or with fewer
+    than two inline sets, plainly in order. ``load`` is a config's hook: an inline set given
+    its bars is built from them (``load`` resolves an :class:`InlineSet` by calling ``build``).
+    """
+    inline = [s for s in sources if isinstance(s, InlineSet)]
+    if len(inline) < 2 or "://" not in inline[0].bars_ref.url or inline[0].bars_ref.url.startswith("file://"):
+        return [load(s) for s in sources]
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = []
+    with ThreadPoolExecutor(1, thread_name_prefix="admf-read-ahead") as pool:
+        ahead = {}
+        for i, src in enumerate(sources):
+            nxt = next((s for s in sources[i + 1:] if isinstance(s, InlineSet)), None)
+            if nxt is not None and id(nxt) not in ahead:
+                ahead[id(nxt)] = pool.submit(nxt.read_bars)
+            if isinstance(src, InlineSet) and id(src) in ahead:
+                out.append(src.build(ahead.pop(id(src)).result()))
+            else:
+                out.append(load(src))
+    return out
 
 
 def resolve(source: IndicatorSet | InlineSet | MappedSet) -> IndicatorSet:

@@ -77,3 +77,23 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # the table assembled from parts read once and held in memory is the local run's
     s3_table = pq.read_table(store.storage.fs.open(root.open().path("runs", got.run_id, "results.parquet"), "rb"))
     assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
+
+
+def test_read_ahead_builds_the_same_sets_from_s3(s3):
+    import numpy as np
+
+    from admf_dask.cache import InlineSet, read_ahead, resolve
+    from admf_dask.indicators import IndicatorSpec
+
+    bucket, options = s3
+    names = symbol_names(3)
+    store = BarStore(f"{bucket}/bars", options)
+    store.write([generate_bars(s, "2020-01-01", "2020-12-31", seed=3) for s in names])
+    specs = (IndicatorSpec.make("sma", window=5), IndicatorSpec.make("sma", window=20))
+    sources = [InlineSet(store.ref, s, None, None, specs, None, store.fingerprint) for s in names]
+    got, want = read_ahead(sources, resolve), [resolve(s) for s in sources]
+    assert [s.symbol for s in got] == names
+    for g, w in zip(got, want):
+        assert g.data_key == w.data_key and len(g.bars) == len(w.bars) > 200
+        for spec in specs:
+            np.testing.assert_array_equal(g.get(spec), w.get(spec))

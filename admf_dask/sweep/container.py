@@ -196,12 +196,13 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     from ..kernels.state import run_state_init
     from ..kernels.stats import PeriodsPerYearStream
     from .incremental import whole_symbol_state, write_state
+    from ..cache import read_ahead
     from .integrity import commit, digest
     from .portfolio import _stream_portfolio_table
 
     t0 = time.perf_counter()
     stage_times_start()  # BarStore.read adds its time to "bars"
-    indicator_sets = [task.config.load(src) for src in sources]
+    indicator_sets = read_ahead(sources, task.config.load)  # on an object store, the next symbol's bars meanwhile
     t_inputs = time.perf_counter()
     batch = task.config.prepare([dict(p) for p in task.param_sets])
     timeline = group_timeline(indicator_sets)
