@@ -307,8 +307,10 @@ class Storage:
     def read_json(self, *parts: str, missing: Any = ...) -> Any:
         """A JSON file's value; ``missing`` (when given) if the file does not exist (one GET on S3)."""
         raw = self.read_bytes(*parts) if missing is ... else self.read_optional(*parts)
-        if raw is None:
-            return missing
+        return missing if raw is None else self.parse_json(raw, *parts)
+
+    def parse_json(self, raw: bytes, *parts: str) -> Any:
+        """The value of JSON bytes read from ``parts``; a StorageError naming the file if they do not parse."""
         try:
             return json.loads(raw)
         except ValueError as exc:

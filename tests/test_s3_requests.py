@@ -54,7 +54,11 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
         seen.clear()
         again = run_sweep(CONFIG, store, root, client, progress=False)
         rerun = dict(seen)
-    tasks = len(root.child("runs", got.run_id).open().read_json("run.json")["layout"])
+        run_dir = root.child("runs", got.run_id).open()
+        tasks = len(run_dir.read_json("run.json")["layout"])
+        run_dir.write_bytes(b'{"status": "compl', "run.json")  # damaged: --force still discards the run
+        forced = run_sweep(CONFIG, store, root, client, progress=False, force=True)
+    assert forced.summary["status"] == "complete" and forced.summary["tasks_resumed"] == 0
     assert tasks >= 2 and got.summary["status"] == "complete" and again.summary["status"] == "complete (already done)"
     # no HEAD before a read or a write, no exists() (HEAD + LIST) before reading run.json or listing a prefix
     assert first.get("HEAD", 0) == 0, first

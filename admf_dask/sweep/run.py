@@ -282,11 +282,12 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
     run_id = token(identity)[:16]
     run_ref = root.child("runs", run_id)
     storage = run_ref.open()
-    run = storage.read_json("run.json", missing=None)  # one GET on S3, none of exists' HEAD and LIST
-    if force and run is not None:
+    raw = storage.read_optional("run.json")  # one GET on S3, none of exists' HEAD and LIST
+    if force and raw is not None:  # not parsed: --force discards a damaged run.json too
         echo(f"--force: discarding run {run_id}")
         storage.fs.rm(storage.path(), recursive=True)
-        run = None
+        raw = None
+    run = storage.parse_json(raw, "run.json") if raw is not None else None
     if run is not None and run.get("status") == "complete":
         return SweepResult(run_id, run_ref.url, {**run["summary"], "status": "complete (already done)"},
                            config, storage)
