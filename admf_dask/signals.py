@@ -446,25 +446,11 @@ def write_parts(set_ref: StorageRef, bars_ref: StorageRef, fingerprint: str, sym
 
 
 def _read_state(storage: Any, rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A saved state's arrays, checked against the size and sha256 recorded at commit.
+    """A saved state's arrays, checked against the size and sha256 recorded at commit, on a storage
+    already open (one per task, not one per symbol: opening an object store costs a new session)."""
+    from .sweep.incremental import read_saved_state
 
-    :func:`admf_dask.sweep.incremental.read_state` on a storage already open (one per
-    task, not one per symbol: opening an object store costs a new session).
-    """
-    from .sweep.portfolio import _arrays_read
-
-    where = storage.display(rec["file"])
-    try:
-        raw = storage.read_bytes(rec["file"])
-    except StorageError as exc:
-        if exc.message != "file not found":
-            raise
-        raise StorageError("saved engine state is missing", file=where,
-                           hint="rerun with --force to recompute in full") from None
-    if len(raw) != rec["size"] or hashlib.sha256(raw).hexdigest() != rec["sha256"]:
-        raise StorageError(f"saved engine state does not match its commit record ({len(raw)} bytes, "
-                           f"{rec['size']} recorded)", file=where, hint="rerun with --force to recompute in full")
-    return _arrays_read(raw, where)
+    return read_saved_state(storage, rec)
 
 
 def _write_state(storage: Any, arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ portfolio rows within 1e-12). Otherwise the run is computed in full, and says wh
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from ..config import token
 from ..errors import StorageError
 from ..storage import StorageRef
 
-__all__ = ["Resume", "chain_key", "plan_incremental", "read_state", "write_state"]
+__all__ = ["Resume", "chain_key", "plan_incremental", "read_saved_state", "read_state", "write_state"]
 
 CHAIN = "_chain"  # runs/_chain/<key>.json: the last complete run of a configuration, whatever the data
 
@@ -74,16 +75,26 @@ def write_state(storage: Any, arrays: dict[str, np.ndarray], name: str,
 
 def read_state(resume: Resume) -> dict[str, np.ndarray]:
     """The arrays of a saved state, checked against the size and sha256 recorded when it was committed."""
+    return read_saved_state(resume.run_ref.open(), {"file": resume.file, "size": resume.size,
+                                                    "sha256": resume.sha256})
+
+
+def read_saved_state(storage: Any, rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of the saved state ``rec`` (``file``, ``size``, ``sha256``: what :func:`write_state`
+    returned) on a storage already open, checked against that record: one read (one GET on S3)."""
     from .portfolio import _arrays_read
 
-    storage = resume.run_ref.open()
-    where = storage.display(resume.file)
-    if not storage.exists(resume.file):
-        raise StorageError("saved engine state is missing", file=where, hint="rerun with --force to recompute in full")
-    raw = storage.read_bytes(resume.file)
-    if len(raw) != resume.size or hashlib.sha256(raw).hexdigest() != resume.sha256:
+    where = storage.display(rec["file"])
+    try:
+        raw = storage.read_bytes(rec["file"])
+    except StorageError as exc:
+        if exc.message != "file not found":
+            raise
+        raise StorageError("saved engine state is missing", file=where,
+                           hint="rerun with --force to recompute in full") from None
+    if len(raw) != rec["size"] or hashlib.sha256(raw).hexdigest() != rec["sha256"]:
         raise StorageError(f"saved engine state does not match its commit record ({len(raw)} bytes, "
-                           f"{resume.size} recorded)", file=where, hint="rerun with --force to recompute in full")
+                           f"{rec['size']} recorded)", file=where, hint="rerun with --force to recompute in full")
     return _arrays_read(raw, where)
 
 
