@@ -342,15 +342,14 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             args = (source.probe_reader(), config, sample, probe_rows, bars_per_symbol[longest])
             # kept: this machine class measured this configuration before: the same layout again, no probe
             probe = _kept_probe(root, kind, config, args[2:], threads)
-            if probe is not None:
-                pass
-            elif getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
-                # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
-                probe = run_tasks(client, probe_path, [longest], label=kind, progress=False, retries=config.retries,
-                                  keys=[f"{kind}-{token([run_id, _now()])[:12]}-probe"], extra_args=[args])[0]
-                _keep_probe(root, kind, config, args[2:], threads, probe)
-            else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
-                probe = probe_path(longest, *args)
+            if probe is None:
+                if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
+                    # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
+                    probe = run_tasks(client, probe_path, [longest], label=kind, progress=False,
+                                      retries=config.retries, keys=[f"{kind}-{token([run_id, _now()])[:12]}-probe"],
+                                      extra_args=[args])[0]
+                else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
+                    probe = probe_path(longest, *args)
                 _keep_probe(root, kind, config, args[2:], threads, probe)
             spb, t_load = probe["seconds_per_bar"], probe["load_seconds"]
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
