@@ -296,7 +296,7 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     its name, so adding symbols later leaves existing ones unchanged.
     """
     from .bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
-    from .preflight import check_cluster, check_writable, remove_stale_temp
+    from .preflight import check_cluster, ready_to_write
     from .storage import StorageRef
 
     session = _session()
@@ -305,8 +305,7 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     spec = SyntheticSpec(start, end, freq, seed, start_price, annual_drift, annual_vol)
     symbols = _symbol_list(symbol_list, "--symbol-list") or symbol_names(n_symbols)
     bar_store = BarStore(store, _options(storage_options))
-    check_writable(StorageRef.make(store))
-    remove_stale_temp(store, dataset=True)
+    ready_to_write(StorageRef.make(store), dataset=True)
     if cluster:
         from .cluster import connect
 
@@ -366,14 +365,13 @@ def ingest(store, files, symbol, tz, mode, on_conflict, repair, adjust, timestam
     """
     from .bars import BarStore
     from .bars import ingest as do_ingest
-    from .preflight import check_writable, remove_stale_temp
+    from .preflight import ready_to_write
     from .storage import StorageRef
 
     session = _session()
     session.data = {"store": store}
     if not check:
-        check_writable(StorageRef.make(store))
-        remove_stale_temp(store, dataset=True)
+        ready_to_write(StorageRef.make(store), dataset=True)
     from .errors import DataError
 
     try:
@@ -489,7 +487,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     """
     from .bars import BarStore
     from .cluster import connect
-    from .preflight import check_cluster, check_writable, remove_stale_temp
+    from .preflight import check_cluster, ready_to_write
     from .storage import StorageRef
     from .sweep import SweepConfig, run_sweep
 
@@ -506,8 +504,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     bar_store = BarStore(store, options)
     bar_store.manifest  # a wrong STORE fails before a cluster starts
     root = StorageRef.make(storage, options)
-    check_writable(root)
-    remove_stale_temp(root.url)
+    ready_to_write(root)
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, root,
                            lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info,
@@ -577,7 +574,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     """
     from .bars import BarStore
     from .cluster import connect
-    from .preflight import check_cluster, check_writable, remove_stale_temp
+    from .preflight import check_cluster, ready_to_write
     from .runs import resolve_last
     from .signals import SignalsConfig, generate_signals
     from .storage import StorageRef
@@ -597,8 +594,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     session.data = {"store": store}
     bar_store = BarStore(store, options)
     bar_store.manifest
-    check_writable(root)
-    remove_stale_temp(root.url)
+    ready_to_write(root)
     with ExitStack() as stack:
         result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
                                   force=force, echo=log.info, wait=wait, performance_report=performance_report)
@@ -657,7 +653,7 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     """
     from .bars import BarStore
     from .cluster import connect
-    from .preflight import check_cluster, check_writable, remove_stale_temp
+    from .preflight import check_cluster, ready_to_write
     from .replay import ReplayConfig, best_weights, plan_replay, run_replay
     from .runs import resolve_last
     from .storage import StorageRef
@@ -678,8 +674,7 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     session = _session()
     session.data = {"signals": signals_id}
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
-    check_writable(root)
-    remove_stale_temp(root.url)
+    ready_to_write(root)
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
                             yes=yes, echo=log.info, wait=wait, performance_report=performance_report)

@@ -41,7 +41,7 @@ import pandas as pd
 from .errors import ConfigError, DataError, StorageError, did_you_mean
 from .storage import StorageRef
 
-__all__ = ["check_cluster", "check_dates", "check_range", "check_writable", "preflight_workflow"]
+__all__ = ["check_cluster", "check_dates", "check_range", "check_writable", "preflight_workflow", "ready_to_write"]
 
 _MIN_NS, _MAX_NS = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
@@ -329,6 +329,14 @@ def stored_bars(stored: str, options: dict[str, Any] | None, *, what: str, hint:
 # ---------------------------------------------------------------------------- temporary files left behind
 TEMP_GRACE = 24 * 3600  # seconds: a temporary file of another host is taken as left behind after this long
 _TEMP_NAME = re.compile(r"\.tmp-(?:([0-9a-f]{8})-(\d+)-[0-9a-f]{12}|[0-9a-f]{32})$")
+
+
+def ready_to_write(root: StorageRef, *, dataset: bool = False) -> None:
+    """Before a command writes under ``root``: it must be writable (:func:`check_writable`), and the
+    temporary files crashed writers left there go first (:func:`remove_stale_temp`; ``dataset``: a bar
+    dataset's directory rather than a storage root)."""
+    check_writable(root)
+    remove_stale_temp(root.url, dataset=dataset)
 
 
 def remove_stale_temp(url: str, *, dataset: bool = False, grace: float = TEMP_GRACE) -> int:
