@@ -246,9 +246,12 @@ class IndicatorCache:
         found: dict[str, dict[str, np.ndarray]] = {}
         corrupt: set[str] = set()
         fs, folder = self.storage.fs, self.storage.path(self._dir(key))
-        # an object store: one LIST (none cached: another worker may have written since), not exists' HEAD + LIST;
-        # a missing folder lists nothing
-        names = self.storage.listdir(self._dir(key))
+        # an object store: one LIST (none cached: another worker may have written since), not exists' HEAD + LIST
+        try:
+            names = (self.storage.listdir(self._dir(key)) if not self.storage.is_local
+                     else [posixpath.basename(p) for p in fs.ls(folder, detail=False)])
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         packs = sorted(posixpath.join(folder, n) for n in names if n.endswith(".pack"))
         if not packs:
             return found, 0
