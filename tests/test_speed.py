@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 
-def _cached_and_loaded() -> tuple[int, list[str]]:
-    """In a worker: wait for the preload thread, then compare numba's cache index (what this machine
-    compiled before) with the overloads the dispatchers hold, without any task having called a kernel."""
+def _index() -> list[tuple[str, bool]]:
+    """numba's cache index for this machine (what it compiled before), each entry with whether the
+    dispatcher holds that overload now: [(module.function(signature), loaded)]."""
     import importlib
     import pkgutil
 
@@ -15,10 +15,7 @@ def _cached_and_loaded() -> tuple[int, list[str]]:
 
     import admf_dask.kernels as kernels
 
-    for t in threading.enumerate():
-        if t.name == "admf-kernel-preload":
-            t.join(120)
-    cached, missing = 0, []
+    out = []
     for info in pkgutil.iter_modules(kernels.__path__):
         module = importlib.import_module(f"{kernels.__name__}.{info.name}")
         for name, obj in vars(module).items():
@@ -26,12 +23,21 @@ def _cached_and_loaded() -> tuple[int, list[str]]:
             if not isinstance(obj, CPUDispatcher) or obj.__module__ != module.__name__ or cache_file is None:
                 continue
             magic = obj.targetctx.codegen().magic_tuple()
-            for key in cache_file._load_index():
-                if key[1] == magic:
-                    cached += 1
-                    if key[0] not in obj.overloads:
-                        missing.append(f"{info.name}.{name}{key[0]}")
-    return cached, missing
+            out += [(f"{info.name}.{name}{key[0]}", key[0] in obj.overloads)
+                    for key in cache_file._load_index() if key[1] == magic]
+    return out
+
+
+def _cached_and_loaded(before: list[str]) -> tuple[int, list[str]]:
+    """In a worker: wait for the preload thread, then compare the cache entries ``before`` (the index
+    as the worker started: in the suite, other test processes add entries meanwhile) with the
+    overloads the dispatchers hold, without any task having called a kernel."""
+    for t in threading.enumerate():
+        if t.name == "admf-kernel-preload":
+            t.join(120)
+    wanted = set(before)
+    entries = [(entry, loaded) for entry, loaded in _index() if entry in wanted]
+    return len(entries), [entry for entry, loaded in entries if not loaded]
 
 
 def test_local_workers_preload_cached_kernels():
@@ -41,9 +47,10 @@ def test_local_workers_preload_cached_kernels():
 
     # this process runs a backtest first, so numba's cache holds at least its kernels
     run_batch(generate_bars("AAA", "2020-01-01", "2020-06-30", seed=1), "sma_cross", [{"fast": 3, "slow": 8}])
+    before = [entry for entry, _ in _index()]  # the index as the worker will find it
     with connect({"kind": "local", "n_workers": 1, "threads_per_worker": 1, "dashboard_address": ""},
                  echo=lambda m: None) as client:
-        (cached, missing), = client.run(_cached_and_loaded).values()
+        (cached, missing), = client.run(_cached_and_loaded, before).values()
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins)).popitem()[1]
     assert cached > 0
     assert missing == []
