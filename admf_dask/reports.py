@@ -33,6 +33,7 @@ HEAT_METRICS = ("sharpe", "total_return", "cagr", "sortino", "calmar", "max_draw
 HEAT_VALUES = 2_000_000  # heat-map values a page stores at most (float32: 8 MB), over every parameter pair
 MAX_TRADES = 2_000  # trades drawn on a price plot at most (evenly spaced over the backtest; the count is said)
 WIDTH = 900
+CHAR_PX, CELL_PAD_PX, MAX_COLUMN_PX = 8, 24, 260  # a table column: 8 px a character, padding, cap
 
 
 def downsample(y: np.ndarray, buckets: int = CURVE_POINTS) -> np.ndarray:
@@ -166,15 +167,21 @@ def _inspection(result: Any) -> str:
 
 
 def _table(frame: pd.DataFrame, name: str) -> Any:
+    """A sortable table of ``frame``, each column as wide as its header and values (bokeh's default squeezes every
+    column into the table's width and cuts the headers); wider than the page, the table scrolls sideways."""
     from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
 
     cols = []
     for c in frame.columns:
-        fmt = NumberFormatter(format="0.[0000]") if pd.api.types.is_float_dtype(frame[c]) else None
-        cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
+        is_float = pd.api.types.is_float_dtype(frame[c])
+        fmt = NumberFormatter(format="0.[0000]") if is_float else None
+        shown = (frame[c].map("{:.4f}".format) if is_float else frame[c].astype(str)).str.len()
+        chars = max(len(str(c)), int(shown.max()) if len(shown) else 0)
+        cols.append(TableColumn(field=c, title=c, width=min(CHAR_PX * chars + CELL_PAD_PX, MAX_COLUMN_PX),
+                                **({"formatter": fmt} if fmt else {})))
     data = {c: frame[c].to_numpy() for c in frame.columns}
     return DataTable(source=ColumnDataSource(data), columns=cols, width=WIDTH, height=min(40 + 26 * len(frame), 420),
-                     sortable=True, reorderable=False, index_position=None, name=name)
+                     autosize_mode="none", sortable=True, reorderable=False, index_position=None, name=name)
 
 
 def heat_aggregates(rows: pd.DataFrame, params: list[str], metrics: list[str],

@@ -50,6 +50,18 @@ CELL_JS = """([fx, fy]) => {
 }"""
 
 
+# the top-N table's column headers: their text, and whether the text is cut (wider than its cell)
+HEADERS_JS = """() => {
+  const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('top_table'));
+  const root = v.shadow_el ?? v.el.shadowRoot ?? v.el;
+  v.el.scrollIntoView({block: 'center'});
+  return [...root.querySelectorAll('.slick-header-column')].map(e => {
+    const name = e.querySelector('.slick-column-name') ?? e;
+    return {text: name.textContent, cut: name.offsetLeft + name.scrollWidth > e.clientWidth};
+  });
+}"""
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
@@ -145,6 +157,9 @@ def test_sweep_report_renders_and_the_heatmap_tooltip_is_the_table_value(browser
                             "drawdown"}
     assert {k: v for k, v in colours.items() if v < MIN_COLOURS} == {}, colours
 
+    headers = page.page.evaluate(HEADERS_JS)
+    assert len(headers) >= 8 and {"sharpe", "total_return", "n_trades"} <= {h["text"] for h in headers}, headers
+    assert [h for h in headers if h["cut"]] == [], headers  # every header of the top-N table shown in full
     rows = pd.read_parquet(root.child("runs", result.run_id).url + "/results.parquet")
     rows = rows[rows["symbol"] == "PORTFOLIO"]
     for metric in ("sharpe", "total_return"):
