@@ -1,7 +1,7 @@
 """Distributed sweeps end to end: Parquet store -> warm LocalCluster -> committed results table.
 
     python -m benchmarks sweep [--quick] [--skip-scaling] [--skip-seed] [--no-vectorbt] [--repeat N]
-                               [--skip-s3 | --only-s3]
+                               [--skip-s3 | --only-s3 | --only-s3-generate]
                                [--scale-repeat N] [--scale-seconds S] [--skip-500 | --only-500]
                                [--repeat-500 N] [--vbt-chunks 10,100]
 
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-500", action="store_true", help="skip the 500-symbol rows (ratio_500_*)")
     p.add_argument("--skip-s3", action="store_true", help="skip the S3 rows (s3_over_local, generate_s3_over_local)")
     p.add_argument("--only-s3", action="store_true", help="run only the S3 rows (s3_over_local, generate_s3_over_local)")
+    p.add_argument("--only-s3-generate", action="store_true",
+                   help="run only the generate_s3_over_local row (--repeat alternating pairs)")
     p.add_argument("--only-500", action="store_true", help="run only the 500-symbol rows (ratio_500_*)")
     p.add_argument("--repeat-500", type=int, default=3, help="timed runs of ours in the 500-symbol rows")
     p.add_argument("--vbt-chunks", default="10,100", help="vectorbt's symbols per call to try at 500 symbols")
@@ -117,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         _rows_500(args, rows, figures)
         print_table(["run", "seconds", "backtests", "bar-evals/s"], rows, title="Sweeps of 500 symbols")
         return figures
-    if args.only_s3:
+    if args.only_s3 or args.only_s3_generate:
         rows, figures = [], {}
-        _rows_s3(args, rows, figures)
+        _rows_s3(args, rows, figures, sweep=not args.only_s3_generate)
         print_table(["run", "seconds", "backtests", "bar-evals/s"], rows, title="S3 (moto) against local disk")
         return figures
 
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
-def _rows_s3(args, rows: list, figures: dict) -> None:
+def _rows_s3(args, rows: list, figures: dict, sweep: bool = True) -> None:
     """Rows s3_over_local and generate_s3_over_local (benchmarks/_s3.py)."""
     from admf_dask.sweep import SweepConfig
 
@@ -219,7 +221,8 @@ def _rows_s3(args, rows: list, figures: dict) -> None:
                                                          "slow": {"from": 20, "to": 210, "step": 10}},
                          direction="long_only", commission=COMMISSION, cash=CASH)
     s3_rows(args, rows, figures, root=ROOT, config=config, cluster=_cluster, warm=_warm,
-            n_symbols=10 if args.quick else 100, start=START, end=END, repeat=max(1, min(args.repeat, 3)))
+            n_symbols=10 if args.quick else 100, start=START, end=END, repeat=max(1, min(args.repeat, 3)),
+            generate_repeat=max(1, args.repeat), sweep=sweep)
 
 
 def _worker_peak_mb() -> float:
