@@ -699,7 +699,7 @@ class BarStore:
             for b in bars:
                 if b.symbol in plans:
                     raise DataError("symbol given twice in one write", symbol=b.symbol, rule="symbol-unique")
-                txn = txn or Txn(self.storage)
+                txn = txn or Txn(self.storage, hold=True)
 
                 def planner(entry, b=b, txn=txn):
                     return plan_bars(self, txn, b, entry, mode=mode, on_conflict=on_conflict,
@@ -707,7 +707,7 @@ class BarStore:
 
                 planners[b.symbol] = planner
                 plans[b.symbol] = planner(base["symbols"].get(b.symbol))
-            txn = txn or Txn(self.storage)
+            txn = txn or Txn(self.storage, hold=True)
             manifest = commit_plans(self, txn, plans, planners, source, layout)
         except BaseException:
             if txn is not None:

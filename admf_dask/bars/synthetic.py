@@ -124,7 +124,8 @@ def generate_bars(symbol: str, start: str, end: str, *, freq: str = "daily", see
 
 
 def _generate_and_write(task: tuple) -> dict:
-    """Task: generate one symbol and stage its files in transaction ``txn`` (not committed). Runs on a worker."""
+    """Task: generate one symbol and stage its files in transaction ``txn`` (an id, or in process the
+    :class:`Txn`, which may keep them in memory); not committed. Runs on a worker."""
     ref, symbol, spec, txn, *layout = task
     from .update import write_symbol_files
 
@@ -136,7 +137,9 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
     """Generate ``symbols`` into ``store`` and commit them in one manifest write.
 
     With a ``client`` each symbol is generated and staged by a task on the cluster
-    (the bars never travel through the client); without one, in this process. If
+    (the bars never travel through the client); without one, in this process (on an
+    object store the files, up to ``txn.HOLD_BYTES``, are kept in memory and the commit
+    PUTs them in place: no staging PUT and CopyObject each). If
     anything fails, the staged files are removed and the store is unchanged.
     Returns the committed manifest. Symbols already present are replaced
     (``change`` ``unchanged`` when the bars are the same: regenerating identical
@@ -154,16 +157,16 @@ def generate_dataset(store, symbols: list[str], spec: SyntheticSpec, *, client=N
     source = {"kind": "synthetic", **spec.to_dict()}
     layout = store._layout(store._read_base(), granularity or "auto", lambda: granularity_for(freq=spec.freq))
     entries: list[dict] = []
-    txn = Txn(store.storage)
+    txn = Txn(store.storage, hold=client is None)  # in process, on an object store: files kept for the commit
     try:
         if client is None:
             bar = Progress("generate", len(symbols), enabled=progress)
-            tasks = [(store.storage.ref, s, spec, txn.id, layout) for s in symbols]
+            tasks = [(store.storage.ref, s, spec, txn, layout) for s in symbols]
             if store.storage.is_local:
                 for task in tasks:
                     entries.append(_generate_and_write(task))
                     bar.advance()
-            else:  # object stores: overlap the PUTs' latency, a few symbols at a time
+            else:  # object stores: a few symbols at a time (overlaps the staging PUTs, if any)
                 from concurrent.futures import ThreadPoolExecutor
 
                 with ThreadPoolExecutor(max_workers=4) as pool:

@@ -39,6 +39,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -51,7 +52,7 @@ from .schema import SCHEMA_VERSION
 if TYPE_CHECKING:
     from .update import Plan
 
-__all__ = ["LOCK", "MANIFEST", "STAGING", "STALE_SECONDS", "Txn", "commit_plans", "recover"]
+__all__ = ["HOLD_BYTES", "LOCK", "MANIFEST", "STAGING", "STALE_SECONDS", "Txn", "commit_plans", "recover"]
 
 MANIFEST = "_dataset.json"
 STAGING = "_staging"
@@ -63,6 +64,9 @@ STALE_SECONDS = 24 * 3600
 _COMMIT_ATTEMPTS = 60
 _BACKOFF, _BACKOFF_MAX = 0.05, 2.0  # seconds: the first pause after a lost race is up to 0.1 s, then doubling
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# An in-process writer on an object store holds up to this many bytes of new files in memory (Txn.keep),
+# and its commit PUTs them in place; files beyond it are staged and copied into place, as on workers.
+HOLD_BYTES = 64 << 20
 
 
 class Txn:
@@ -73,12 +77,27 @@ class Txn:
     moves before the commit makes them; :meth:`finish` (after the commit) or
     :meth:`abort` (instead of it) removes the directory. ``Txn(storage, id)`` is how
     workers stage files of a transaction that the client started.
+
+    ``hold=True`` (a writer that commits in this process) on an object store: new files
+    of up to :data:`HOLD_BYTES` in all are not staged but kept in memory (:meth:`keep`)
+    and PUT in place by the commit, one request each instead of a staging PUT and a
+    CopyObject. Local disk stages everything (a rename is cheap).
     """
 
-    def __init__(self, storage: Storage, txn_id: str | None = None) -> None:
+    def __init__(self, storage: Storage, txn_id: str | None = None, *, hold: bool = False) -> None:
         self.storage = storage
         self.id = txn_id or new_id()
         self.started = time.time()
+        self._hold_left = HOLD_BYTES if hold and not storage.is_local else 0
+        self._hold_guard = threading.Lock()
+
+    def keep(self, data: bytes) -> bool:
+        """Whether a new file's bytes stay in memory until the commit writes them in place (else: stage them)."""
+        with self._hold_guard:
+            if len(data) > self._hold_left:
+                return False
+            self._hold_left -= len(data)
+            return True
 
     @property
     def tag(self) -> str:
@@ -148,6 +167,12 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
         if journal != journaled:
             txn.write_record(*journal)
             journaled = journal
+        held = {final: data for final, data in moves.items() if isinstance(data, bytes)}
+        if held:  # files kept in memory (Txn.keep): one PUT each, in place, concurrently
+            moved.update(held)  # first: after a failure, those that landed are removed (_unmove)
+            storage.write_many(held)
+            moves = {final: path for final, path in moves.items() if final not in held}
+
         def move(final: str, path: str) -> None:
             if storage.conditional:  # copy: a redone plan may read the staged file again
                 storage.copy(path, final)

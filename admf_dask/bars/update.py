@@ -187,8 +187,9 @@ def make_entry(files: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
-                columns: dict[str, np.ndarray], granularity: str = "year") -> tuple[dict[str, Any], str]:
-    """Write one file's bars to the transaction's staging; return its file entry and the staged path.
+                columns: dict[str, np.ndarray], granularity: str = "year") -> tuple[dict[str, Any], str | bytes]:
+    """Write one file's bars to the transaction's staging; return its file entry and the staged path
+    (or the file's bytes, when the transaction keeps them in memory for its commit: :meth:`Txn.keep`).
 
     One row group per calendar year. A ``year`` file's hash is its bars' hash; a file
     of a coarser granularity hashes its years' hashes and lists them under ``groups``
@@ -212,8 +213,11 @@ def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
             for _, a, b in years:
                 writer.write_table(table.slice(a, b - a), row_group_size=b - a)
     data = buf.getvalue()
-    staged = txn.staged_path(symbol, bucket, digest)
-    storage.write_bytes(data, staged)
+    if txn.keep(data):
+        staged: str | bytes = data
+    else:
+        staged = txn.staged_path(symbol, bucket, digest)
+        storage.write_bytes(data, staged)
     meta = {"path": txn.final_path(symbol, bucket, digest, granularity), "year": bucket, "rows": len(timestamp),
             "sha256": digest, "first_ns": int(timestamp[0]), "last_ns": int(timestamp[-1]), "bytes": len(data)}
     if groups is not None:
@@ -242,7 +246,7 @@ def write_symbol_files(storage: Storage, bars: Bars, txn: Txn | str | None = Non
 
 
 def _stage_all(storage: Storage, txn: Txn, bars: Bars,
-               granularity: str = "year") -> tuple[list[dict[str, Any]], dict[str, str]]:
+               granularity: str = "year") -> tuple[list[dict[str, Any]], dict[str, str | bytes]]:
     files, staged = [], {}
     for _, a, b in _buckets(bars.timestamp, granularity):
         meta, path = stage_piece(storage, txn, bars.symbol, bars.timestamp[a:b],
@@ -290,7 +294,7 @@ class Plan:
     symbol: str
     base: dict[str, Any] | None
     entry: dict[str, Any]
-    staged: dict[str, str]  # final path -> staged path, for the entry's files not in the base
+    staged: dict[str, str | bytes]  # final path -> staged path (or bytes held: Txn.keep), files not in the base
     change: SymbolChange
 
 
@@ -304,7 +308,7 @@ def lineage_after(change: str, base: dict[str, Any] | None) -> list[dict[str, An
     return [*old, {"fingerprint": base["fingerprint"], "rows": base["rows"], "last_ns": base["last_ns"]}][-LINEAGE_MAX:]
 
 
-def _finish(symbol: str, base: dict[str, Any] | None, files: list[dict[str, Any]], staged: dict[str, str],
+def _finish(symbol: str, base: dict[str, Any] | None, files: list[dict[str, Any]], staged: dict[str, str | bytes],
             change: str, **counts: int) -> Plan:
     if change == "unchanged":
         entry = {k: v for k, v in base.items() if k not in ("change", "lineage")}
@@ -318,8 +322,12 @@ def _finish(symbol: str, base: dict[str, Any] | None, files: list[dict[str, Any]
     return Plan(symbol, base, entry, staged, SymbolChange(symbol, change, rows_before, entry["rows"], **counts))
 
 
-def _read_bars(store: Any, meta: dict[str, Any], symbol: str, path: str | None = None) -> Bars:
-    """A whole data file (a committed one, or a staged one at ``path``) as Bars."""
+def _read_bars(store: Any, meta: dict[str, Any], symbol: str, path: str | bytes | None = None) -> Bars:
+    """A whole data file (a committed one, a staged one at ``path``, or one held in memory: ``path`` its bytes)
+    as Bars."""
+    if isinstance(path, bytes):
+        return Bars.from_arrow(symbol, store._read_file(meta, symbol, list(VALUE_COLUMNS), _MIN_NS, _MAX_NS,
+                                                        data=path))
     meta = {**meta, "path": path} if path is not None else meta
     return Bars.from_arrow(symbol, store._read_file(meta, symbol, list(VALUE_COLUMNS), _MIN_NS, _MAX_NS))
 
@@ -365,7 +373,7 @@ def _merge(store: Any, txn: Txn, bars: Bars, base: dict[str, Any], on_conflict: 
     slices = _buckets(bars.timestamp, granularity)  # "year" below: the bucket of a file of this granularity
     touched = {year for year, _, _ in slices}
     files = [f for f in base["files"] if f["year"] not in touched]
-    staged: dict[str, str] = {}
+    staged: dict[str, str | bytes] = {}
     added = overwritten = kept = differ_total = 0
     first_added = _MAX_NS
     conflict: tuple[int, str, float, float] | None = None
@@ -444,7 +452,7 @@ def plan_staged(store: Any, staged_entry: dict[str, Any], base: dict[str, Any] |
 
 
 def _against_base(store: Any, symbol: str, base: dict[str, Any], files: list[dict[str, Any]],
-                  staged: dict[str, str], new_year: Callable[[dict[str, Any]], Bars]) -> Plan:
+                  staged: dict[str, str | bytes], new_year: Callable[[dict[str, Any]], Bars]) -> Plan:
     """A whole new history against the stored one: unchanged, a pure append, or a replacement.
 
     A new year file identical to a stored one (same year and content hash) is the

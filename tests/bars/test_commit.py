@@ -7,6 +7,7 @@ directory as they would any hive-partitioned dataset.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import os
@@ -412,3 +413,82 @@ def test_a_write_survives_concurrent_prunes_of_its_empty_directories(tmp_path, m
     Storage(str(tmp_path)).write_bytes(b"x", "_staging", "t", "f")
     assert len(pruned) == 3 and (tmp_path / "_staging" / "t" / "f").read_bytes() == b"x"
     assert os.listdir(tmp_path / "_staging" / "t") == ["f"]  # no temporary file left
+
+
+# ------------------------------------------------------------------ files kept in memory on S3 (Txn.keep)
+def _count_at_moto(monkeypatch, prefix: str) -> collections.Counter:
+    """Requests under ``prefix`` the moto server receives: by method, CopyObject as ``PUT(copy)``."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    seen: collections.Counter = collections.Counter()
+    call = DomainDispatcherApplication.__call__
+
+    def counting(self, environ, start_response):
+        query = environ.get("QUERY_STRING", "").replace("%2F", "/")
+        if prefix in environ.get("PATH_INFO", "") + "?" + query:
+            kind = environ["REQUEST_METHOD"] + ("(copy)" if "HTTP_X_AMZ_COPY_SOURCE" in environ else "")
+            seen[kind + ("(list)" if "list-type" in query else "")] += 1
+        return call(self, environ, start_response)
+
+    monkeypatch.setattr(DomainDispatcherApplication, "__call__", counting)
+    return seen
+
+
+@pytest.mark.parametrize("hold_bytes", [None, "one file"])
+def test_generate_on_s3_puts_held_files_in_place_and_stages_the_rest(s3_quick, tmp_path, monkeypatch,
+                                                                  hold_bytes):
+    """In process on S3, new files are kept in memory and PUT in place by the commit (no staging PUT, no
+    CopyObject); past ``HOLD_BYTES`` they are staged and copied. The objects equal local disk's files."""
+    import hashlib
+
+    from admf_dask.bars import SyntheticSpec, generate_dataset, symbol_names
+    from admf_dask.bars import txn as txn_module
+
+    bucket, options = s3_quick
+    names, spec = symbol_names(4), SyntheticSpec("2020-01-01", "2021-12-31", seed=3)
+    local = BarStore(str(tmp_path / "local"))
+    generate_dataset(local, names, spec, progress=False)
+    if hold_bytes is not None:  # room for the smallest file only: one held, the others staged and copied
+        monkeypatch.setattr(txn_module, "HOLD_BYTES", min(local.entry(s)["files"][0]["bytes"] for s in names))
+    store = BarStore(f"{bucket}/gen", options)
+    seen = _count_at_moto(monkeypatch, "/gen")
+    generate_dataset(store, names, spec, progress=False)
+    staged = 0 if hold_bytes is None else len(names) - 1
+    assert seen["PUT"] == len(names) + 2  # each file once (held: in place; else staged), the journal, the manifest
+    assert seen["PUT(copy)"] == staged  # a staged file is copied into place
+
+    def files(st):
+        return sorted((p.split("symbol=")[1].split("/")[0], hashlib.sha256(st.fs.cat_file(p)).hexdigest())
+                      for p in st.fs.find(st.root) if p.endswith(".parquet"))
+
+    assert files(store.storage) == files(local.storage)  # byte for byte, one per symbol, nothing else
+    assert sorted(p.rsplit("/", 1)[1] for p in store.storage.fs.find(store.storage.root)
+                  if "symbol=" not in p) == ["_dataset.json"]  # no staging left
+    assert store.refresh().fingerprint == local.fingerprint
+
+
+@pytest.mark.parametrize("crash_at", ["commit", "manifest"])
+def test_a_writer_on_s3_killed_mid_commit_leaves_nothing_or_journaled_orphans(s3_quick, tmp_path, crash_at):
+    bucket, options = s3_quick
+    url = f"{bucket}/crash"
+    store = BarStore(url, options)
+    store.write([generate_bars("BBB", "2022-06-01", "2023-12-29", seed=3)])
+    fs, root = store.storage.fs, store.storage.root
+    before = snapshot(fs, root)
+    csv = to_csv(tmp_path / "CCC.csv", generate_bars("CCC", "2021-01-04", "2023-02-28", seed=4))
+    codes, _ = launch([["ingest", url, csv, *s3_args(options)]], crash_at=crash_at)
+    assert codes == [-9]  # SIGKILL
+    fs.invalidate_cache()
+    after = snapshot(fs, root)
+    if crash_at == "commit":  # the new files were held in memory: nothing was written at all
+        assert after == before
+    else:  # killed after its PUTs in place, before the manifest: journaled orphans, visible until recovered
+        orphans = {p.removeprefix(root + "/") for p in set(after) - set(before) if "/_staging/" not in p}
+        (journal,) = [p for p in set(after) - set(before) if p.endswith("/_txn.json")]
+        assert len(orphans) == 3 and orphans == set(json.loads(fs.cat_file(journal))["add"])  # CCC: 3 years
+        assert {p: h for p, h in after.items() if p in before} == before
+    assert BarStore(url, options).symbols() == ["BBB"]
+    BarStore(url, options).update([generate_bars("DDD", "2024-01-01", "2024-01-31", seed=1)])
+    fs.invalidate_cache()
+    left = {p.removeprefix(root + "/") for p in fs.find(root)}
+    assert left - {"_dataset.json"} == listed(BarStore(url, options))  # no orphan, no staging
