@@ -772,7 +772,7 @@ class BarStore:
                "files_before": sum(len(e["files"]) for e in base["symbols"].values())}
         if have == target and "granularity" in base or have == target == "year":
             return {**out, "files_after": out["files_before"], "fingerprint": base.get("fingerprint")}
-        txn = Txn(self.storage)
+        txn = Txn(self.storage, hold=True)
         try:
             planners = {s: (lambda entry, s=s: plan_repack(self, txn, s, entry, target)) for s in base["symbols"]}
             if self.storage.is_local:
