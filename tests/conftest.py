@@ -18,6 +18,14 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# the user's cache (kept probes, a kept cluster: admf_dask.home) is never the real one; each test gets its own
+os.environ["ADMF_CACHE_DIR"] = os.path.join(__import__("tempfile").mkdtemp(prefix="admf-test-home-"), "session")
+
+
+@pytest.fixture(autouse=True)
+def _own_user_cache(tmp_path_factory, monkeypatch):
+    """A test's kept probes are its own: another test's sweep of the same bars must not change its layout."""
+    monkeypatch.setenv("ADMF_CACHE_DIR", str(tmp_path_factory.mktemp("home")))
 
 
 @pytest.fixture(scope="session")

@@ -454,3 +454,11 @@ def test_run_json_records_the_probe_taken_on_a_worker(tmp_path, dataset):
     assert not [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")]
     rerun = json.loads((tmp_path / "runs" / again.run_id / "run.json").read_text())
     assert rerun["probe"] == {**run["probe"], "kept": True} and rerun["layout"] == run["layout"]
+    # the same bars into another storage root: the probe kept in the user's cache (admf_dask.home)
+    other = tmp_path / "other"
+    with connect(THREADS) as client, get_task_stream(client) as ts:
+        moved = run_sweep(config, dataset, StorageRef.make(str(other)), client, progress=False)
+    assert not [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")]
+    there = json.loads((other / "runs" / moved.run_id / "run.json").read_text())
+    assert there["probe"] == {**run["probe"], "kept": True} and there["layout"] == run["layout"]
+    assert moved.table.equals(result.table)

@@ -148,30 +148,47 @@ def _machine_class(threads: int) -> str:
     return token([platform.machine(), model or platform.processor(), os.cpu_count(), threads])[:12]
 
 
-def _probe_name(kind: str, config: Any, what: tuple, threads: int) -> str:
+def _probe_name(kind: str, config: Any, what: tuple, threads: int, where: str | None = None) -> str:
+    """The kept probe's name: by machine class, then configuration (and, in the user's cache, the bars' URL:
+    the probe times their load)."""
     sample, rows, full = what
-    return f"probe/{_machine_class(threads)}/{token([kind, config.identity(), sample, rows, full, __version__])[:16]}.json"
+    key = [kind, config.identity(), sample, rows, full, __version__, *([where] if where is not None else [])]
+    return f"probe/{_machine_class(threads)}/{token(key)[:16]}.json"
 
 
-def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int) -> dict[str, Any] | None:
-    """A probe this machine class took of the same configuration, kept under ``<root>/cache/probe/``
-    (``ADMF_PROBE=fresh`` measures again); None when there is none, or it does not read."""
+def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int,
+                where: str) -> dict[str, Any] | None:
+    """A probe this machine class took of the same configuration, kept under ``<root>/cache/probe/`` or, for
+    the same bars into another root, in the user's cache (:mod:`admf_dask.home`); ``ADMF_PROBE=fresh``
+    measures again. None when there is none, or it does not read."""
     import os
+
+    from .. import home
 
     if os.environ.get("ADMF_PROBE", "") == "fresh":
         return None
     try:
-        kept = root.child("cache").open().read_json(_probe_name(kind, config, what, threads))
-        return {**kept, "kept": True} if isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0 else None
-    except (OSError, ValueError, TypeError, AdmfError):  # missing or damaged: measure again
-        return None
+        kept = root.child("cache").open().read_json(_probe_name(kind, config, what, threads), missing=None)
+    except (OSError, ValueError, TypeError, AdmfError):  # damaged: measure again
+        kept = None
+    if not (isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0):
+        kept = home.read_json(_probe_name(kind, config, what, threads, where))
+    return {**kept, "kept": True} if isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0 else None
 
 
-def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int, probe: dict[str, Any]) -> None:
+def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int, where: str,
+                probe: dict[str, Any]) -> None:
+    from .. import home
+
+    log = logging.getLogger(__name__)
     try:
         root.child("cache").open().write_json(probe, _probe_name(kind, config, what, threads))
     except (OSError, ValueError, AdmfError) as exc:  # an optimisation only: the next run measures again
-        logging.getLogger(__name__).debug("probe not kept: %r", exc)
+        log.debug("probe not kept: %r", exc)
+    try:
+        home.write_json(probe, _probe_name(kind, config, what, threads, where))
+    except (OSError, ValueError) as exc:
+        log.debug("probe not kept in the user's cache: %r", exc)
 
 
 _PROBE_MAX_ROWS = 200_000  # bars the probe reads: enough to time the kernel on, whatever the history
@@ -341,7 +358,9 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             probe_rows = int(max(2, min(_PROBE_MAX_ROWS, budget // (48 + payload + 8 * len(sample)))))
             args = (source.probe_reader(), config, sample, probe_rows, bars_per_symbol[longest])
             # kept: this machine class measured this configuration before: the same layout again, no probe
-            probe = _kept_probe(root, kind, config, args[2:], threads)
+            # in the user's cache by what the probe loads: a sweep's bars (into any root), a replay's signals
+            where = bars.url if kind == "sweep" else f"{root.url} {bars.url}"
+            probe = _kept_probe(root, kind, config, args[2:], threads, where)
             if probe is None:
                 if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
                     # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
@@ -350,7 +369,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                       extra_args=[args])[0]
                 else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
                     probe = probe_path(longest, *args)
-                _keep_probe(root, kind, config, args[2:], threads, probe)
+                _keep_probe(root, kind, config, args[2:], threads, where, probe)
             spb, t_load = probe["seconds_per_bar"], probe["load_seconds"]
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
                                payload, halo, _aligned(bars, symbols), t_load)
