@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def _worker_settings() -> dict:
                                                      "distributed.admin.tick.interval")}}
 
 
-def test_local_workers_get_the_malloc_and_quiet_monitoring_settings_but_a_users_setting_wins():
+def test_local_workers_get_the_malloc_and_quiet_monitoring_settings_but_a_users_setting_wins(tmp_path):
     import dask
     import distributed  # noqa: F401  (its defaults registered before the config is changed below)
 
@@ -102,7 +103,33 @@ def test_local_workers_get_the_malloc_and_quiet_monitoring_settings_but_a_users_
         with connect({"kind": "local", "n_workers": 1, "threads_per_worker": 1, "dashboard_address": ""},
                      echo=lambda m: None) as client:
             (found,) = client.run(_worker_settings).values()
+            (pid,) = client.run(_plant_exit_markers, str(tmp_path)).values()
     assert found == {"malloc": WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"],
                      "distributed.worker.profile.interval": QUIET_MONITORING["distributed.worker.profile.interval"],
                      "distributed.admin.tick.interval": "50ms"}
     assert dask.config.get("distributed.worker.profile.interval") == "10ms"  # this process's config is untouched
+    # closed, the worker process ran its exit handlers and ended without interpreter teardown (logs.dask_teardown)
+    assert (tmp_path / f"exit-handlers-{pid}").exists()
+    assert not (tmp_path / f"teardown-{pid}").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone (and reaped), not left behind
+
+
+class _TornDown:
+    """Writes a file when freed: at interpreter teardown, if the process gets that far."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        open(self.path, "w").close()
+
+
+def _plant_exit_markers(folder: str) -> int:
+    import atexit
+    import sys
+
+    pid = os.getpid()
+    atexit.register(lambda: open(os.path.join(folder, f"exit-handlers-{pid}"), "w").close())
+    sys.modules["admf_dask"]._torn_down_marker = _TornDown(os.path.join(folder, f"teardown-{pid}"))
+    return pid
