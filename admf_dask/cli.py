@@ -181,7 +181,9 @@ wait_option = click.option(
          "then go on (finding its committed work done).")
 
 
-def cluster_option(default: str | None = "local", help: str = "threads, local or tcp://host:8786."):  # noqa: A002
+def cluster_option(default: str | None = "local",
+                   help: str = "threads, local, auto (the cluster of `admf cluster up` if it is up, else local) "
+                               "or tcp://host:8786."):
     return click.option("--cluster", default=default, show_default=default is not None, help=help,
                         **_env("ADMF_CLUSTER"))
 
@@ -240,7 +242,7 @@ def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as
 
 @cli.command()
 @click.argument("workflow", type=click.Path(dir_okay=False))
-@cluster_option(None, "Override the workflow's cluster: threads, local or tcp://host:8786.")
+@cluster_option(None, "Override the workflow's cluster: threads, local, auto or tcp://host:8786.")
 @click.option("--storage", help="Override the workflow's storage root (path or fsspec URL).", **_env("ADMF_STORAGE"))
 @memory_budget_option("Override every step's memory_budget, e.g. 1GiB.")
 @wait_option
@@ -286,7 +288,7 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
 @click.option("--granularity", type=click.Choice(["year", "decade", "symbol"]),
               help="Files of a new dataset: one per year, per decade or per symbol (default: from the bar "
                    "frequency, daily bars per symbol, minute bars per year). An existing dataset keeps its own.")
-@cluster_option(None, "Generate on a cluster (threads, local or tcp://host:8786); default: in process.")
+@cluster_option(None, "Generate on a cluster (threads, local, auto or tcp://host:8786); default: in process.")
 @storage_option
 def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price, annual_drift, annual_vol,
              granularity, cluster, storage_options) -> None:
@@ -783,6 +785,72 @@ def runs_gc(keep, dry_run, storage, storage_options) -> None:
 
     report = gc_runs(StorageRef.make(storage, _options(storage_options)), keep, dry_run=dry_run)
     click.echo("\n".join(report.lines()))
+
+
+@cli.group("cluster")
+def cluster_group() -> None:
+    """Keep a local Dask cluster running between commands; `--cluster auto` uses it.
+
+    A command that starts its own cluster (--cluster local) spends 1-2 s starting worker
+    processes and loading kernels in them. `admf cluster up` starts them once, in the
+    background; every command given `--cluster auto` (or ADMF_CLUSTER=auto) then connects
+    to them, and starts a local cluster of its own when none is up (or when the kept one
+    runs older admf code than the command). The record is cluster.json in the user's cache
+    (ADMF_CACHE_DIR, else ~/.cache/admf-dask), its log cluster.log beside it.
+
+    \b
+    Examples:
+        admf cluster up --workers 2
+        admf sweep data/bars -s sma_cross -p fast=5:50:5 -p slow=20:210:10 --cluster auto
+        admf cluster status
+        admf cluster down
+    """
+
+
+@cluster_group.command("up")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), help="Worker processes (default: the cores).")
+@click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--memory-limit", default="auto", show_default=True, help="Per worker, e.g. 4GiB (auto: a share of "
+                                                                          "the machine's memory).")
+@click.option("--dashboard-address", default=":8787", show_default=True,
+              help="Where the dashboard listens ('' for none; another port if it is taken).")
+def cluster_up(n_workers, threads_per_worker, memory_limit, dashboard_address) -> None:
+    """Start the kept cluster in the background (nothing to do if it is up); print its address."""
+    from .keep import up
+
+    state, started = up({"n_workers": n_workers, "threads_per_worker": threads_per_worker,
+                         "memory_limit": memory_limit, "dashboard_address": dashboard_address})
+    session = _session()
+    session.data = {"cluster": state, "started": started}
+    session.output(f"{'kept cluster up' if started else 'already up'}: {state['address']}, {state['workers']} "
+                   f"worker(s), {state['threads']} thread(s), pid {state['pid']}; dashboard "
+                   f"{state.get('dashboard') or '(off)'}; use it with --cluster auto, stop it with `admf cluster down`")
+
+
+@cluster_group.command("down")
+def cluster_down() -> None:
+    """Stop the kept cluster (its workers end; nothing to do if none is up)."""
+    from .keep import down
+
+    said = down()
+    _session().data = {"note": said}
+    _session().output(said)
+
+
+@cluster_group.command("status")
+def cluster_status() -> None:
+    """Whether a kept cluster is up: its address, workers, threads, pid, dashboard and start time."""
+    from .keep import status
+
+    state = status()
+    _session().data = {"cluster": state}
+    if state["up"]:
+        stale = "" if state.get("code_matches") else "; runs older admf code: --cluster auto does not use it"
+        _session().output(f"up: {state['address']}, {state['workers']} worker(s), {state['threads']} thread(s), "
+                          f"pid {state['pid']}, since {state['started']}; dashboard "
+                          f"{state.get('dashboard') or '(off)'}{stale}")
+    else:
+        _session().output(f"down: {state['note']}")
 
 
 @cli.command("report")

@@ -84,6 +84,9 @@ def _cores() -> int:
 def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None] | None = None) -> Iterator[Any]:
     """Yield a connected ``distributed.Client`` for the setting; close what was started.
 
+    ``auto`` connects to the cluster kept by ``admf cluster up`` (:mod:`admf_dask.keep`)
+    when it is up and runs this installation's code, and starts a ``local`` one otherwise.
+
     ``echo`` gets the line describing the cluster (default: logged at INFO).
     Raises ConfigError when a scheduler address does not answer within ``timeout``
     seconds, or when worker package versions differ from the client's.
@@ -96,6 +99,14 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     adopt_library_loggers()  # distributed's own stderr handlers, added on import, give way to admf's
     config = ClusterConfig.parse(config)
     echo = echo or log.info
+    if config.kind == "auto":  # the cluster `admf cluster up` keeps, else one of our own
+        from dataclasses import replace
+
+        from .keep import kept_address
+
+        address, why = kept_address()
+        log.info("cluster auto: %s", why if address else f"local ({why})")
+        config = replace(config, kind=address or "local")
     dashboard = config.dashboard_address or None
     cluster = None
     if config.kind == "threads":

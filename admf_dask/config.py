@@ -145,9 +145,10 @@ class ClusterConfig:
     """Where tasks run.
 
     ``kind`` is ``threads`` (one process, a thread pool: no pickling, good for small
-    runs and debugging), ``local`` (a LocalCluster of worker processes, the default)
-    or the address of a running scheduler (``tcp://host:8786``), e.g. one started with
-    ``dask scheduler`` / ``dask worker``. ``n_workers`` defaults to the number of
+    runs and debugging), ``local`` (a LocalCluster of worker processes, the default),
+    ``auto`` (the cluster kept by ``admf cluster up`` when it is up, else ``local``:
+    :mod:`admf_dask.keep`) or the address of a running scheduler (``tcp://host:8786``),
+    e.g. one started with ``dask scheduler`` / ``dask worker``. ``n_workers`` defaults to the number of
     cores; ``memory_limit`` is per worker ("auto" shares the machine's memory).
     ``timeout`` is how many seconds to wait for a remote scheduler to answer.
     ``dashboard_address`` is where a local cluster serves its dashboard ("" for none).
@@ -161,10 +162,10 @@ class ClusterConfig:
     dashboard_address: str = ":8787"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("threads", "local") and "://" not in self.kind:
-            raise ConfigError(f"cluster must be threads, local or a scheduler address such as "
+        if self.kind not in ("threads", "local", "auto") and "://" not in self.kind:
+            raise ConfigError(f"cluster must be threads, local, auto or a scheduler address such as "
                               f"tcp://127.0.0.1:8786, got {self.kind!r}", key="kind",
-                              hint=did_you_mean(self.kind, ["threads", "local"]))
+                              hint=did_you_mean(self.kind, ["threads", "local", "auto"]))
         if self.n_workers is not None and self.n_workers < 1:
             raise ConfigError("n_workers must be >= 1", key="n_workers")
         if self.threads_per_worker < 1:
