@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +101,10 @@ def test_auto_without_a_kept_cluster_means_local_and_says_why(tmp_path):
     os.makedirs(home, exist_ok=True)
     keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "admf_dask.keep"])
     try:
+        deadline = time.monotonic() + 10
+        while b"admf_dask.keep" not in Path(f"/proc/{keeper.pid}/cmdline").read_bytes():  # exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         with open(os.path.join(home, "cluster.json"), "w") as f:
             json.dump({"address": "tcp://127.0.0.1:1", "pid": keeper.pid, "code": "0" * 16}, f)
         address, why = kept_address()
