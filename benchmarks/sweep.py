@@ -27,7 +27,12 @@
    fresh process (wall time of the whole command, median of ``--repeat-500`` after one
    untimed run) against the same vectorbt compute time (target >= 15). Peak RSS per
    worker (``ru_maxrss`` in each worker after the warm runs; target <= 1 GiB), and of
-   the largest process of the CLI runs (driver, nannies, workers).
+   the largest process of the CLI runs (driver, nannies, workers). The CLI runs keep
+   what a user's would in the benchmark's own user cache (``.bench/home``: the probe
+   kept by the untimed run); ``sweep_500_cli_fresh_probe_seconds`` are the same runs with
+   ``ADMF_PROBE=fresh``, alternated with them. ``ratio_500_cli_up``: the same command
+   with ``--cluster auto`` against a cluster kept by ``admf cluster up`` (started before,
+   not timed; stopped after), median of ``--repeat-500`` after one untimed run.
 
 Every timed sweep writes to a fresh storage root, so nothing is resumed or cached.
 """
@@ -248,17 +253,32 @@ def _rows_500(args, rows: list, figures: dict) -> None:
     # from the shell first: RUSAGE_CHILDREN then covers only these commands' process trees
     cmd = [sys.executable, "-m", "admf_dask.cli", "-q", "sweep", store.url, "-s", "sma_cross",
            "-p", "fast=5:50:5", "-p", "slow=20:210:10", "--direction", "long_only",
-           "--commission", str(COMMISSION), "--cash", str(CASH), "--cluster", "local", "--top", "1"]
-    cli_times = []
-    for i in range(repeat + 1):
+           "--commission", str(COMMISSION), "--cash", str(CASH), "--top", "1"]
+    env = {**os.environ, "ADMF_CACHE_DIR": os.path.join(ROOT, "home")}  # kept probes, the kept cluster
+
+    def shell(cluster: str, **extra: str) -> float:
         root = tempfile.mkdtemp(prefix="admf-bench-cli-", dir=ROOT)
         try:
             t0 = time.perf_counter()
-            subprocess.run([*cmd, "--storage", root], check=True, stdout=subprocess.DEVNULL)
-            if i:  # the first run is untimed (page cache, numba's cache files)
-                cli_times.append(time.perf_counter() - t0)
+            subprocess.run([*cmd, "--cluster", cluster, "--storage", root], check=True, stdout=subprocess.DEVNULL,
+                           env={**env, **extra})
+            return time.perf_counter() - t0
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+    cli_times, fresh_times = [], []
+    for i in range(repeat + 1):
+        t = shell("local")
+        if i:  # the first run is untimed (page cache, numba's cache files, the probe kept)
+            cli_times.append(t)
+            fresh_times.append(shell("local", ADMF_PROBE="fresh"))
+    up_times = []
+    admf = [sys.executable, "-m", "admf_dask.cli", "-q", "cluster"]
+    subprocess.run([*admf, "up", "--dashboard-address", ""], check=True, stdout=subprocess.DEVNULL, env=env)
+    try:
+        up_times = [shell("auto") for _ in range(repeat + 1)][1:]
+    finally:
+        subprocess.run([*admf, "down"], check=True, stdout=subprocess.DEVNULL, env=env)
     cli_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     t_cli = float(np.median(cli_times))
 
@@ -271,8 +291,16 @@ def _rows_500(args, rows: list, figures: dict) -> None:
                  len(result.per_symbol), bar_evals / t_warm])
     rows.append([f"4. W x {n_symbols} symbols: `admf sweep --cluster local`, fresh process, median of {repeat}",
                  t_cli, len(result.per_symbol), bar_evals / t_cli])
+    t_fresh, t_up = float(np.median(fresh_times)), float(np.median(up_times))
+    rows.append([f"4. the same with ADMF_PROBE=fresh (a probe task each run), median of {repeat}",
+                 t_fresh, len(result.per_symbol), bar_evals / t_fresh])
+    label = f"4. W x {n_symbols} symbols: `admf sweep --cluster auto`, kept cluster (`admf cluster up`), median of {repeat}"
+    rows.append([label, t_up, len(result.per_symbol), bar_evals / t_up])
     figures.update(sweep_500_warm_seconds=round(t_warm, 3), sweep_500_warm_seconds_all=[round(t, 3) for t, _ in runs],
                    sweep_500_cli_seconds=round(t_cli, 3), sweep_500_cli_seconds_all=[round(t, 3) for t in cli_times],
+                   sweep_500_cli_fresh_probe_seconds=round(t_fresh, 3),
+                   sweep_500_cli_fresh_probe_seconds_all=[round(t, 3) for t in fresh_times],
+                   sweep_500_cli_up_seconds=round(t_up, 3), sweep_500_cli_up_seconds_all=[round(t, 3) for t in up_times],
                    sweep_500_tasks=result.summary["tasks"],
                    peak_rss_mb_per_worker=sorted(round(v) for v in worker_peaks.values()),
                    peak_rss_mb_max_process_cli=round(cli_peak_mb))
@@ -290,4 +318,5 @@ def _rows_500(args, rows: list, figures: dict) -> None:
                                                       float(np.max(np.abs(vbt_tr - ours))))
     t_vbt = min(vbt.values())
     figures.update(vectorbt_500_seconds=round(t_vbt, 3), ratio_500_warm=round(t_vbt / t_warm, 2),
-                   ratio_500_cli=round(t_vbt / t_cli, 2))
+                   ratio_500_cli=round(t_vbt / t_cli, 2), ratio_500_cli_fresh_probe=round(t_vbt / t_fresh, 2),
+                   ratio_500_cli_up=round(t_vbt / t_up, 2))
