@@ -4,8 +4,8 @@
 
 It listens on 127.0.0.1 on a free port and prints ``port <n>`` once it serves. Then each
 line on stdin is a command: ``take`` prints the requests counted since the last
-``take`` as one JSON line (``{"PUT": 202, "GET(list)": 1, ...}``) and clears them; end of
-input stops the server. In its own process the server's Python work does not share the
+``take`` as one JSON line (``{"PUT": 202, "GET(list)": 1, ...}``) and clears them; ``cpu``
+prints the CPU seconds this process has used (all its threads); end of input stops the server. In its own process the server's Python work does not share the
 client's GIL, as with any real object store; an in-process ThreadedMotoServer would.
 """
 
@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import threading
+import time
 
 
 def main() -> None:
@@ -46,6 +47,8 @@ def main() -> None:
                 out = dict(counts)
                 counts.clear()
             print(json.dumps(out), flush=True)
+        elif line.strip() == "cpu":
+            print(time.process_time(), flush=True)
     server.stop()
 
 

@@ -53,6 +53,12 @@ class _Server:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
+    def cpu(self) -> float:
+        """CPU seconds the server process has used so far."""
+        self.proc.stdin.write("cpu\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
     def stop(self) -> None:
         import subprocess
 
@@ -76,24 +82,28 @@ def rows(args, out_rows: list, figures: dict, *, root: str, config, cluster, war
     try:
         # --- generate: in process, the same spec, to a fresh local directory and a fresh S3 prefix each
         # time; local and S3 alternate (a slow spell hits both), after one untimed pair (first use)
-        gen: dict[str, list[float]] = {"local": [], "s3": []}
+        # CPU seconds too (this process; the server's): steadier than wall time on a shared machine
+        gen: dict[str, list[float]] = {"local": [], "s3": [], "local_cpu": [], "s3_cpu": [], "server_cpu": []}
         for i in range(max(1, generate_repeat) + 1):
             local_dir = tempfile.mkdtemp(prefix="admf-bench-gen-", dir=root)
             try:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 generate_dataset(BarStore(os.path.join(local_dir, "bars")), names, spec, progress=False)
-                t_local = time.perf_counter() - t0
+                t_local, c_local = time.perf_counter() - t0, time.process_time() - c0
             finally:
                 shutil.rmtree(local_dir, ignore_errors=True)
             server.take()
             s3_store = BarStore(f"{url}/bars-{i}", server.options)
-            t0 = time.perf_counter()
+            s0 = server.cpu()
+            t0, c0 = time.perf_counter(), time.process_time()
             generate_dataset(s3_store, names, spec, progress=False)
-            t_s3 = time.perf_counter() - t0
+            t_s3, c_s3 = time.perf_counter() - t0, time.process_time() - c0
+            c_server = server.cpu() - s0
             gen_requests = server.take()  # of the last S3 run
             if i:
-                gen["local"].append(t_local)
-                gen["s3"].append(t_s3)
+                for key, value in (("local", t_local), ("s3", t_s3), ("local_cpu", c_local), ("s3_cpu", c_s3),
+                                   ("server_cpu", c_server)):
+                    gen[key].append(value)
         t_gen_local, t_gen_s3 = float(np.median(gen["local"])), float(np.median(gen["s3"]))
         out_rows.append([f"4. generate {n_symbols} symbols x 10 y daily, local disk, median of {len(gen['local'])}",
                          t_gen_local, n_symbols, None])
@@ -104,6 +114,9 @@ def rows(args, out_rows: list, figures: dict, *, root: str, config, cluster, war
                        generate_s3_seconds_all=[round(t, 3) for t in gen["s3"]],
                        generate_s3_over_local=round(t_gen_s3 / t_gen_local, 2),
                        generate_s3_over_local_per_pair=[round(b / a, 2) for a, b in zip(gen["local"], gen["s3"])],
+                       generate_local_cpu_seconds=round(float(np.median(gen["local_cpu"])), 3),
+                       generate_s3_client_cpu_seconds=round(float(np.median(gen["s3_cpu"])), 3),
+                       generate_s3_server_cpu_seconds=round(float(np.median(gen["server_cpu"])), 3),
                        generate_s3_requests=gen_requests, generate_granularity=s3_store.granularity)
 
         if not sweep:
