@@ -352,6 +352,28 @@ class IndicatorSpec:
         _RUNNERS[self.token] = run
         return run
 
+    def compute_series(self, columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """:meth:`compute_chunk` of a whole series from its start, ``compute_chunk(columns, 0, init_state())``:
+        the same outputs and end state, bit for bit, with the spec's checks done once per process.
+
+        The hub computes the same specs for every symbol of a sweep (26 SMAs x 500 symbols),
+        where building the state and checking it and the parameters cost several times the
+        kernel itself on daily bars. The input columns are still checked on every call
+        (a DataError naming the missing column); they must be of one series (equal lengths).
+        """
+        if any(c not in columns for c in self.inputs):
+            return self.compute_chunk(columns, 0, self.init_state())  # raises the DataError
+        held = _INITIAL.get(self.token)
+        if held is None:
+            if len(_INITIAL) > 4096:
+                _INITIAL.clear()
+            held = self.init_state()
+            held.flags.writeable = False  # shared by every call: the kernels update a copy
+            out = self.compute_chunk(columns, 0, held)  # the spec's checks, once
+            _INITIAL[self.token] = held
+            return out
+        return self.chunk_runner()(columns, 0, held)
+
     def _kernel_params(self) -> list[float]:
         """Parameter values in the kernel's order, validated again: compiled kernels trust them
         (no bounds checks), and a spec built without :meth:`make` skipped the checks."""
@@ -370,6 +392,7 @@ class IndicatorSpec:
 
 
 _RUNNERS: dict[str, Callable] = {}  # IndicatorSpec.chunk_runner by token, per process
+_INITIAL: dict[str, np.ndarray] = {}  # IndicatorSpec.init_state by token, per process (never modified)
 
 _COMPUTED = [0]  # indicator kernel runs in this process (a list: incremented in place from any thread)
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from ..kernels.stats import PeriodsPerYearStream
 
 SCHEMA_VERSION = 1
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -80,9 +84,11 @@ class Bars:
         """
         cached = self.__dict__.get("_periods_per_year")
         if cached is None:
-            from ..kernels.stats import periods_per_year
-
-            cached = self.__dict__["_periods_per_year"] = periods_per_year(self.timestamp)
+            stream = self._spacing()
+            if stream.n < 2:  # the error of kernels.stats.periods_per_year
+                raise ValueError(
+                    f"periods_per_year needs a 1-d array of at least two timestamps, got shape ({stream.n},)")
+            cached = self.__dict__["_periods_per_year"] = stream.value()
         return cached
 
     def spacing_arrays(self) -> dict[str, np.ndarray]:
@@ -93,12 +99,21 @@ class Bars:
         """
         cached = self.__dict__.get("_spacing_arrays")
         if cached is None:
+            cached = self.__dict__["_spacing_arrays"] = self._spacing().to_arrays()
+        return cached
+
+    def _spacing(self) -> PeriodsPerYearStream:
+        """The spacing counts of every bar (a ``PeriodsPerYearStream``), folded once: both
+        :meth:`periods_per_year` and :meth:`spacing_arrays` are read from it (a sweep asks for
+        both for every symbol; each fold cost ~0.2 ms on 2,520 daily bars)."""
+        stream = self.__dict__.get("_spacing_stream")
+        if stream is None:
             from ..kernels.stats import PeriodsPerYearStream
 
             stream = PeriodsPerYearStream()
             stream.update(self.timestamp)
-            cached = self.__dict__["_spacing_arrays"] = stream.to_arrays()
-        return cached
+            self.__dict__["_spacing_stream"] = stream
+        return stream
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, symbol: str | None = None, **options) -> Bars:

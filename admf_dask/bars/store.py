@@ -104,19 +104,24 @@ class BarStore:
     def open(cls, ref: StorageRef, fingerprint: str | None = None) -> BarStore:
         """Open from a reference, as tasks do.
 
-        With ``fingerprint`` (the dataset's, known to whoever submitted the task) a
-        manifest this process already read is reused when its fingerprint matches,
-        so a worker running a hundred tasks on one dataset parses it once. Without
-        it, or when the dataset has changed since, the manifest is read again.
+        With ``fingerprint`` (the dataset's, known to whoever submitted the task) the
+        store this process last opened so is returned when its manifest has that
+        fingerprint, so a worker running a hundred tasks on one dataset parses the
+        manifest once (and opens its filesystem once). Without it, or when the dataset
+        has changed since, the manifest is read again. A store opened so is shared:
+        its readers must not :meth:`refresh` it.
         """
+        if fingerprint is None:
+            return cls(ref.url, ref.options)
+        held = _OPENED.get(ref)
+        if held is not None and type(held) is cls and held._manifest is not None \
+                and held._manifest.get("fingerprint") == fingerprint:
+            return held  # opening costs ~0.1 ms (a filesystem from the URL): per symbol of a sweep, per task
         store = cls(ref.url, ref.options)
-        cached = _MANIFESTS.get(ref) if fingerprint is not None else None
-        if cached is not None and cached.get("fingerprint") == fingerprint:
-            store._manifest = cached
-        elif fingerprint is not None:
-            _MANIFESTS[ref] = store.manifest
-            while len(_MANIFESTS) > 8:
-                _MANIFESTS.pop(next(iter(_MANIFESTS)))
+        store.manifest  # noqa: B018 (read now: the store is kept with it)
+        _OPENED[ref] = store
+        while len(_OPENED) > 8:
+            _OPENED.pop(next(iter(_OPENED)))
         return store
 
     @property
@@ -295,9 +300,9 @@ class BarStore:
 
         Only the files of that symbol whose time span overlaps the range are opened;
         within a file, row groups outside the range are skipped by their statistics.
-        A symbol's files are read concurrently, except inside a Dask task: there the
-        cluster already keeps every core busy, and threads only add CPU time (~25 %
-        more for ten small files).
+        A symbol's files (or a single file's columns) are read concurrently, except
+        inside a Dask task: there the cluster already keeps every core busy, and
+        threads only add CPU time (~25 % more for ten small files) and waits.
         """
         from ..monitor import timed
 
@@ -312,11 +317,12 @@ class BarStore:
         if self._remote and metas and all(m["rows"] <= _WHOLE_FILE_ROWS for m in metas):
             # object stores: one GET per file, all of the symbol's files at once, no HEAD
             datas = self._fetch(metas, symbol)
-            tables = [self._read_file(f, symbol, cols, lo, hi, len(metas) == 1, data=d) for f, d in zip(metas, datas)]
+            tables = [self._read_file(f, symbol, cols, lo, hi, parallel and len(metas) == 1, data=d)
+                      for f, d in zip(metas, datas)]
         elif parallel and len(metas) > 1:  # many small files: overlap their latency, one thread each
             tables = list(_file_pool().map(lambda f: self._read_file(f, symbol, cols, lo, hi, False), metas))
         else:
-            tables = [self._read_file(f, symbol, cols, lo, hi, len(metas) == 1) for f in metas]
+            tables = [self._read_file(f, symbol, cols, lo, hi, parallel and len(metas) == 1) for f in metas]
         if not tables:
             return Bars(symbol, np.empty(0, np.int64), {c: np.empty(0) for c in cols})
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -813,7 +819,7 @@ class BarStore:
             raise StorageError(f"corrupt JSON ({exc})", file=self.storage.display(MANIFEST),
                                hint="the file was damaged or written by something else") from None
 
-_MANIFESTS: dict[StorageRef, dict[str, Any]] = {}  # per process: manifests by dataset, see BarStore.open
+_OPENED: dict[StorageRef, BarStore] = {}  # per process: stores by dataset, with their manifests, see BarStore.open
 _READ_THREADS = 4  # reading is latency- and decode-bound; a few threads overlap both
 def _in_dask_task() -> bool:
     try:
