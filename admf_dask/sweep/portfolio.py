@@ -58,7 +58,11 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     # what each part committed (file -> size, sha256): every accumulator file is checked as it is read
     committed = {j: storage.read_json(f"done/part-{j:06d}.json") for j in parts}
     records = {name: rec for marker in committed.values() for name, rec in marker.get("files", {}).items()}
-    heads = [_read_part(storage, j, records=records) for j in parts]  # small: trades, extra, and the timeline of whole parts
+    # parts that fit _HOLD_BYTES together are read (and checked) once, equity included; otherwise each is
+    # read twice, its small arrays first (trades, extra, the timeline of whole parts) and its equity when summed
+    sizes = [records.get(f"portfolio/part-{j:06d}.acc", {}).get("size") for j in parts]
+    hold = history is None and None not in sizes and sum(sizes) <= _HOLD_BYTES
+    heads = [_read_part(storage, j, equity=hold, records=records) for j in parts]
     trades, extra = heads[0]["trades"], heads[0]["extra"]
     for h in heads[1:]:
         trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]
@@ -70,7 +74,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
         total, before = None, None
         for j, h in whole:
-            equity = _read_part(storage, j, equity=True, records=records)["equity"]
+            equity = h.pop("equity") if hold else _read_part(storage, j, equity=True, records=records)["equity"]
             lasts[j] = equity[:, -1].copy()
             start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
             step = rebase_equity(equity, h["timeline"], union, start)
@@ -180,6 +184,8 @@ class _PartReader:
         self._pos = b
         return self._equity[:, a:b], self._stamps[a:b]
 
+
+_HOLD_BYTES = 64 << 20  # a range's accumulator files up to this size in all are read once by the reduce, and held
 
 _ARRAYS_MAGIC = b"ADMFARR1"
 

@@ -45,7 +45,7 @@ def _rows_table(task: Any, batch: Any, stats: list[np.ndarray]) -> pa.Table:
 
 
 PART_ROW_GROUP = 16_384  # rows per row group of a task's part: the final table reads parts by set-id blocks
-_BLOCK_ROWS = 32_768  # rows of the final table assembled at once (a block of set ids, every symbol)
+_BLOCK_ROWS = 131_072  # rows of the final table assembled at once (a block of set ids, every symbol)
 _HOLD_BYTES = 16 << 20  # on an object store, a committed part up to this size is read whole, once
 
 
