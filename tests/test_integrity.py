@@ -153,6 +153,29 @@ def test_portfolio_rows_are_bit_identical_whatever_the_layout(tmp_path, bars, cl
     _same_bits(streamed.table, expected)
 
 
+def test_reduce_and_assembly_give_the_same_bits_held_or_read_twice(tmp_path, bars, client, monkeypatch):
+    """The reduce reads a range's accumulator files once when they fit _HOLD_BYTES, else each twice; the
+    final table is assembled in blocks of _BLOCK_ROWS rows. Every combination gives the same table."""
+    from admf_dask.sweep import portfolio, results
+
+    whole = _sweep(bars, tmp_path, client, 60.0)
+    expected = whole.table
+    run_dir = tmp_path / "runs" / whole.run_id
+    s = bars.symbols()
+    run = _interrupted(run_dir)
+    run["layout"] = [[s[:1], 0, 6, False], [s[1:3], 0, 6, False], [s[3:], 0, 6, False]]
+    (run_dir / "run.json").write_text(json.dumps(run))
+    held = _sweep(bars, tmp_path, client, 60.0)  # 3 parts of one range: reduced from 3 files
+    assert held.summary["tasks"] == 3
+    _same_bits(held.table, expected)
+    monkeypatch.setattr(portfolio, "_HOLD_BYTES", 0)  # every file read twice
+    monkeypatch.setattr(results, "_BLOCK_ROWS", 7)  # blocks of one set (5 rows): a part read per block
+    _interrupted(run_dir)
+    twice = _sweep(bars, tmp_path, client, 60.0)
+    assert twice.summary["tasks_resumed"] == 3  # the parts stand: only the reduce and the table are redone
+    _same_bits(twice.table, expected)
+
+
 def _same_bits(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
     for col in expected.columns:

@@ -390,11 +390,25 @@ def test_group_timeline_is_the_union_with_positions_and_is_kept_by_data_key():
 
 
 def test_bars_periods_per_year_is_computed_once():
-    from admf_dask.kernels.stats import periods_per_year
+    from admf_dask.bars import Bars
+    from admf_dask.kernels.stats import PeriodsPerYearStream, periods_per_year
 
     bars = generate_bars("AAA", "2020-01-01", "2020-12-31", seed=1)
     assert bars.periods_per_year() == periods_per_year(bars.timestamp) == 252.0
     assert bars.__dict__["_periods_per_year"] == 252.0
+    # the spacing counts an incremental state keeps come from the same single fold of the timestamps
+    stream = PeriodsPerYearStream()
+    stream.update(bars.timestamp)
+    saved = bars.spacing_arrays()
+    assert saved.keys() == stream.to_arrays().keys()
+    assert all(np.array_equal(saved[k], v) for k, v in stream.to_arrays().items())
+    assert bars.__dict__["_spacing_stream"] is bars._spacing()
+    minutes = np.datetime64("2024-01-02T14:30", "ns").astype(np.int64) + np.arange(390) * 60 * 10**9
+    intraday = Bars("M", minutes, {})
+    assert intraday.spacing_arrays()["spacings"].tolist() == [60 * 10**9]
+    assert intraday.periods_per_year() == periods_per_year(minutes) == 98280.0
+    with pytest.raises(ValueError, match="at least two timestamps"):
+        Bars("ONE", minutes[:1], {}).periods_per_year()
 
 
 def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():

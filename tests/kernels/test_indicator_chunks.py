@@ -368,6 +368,29 @@ def test_compute_chunk_counts_one_computation_like_compute():
     assert registry._COMPUTED[0] == start + 2
 
 
+def test_compute_series_is_the_whole_series_chunk_bit_for_bit():
+    """The hub's fast path (checks once per process) gives compute_chunk's outputs and end state, same bits,
+    on its first call (which checks) and its later ones (which do not), and counts one computation each."""
+    cols = gbm_bars(300, seed=3)
+    cols["close"][40:45] = np.nan  # a gap: NaN at the same places
+    for spec in specs_with(7):
+        registry._INITIAL.pop(spec.token, None)
+        want, want_state = spec.compute_chunk(cols, 0, spec.init_state())
+        for _ in range(2):
+            start = computations()
+            got, state = spec.compute_series(cols)
+            assert computations() == start + 1, spec.label
+            np.testing.assert_array_equal(state.view(np.int64), want_state.view(np.int64), err_msg=spec.label)
+            for name in spec.outputs:
+                np.testing.assert_array_equal(got[name].view(np.int64), want[name].view(np.int64),
+                                              err_msg=f"{spec.label}.{name}")
+        state[:] = -1.0  # the returned state is the caller's: the next call starts from the initial state again
+        again, _ = spec.compute_series(cols)
+        np.testing.assert_array_equal(again[spec.outputs[0]].view(np.int64), want[spec.outputs[0]].view(np.int64))
+    with pytest.raises(DataError, match="low"):
+        IndicatorSpec.make("atr", window=5).compute_series({"high": cols["high"], "close": cols["close"]})
+
+
 def test_public_kernels_are_the_one_chunk_case():
     cols = long_bars(2000)
     c, h, lo, v = cols["close"], cols["high"], cols["low"], cols["volume"]
