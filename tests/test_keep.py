@@ -95,6 +95,10 @@ def test_auto_without_a_kept_cluster_means_local_and_says_why(tmp_path):
     from admf_dask.keep import code_token, kept_address
 
     assert ClusterConfig.parse("auto").kind == "auto"
+    bad = _admf("cluster", "up", "--memory-limit", "lots")  # refused before any process starts
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [
+        "error: memory limit 'lots' is not a size [key memory_limit]; a size per worker such as 4GiB, or auto"], bad
+    assert not os.path.exists(os.path.join(os.environ["ADMF_CACHE_DIR"], "cluster.log"))
     assert kept_address() == (None, "no cluster is kept (start one with `admf cluster up`)")
     # a live keeper process (this one stands in) that runs other code than ours is not used
     home = os.environ["ADMF_CACHE_DIR"]
