@@ -325,7 +325,16 @@ class Storage:
 
         With ``prune``, local directories left empty above them are removed too (a
         writer moving a file into such a directory must retry: :meth:`rename` does).
+        On S3 one DeleteObjects per 1,000 paths (a missing key is no error there), not a
+        HEAD and a DELETE each.
         """
+        if self.conditional:
+            try:
+                if paths:
+                    self.fs.rm([self.path(rel) for rel in paths])
+            except OSError:  # best effort, as below
+                pass
+            return
         for rel in paths:
             full = self.path(rel)
             try:

@@ -451,7 +451,7 @@ def test_generate_on_s3_puts_held_files_in_place_and_stages_the_rest(s3_quick, t
     if hold_bytes is not None:  # room for the smallest file only: one held, the others staged and copied
         monkeypatch.setattr(txn_module, "HOLD_BYTES", min(local.entry(s)["files"][0]["bytes"] for s in names))
     store = BarStore(f"{bucket}/gen", options)
-    seen = _count_at_moto(monkeypatch, "/gen")
+    seen = _count_at_moto(monkeypatch, "/" + bucket.split("://", 1)[1])  # this test's bucket
     generate_dataset(store, names, spec, progress=False)
     staged = 0 if hold_bytes is None else len(names) - 1
     assert seen["PUT"] == len(names) + 2  # each file once (held: in place; else staged), the journal, the manifest
@@ -465,6 +465,12 @@ def test_generate_on_s3_puts_held_files_in_place_and_stages_the_rest(s3_quick, t
     assert sorted(p.rsplit("/", 1)[1] for p in store.storage.fs.find(store.storage.root)
                   if "symbol=" not in p) == ["_dataset.json"]  # no staging left
     assert store.refresh().fingerprint == local.fingerprint
+    if hold_bytes is None:  # replaced: the superseded files go in one DeleteObjects, with no HEAD first
+        seen.clear()
+        generate_dataset(store, names, SyntheticSpec("2020-01-01", "2021-12-31", seed=4), progress=False)
+        assert seen["HEAD"] == 0 and seen["DELETE"] == 0 and seen["POST"] == 2  # superseded; the staging
+        assert {p.removeprefix(store.storage.root + "/") for p in store.storage.fs.find(store.storage.root)} \
+            - {"_dataset.json"} == listed(store)
 
 
 @pytest.mark.parametrize("crash_at", ["commit", "manifest"])
