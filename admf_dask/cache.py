@@ -433,7 +433,7 @@ def worth_storing(costs: dict[str, tuple[float, int]], local: bool) -> set[str]:
 def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any, specs: Sequence[IndicatorSpec],
                         cache_ref: StorageRef | None, *priors: IndicatorSet,
                         fingerprint: str | None = None, known: frozenset[str] | None = None,
-                        bars: Bars | None = None) -> IndicatorSet:
+                        bars: Bars | None = None, period: bool = True) -> IndicatorSet:
     """Task: load a symbol's bars and get every spec from memory, storage or the kernels.
 
     ``priors`` are sets of this symbol already in memory (passed as futures on a
@@ -443,6 +443,8 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     (:meth:`IndicatorHub.known_keys`; None: not listed): a key not in it is not looked for
     (no LIST per symbol on an object store; a pack written since is only a missed reuse).
     ``bars`` are the symbol's bars in the range when already read (:func:`read_ahead`).
+    ``period=False`` leaves the bars' periods per year to be worked out where they are used (a set built
+    inside the task that consumes it: see :class:`InlineSet`).
     """
     store = BarStore.open(bars_ref, fingerprint)
     key = None
@@ -452,7 +454,9 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
             break
     if key is None:
         if bars is None:
-            bars = _with_period(store.read(symbol, start=start, end=end))
+            bars = store.read(symbol, start=start, end=end)
+            if period:
+                bars = _with_period(bars)
         key = data_key(store.symbol_fingerprint(symbol), bars)
     cache = _cache_at(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
@@ -623,7 +627,7 @@ class InlineSet:
     def build(self, bars: Bars | None = None) -> IndicatorSet:
         """The set; ``bars`` are the symbol's bars in the range if already read (:func:`read_ahead`)."""
         return build_indicator_set(self.bars_ref, self.symbol, self.start, self.end, self.specs, self.cache_ref,
-                                   fingerprint=self.fingerprint, known=self.known, bars=bars)
+                                   fingerprint=self.fingerprint, known=self.known, bars=bars, period=False)
 
     def read_bars(self) -> Bars:
         """The symbol's bars in the range, as :func:`build_indicator_set` reads them."""

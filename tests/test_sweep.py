@@ -409,6 +409,12 @@ def test_bars_periods_per_year_is_computed_once():
     assert intraday.periods_per_year() == periods_per_year(minutes) == 98280.0
     with pytest.raises(ValueError, match="at least two timestamps"):
         Bars("ONE", minutes[:1], {}).periods_per_year()
+    # aligned symbols of a container share one fold; other timestamps keep their own
+    twin, shifted = Bars("T", minutes.copy(), {}), Bars("S", minutes + 60 * 10**9, {})
+    twin.spacing_from(intraday)
+    shifted.spacing_from(intraday)
+    assert twin._spacing() is intraday._spacing() and shifted._spacing() is not intraday._spacing()
+    assert twin.periods_per_year() == shifted.periods_per_year() == 98280.0
 
 
 def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():

@@ -102,6 +102,13 @@ class Bars:
             cached = self.__dict__["_spacing_arrays"] = self._spacing().to_arrays()
         return cached
 
+    def spacing_from(self, other: Bars) -> None:
+        """Take ``other``'s fold of the bar spacing when both have the same timestamps and this one has none
+        yet: a container's aligned symbols (every daily symbol of a dataset, often) fold theirs once."""
+        if "_spacing_stream" not in self.__dict__ and len(self) == len(other) \
+                and np.array_equal(self.timestamp, other.timestamp):
+            self.__dict__["_spacing_stream"] = other._spacing()
+
     def _spacing(self) -> PeriodsPerYearStream:
         """The spacing counts of every bar (a ``PeriodsPerYearStream``), folded once: both
         :meth:`periods_per_year` and :meth:`spacing_arrays` are read from it (a sweep asks for

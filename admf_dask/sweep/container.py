@@ -204,6 +204,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     stage_times_start()  # BarStore.read adds its time to "bars"
     indicator_sets = read_ahead(sources, task.config.load)  # on an object store, the next symbol's bars meanwhile
     t_inputs = time.perf_counter()
+    for iset in indicator_sets[1:]:  # aligned symbols: one fold of the bar spacing (periods per year) for all
+        iset.bars.spacing_from(indicator_sets[0].bars)
     batch = task.config.prepare([dict(p) for p in task.param_sets])
     timeline = group_timeline(indicator_sets)
     m = len(batch.params)
