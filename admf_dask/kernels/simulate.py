@@ -246,23 +246,14 @@ def _record_trade(trade_int, trade_float, k, entry_bar, exit_bar, direction, uni
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bps,
-             whole_units, stop_loss, take_profit, record, bar0, tr0, equity_out, position_out,
-             trade_int, trade_float):
-    """Advance the simulation over bar ``t``; ``raw`` is the target decided at ``t - 1``.
+def sim_bar(sim, trade_st, t, raw, o, h, lo, c, commission, slippage_bps, whole_units, stop_loss,
+            take_profit, record, tr0, trade_int, trade_float):
+    """``sim_step`` without the bar's statistics: returns ``(sim, trade_st, equity, in_market)``.
 
-    ``raw`` is an int (direction, all-in) or a float (direction and size
-    fraction, see the module docstring); the function is inlined, so each caller
-    compiles only the path of its target type.
-
-    The one place the execution semantics live: ``_run`` (targets from an array)
-    and the fused strategy kernels (``admf_dask.kernels.strategies``, targets
-    computed inline) both call it, so they cannot disagree. Folds the bar and any
-    closed trade into the statistics states ``bar_st`` / ``trade_st``; writes the
-    per-bar and per-trade arrays only if ``record``: bar ``t`` at ``t - bar0``, the
-    run's trade number ``j`` at row ``j - tr0`` (a chunk's arrays start at its
-    first bar and at the trades closed before it). ``t`` is the global bar index.
-    Returns ``(sim, bar_st, trade_st)``.
+    The equity at the bar's close and whether the bar was in the market are what
+    ``sim_step`` then folds with ``bar_update``; a loop that folds held bars
+    itself (:func:`holds`) calls this for the others, so that ``bar_update`` has
+    one call site in it.
     """
     (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
      stopped_dir, ruined, cash, n_tr, frac) = sim
@@ -344,13 +335,68 @@ def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bp
             ruined = True
             equity = 0.0
 
+    sim = (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
+           stopped_dir, ruined, cash, n_tr, frac)
+    return sim, trade_st, equity, in_market
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def sim_step(sim, bar_st, trade_st, t, raw, o, h, lo, c, commission, slippage_bps,
+             whole_units, stop_loss, take_profit, record, bar0, tr0, equity_out, position_out,
+             trade_int, trade_float):
+    """Advance the simulation over bar ``t``; ``raw`` is the target decided at ``t - 1``.
+
+    ``raw`` is an int (direction, all-in) or a float (direction and size
+    fraction, see the module docstring); the function is inlined, so each caller
+    compiles only the path of its target type.
+
+    The one place the execution semantics live: ``_run`` (targets from an array)
+    and the fused strategy kernels (``admf_dask.kernels.strategies``, targets
+    computed inline) both call it, so they cannot disagree. Folds the bar and any
+    closed trade into the statistics states ``bar_st`` / ``trade_st``; writes the
+    per-bar and per-trade arrays only if ``record``: bar ``t`` at ``t - bar0``, the
+    run's trade number ``j`` at row ``j - tr0`` (a chunk's arrays start at its
+    first bar and at the trades closed before it). ``t`` is the global bar index.
+    Returns ``(sim, bar_st, trade_st)``.
+    """
+    sim, trade_st, equity, in_market = sim_bar(sim, trade_st, t, raw, o, h, lo, c, commission, slippage_bps,
+                                               whole_units, stop_loss, take_profit, record, tr0, trade_int,
+                                               trade_float)
     bar_st = bar_update(bar_st, t, equity, in_market)
     if record:
         equity_out[t - bar0] = equity
-        position_out[t - bar0] = direction * units
-    sim = (direction, units, entry_price, entry_comm, entry_bar, sl_price, tp_price,
-           stopped_dir, ruined, cash, n_tr, frac)
+        position_out[t - bar0] = sim[0] * sim[1]
     return sim, bar_st, trade_st
+
+
+@numba.njit(cache=True, nogil=True)
+def stops_on(stop_loss, take_profit):
+    """Whether a stop-loss or a take-profit level is set (``sim_step``'s ``sl_on or tp_on``)."""
+    return stop_loss > 0.0 or take_profit > 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def holds(sim, stops):
+    """Whether, from state ``sim``, a bar whose target is the position held is a *held bar*.
+
+    A held bar (``t > 0``, the target's direction that of the position) is one
+    where ``sim_step`` makes no fill and checks no stop: the account is not
+    ruined, no stop exit is pending (``stopped_dir`` 0), and the position is flat
+    or no stop level is set (``stops``, :func:`stops_on`). Unless the equity at its
+    close (:func:`hold_equity`) is 0 or less (a liquidation or a ruin) or NaN,
+    ``sim_step`` then leaves ``sim`` as it is and folds only
+    ``bar_update(bar_st, t, hold_equity(sim, close), direction != 0)``: the same
+    operations in the same order, so a loop may fold held bars that way and call
+    :func:`sim_bar` for the others with bit-identical results. Int targets only
+    (a float target may also change the fraction).
+    """
+    return not sim[8] and sim[7] == 0 and (sim[0] == 0 or not stops)
+
+
+@numba.njit(cache=True, nogil=True)
+def hold_equity(sim, c):
+    """Equity at a held bar's close ``c``: ``sim_step``'s ``cash + direction * units * c``."""
+    return sim[9] + sim[0] * sim[1] * c
 
 
 def _pending_as(pending, like):
