@@ -636,11 +636,14 @@ class InlineSet:
 
 
 def read_ahead(sources: Sequence[Any], load: Any) -> list[Any]:
-    """``[load(s) for s in sources]``, reading the next inline set's bars while this one is built.
+    """``[load(s) for s in sources]``, with every inline set's bars read at once, up front.
 
-    Only for bars on an object store (each read is a round trip); elsewhere, or with fewer
-    than two inline sets, plainly in order. ``load`` is a config's hook: an inline set given
-    its bars is built from them (``load`` resolves an :class:`InlineSet` by calling ``build``).
+    Only for bars on an object store (each read is a round trip): the reads of a task's
+    symbols are in flight together (up to ``_READ_AHEAD`` at a time) while the sets are
+    built in order, so their latencies overlap instead of adding up; the bars are those
+    the task holds anyway, once its sets are built. Elsewhere, or with fewer than two
+    inline sets, plainly in order. ``load`` is a config's hook: an inline set given its
+    bars is built from them (``load`` resolves an :class:`InlineSet` by calling ``build``).
     """
     inline = [s for s in sources if isinstance(s, InlineSet)]
     if len(inline) < 2 or "://" not in inline[0].bars_ref.url or inline[0].bars_ref.url.startswith("file://"):
@@ -648,17 +651,14 @@ def read_ahead(sources: Sequence[Any], load: Any) -> list[Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     out = []
-    with ThreadPoolExecutor(1, thread_name_prefix="admf-read-ahead") as pool:
-        ahead = {}
-        for i, src in enumerate(sources):
-            nxt = next((s for s in sources[i + 1:] if isinstance(s, InlineSet)), None)
-            if nxt is not None and id(nxt) not in ahead:
-                ahead[id(nxt)] = pool.submit(nxt.read_bars)
-            if isinstance(src, InlineSet) and id(src) in ahead:
-                out.append(src.build(ahead.pop(id(src)).result()))
-            else:
-                out.append(load(src))
+    with ThreadPoolExecutor(min(len(inline), _READ_AHEAD), thread_name_prefix="admf-read-ahead") as pool:
+        ahead = {id(s): pool.submit(s.read_bars) for s in inline}
+        for src in sources:
+            out.append(src.build(ahead[id(src)].result()) if isinstance(src, InlineSet) else load(src))
     return out
+
+
+_READ_AHEAD = 8  # bar reads of one task in flight at once (object stores; see read_ahead)
 
 
 def resolve(source: IndicatorSet | InlineSet | MappedSet) -> IndicatorSet:

@@ -83,7 +83,35 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
 
 
-def test_read_ahead_builds_the_same_sets_from_s3(s3):
+def in_flight(monkeypatch, prefix: str, delay: float):
+    """The most GETs under ``prefix`` the moto server was serving at once (a list of one int), each
+    held ``delay`` seconds first: a store with latency, so that reads one after another cannot overlap."""
+    import threading
+    import time
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    now, most, lock = [0], [0], threading.Lock()
+    call = DomainDispatcherApplication.__call__
+
+    def slow(self, environ, start_response):
+        if environ["REQUEST_METHOD"] != "GET" or prefix not in environ.get("PATH_INFO", ""):
+            return call(self, environ, start_response)
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(delay)
+            return call(self, environ, start_response)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(DomainDispatcherApplication, "__call__", slow)
+    return most
+
+
+def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
     import numpy as np
 
     from admf_dask.cache import InlineSet, read_ahead, resolve
@@ -95,7 +123,13 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3):
     store.write([generate_bars(s, "2020-01-01", "2020-12-31", seed=3) for s in names])
     specs = (IndicatorSpec.make("sma", window=5), IndicatorSpec.make("sma", window=20))
     sources = [InlineSet(store.ref, s, None, None, specs, None, store.fingerprint) for s in names]
-    got, want = read_ahead(sources, resolve), [resolve(s) for s in sources]
+    most = in_flight(monkeypatch, "/bars/", 0.1)
+    got = read_ahead(sources, resolve)
+    # every symbol's bars requested at once, not one after another: the round trips overlap
+    assert most == [len(names)], most
+    most[0] = 0
+    want = [resolve(s) for s in sources]
+    assert most == [1], most  # the control: in order, one read at a time
     assert [s.symbol for s in got] == names
     for g, w in zip(got, want):
         assert g.data_key == w.data_key and len(g.bars) == len(w.bars) > 200
