@@ -56,13 +56,15 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
 
     storage = run_ref.open()
     # what each part committed (file -> size, sha256): every accumulator file is checked as it is read
-    committed = {j: storage.read_json(f"done/part-{j:06d}.json") for j in parts}
+    # (on an object store the markers' GETs overlap, and so do the parts' when they are held)
+    committed = dict(zip(parts, storage.each(lambda j: storage.read_json(f"done/part-{j:06d}.json"), parts)))
     records = {name: rec for marker in committed.values() for name, rec in marker.get("files", {}).items()}
     # parts that fit _HOLD_BYTES together are read (and checked) once, equity included; otherwise each is
     # read twice, its small arrays first (trades, extra, the timeline of whole parts) and its equity when summed
     sizes = [records.get(f"portfolio/part-{j:06d}.acc", {}).get("size") for j in parts]
     hold = history is None and None not in sizes and sum(sizes) <= _HOLD_BYTES
-    heads = [_read_part(storage, j, equity=hold, records=records) for j in parts]
+    heads = (storage.each(lambda j: _read_part(storage, j, equity=True, records=records), parts) if hold
+             else [_read_part(storage, j, equity=False, records=records) for j in parts])
     trades, extra = heads[0]["trades"], heads[0]["extra"]
     for h in heads[1:]:
         trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]

@@ -113,13 +113,17 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 files = [f"results/part-{j:06d}.parquet" for j in ranges[(lo, hi)]]
                 if lo in portfolio:
                     files.append(portfolio[lo])
-                metas, held = [], {}
+                metas = []
+                # on an object store a small part (or the reduce's portfolio rows: one per set) is read once
+                # (one GET; the range's GETs overlap), checked against its record, and held while its range is
+                # assembled
+                small = [n for n in files if not storage.is_local
+                         and (records.get(n) is None or records[n]["size"] <= _HOLD_BYTES)]
+                held = dict(zip(small, storage.each(lambda n: pa.py_buffer(read_checked(storage, n, records.get(n))),
+                                                    small)))
                 for name in files:
                     record = records.get(name)
-                    if not storage.is_local and (record is None or record["size"] <= _HOLD_BYTES):
-                        # on an object store a small part (or the reduce's portfolio rows: one per set) is read
-                        # once (one GET), checked against its record, and held while its range is assembled
-                        held[name] = pa.py_buffer(read_checked(storage, name, record))
+                    if name in held:
                         metas.append(pq.read_metadata(pa.BufferReader(held[name])))
                         continue
                     check_file(storage, name, record)
