@@ -135,3 +135,21 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
         assert g.data_key == w.data_key and len(g.bars) == len(w.bars) > 200
         for spec in specs:
             np.testing.assert_array_equal(g.get(spec), w.get(spec))
+
+
+def test_storage_each_overlaps_reads_in_order_and_raises_the_first_error(s3, monkeypatch):
+    import pytest
+
+    from admf_dask.errors import StorageError
+
+    bucket, options = s3
+    storage = StorageRef.make(f"{bucket}/each", options).open()
+    for i in range(5):
+        storage.write_bytes(bytes([i]) * 10, f"f{i}")
+    most = in_flight(monkeypatch, "/each/", 0.1)
+    order = [4, 0, 3, 1, 2]
+    assert storage.each(storage.read_bytes, [f"f{i}" for i in order]) == [bytes([i]) * 10 for i in order]
+    assert most == [5], most  # all five GETs at once
+    with pytest.raises(StorageError) as err:  # both missing: the error is the first one's in order
+        storage.each(storage.read_bytes, ["f0", "f9", "f8"])
+    assert "each/f9" in str(err.value) and "f8" not in str(err.value), str(err.value)
