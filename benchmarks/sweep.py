@@ -29,7 +29,7 @@
    worker (``ru_maxrss`` in each worker after the warm runs; target <= 1 GiB), and of
    the largest process of the CLI runs (driver, nannies, workers). The CLI runs keep
    what a user's would in the benchmark's own user cache (``.bench/home``: the probe
-   kept by the untimed run); ``sweep_500_cli_fresh_probe_seconds`` are the same runs with
+   the untimed run takes afresh and keeps); ``sweep_500_cli_fresh_probe_seconds`` are the same runs with
    ``ADMF_PROBE=fresh``, alternated with them. ``ratio_500_cli_up``: the same command
    with ``--cluster auto`` against a cluster kept by ``admf cluster up`` (started before,
    not timed; stopped after), median of ``--repeat-500`` after one untimed run.
@@ -268,8 +268,10 @@ def _rows_500(args, rows: list, figures: dict) -> None:
 
     cli_times, fresh_times = [], []
     for i in range(repeat + 1):
-        t = shell("local")
-        if i:  # the first run is untimed (page cache, numba's cache files, the probe kept)
+        # the first run is untimed (page cache, numba's cache files) and probes afresh: the timed runs
+        # plan from this session's probe, not from one an earlier invocation kept on a busier machine
+        t = shell("local", **({} if i else {"ADMF_PROBE": "fresh"}))
+        if i:
             cli_times.append(t)
             fresh_times.append(shell("local", ADMF_PROBE="fresh"))
     up_times = []
