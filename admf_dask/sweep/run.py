@@ -185,8 +185,14 @@ def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: 
         root.child("cache").open().write_json(probe, _probe_name(kind, config, what, threads))
     except (OSError, ValueError, AdmfError) as exc:  # an optimisation only: the next run measures again
         log.debug("probe not kept: %r", exc)
+    # the user's cache keeps the fastest probe measured: one taken while the machine was busy would
+    # otherwise plan every later run of this sweep, in any root, into too many small tasks
+    name = _probe_name(kind, config, what, threads, where)
+    kept = home.read_json(name)
+    if isinstance(kept, dict) and 0 < kept.get("seconds_per_bar", 0) <= probe["seconds_per_bar"]:
+        return
     try:
-        home.write_json(probe, _probe_name(kind, config, what, threads, where))
+        home.write_json(probe, name)
     except (OSError, ValueError) as exc:
         log.debug("probe not kept in the user's cache: %r", exc)
 
