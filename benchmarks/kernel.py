@@ -7,7 +7,8 @@ step 5, slow 20..210 step 10, fast < slow) on ``N`` synthetic symbols (default 2
 2,520 daily bars, 0.1 % commission, fractional units, no stops. The indicator matrices
 are built beforehand; each timed run calls the compiled kernels directly, symbol after
 symbol, and is measured in CPU seconds of this process (``time.process_time``) and in
-wall seconds; medians over ``R`` runs (default 7) after one warm run, the variants
+wall seconds; medians over ``R`` runs (default 7) after one warm run (the JSON also
+has the best run of each, ``*_best``: on a shared machine the least disturbed), the variants
 interleaved run by run (ABCD, ABCD, ...), so a busy spell of the shared machine hits
 every variant alike.
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         key = name.split(" (")[0].replace(" ", "_")
         figures[f"{key}_cpu_s"] = round(c, 4)
         figures[f"{key}_meval_per_cpu_s"] = round(evals / c / 1e6, 1)
+        figures[f"{key}_meval_per_cpu_s_best"] = round(evals / min(cpu[name]) / 1e6, 1)
         figures[f"{key}_checksum"] = sums[name]
     print_table(["kernel", "CPU s", "wall s", "M bar-evals / CPU-s", "checksum"], rows,
                 title=f"SMA cross, {m} sets x {len(inputs)} symbols x {n:,} bars ({evals / 1e6:.0f} M bar-evals), "
