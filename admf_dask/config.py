@@ -172,6 +172,14 @@ class ClusterConfig:
             raise ConfigError("threads_per_worker must be >= 1", key="threads_per_worker")
         if self.timeout <= 0:
             raise ConfigError("timeout must be > 0 seconds", key="timeout")
+        if isinstance(self.memory_limit, str) and self.memory_limit != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(self.memory_limit)
+            except (ValueError, TypeError):
+                raise ConfigError(f"memory limit {self.memory_limit!r} is not a size", key="memory_limit",
+                                  hint="a size per worker such as 4GiB, or auto") from None
 
     @classmethod
     def parse(cls, value: Any, where: str = "cluster") -> ClusterConfig:

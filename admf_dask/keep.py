@@ -131,16 +131,7 @@ def up(settings: dict[str, Any], *, timeout: float = 120.0) -> tuple[dict[str, A
     """
     from .config import ClusterConfig
 
-    ClusterConfig.parse({**settings, "kind": "local"})  # a bad setting fails here, not in the keeper
-    limit = settings.get("memory_limit")
-    if isinstance(limit, str) and limit != "auto":
-        from dask.utils import parse_bytes
-
-        try:
-            parse_bytes(limit)
-        except (ValueError, TypeError):
-            raise ConfigError(f"memory limit {limit!r} is not a size", key="memory_limit",
-                              hint="a size per worker such as 4GiB, or auto") from None
+    ClusterConfig(**{**settings, "kind": "local"})  # a bad setting (a memory limit that is no size) fails here
     with _locked():
         state, _ = _record()
         if state is not None:

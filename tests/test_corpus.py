@@ -52,6 +52,9 @@ FILES = {
     "unknown_key.yaml": "name: x\nstorage: {root}\nbogus: 1\nsteps: []\n",
     "unknown_step.yaml": "name: x\nstorage: {root}\nsteps:\n  - frobnicate: {{dataset: a}}\n",
     "bad_cluster.yaml": "name: x\nstorage: {root}\ncluster: {{kind: local, n_workers: -1}}\nsteps: []\n",
+    # a cluster setting no step needs (generate runs in process) is still checked
+    "bad_memory_limit.yaml": "name: x\nstorage: {root}\ncluster: {{kind: local, memory_limit: lots}}\nsteps:\n"
+                             "  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
     "bad_generate.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, symbols: 0}}\n",
     "bad_vol.yaml": "name: x\nstorage: {root}\nsteps:\n  - generate: {{dataset: a, annual_vol: 1.0e+308}}\n",
     "bad_sweep.yaml": "name: x\nstorage: {root}\nsteps:\n  - sweep: {{dataset: a, strategy: nope}}\n",
@@ -197,6 +200,7 @@ CASES: list[tuple[str, list[str]]] = [
         "two_keys_step.yaml", "tab.yaml", "missing_second.yaml", "missing_set.yaml", "missing_run.yaml",
         "replay_no_last.yaml", "bad_range_second.yaml", "ungenerated_symbol.yaml", "readonly_root.yaml",
         "missing_ingest_file.yaml", "range_after_generated.yaml"]],
+    ("run bad memory limit", ["run", "{f:bad_memory_limit.yaml}"]),
     ("run --memory-budget abc", ["run", "{f:missing_second.yaml}", "--memory-budget", "abc"]),
     ("run -o foo=bar", ["run", "{f:missing_second.yaml}", "-o", "foo=bar"]),
 ]
