@@ -833,8 +833,9 @@ def cluster_down() -> None:
     from .keep import down
 
     said = down()
-    _session().data = {"note": said}
-    _session().output(said)
+    session = _session()
+    session.data = {"note": said}
+    session.output(said)
 
 
 @cluster_group.command("status")
@@ -843,14 +844,15 @@ def cluster_status() -> None:
     from .keep import status
 
     state = status()
-    _session().data = {"cluster": state}
+    session = _session()
+    session.data = {"cluster": state}
     if state["up"]:
         stale = "" if state.get("code_matches") else "; runs older admf code: --cluster auto does not use it"
-        _session().output(f"up: {state['address']}, {state['workers']} worker(s), {state['threads']} thread(s), "
-                          f"pid {state['pid']}, since {state['started']}; dashboard "
-                          f"{state.get('dashboard') or '(off)'}{stale}")
+        session.output(f"up: {state['address']}, {state['workers']} worker(s), {state['threads']} thread(s), "
+                       f"pid {state['pid']}, since {state['started']}; dashboard "
+                       f"{state.get('dashboard') or '(off)'}{stale}")
     else:
-        _session().output(f"down: {state['note']}")
+        session.output(f"down: {state['note']}")
 
 
 @cli.command("report")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 __all__ = ["folder", "read_json", "write_json"]
@@ -46,14 +45,9 @@ def write_json(value: Any, name: str) -> str:
 
     Raises OSError when the folder cannot be written.
     """
+    from .storage import replacing
+
     path = os.path.join(folder(), name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
     return path
