@@ -535,7 +535,11 @@ def load_workflow(path: str | os.PathLike, *, cluster: str | None = None, storag
     if "://" not in storage and not os.path.isabs(storage):
         storage = os.path.normpath(os.path.join(base_dir, storage))
     try:
-        cluster_cfg = ClusterConfig.parse(cluster or env_override("ADMF_CLUSTER") or data.get("cluster", "local"))
+        # the file's own cluster is checked even when --cluster or ADMF_CLUSTER replaces it: a bad
+        # file is refused the same way wherever it runs
+        cluster_cfg = ClusterConfig.parse(data.get("cluster", "local"))
+        if override := cluster or env_override("ADMF_CLUSTER"):
+            cluster_cfg = ClusterConfig.parse(override)
         steps = []
         raw_steps = data.get("steps") or []
         if not isinstance(raw_steps, list) or not raw_steps:

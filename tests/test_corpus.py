@@ -51,7 +51,10 @@ FILES = {
     "empty.yaml": "",
     "unknown_key.yaml": "name: x\nstorage: {root}\nbogus: 1\nsteps: []\n",
     "unknown_step.yaml": "name: x\nstorage: {root}\nsteps:\n  - frobnicate: {{dataset: a}}\n",
-    "bad_cluster.yaml": "name: x\nstorage: {root}\ncluster: {{kind: local, n_workers: -1}}\nsteps: []\n",
+    # a real step, so the error is the cluster's, not the step list's; run with --cluster threads,
+    # which replaces the file's cluster but does not excuse it
+    "bad_cluster.yaml": "name: x\nstorage: {root}\ncluster: {{kind: local, n_workers: -1}}\nsteps:\n"
+                        "  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
     # a cluster setting no step needs (generate runs in process) is still checked
     "bad_memory_limit.yaml": "name: x\nstorage: {root}\ncluster: {{kind: local, memory_limit: lots}}\nsteps:\n"
                              "  - generate: {{dataset: a, symbols: 1, start: 2020-01-01, end: 2020-03-01}}\n",
