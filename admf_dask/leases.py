@@ -55,7 +55,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import BusyError, StorageError
-from .storage import Storage, StorageRef
+from .storage import Storage, StorageRef, call_s3
 
 __all__ = ["EXPIRY", "HEARTBEAT", "HOST", "NO_LEASE", "Lease", "drop_if_stale", "lease_state", "owner",
            "read_lease", "short_time", "utc_epoch", "utc_iso"]
@@ -275,7 +275,7 @@ class _S3(_Files):
         bucket, key, _ = fs.split_path(self.path)
         condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
         try:
-            out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=raw, **condition)
+            out = call_s3(fs, "put_object", Bucket=bucket, Key=key, Body=raw, **condition)
         except (FileExistsError, FileNotFoundError):  # created meanwhile / deleted meanwhile
             return None
         except OSError as exc:
@@ -290,7 +290,7 @@ class _S3(_Files):
         fs = self.storage.fs
         bucket, key, _ = fs.split_path(self.path)
         try:
-            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=tag)
+            call_s3(fs, "delete_object", Bucket=bucket, Key=key, IfMatch=tag)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -153,3 +153,20 @@ def test_storage_each_overlaps_reads_in_order_and_raises_the_first_error(s3, mon
     with pytest.raises(StorageError) as err:  # both missing: the error is the first one's in order
         storage.each(storage.read_bytes, ["f0", "f9", "f8"])
     assert "each/f9" in str(err.value) and "f8" not in str(err.value), str(err.value)
+
+
+def test_the_monitor_counts_copy_conditional_writes_and_lease_requests(s3):
+    from admf_dask.leases import _S3
+    from admf_dask.monitor import REQUESTS
+    from admf_dask.storage import Storage
+
+    bucket, options = s3
+    storage = Storage(f"{bucket}/counted", options)
+    storage.write_bytes(b"x", "a")
+    REQUESTS.reset()
+    storage.copy("a", "b")  # one CopyObject
+    assert storage.write_if(b"y", "c", version=None) and not storage.write_if(b"z", "c", version=None)
+    lease = _S3(storage, "lease.json")  # a run's lease: conditional PUT and DELETE
+    lease.delete(lease.write(b"{}", None))
+    ops = REQUESTS.snapshot()["ops"]
+    assert ops == {"copy_object": 1, "put_object": 3, "delete_object": 1}, ops
