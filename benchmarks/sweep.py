@@ -61,9 +61,19 @@ def _dataset(name: str, n_symbols: int, start: str, end: str, freq: str = "daily
     store = BarStore(os.path.join(ROOT, name))
     spec = SyntheticSpec(start, end, freq, seed=42)
     names = symbol_names(n_symbols)
-    if not store.exists() or store.symbols() != names or store.source != {"kind": "synthetic", **spec.to_dict()}:
+    if (not store.exists() or store.symbols() != names or store.source != {"kind": "synthetic", **spec.to_dict()}
+            or _dictionary_prices(store)):
         generate_dataset(store, names, spec, progress=False)
     return BarStore(store.url)
+
+
+def _dictionary_prices(store) -> bool:
+    """Whether the dataset was written before bar files kept unique prices plain (2026-12-06): then it is
+    written again, so that the figures are those of the files the code writes now."""
+    import pyarrow.parquet as pq
+
+    md = pq.read_metadata(store.storage.path(store.entry(store.symbols()[0])["files"][0]["path"]))
+    return md.row_group(0).column(md.schema.names.index("close")).has_dictionary_page
 
 
 def _timed_sweep(client, store, config):

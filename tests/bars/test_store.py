@@ -253,3 +253,48 @@ def test_a_corrupt_manifest_is_an_error_not_a_crash(tmp_path, small_bars):
     (tmp_path / "_dataset.json").write_text('{"format": "admf-bars", "schema')
     with pytest.raises(StorageError, match="corrupt JSON.*_dataset.json"):
         BarStore(str(tmp_path)).symbols()
+
+
+def _column_chunks(path):
+    import pyarrow.parquet as pq
+
+    md = pq.read_metadata(path)
+    names = md.schema.names
+    return {names[i]: md.row_group(g).column(i) for g in range(md.num_row_groups) for i in range(len(names))}
+
+
+def test_value_columns_are_dictionary_encoded_only_where_values_repeat(tmp_path, small_bars):
+    """Prices that never repeat are written plain and uncompressed (they decode faster, and neither a
+    dictionary nor snappy makes them smaller); a column of a few distinct values gets both. Files written
+    before this choice (dictionary and snappy everywhere) read back the same bars."""
+    import pyarrow.parquet as pq
+
+    from admf_dask.bars.schema import VALUE_COLUMNS
+
+    b = small_bars[0]
+    steps = {**b.columns, "volume": np.round(b.columns["volume"], -5)}  # a handful of distinct volumes
+    assert 4 * len(np.unique(steps["volume"])) <= len(b)
+    stepped = Bars("VOL", b.timestamp, steps)
+    for granularity in ("year", "symbol"):
+        store = BarStore(str(tmp_path / granularity))
+        store.update([b, stepped], mode="replace", granularity=granularity)
+        for sym, want in (("AAA", b), ("VOL", stepped)):
+            assert_same_bars(store.read(sym), want)
+            for f in store.entry(sym)["files"]:
+                chunks = _column_chunks(store.storage.path(f["path"]))
+                assert chunks["timestamp"].compression == "SNAPPY" and not chunks["timestamp"].has_dictionary_page
+                for c in ("open", "high", "low", "close"):
+                    assert not chunks[c].has_dictionary_page and chunks[c].compression == "UNCOMPRESSED", c
+                vol = chunks["volume"]
+                assert (vol.has_dictionary_page, vol.compression) == (
+                    (True, "SNAPPY") if sym == "VOL" else (False, "UNCOMPRESSED"))
+    # a file of the earlier encoding, put in place of the new one, reads as the same bars
+    store = BarStore(str(tmp_path / "year"))
+    meta = store.entry("AAA")["files"][0]
+    path = store.storage.path(meta["path"])
+    table = pq.read_table(path)
+    pq.write_table(table, path, compression="snappy")
+    assert _column_chunks(path)["close"].has_dictionary_page
+    got = BarStore(store.url).read("AAA", end=int(meta["last_ns"]))
+    rows = b.timestamp <= meta["last_ns"]
+    assert_same_bars(got, Bars("AAA", b.timestamp[rows], {c: b.columns[c][rows] for c in VALUE_COLUMNS}))
