@@ -43,7 +43,7 @@ from .errors import StorageError
 
 _READS_AT_ONCE = 8  # Storage.each: small reads in flight at once on an object store
 
-__all__ = ["Storage", "StorageRef", "absolute_url", "call_s3", "replacing"]
+__all__ = ["Storage", "StorageRef", "Uploads", "absolute_url", "call_s3", "replacing"]
 
 
 TEMP_MARK = ".tmp-"  # a temporary sibling: <target>.tmp-<host tag>-<pid>-<random>
@@ -305,6 +305,10 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(min(files))) from exc
 
+    def uploads(self) -> Uploads:
+        """Whole files to write before a commit marker, each started as soon as it is added (see :class:`Uploads`)."""
+        return Uploads(self)
+
     @contextmanager
     def writing(self, *parts: str) -> Iterator[Any]:
         """A binary file to write a large file into, streamed: committed whole when the block ends, or not at all.
@@ -561,6 +565,55 @@ class Storage:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+class Uploads(dict):
+    """Whole files (relative path: bytes, or a list of buffers) written as they are added, for a commit marker after.
+
+    ``uploads[name] = data`` starts the write at once: on an object store with an async
+    client (S3) the PUT goes out on the filesystem's event loop while the caller goes on
+    encoding the next file, so a task's PUTs overlap its own work and each other, not only
+    each other; elsewhere the file is written then and there (:meth:`Storage.write_bytes`).
+    :meth:`wait` returns once every file is in place and raises the first failure (as a
+    StorageError naming the file), after every PUT has ended. A commit marker is written
+    after :meth:`wait`, never through this. A PUT started before the caller fails may still
+    land: without its marker the file is not part of any commit (and a retry writes the
+    same name). The dict holds what was added (the bytes stay referenced until written).
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__()
+        self._storage = storage
+        self._async = not storage.is_local and getattr(storage.fs, "async_impl", False) \
+            and getattr(storage.fs, "loop", None) is not None
+        self._flights: list[tuple[str, Any]] = []
+
+    def __setitem__(self, name: str, data: bytes | list[Any]) -> None:
+        if name in self:
+            raise ValueError(f"{name} is already being written")
+        super().__setitem__(name, data)
+        if not self._async:
+            self._storage.write_bytes(data, name)
+            return
+        import asyncio
+
+        body = data if not isinstance(data, list) else b"".join(data)
+        self._flights.append((name, asyncio.run_coroutine_threadsafe(
+            self._storage.fs._pipe_file(self._storage.path(name), body), self._storage.fs.loop)))
+
+    def wait(self) -> None:
+        """Block until every file added is written; the first failure, in the order added, raised."""
+        first: BaseException | None = None
+        for name, flight in self._flights:
+            try:
+                flight.result()
+            except OSError as exc:
+                first = first or StorageError(f"cannot write: {exc}", file=self._storage.display(name))
+            except BaseException as exc:  # noqa: BLE001 - every PUT ends before the first failure is raised
+                first = first or exc
+        self._flights = []
+        if first is not None:
+            raise first
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

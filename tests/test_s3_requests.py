@@ -83,9 +83,9 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
 
 
-def in_flight(monkeypatch, prefix: str, delay: float):
-    """The most GETs under ``prefix`` the moto server was serving at once (a list of one int), each
-    held ``delay`` seconds first: a store with latency, so that reads one after another cannot overlap."""
+def in_flight(monkeypatch, prefix: str, delay: float, method: str = "GET"):
+    """The most GETs (``method`` requests) under ``prefix`` the moto server was serving at once (a list of one
+    int), each held ``delay`` seconds first: a store with latency, so that reads one after another cannot overlap."""
     import threading
     import time
 
@@ -95,7 +95,7 @@ def in_flight(monkeypatch, prefix: str, delay: float):
     call = DomainDispatcherApplication.__call__
 
     def slow(self, environ, start_response):
-        if environ["REQUEST_METHOD"] != "GET" or prefix not in environ.get("PATH_INFO", ""):
+        if environ["REQUEST_METHOD"] != method or prefix not in environ.get("PATH_INFO", ""):
             return call(self, environ, start_response)
         with lock:
             now[0] += 1
@@ -170,3 +170,30 @@ def test_the_monitor_counts_copy_conditional_writes_and_lease_requests(s3):
     lease.delete(lease.write(b"{}", None))
     ops = REQUESTS.snapshot()["ops"]
     assert ops == {"copy_object": 1, "put_object": 3, "delete_object": 1}, ops
+
+
+def test_uploads_put_each_file_while_the_caller_works_and_raise_the_first_failure(s3, monkeypatch):
+    import time
+
+    import pytest
+
+    from admf_dask.errors import StorageError
+
+    bucket, options = s3
+    storage = StorageRef.make(f"{bucket}/up", options).open()
+    most = in_flight(monkeypatch, "/up/", 0.2, method="PUT")
+    pending = storage.uploads()
+    pending["a"] = b"a" * 1000
+    deadline = time.monotonic() + 5
+    while most == [0] and time.monotonic() < deadline:  # the caller works on; the PUT is already out
+        time.sleep(0.01)
+    assert most == [1], most
+    pending["b"] = [b"b", memoryview(b"bb")]  # buffers are joined
+    pending.wait()
+    assert storage.read_bytes("a") == b"a" * 1000 and storage.read_bytes("b") == b"bbb"
+    missing = StorageRef.make(f"{bucket}-gone/up", options).open()  # no such bucket: every PUT fails
+    pending = missing.uploads()
+    pending["x"], pending["y"] = b"x", b"y"
+    with pytest.raises(StorageError) as err:
+        pending.wait()
+    assert "up/x" in str(err.value) and "up/y" not in str(err.value), str(err.value)

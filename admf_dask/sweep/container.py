@@ -212,7 +212,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     equity = _SCRATCH.take(m, len(timeline.stamps))
     saved: dict[str, np.ndarray] | None = {} if task.keep_state else None  # the state reached, for the next run
     files: dict[str, dict[str, Any]] = {}  # what the part commits: name -> size, sha256
-    pending: dict[str, Any] = {}  # files to write before the marker (object stores: concurrently)
+    storage = task.run_ref.open()
+    pending = storage.uploads()  # the part's files, each written (object stores: PUT) as soon as it is encoded
     try:
         acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
         stats = []
@@ -227,8 +228,13 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
                 raise _fail_where(task, symbol, iset, exc) from None
             saved.update(whole_symbol_state(i, iset, batch, run, task.config))
         t_kernel = time.perf_counter()
+        if not task.whole_range:  # the accumulators first: their PUT overlaps encoding the rows and the state
+            name = f"portfolio/part-{task.part:06d}.acc"
+            buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
+            files[name] = digest(buffers)
+            # buffers over scratch memory, given back below: written now on local disk, copied for an object store
+            pending[name] = buffers if storage.is_local else b"".join(buffers)
         table = _rows_table(task, batch, stats)
-        storage = task.run_ref.open()
         if task.whole_range and saved is not None:  # the portfolio folded (as a stream would), its state kept
             pstate = portfolio_state_init(m)
             portfolio_fold(acc[0], np.ascontiguousarray(acc[2][:, 2]), 0, pstate)
@@ -243,14 +249,6 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
             table = pa.concat_tables([table, _portfolio_table(task.lo, task.hi, task.param_sets, acc, timeline.stamps,
                                                                        timeline.periods_per_year)],
                                      promote_options="default")
-        else:
-            name = f"portfolio/part-{task.part:06d}.acc"
-            buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
-            files[name] = digest(buffers)
-            if storage.is_local:  # buffers over scratch memory, given back below: written now
-                storage.write_bytes(buffers, name)
-            else:  # copied now, put with the part's other files
-                pending[name] = b"".join(buffers)
     finally:
         _SCRATCH.give(equity)
     name = f"results/part-{task.part:06d}.parquet"
@@ -261,14 +259,14 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     if saved is not None:
         extra["state"] = write_state(storage, saved, f"state/part-{task.part:06d}.state", into=pending)
         files[extra["state"]["file"]] = {k: extra["state"][k] for k in ("size", "sha256")}
-    storage.write_many(pending)  # on an object store the PUTs at once
-    commit(storage, task, table.num_rows, files, **extra)  # the marker last, once every file is in place
+    pending.wait()
+    marker = commit(storage, task, table.num_rows, files, **extra)  # the marker last, once every file is in place
     t_end = time.perf_counter()
     times = stage_times_take()
     bars = min(times.get("bars", 0.0), t_inputs - t0)
     # the monitor's stages: the tables and portfolio rows count with writing them
     stages = {"bars": bars, "indicators": t_inputs - t0 - bars, "kernel": t_kernel - t_inputs, "write": t_end - t_kernel}
-    return {"part": task.part, "rows": table.num_rows, "seconds": t_end - t0, "files": files,
+    return {"part": task.part, "rows": table.num_rows, "seconds": t_end - t0, "files": files, "marker": marker,
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
             "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)},
             "stages": stages, "pid": os.getpid(), "rss": rss() if enabled() else 0}

@@ -54,11 +54,17 @@ def layout_token(layout: Sequence[Sequence[Any]]) -> str:
                   for g, lo, hi, *rest in layout])[:16]
 
 
-def commit(storage: Any, task: Any, rows: int, files: Mapping[str, Mapping[str, Any]], **extra: Any) -> None:
-    """Write part ``task.part``'s done marker, last: its bounds, the layout's token, ``files`` (name: record)."""
+def commit(storage: Any, task: Any, rows: int, files: Mapping[str, Mapping[str, Any]],
+           **extra: Any) -> dict[str, Any]:
+    """Write part ``task.part``'s done marker, last: its bounds, the layout's token, ``files`` (name: record).
+
+    Returns the marker as written: the task hands it to the driver, whose portfolio reduce
+    then need not read it back.
+    """
     marker = {"part": task.part, "rows": rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi,
               "layout": task.layout, "files": dict(files), **extra}
     storage.write_json(marker, f"done/part-{task.part:06d}.json")
+    return marker
 
 
 def _mismatch(storage: Any, name: str, record: Mapping[str, Any]) -> str | None:

@@ -23,7 +23,8 @@ from .results import PORTFOLIO, _stats_table
 
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                      param_sets: ParamSets, cash: float, resume: Any = None,
-                     keep_state: bool = False, history: StorageRef | None = None) -> dict[str, Any]:
+                     keep_state: bool = False, history: StorageRef | None = None,
+                     markers: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
     The parts of a range cover every symbol once; each part's summed equity is on its own
@@ -45,6 +46,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     files its done marker lists (``equity``, relative to the root: the windows of the
     runs it went on from, then its own), all of them from the first bar: an incremental
     run in which some parts were recomputed in full.
+    ``markers`` are parts' done markers as their tasks committed them (the driver has them): a
+    part's marker not among them is read from the run.
     Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
     "state": the state's commit record or None}``.
     """
@@ -57,7 +60,10 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     storage = run_ref.open()
     # what each part committed (file -> size, sha256): every accumulator file is checked as it is read
     # (on an object store the markers' GETs overlap, and so do the parts' when they are held)
-    committed = dict(zip(parts, storage.each(lambda j: storage.read_json(f"done/part-{j:06d}.json"), parts)))
+    known = dict(markers or {})
+    unread = [j for j in parts if j not in known]
+    known.update(zip(unread, storage.each(lambda j: storage.read_json(f"done/part-{j:06d}.json"), unread)))
+    committed = {j: known[j] for j in parts}
     records = {name: rec for marker in committed.values() for name, rec in marker.get("files", {}).items()}
     # parts that fit _HOLD_BYTES together are read (and checked) once, equity included; otherwise each is
     # read twice, its small arrays first (trades, extra, the timeline of whole parts) and its equity when summed
@@ -129,7 +135,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     name = f"portfolio/rows-{lo:09d}.parquet"
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    storage.write_bytes(buf.getvalue(), name)
+    pending = storage.uploads()  # on an object store the state is encoded while the rows' PUT is out
+    pending[name] = buf.getvalue()
     state = None
     if keep_state:  # each part's last value, in part order (whole parts were summed into one reader)
         windowed = iter(readers[1:] if whole else readers)
@@ -137,7 +144,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         state = write_state(storage, {"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
                                       "befores": np.array(befores).reshape(len(parts), m),
                                       **{f"union/{k}": v for k, v in spacing.to_arrays().items()}},
-                            f"portfolio/reduce-{lo:09d}.state")
+                            f"portfolio/reduce-{lo:09d}.state", into=pending)
+    pending.wait()
     return {"rows": name, "state": state}
 
 

@@ -454,6 +454,10 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         records: dict[str, Any] = {}  # what the final table checks its parts against: file -> size, sha256
         for marker in done.values():
             records.update(marker["files"])
+        # the markers of parts whose range needs a reduce (resumed, or as their tasks committed them): passed
+        # to the reduce, which then reads none back
+        reduced_parts = {j for parts in ranges.values() if len(parts) > 1 for j in parts}
+        markers = {j: m for j, m in done.items() if j in reduced_parts}
 
         def inputs(i: int) -> list[Any]:  # the hub's sets of a task, asked for when the task is submitted
             task = tasks[i]
@@ -467,6 +471,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         def finished(i: int, out: dict[str, Any]) -> None:
             bars_read.update(out.get("bars", {}))
             records.update(out.get("files", {}))
+            if tasks[i].part in reduced_parts and "marker" in out:
+                markers[tasks[i].part] = out["marker"]
             monitor.task(out)
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
@@ -486,7 +492,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         reduced = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
                             extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash,
                                          resume(resume_reduce.get(str(lo))), keep_state,
-                                         root if run.get("changed_symbols") else None)
+                                         root if run.get("changed_symbols") else None,
+                                         {j: markers[j] for j in parts if j in markers})
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         wall = time.perf_counter() - t0

@@ -141,13 +141,14 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         ppy = union.value() if folded > 1 else 252.0
         table = pa.concat_tables([table, _stream_portfolio_table(task.lo, task.hi, task.param_sets, pstate, trades,
                                                                  extra, ppy)], promote_options="default")
-    else:
+    pending = storage.uploads()  # the part's last files, each PUT out while the next is encoded
+    if pstate is None:
         name = f"portfolio/part-{task.part:06d}.acc"
         buffers = _arrays_parts({"trades": trades, "extra": extra, "windows": np.array([n_windows], dtype=np.int64)})
-        storage.write_bytes(buffers, name)
         files[name] = digest(buffers)
+        pending[name] = buffers
     name = f"results/part-{task.part:06d}.parquet"
-    files[name] = write_part(storage, table, name)
+    files[name] = write_part(storage, table, name, into=pending)
     marker: dict[str, Any] = {"windows": n_windows}
     if not task.whole_range:  # the part's summed equity, window files relative to the storage root, after
         # the history of the run it went on from
@@ -162,10 +163,12 @@ def run_stream_container(task: Any) -> dict[str, Any]:
         if pstate is not None:
             keep.update({"pstate": pstate, "folded": np.array([folded], dtype=np.int64),
                          **{f"union/{k}": v for k, v in union.to_arrays().items()}})
-        marker["state"] = write_state(storage, keep, f"state/part-{task.part:06d}.state")
+        marker["state"] = write_state(storage, keep, f"state/part-{task.part:06d}.state", into=pending)
         files[marker["state"]["file"]] = {k: marker["state"][k] for k in ("size", "sha256")}
-    commit(storage, task, table.num_rows, files, **marker)
+    pending.wait()
+    marker = commit(storage, task, table.num_rows, files, **marker)
     return {"part": task.part, "rows": table.num_rows, "seconds": time.perf_counter() - t_start, "files": files,
+            "marker": marker,
             "counters": {sym: inp.counters() for sym, inp in zip(task.symbols, inputs)},
             "bars": {sym: stream.seen - s0 for sym, stream, s0 in zip(task.symbols, streams, seen0)},
             "pid": os.getpid(), "rss": rss() if enabled() else 0}  # stages interleave along time: not split
