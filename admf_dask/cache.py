@@ -390,6 +390,24 @@ def _set_rows(specs: Sequence[IndicatorSpec]) -> tuple[list[IndicatorSpec], list
     return specs, names, {name: i for i, name in enumerate(names)}
 
 
+_SET_PLANS: dict[tuple[str, ...], tuple] = {}  # _set_plan by the specs' tokens, per process
+
+
+def _set_plan(specs: Sequence[IndicatorSpec]) -> tuple[list[IndicatorSpec], list[tuple[str, str]],
+                                                       dict[tuple[str, str], int], dict[str, tuple[int, ...]]]:
+    """:func:`_set_rows` and each spec's rows in its order of outputs, worked out once per process for a
+    list of specs (a sweep builds the same set for every symbol)."""
+    key = tuple(spec.token for spec in specs)
+    plan = _SET_PLANS.get(key)
+    if plan is None:
+        unique, names, row = _set_rows(specs)
+        plan = (unique, names, row, {s.token: tuple(row[(s.token, out)] for out in s.outputs) for s in unique})
+        if len(_SET_PLANS) > 64:
+            _SET_PLANS.clear()
+        _SET_PLANS[key] = plan
+    return plan
+
+
 def _with_period(bars: Bars) -> Bars:
     """``bars`` with its periods per year worked out now, once: the value is kept on the object
     and travels with it, so the tasks (and workers) that receive the set do not each spend
@@ -460,9 +478,10 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
         key = data_key(store.symbol_fingerprint(symbol), bars)
     cache = _cache_at(cache_ref) if cache_ref is not None else None
     counters = HubCounters()
-    specs, names, row = _set_rows(specs)
+    specs, names, row, spec_rows = _set_plan(specs)
     # One matrix for the whole set, filled row by row: every array is copied into it
-    # once, as soon as it is at hand, so no second full copy of the set is ever held.
+    # once, as soon as it is at hand (a computed one is written there by its kernel),
+    # so no second full copy of the set is ever held.
     matrix = np.empty((len(names), len(bars)))
 
     def put(spec: IndicatorSpec, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -492,11 +511,26 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     computed = {}
     costs: dict[str, tuple[float, int]] = {}  # token -> (seconds to compute, bytes to store)
     first: set[str] = set()  # computed by a kernel this process had not run yet: its time includes loading it
+    inputs: dict[str, np.ndarray] = {}  # the bar columns the kernels read, contiguous float64, once per set
     for spec in missing:  # the whole series as one chunk (IndicatorSpec.compute), keeping the end state
         t0 = time.perf_counter()
-        arrays, states[spec.token] = spec.compute_series(bars.columns)
-        costs[spec.token] = (time.perf_counter() - t0, sum(a.nbytes for a in arrays.values()))
-        computed[spec.token] = (spec, put(spec, arrays))
+        fast = spec.series_kernel()
+        if fast is not None and all(c in bars.columns for c in fast[1]):  # straight into the set's rows
+            kernel, cols, params, init = fast
+            for c in cols:
+                if c not in inputs:
+                    inputs[c] = np.ascontiguousarray(bars.columns[c], dtype=np.float64)
+            state = init.copy()
+            outs = [matrix[r] for r in spec_rows[spec.token]]
+            kernel(*[inputs[c] for c in cols], 0, *params, state, *outs)
+            _COMPUTED[0] += 1
+            states[spec.token] = state
+            arrays = dict(zip(spec.outputs, outs))
+        else:  # this process has not checked the spec yet (or a column is missing: the DataError)
+            computed_arrays, states[spec.token] = spec.compute_series(bars.columns)
+            arrays = put(spec, computed_arrays)
+        costs[spec.token] = (time.perf_counter() - t0, 8 * len(bars) * len(arrays))
+        computed[spec.token] = (spec, arrays)
         if spec.name not in _TIMED:
             _TIMED.add(spec.name)
             first.add(spec.token)
@@ -915,14 +949,18 @@ class IndicatorHub:
     _KNOWN_PAGES = 5  # LIST pages (1,000 keys each) the hub reads of the cache at most; more: per symbol
 
     def known_keys(self) -> frozenset[str] | None:
-        """The data keys with packs in an object-store cache, listed once per hub (a run): one LIST,
-        where each symbol's set would make its own. None (look per symbol) on local disk, without a
-        cache, or when the cache holds over ``_KNOWN_PAGES`` thousand keys."""
+        """The data keys with packs in the cache, listed once per run (until :meth:`release`): on an
+        object store one LIST, on local disk one directory scan, where each symbol's set would make its
+        own. None (look per symbol) without a cache, on other filesystems, or when the cache holds over
+        ``_KNOWN_PAGES`` thousand keys."""
         if self._known is ...:
             self._known = None
             if self.cache_ref is not None:
                 storage = IndicatorCache(self.cache_ref).storage
-                if storage.conditional:
+                if storage.is_local:
+                    self._known = _local_keys(storage.path(IndicatorCache(self.cache_ref)._dir("")),
+                                              self._KNOWN_PAGES * 1000)
+                elif storage.conditional:
                     from fsspec.asyn import sync
 
                     from .storage import _list_names
@@ -1011,9 +1049,11 @@ class IndicatorHub:
             self._spreading.pop(fut.key, None)
 
     def release(self) -> None:
-        """Drop the sets held in memory (worker memory is freed when no task needs them)."""
+        """Drop the sets held in memory (worker memory is freed when no task needs them), and the
+        listing of the cache's keys (:meth:`known_keys`: the next run lists them again)."""
         self._sets.clear()
         self._spreading.clear()
+        self._known = ...
         if self._mapped:
             self._mapped = False
             try:
@@ -1021,6 +1061,22 @@ class IndicatorHub:
             except Exception:  # a cluster going down drops its mappings anyway
                 pass
             _forget_mapped()
+
+
+def _local_keys(folder: str, most: int) -> frozenset[str] | None:
+    """The entries of a local cache folder (its data keys): none if it is missing, None past ``most``."""
+    names: list[str] = []
+    try:
+        with os.scandir(folder.rstrip("/")) as entries:
+            for entry in entries:
+                names.append(entry.name)
+                if len(names) > most:
+                    return None
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except OSError:
+        return None
+    return frozenset(names)
 
 
 _register_sizeof()

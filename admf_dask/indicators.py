@@ -374,6 +374,26 @@ class IndicatorSpec:
             return out
         return self.chunk_runner()(columns, 0, held)
 
+    def series_kernel(self) -> tuple[Callable, tuple[str, ...], tuple[float, ...], np.ndarray] | None:
+        """``(kernel, input columns, parameters, initial state)`` to run a whole series straight into the
+        caller's output arrays, once :meth:`compute_series` has checked this spec in this process (None before).
+
+        ``kernel(*inputs, 0, *parameters, state, *outputs)``, with ``state`` a copy of the initial state
+        (the kernel updates it: the end state) and one float64 output array per :attr:`outputs`: the
+        call :meth:`compute_series` makes, without its allocations and per-call lookups. The
+        indicator hub fills a set's matrix rows this way (26 SMAs x 500 symbols in a sweep).
+        The caller counts the computation (``_COMPUTED``) and supplies contiguous float64 inputs.
+        """
+        held = _KERNELS.get(self.token)
+        if held is None:
+            init = _INITIAL.get(self.token)
+            if init is None:
+                return None
+            if len(_KERNELS) > 4096:
+                _KERNELS.clear()
+            held = _KERNELS[self.token] = (self.definition.chunk, self.inputs, tuple(self._kernel_params()), init)
+        return held
+
     def _kernel_params(self) -> list[float]:
         """Parameter values in the kernel's order, validated again: compiled kernels trust them
         (no bounds checks), and a spec built without :meth:`make` skipped the checks."""
@@ -393,6 +413,7 @@ class IndicatorSpec:
 
 _RUNNERS: dict[str, Callable] = {}  # IndicatorSpec.chunk_runner by token, per process
 _INITIAL: dict[str, np.ndarray] = {}  # IndicatorSpec.init_state by token, per process (never modified)
+_KERNELS: dict[str, tuple] = {}  # IndicatorSpec.series_kernel by token, per process
 
 _COMPUTED = [0]  # indicator kernel runs in this process (a list: incremented in place from any thread)
 

@@ -390,3 +390,56 @@ def test_worth_storing_keeps_what_costs_more_to_compute_than_to_load(monkeypatch
     # worth it on local disk, not where each pack is a request (S3): the pack's own cost is not saved
     small = (load + PER_PACK[True] * 2, nbytes)
     assert worth_storing({"b": small}, local=True) == {"b"} and worth_storing({"b": small}, local=False) == set()
+
+
+def test_on_local_disk_the_hub_lists_the_cache_keys_once_per_run_and_skips_the_rest(dataset, tmp_path, monkeypatch):
+    """An inline set (a sweep's usual input) looks in the local cache only for a data key the hub's one
+    directory scan found; release() forgets the scan, so the next run sees what this one stored."""
+    from admf_dask.cache import InlineSet
+
+    cache = StorageRef.make(str(tmp_path / "cache"))
+    plan = IndicatorPlan.from_requests(IndicatorSpec.make("sma", window=w) for w in (5, 20))
+    hub = IndicatorHub(dataset, cache)
+    assert hub.known_keys() == frozenset()  # no cache folder yet: nothing to look for
+    first = hub.source("AAA", plan)
+    assert isinstance(first, InlineSet) and first.known == frozenset()
+    built = first.build()
+    assert (built.counters.computed, built.counters.loaded_storage) == (2, 0)  # stored (ADMF_INDICATOR_STORE=all)
+    assert hub.known_keys() == frozenset()  # the listing stands for the run
+    hub.release()
+    assert hub.known_keys() == {built.data_key}
+    again = hub.source("AAA", plan).build()
+    assert (again.counters.computed, again.counters.loaded_storage) == (0, 2)
+    np.testing.assert_array_equal(again.matrix, built.matrix)
+    # a key left out of the listing is not looked for: computed, not loaded (a missed reuse, same values)
+    skipped = InlineSet(first.bars_ref, "AAA", None, None, first.specs, cache, first.fingerprint, frozenset()).build()
+    assert (skipped.counters.computed, skipped.counters.loaded_storage) == (2, 0)
+    np.testing.assert_array_equal(skipped.matrix, built.matrix)
+    monkeypatch.setattr(IndicatorHub, "_KNOWN_PAGES", 0)  # more keys than the hub lists: look per symbol
+    big = IndicatorHub(dataset, cache)
+    assert big.known_keys() is None and big.source("AAA", plan).build().counters.loaded_storage == 2
+
+
+def test_a_set_built_straight_into_its_matrix_equals_each_indicator_computed_alone(dataset):
+    """The hub runs a checked spec's kernel straight into the set's rows (IndicatorSpec.series_kernel): every
+    output and end state is, bit for bit, what compute_series gives alone, for every kind of indicator (several
+    outputs, several input columns), the first build of a process (checked path) and every one after."""
+    from admf_dask.cache import build_indicator_set
+    from admf_dask.indicators import INDICATORS
+
+    specs = [IndicatorSpec.make(name, **params) for name, params in [
+        ("sma", {"window": 7}), ("ema", {"span": 12}), ("wma", {"window": 5}), ("rsi", {"window": 14}),
+        ("atr", {"window": 10}), ("bollinger", {"window": 9, "k": 1.5}), ("macd", {"fast": 5, "slow": 13, "signal": 4}),
+        ("donchian", {"window": 4}), ("zscore", {"window": 20}), ("roc", {"window": 3}),
+        ("stochastic", {"k_window": 14, "d_window": 3}), ("obv", {}), ("vwap", {"window": 6})]]
+    assert {s.name for s in specs} == set(INDICATORS)
+    bars = dataset.read("BBB")
+    for _ in range(2):  # the second build takes the straight path for every spec
+        built = build_indicator_set(dataset.ref, "BBB", None, None, specs, None, bars=bars)
+        assert built.counters.computed == len(specs)
+        for spec in specs:
+            alone, state = spec.compute_series(bars.columns)
+            for out, want in alone.items():
+                assert built.get(spec, out).tobytes() == want.tobytes(), (spec.label, out)
+            assert built.states[spec.token].tobytes() == state.tobytes(), spec.label
+    assert all(spec.series_kernel() is not None for spec in specs)
