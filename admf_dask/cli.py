@@ -198,6 +198,25 @@ def _session() -> Session:
     return click.get_current_context().ensure_object(Session)
 
 
+def _fork_workers(cluster: str | None) -> None:
+    """Before a command that may start a ``local`` cluster takes its lease (a thread): fork the zygote its
+    workers will be forks of (:mod:`admf_dask.zygote`), in the ``admf`` command's own process only."""
+    session = _session()
+    if not session.own_stdout or cluster is None:
+        return
+    from .config import ClusterConfig
+
+    kind = ClusterConfig.parse(cluster).kind
+    if kind == "auto":
+        from .keep import kept_address
+
+        kind = "local" if kept_address()[0] is None else "kept"
+    if kind == "local":
+        from .zygote import start
+
+        start(close=[session._json_out.fileno()] if session._json_out is not sys.stdout else [])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="admf-dask")
 @click.option("--log-file", type=click.Path(dir_okay=False), **_env("ADMF_LOG_FILE"),
@@ -507,6 +526,7 @@ def sweep(store, strategy, params, sample, seed, symbol_list, start, end, direct
     bar_store.manifest  # a wrong STORE fails before a cluster starts
     root = StorageRef.make(storage, options)
     ready_to_write(root)
+    _fork_workers(cluster)
     with ExitStack() as stack:  # the cluster starts only if there is work (a finished run just prints)
         result = run_sweep(config, bar_store, root,
                            lambda: stack.enter_context(connect(cluster)), force=force, yes=yes, echo=log.info,
@@ -597,6 +617,7 @@ def signals(store, from_run, top, metric, configs, direction, symbol_list, start
     bar_store = BarStore(store, options)
     bar_store.manifest
     ready_to_write(root)
+    _fork_workers(cluster)
     with ExitStack() as stack:
         result = generate_signals(config, bar_store, root, lambda: stack.enter_context(connect(cluster)),
                                   force=force, echo=log.info, wait=wait, performance_report=performance_report)
@@ -677,6 +698,7 @@ def replay(signals_id, store, rule, threshold, weights, grid, sample, seed, symb
     session.data = {"signals": signals_id}
     _, bar_store, _ = plan_replay(config, root, BarStore(store, options) if store else None)  # fail before a cluster
     ready_to_write(root)
+    _fork_workers(cluster)
     with ExitStack() as stack:
         result = run_replay(config, root, lambda: stack.enter_context(connect(cluster)), bar_store, force=force,
                             yes=yes, echo=log.info, wait=wait, performance_report=performance_report)

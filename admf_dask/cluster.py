@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .config import ClusterConfig
@@ -97,6 +97,7 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     from .logs import adopt_library_loggers, worker_config
 
     adopt_library_loggers()  # distributed's own stderr handlers, added on import, give way to admf's
+    stack = ExitStack()  # settings kept while the cluster lives
     config = ClusterConfig.parse(config)
     echo = echo or log.info
     if config.kind == "auto":  # the cluster `admf cluster up` keeps, else one of our own
@@ -109,21 +110,31 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         config = replace(config, kind=address or "local")
     dashboard = config.dashboard_address or None
     cluster = None
+    forked = False
     if config.kind == "threads":
         with dask.config.set(_monitoring()):
             cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=config.n_workers or _cores(),
                                    dashboard_address=dashboard)
     elif config.kind == "local":
+        from .zygote import running
+
         settings = {**_monitoring(), **worker_config(),  # worker_config: the workers' logging, SIGINT ignored
                     **{f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC.items()}}
-        with dask.config.set(settings), _children_ignore_sigint():
-            cluster = LocalCluster(n_workers=config.n_workers or _cores(),
-                                   threads_per_worker=config.threads_per_worker,
-                                   memory_limit=config.memory_limit, dashboard_address=dashboard)
+        forked = running()  # the admf command forked a zygote: workers are forks of it (zygote.py), restarts too
+        if forked:
+            stack.enter_context(dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}))
+        try:
+            with dask.config.set(settings), _children_ignore_sigint():
+                cluster = LocalCluster(n_workers=config.n_workers or _cores(),
+                                       threads_per_worker=config.threads_per_worker,
+                                       memory_limit=config.memory_limit, dashboard_address=dashboard)
+        except BaseException:
+            stack.close()
+            raise
     try:
         if cluster is not None:
             client = Client(cluster)
-            if config.kind == "local":  # numba kernels loaded in each worker as it starts (preload.py)
+            if config.kind == "local" and not forked:  # numba kernels loaded in each worker as it starts (preload.py)
                 from .preload import KernelPreload
 
                 client.register_plugin(KernelPreload())
@@ -148,6 +159,7 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
     finally:
         if cluster is not None:
             cluster.close()
+        stack.close()
 
 
 def _wait_for_workers(client: Any, address: str) -> None:

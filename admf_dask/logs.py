@@ -208,6 +208,9 @@ def dask_setup(worker: Any) -> None:
     settings = dask.config.get("admf.logging", None) or {}
     if settings.get("configured"):
         setup_logging(verbosity=settings.get("verbosity", 0), log_file=settings.get("log_file"))
+    zygote = sys.modules.get("admf_dask.zygote")
+    if zygote is not None and zygote.forked_from() is not None:
+        logging.getLogger(__name__).debug("worker process forked from the zygote (pid %d)", zygote.forked_from())
 
 
 def dask_teardown(worker: Any) -> None:

@@ -19,6 +19,7 @@ import logging
 import pkgutil
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_dask.cache", "admf_dask.bars.store")
 
 
-def preload_kernels() -> tuple[int, float]:
+def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]:
     """Import the kernel modules and load every cached overload numba holds for this machine.
 
+    ``stop()``, asked before each overload, ends the loading early when true.
     Returns (overloads loaded, seconds).
     """
     from numba.core.registry import CPUDispatcher
@@ -57,6 +59,8 @@ def preload_kernels() -> tuple[int, float]:
             magic = obj.targetctx.codegen().magic_tuple()
             for key in list(cache_file._load_index()):
                 if key[1] == magic:  # (signature, target machine, ...): only what this machine compiled
+                    if stop is not None and stop():
+                        return n, time.perf_counter() - t0
                     obj.compile(key[0])  # found in the cache: loaded, not compiled
                     n += 1
     return n, time.perf_counter() - t0
