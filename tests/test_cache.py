@@ -443,3 +443,20 @@ def test_a_set_built_straight_into_its_matrix_equals_each_indicator_computed_alo
                 assert built.get(spec, out).tobytes() == want.tobytes(), (spec.label, out)
             assert built.states[spec.token].tobytes() == state.tobytes(), spec.label
     assert all(spec.series_kernel() is not None for spec in specs)
+
+
+def test_an_indicator_costs_the_fastest_rate_measured_for_it_so_a_preempted_timing_stores_nothing(monkeypatch):
+    """A timing only grows by what is not the indicator's work (the thread preempted on a busy machine): the cost
+    that decides storing is the fastest seconds per bar this process measured for the indicator, times the bars."""
+    from admf_dask.cache import _fastest, worth_storing
+
+    monkeypatch.delenv("ADMF_INDICATOR_STORE")
+
+    tok = "test-fastest-rate"
+    assert _fastest(tok, 40e-6, 2520) == pytest.approx(40e-6)
+    stretched = _fastest(tok, 4e-3, 2520)  # preempted for ~4 ms while it ran: still the 40 us it costs
+    assert stretched == pytest.approx(40e-6)
+    assert worth_storing({tok: (stretched, 2520 * 8)}, local=True) == set()
+    assert worth_storing({tok: (4e-3, 2520 * 8)}, local=True) == {tok}  # what the raw timing would have stored
+    assert _fastest(tok, 20e-6, 2520) == pytest.approx(20e-6)  # a faster run lowers it
+    assert _fastest(tok, 80e-6, 5040) == pytest.approx(40e-6)  # per bar: twice the bars, twice the cost
