@@ -148,7 +148,8 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         try:
             if cluster is None:
                 _wait_for_workers(client, config.kind)
-            _check_versions(client)
+            if not forked:  # forks of this process run its very packages and admf code
+                _check_versions(client)
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
             link = client.dashboard_link if dashboard or cluster is None else "(dashboard off)"
             echo(f"cluster: {config.kind}, {len(workers)} worker(s), "

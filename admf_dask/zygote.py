@@ -78,6 +78,8 @@ def start(*, close: Sequence[int] = ()) -> bool:
         return False
     from multiprocessing import connection, forkserver, resource_tracker
 
+    import distributed  # noqa: F401  (this process's cluster needs it: imported once, for the zygote too)
+
     server = forkserver._forkserver
     with server._lock:
         resource_tracker.ensure_running()  # its descriptor is inherited (the workers report to it)
