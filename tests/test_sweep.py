@@ -434,6 +434,23 @@ def test_the_last_set_ranges_are_halved_so_the_sweep_ends_in_small_tasks():
     assert _halve_tail(ones, threads=1) == ones  # single sets: nothing to halve
 
 
+def test_the_layout_counts_what_a_shared_set_costs_so_many_short_symbols_are_grouped_not_ranged():
+    """Row 1 of the sweep benchmark (100 daily symbols x 184 sets, 2 threads): cut into set ranges, every
+    symbol's set is shared by every range (a task of its own, a pack, a mapping per worker: twice the CPU of
+    the whole run, measured), so one range in symbol groups wins whatever the probe's load figure; and a
+    part that holds every symbol of its range writes no accumulator, so a single group is not charged one."""
+    from admf_dask.sweep.layout import _SHARED_INPUT_SECONDS, _TASK_SECONDS, _overhead, plan_layout
+
+    symbols = [f"S{i:03d}" for i in range(100)]
+    bars = dict.fromkeys(symbols, 2520)
+    for load in (0.0005, 0.00138, 0.003):  # 0.00138 s: the kept probe with which the old model chose 9 ranges
+        layout = plan_layout(184, symbols, bars, 2.98e-8, 0.5, 2, 4 << 30, 208.0, 200, True, load)["layout"]
+        assert {(lo, hi) for _, lo, hi, _ in layout} == {(0, 184)}, load
+        assert sorted(s for g, *_ in layout for s in g) == symbols and len(layout) == 8
+    whole = [(tuple(symbols), lo, lo + 23) for lo in range(0, 184, 23)]
+    assert _overhead(whole, 100, 2520, 0.001) == 100 * (2 * 0.001 + _SHARED_INPUT_SECONDS) + 8 * _TASK_SECONDS
+
+
 def test_the_probe_times_the_whole_container_path_and_rounds_to_a_grid(tmp_path, dataset):
     """probe_path (run on a worker by run_sweep): load, kernel and results measured; the figures the layout
     uses are powers of sqrt(2) within 19 % of the measures, so probe noise rarely changes the layout."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -183,17 +184,28 @@ def _balanced(symbols: list[str], bars_per_symbol: dict[str, int], n: int) -> li
 
 _ACC_SECONDS_PER_BYTE = 8e-9  # write + read back + rebase + merge of an npz accumulator (measured: 60 MB ~0.5 s)
 _TASK_SECONDS = 0.005  # scheduling, the rows table and the commit of one task
+# A set several tasks share is built by a task of its own (the client, the scheduler and a worker each
+# handle it), written to the cache as a pack, hashed, and mapped or moved by every worker that runs one
+# of its consumers. Measured on row 1 of the sweep benchmark (100 daily symbols x 184 sets, 2 workers):
+# 8 set ranges sharing every symbol's set took ~1.1 CPU-s more than 8 symbol groups of one range
+# building each set inside its one task (2.0 against 0.9 CPU-s in all, driver and workers).
+_SHARED_INPUT_SECONDS = 0.01
 
 def _overhead(parts: list[tuple[tuple[str, ...], int, int]], n_symbols: int, timeline_len: int,
               load_seconds: float) -> float:
     """Estimated seconds a layout spends beside the kernel: accumulators, input loads, tasks.
 
-    An input that several tasks need is shared (a task of its own, then moved between
-    workers): counted as two loads.
+    A part that is the only one of its set range holds every symbol: its portfolio rows are
+    final and it writes no accumulator. With more than one range, every symbol's input is
+    needed by several tasks and is shared: counted as two loads (built, then mapped or moved
+    to the workers) plus :data:`_SHARED_INPUT_SECONDS`.
     """
-    acc_bytes = sum((hi - lo) * timeline_len * 8 for _, lo, hi in parts)
-    ranges = len({(lo, hi) for _, lo, hi in parts})
-    loads = n_symbols * load_seconds * (2 if ranges > 1 else 1)
+    per_range = Counter((lo, hi) for _, lo, hi in parts)
+    acc_bytes = sum((hi - lo) * timeline_len * 8 for _, lo, hi in parts if per_range[(lo, hi)] > 1)
+    if len(per_range) > 1:
+        loads = n_symbols * (2 * load_seconds + _SHARED_INPUT_SECONDS)
+    else:
+        loads = n_symbols * load_seconds
     return acc_bytes * _ACC_SECONDS_PER_BYTE + loads + len(parts) * _TASK_SECONDS
 
 _PROBE_SETS = 64
