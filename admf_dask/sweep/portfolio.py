@@ -85,7 +85,10 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
             equity = h.pop("equity") if hold else _read_part(storage, j, equity=True, records=records)["equity"]
             lasts[j] = equity[:, -1].copy()
             start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
-            step = rebase_equity(equity, h["timeline"], union, start)
+            if len(h["timeline"]) == len(union) and np.array_equal(h["timeline"], union):
+                step = equity  # already on the union (aligned groups): what rebase_equity would copy
+            else:
+                step = rebase_equity(equity, h["timeline"], union, start)
             total = step if total is None else total + step
             before = start if before is None else before + start
             del equity, step

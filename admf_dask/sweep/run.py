@@ -66,7 +66,10 @@ class SweepFeed:
 
         s = get_strategy(config.strategy)
         self.config = config
-        self.plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
+        if s.builtin:  # the batch of every set, which shape() uses too (prepare_batch keeps it): one pass
+            self.plan = config.prepare(sets).plan
+        else:
+            self.plan = IndicatorPlan.from_requests(spec for p in sets for spec in s.specs(p))
         self.hub = IndicatorHub(bars, root.child("cache"), client=client)
         self.bars = bars
 
