@@ -268,8 +268,14 @@ class IndicatorSpec:
         """Past input bars :meth:`compute_chunk` needs before a chunk (the most any of its kernels reads).
 
         0 for recursive indicators (EMA, RSI, ATR, MACD, OBV), whose memory is all in the state.
+        Worked out once per process (an incremental run's state asks for it per symbol).
         """
-        return int(self.definition.halo(dict(self.params)))
+        held = _HALOS.get(self.token)
+        if held is None:
+            if len(_HALOS) > 4096:
+                _HALOS.clear()
+            held = _HALOS[self.token] = int(self.definition.halo(dict(self.params)))
+        return held
 
     def init_state(self) -> np.ndarray:
         """The state of nothing processed: a flat float64 array (storable as it is), fixed length per spec."""
@@ -414,6 +420,7 @@ class IndicatorSpec:
 _RUNNERS: dict[str, Callable] = {}  # IndicatorSpec.chunk_runner by token, per process
 _INITIAL: dict[str, np.ndarray] = {}  # IndicatorSpec.init_state by token, per process (never modified)
 _KERNELS: dict[str, tuple] = {}  # IndicatorSpec.series_kernel by token, per process
+_HALOS: dict[str, int] = {}  # IndicatorSpec.halo by token, per process
 
 _COMPUTED = [0]  # indicator kernel runs in this process (a list: incremented in place from any thread)
 

@@ -108,6 +108,8 @@ class Bars:
         if "_spacing_stream" not in self.__dict__ and len(self) == len(other) \
                 and np.array_equal(self.timestamp, other.timestamp):
             self.__dict__["_spacing_stream"] = other._spacing()
+            if "_spacing_arrays" not in self.__dict__:  # and its counts as arrays (read only: saved as they are)
+                self.__dict__["_spacing_arrays"] = other.spacing_arrays()
 
     def _spacing(self) -> PeriodsPerYearStream:
         """The spacing counts of every bar (a ``PeriodsPerYearStream``), folded once: both

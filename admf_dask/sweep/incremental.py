@@ -103,7 +103,8 @@ def read_saved_state(storage: Any, rec: Mapping[str, Any]) -> dict[str, np.ndarr
 def symbol_state(i: int, run: np.ndarray, ind_states: dict[str, np.ndarray], payload_last: np.ndarray,
                  tail: dict[str, np.ndarray], seen: int, first_close: float, last_close: float,
                  spacing: Any) -> dict[str, np.ndarray]:
-    """The arrays of symbol ``i`` of a part (see the module table)."""
+    """The arrays of symbol ``i`` of a part (see the module table); ``spacing`` is a
+    ``PeriodsPerYearStream`` or its ``to_arrays()``."""
     from ..bars.schema import VALUE_COLUMNS
 
     p = f"{i}/"
@@ -115,7 +116,7 @@ def symbol_state(i: int, run: np.ndarray, ind_states: dict[str, np.ndarray], pay
            p + "f8": np.array([first_close, last_close], dtype=np.float64)}
     for tok, st in ind_states.items():
         out[f"{p}ind/{tok}"] = np.asarray(st, dtype=np.float64)
-    for k, v in spacing.to_arrays().items():
+    for k, v in (spacing if isinstance(spacing, Mapping) else spacing.to_arrays()).items():
         out[f"{p}spacing/{k}"] = v
     return out
 
@@ -172,15 +173,14 @@ def whole_symbol_state(i: int, data: Any, batch: Any, run: np.ndarray, config: A
     carry (indicator kernel states, a replay's last signals), the payload's last column
     and the halo; see :meth:`admf_dask.sweep.SweepConfig.saved_inputs`.
     """
-    from ..kernels.stats import PeriodsPerYearStream
-
     bars = data.bars
     carried, payload_last, halo = config.saved_inputs(data, batch)
     keep = min(max(1, halo), len(bars))
     tail = {"timestamp": bars.timestamp[-keep:], **{c: v[-keep:] for c, v in bars.columns.items()}}
-    spacing = PeriodsPerYearStream.from_arrays(bars.spacing_arrays())
     close = bars.columns["close"]
-    return symbol_state(i, run, carried, payload_last, tail, len(bars), float(close[0]), float(close[-1]), spacing)
+    # the spacing counts as the stream's to_arrays gives them (the bars keep them: shared by aligned symbols)
+    return symbol_state(i, run, carried, payload_last, tail, len(bars), float(close[0]), float(close[-1]),
+                        bars.spacing_arrays())
 
 
 # ---------------------------------------------------------------- finding the run to go on from
