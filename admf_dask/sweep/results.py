@@ -153,11 +153,13 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
         finally:
             if writer is not None:
                 writer.close()
-    if portfolio_rows:
-        buf = io.BytesIO()
-        rows_ = pa.concat_tables(portfolio_rows)
-        pq.write_table(rows_.replace_schema_metadata({**(rows_.schema.metadata or {}), **(metadata or {})}), buf)
-        storage.write_bytes(buf.getvalue(), "portfolio.parquet")
+        pending = storage.uploads()  # on an object store portfolio.parquet's PUT and results.parquet's overlap
+        if portfolio_rows:
+            buf = io.BytesIO()
+            rows_ = pa.concat_tables(portfolio_rows)
+            pq.write_table(rows_.replace_schema_metadata({**(rows_.schema.metadata or {}), **(metadata or {})}), buf)
+            pending["portfolio.parquet"] = buf.getvalue()
+    pending.wait()
     return rows
 
 
