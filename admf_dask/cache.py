@@ -394,14 +394,16 @@ _SET_PLANS: dict[tuple[str, ...], tuple] = {}  # _set_plan by the specs' tokens,
 
 
 def _set_plan(specs: Sequence[IndicatorSpec]) -> tuple[list[IndicatorSpec], list[tuple[str, str]],
-                                                       dict[tuple[str, str], int], dict[str, tuple[int, ...]]]:
-    """:func:`_set_rows` and each spec's rows in its order of outputs, worked out once per process for a
+                                                       dict[tuple[str, str], int],
+                                                       dict[str, tuple[tuple[str, ...], tuple[int, ...]]]]:
+    """:func:`_set_rows` and each spec's outputs and their rows, worked out once per process for a
     list of specs (a sweep builds the same set for every symbol)."""
     key = tuple(spec.token for spec in specs)
     plan = _SET_PLANS.get(key)
     if plan is None:
         unique, names, row = _set_rows(specs)
-        plan = (unique, names, row, {s.token: tuple(row[(s.token, out)] for out in s.outputs) for s in unique})
+        plan = (unique, names, row, {s.token: (s.outputs, tuple(row[(s.token, out)] for out in s.outputs))
+                                     for s in unique})
         if len(_SET_PLANS) > 64:
             _SET_PLANS.clear()
         _SET_PLANS[key] = plan
@@ -529,6 +531,7 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
     costs: dict[str, tuple[float, int]] = {}  # token -> (seconds to compute, bytes to store)
     first: set[str] = set()  # computed by a kernel this process had not run yet: its time includes loading it
     inputs: dict[str, np.ndarray] = {}  # the bar columns the kernels read, contiguous float64, once per set
+    n = len(bars)
     for spec in missing:  # the whole series as one chunk (IndicatorSpec.compute), keeping the end state
         t0 = time.perf_counter()
         fast = spec.series_kernel()
@@ -538,15 +541,16 @@ def build_indicator_set(bars_ref: StorageRef, symbol: str, start: Any, end: Any,
                 if c not in inputs:
                     inputs[c] = np.ascontiguousarray(bars.columns[c], dtype=np.float64)
             state = init.copy()
-            outs = [matrix[r] for r in spec_rows[spec.token]]
+            outputs, rows_of = spec_rows[spec.token]
+            outs = [matrix[r] for r in rows_of]
             kernel(*[inputs[c] for c in cols], 0, *params, state, *outs)
             _COMPUTED[0] += 1
             states[spec.token] = state
-            arrays = dict(zip(spec.outputs, outs))
+            arrays = dict(zip(outputs, outs))
         else:  # this process has not checked the spec yet (or a column is missing: the DataError)
             computed_arrays, states[spec.token] = spec.compute_series(bars.columns)
             arrays = put(spec, computed_arrays)
-        costs[spec.token] = (_fastest(spec.token, time.perf_counter() - t0, len(bars)), 8 * len(bars) * len(arrays))
+        costs[spec.token] = (_fastest(spec.token, time.perf_counter() - t0, n), 8 * n * len(arrays))
         computed[spec.token] = (spec, arrays)
         if spec.name not in _TIMED:
             _TIMED.add(spec.name)
