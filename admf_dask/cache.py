@@ -1085,7 +1085,19 @@ class IndicatorHub:
 
 
 def _local_keys(folder: str, most: int) -> frozenset[str] | None:
-    """The entries of a local cache folder (its data keys): none if it is missing, None past ``most``."""
+    """The entries of a local cache folder (its data keys): none if it is missing, None past ``most``.
+    The scan is one storage request in the run's monitor, as the listing through fsspec it replaces was."""
+    from .monitor import REQUESTS, enabled
+
+    t0 = time.perf_counter()
+    try:
+        return _scan(folder, most)
+    finally:
+        if enabled():
+            REQUESTS.add("ls", time.perf_counter() - t0)
+
+
+def _scan(folder: str, most: int) -> frozenset[str] | None:
     names: list[str] = []
     try:
         with os.scandir(folder.rstrip("/")) as entries:
