@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_dask.cache", "admf_dask.bars.store")
 
 
+# the kernel modules whose kernels tasks call from Python, first: a loading cut short (the zygote's, when the first
+# worker is asked for) has loaded what a sweep calls; stats' and simulate's kernels are mostly compiled into those
+FIRST = ("strategies", "indicators", "state", "portfolio", "replay")
+
+
 def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]:
     """Import the kernel modules and load every cached overload numba holds for this machine.
 
@@ -44,8 +49,9 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
 
     t0 = time.perf_counter()
     n = 0
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+    names = [info.name for info in pkgutil.iter_modules(kernels.__path__)]
+    for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST)):
+        module = importlib.import_module(f"{kernels.__name__}.{name}")
         found = list(vars(module).values())
         found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
         seen: set[int] = set()

@@ -146,6 +146,7 @@ def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int]) ->
 
         for name in TASK_MODULES:
             __import__(name)
+        log.debug("zygote: task modules imported in %.2fs", time.perf_counter() - t0)
         # a worker asked for before every kernel is loaded is forked at once: the rest load on first use
         n, _ = preload_kernels(stop=lambda: bool(select.select([listener_fd], [], [], 0)[0]))
         log.debug("zygote: modules and %d kernel overloads loaded in %.2fs", n, time.perf_counter() - t0)

@@ -74,30 +74,58 @@ def test_no_zygote_while_threads_run_or_when_switched_off(monkeypatch):
     assert not zygote.wanted()
 
 
-WORKER = """
-import os, sys, time
+FORKED = """
+import multiprocessing, sys
 sys.path.insert(0, sys.argv[1])
 from admf_dask import zygote
 assert zygote.start()
-from admf_dask.cluster import connect
-from test_cluster import _plant_exit_markers, _worker_settings
-with connect({"kind": "local", "n_workers": 1, "dashboard_address": ""}, echo=lambda m: None) as client:
-    (found,) = client.run(lambda: (os.getppid(), _worker_settings())).values()
-    (pid,) = client.run(_plant_exit_markers, sys.argv[2]).values()
-print(found[0], zygote._state["pid"], pid, found[1]["malloc"])
+from test_zygote import _in_a_fork
+child = multiprocessing.get_context("forkserver").Process(target=_in_a_fork, args=(sys.argv[2],))
+child.start()
+child.join()
+print(zygote._state["pid"], child.pid, child.exitcode)
 """
+
+
+def _in_a_fork(folder: str) -> None:
+    """In a process the zygote forked (the way the nannies' workers start): where it comes from, and markers of
+    its exit (test_cluster's)."""
+    from test_cluster import _plant_exit_markers
+
+    with open(os.path.join(folder, "parent"), "w") as f:
+        f.write(f"{os.getppid()} {zygote_pid()}")
+    _plant_exit_markers(folder)
+
+
+def zygote_pid() -> int | None:
+    from admf_dask import zygote
+
+    return zygote.forked_from()
 
 
 def test_a_forked_worker_ends_as_a_spawned_one(tmp_path):
     from multiprocessing import forkserver
 
-    out = subprocess.run([sys.executable, "-c", WORKER, os.path.dirname(__file__), str(tmp_path)],
+    out = subprocess.run([sys.executable, "-c", FORKED, os.path.dirname(__file__), str(tmp_path)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
-    parent, command, pid, malloc = out.stdout.split()
-    assert parent != command  # forked from the zygote, not the command
-    assert malloc == "33554432"  # the nanny's environment reaches the worker (its malloc: zygote._process_settings)
-    assert (tmp_path / f"exit-handlers-{pid}").exists()  # closed, it ran its exit handlers
+    command, pid, code = out.stdout.split()
+    parent, zygote = (tmp_path / "parent").read_text().split()
+    assert code == "0" and parent == zygote != command  # a fork of the zygote, not of the command
+    assert (tmp_path / f"exit-handlers-{pid}").exists()  # at its end it ran its exit handlers
     assert not (tmp_path / f"teardown-{pid}").exists()  # and skipped interpreter teardown
-    assert not os.path.exists(f"/proc/{pid}")
     assert forkserver._forkserver._forkserver_pid is None  # nothing of it in this (test) process
+
+
+def test_the_kernel_preload_stops_when_asked():
+    from admf_dask.preload import preload_kernels
+
+    asked = []
+
+    def stop() -> bool:  # asked before each overload: the zygote stops when a worker is asked for
+        asked.append(1)
+        return len(asked) > 3
+
+    loaded, _ = preload_kernels(stop=stop)
+    assert (loaded, len(asked)) == (3, 4) or loaded == len(asked) < 3  # (fewer than 3 in numba's cache)
+    assert preload_kernels(stop=lambda: True)[0] == 0
