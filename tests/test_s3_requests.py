@@ -83,32 +83,41 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
 
 
-def in_flight(monkeypatch, prefix: str, delay: float, method: str = "GET"):
-    """The most GETs (``method`` requests) under ``prefix`` the moto server was serving at once (a list of one
-    int), each held ``delay`` seconds first: a store with latency, so that reads one after another cannot overlap."""
+class Flight:
+    """What :func:`in_flight` saw: ``most`` requests served at once. While ``expect`` is set, a request is held
+    until that many have been in flight together (or ``delay`` has passed), so requests sent together are seen
+    together even on a loaded machine (0: not held); without it, each is held ``delay``."""
+
+    def __init__(self, expect: int | None) -> None:
+        self.most, self.now, self.expect = 0, 0, expect
+
+
+def in_flight(monkeypatch, prefix: str, delay: float, method: str = "GET", expect: int | None = None) -> Flight:
+    """The most GETs (``method`` requests) under ``prefix`` the moto server was serving at once, each held
+    first (:class:`Flight`): a store with latency, so that reads one after another cannot overlap."""
     import threading
-    import time
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-    now, most, lock = [0], [0], threading.Lock()
+    flight, cond = Flight(expect), threading.Condition()
     call = DomainDispatcherApplication.__call__
 
     def slow(self, environ, start_response):
         if environ["REQUEST_METHOD"] != method or prefix not in environ.get("PATH_INFO", ""):
             return call(self, environ, start_response)
-        with lock:
-            now[0] += 1
-            most[0] = max(most[0], now[0])
+        with cond:
+            flight.now += 1
+            flight.most = max(flight.most, flight.now)
+            cond.notify_all()
+            cond.wait_for(lambda: flight.expect is not None and flight.most >= flight.expect, timeout=delay)
         try:
-            time.sleep(delay)
             return call(self, environ, start_response)
         finally:
-            with lock:
-                now[0] -= 1
+            with cond:
+                flight.now -= 1
 
     monkeypatch.setattr(DomainDispatcherApplication, "__call__", slow)
-    return most
+    return flight
 
 
 def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
@@ -123,13 +132,13 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
     store.write([generate_bars(s, "2020-01-01", "2020-12-31", seed=3) for s in names])
     specs = (IndicatorSpec.make("sma", window=5), IndicatorSpec.make("sma", window=20))
     sources = [InlineSet(store.ref, s, None, None, specs, None, store.fingerprint) for s in names]
-    most = in_flight(monkeypatch, "/bars/", 0.1)
+    flight = in_flight(monkeypatch, "/bars/", 2.0, expect=len(names))
     got = read_ahead(sources, resolve)
     # every symbol's bars requested at once, not one after another: the round trips overlap
-    assert most == [len(names)], most
-    most[0] = 0
+    assert flight.most == len(names), flight.most
+    flight.most, flight.expect = 0, 0
     want = [resolve(s) for s in sources]
-    assert most == [1], most  # the control: in order, one read at a time
+    assert flight.most == 1, flight.most  # the control: in order, one read at a time
     assert [s.symbol for s in got] == names
     for g, w in zip(got, want):
         assert g.data_key == w.data_key and len(g.bars) == len(w.bars) > 200
@@ -146,10 +155,11 @@ def test_storage_each_overlaps_reads_in_order_and_raises_the_first_error(s3, mon
     storage = StorageRef.make(f"{bucket}/each", options).open()
     for i in range(5):
         storage.write_bytes(bytes([i]) * 10, f"f{i}")
-    most = in_flight(monkeypatch, "/each/", 0.1)
+    flight = in_flight(monkeypatch, "/each/", 2.0, expect=5)
     order = [4, 0, 3, 1, 2]
     assert storage.each(storage.read_bytes, [f"f{i}" for i in order]) == [bytes([i]) * 10 for i in order]
-    assert most == [5], most  # all five GETs at once
+    assert flight.most == 5, flight.most  # all five GETs at once
+    flight.expect = 0
     with pytest.raises(StorageError) as err:  # both missing: the error is the first one's in order
         storage.each(storage.read_bytes, ["f0", "f9", "f8"])
     assert "each/f9" in str(err.value) and "f8" not in str(err.value), str(err.value)
@@ -181,13 +191,13 @@ def test_uploads_put_each_file_while_the_caller_works_and_raise_the_first_failur
 
     bucket, options = s3
     storage = StorageRef.make(f"{bucket}/up", options).open()
-    most = in_flight(monkeypatch, "/up/", 0.2, method="PUT")
+    flight = in_flight(monkeypatch, "/up/", 0.2, method="PUT")
     pending = storage.uploads()
     pending["a"] = b"a" * 1000
     deadline = time.monotonic() + 5
-    while most == [0] and time.monotonic() < deadline:  # the caller works on; the PUT is already out
+    while flight.most == 0 and time.monotonic() < deadline:  # the caller works on; the PUT is already out
         time.sleep(0.01)
-    assert most == [1], most
+    assert flight.most == 1, flight.most
     pending["b"] = [b"b", memoryview(b"bb")]  # buffers are joined
     pending.wait()
     assert storage.read_bytes("a") == b"a" * 1000 and storage.read_bytes("b") == b"bbb"
