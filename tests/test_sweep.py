@@ -439,7 +439,12 @@ def test_the_layout_counts_what_a_shared_set_costs_so_many_short_symbols_are_gro
     symbol's set is shared by every range (a task of its own, a pack, a mapping per worker: twice the CPU of
     the whole run, measured), so one range in symbol groups wins whatever the probe's load figure; and a
     part that holds every symbol of its range writes no accumulator, so a single group is not charged one."""
-    from admf_dask.sweep.layout import _SHARED_INPUT_SECONDS, _TASK_SECONDS, _overhead, plan_layout
+    from admf_dask.sweep.layout import (
+        _SHARED_INPUT_SECONDS,
+        _TASK_SECONDS,
+        _overhead,
+        plan_layout,
+    )
 
     symbols = [f"S{i:03d}" for i in range(100)]
     bars = dict.fromkeys(symbols, 2520)
