@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -227,3 +228,24 @@ def test_other_readers_see_typed_columns_and_the_runs_metadata(tmp_path, bars, c
     again = generate_signals(SignalsConfig(from_run=result.run_id, top=2), bars, StorageRef.make(str(tmp_path)),
                              client, progress=False, echo=lambda _: None)
     assert again.manifest["parts"][symbol]["sha256"] == manifest["parts"][symbol]["sha256"]
+
+
+def test_the_reduces_portfolio_rows_are_checked_when_the_final_table_reads_them(tmp_path, bars, client, monkeypatch):
+    """The rows a reduce task writes (portfolio/rows-*.parquet) carry its size and sha256 to the final table, like
+    every part: a byte flipped between the reduce and the table is refused, and nothing is written."""
+    import admf_dask.sweep.run as run_module
+
+    real = run_module.write_final_table
+    flipped = []
+
+    def damage_then_write(storage, ranges, portfolio, *args, **kwargs):
+        for name in portfolio.values():
+            _flip(Path(storage.path(name)))
+            flipped.append(name)
+        return real(storage, ranges, portfolio, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "write_final_table", damage_then_write)
+    with pytest.raises(StorageError, match=r"portfolio/rows-\d+\.parquet fails its checksum"):
+        _sweep(bars, tmp_path, client, 1e-5)
+    assert flipped  # the layout split a range, so a reduce wrote rows
+    assert not list((tmp_path / "runs").glob("*/results.parquet"))

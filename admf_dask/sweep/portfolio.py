@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from ..errors import StorageError
 from ..storage import StorageRef
 from .grid import ParamSets
+from .integrity import digest
 from .results import PORTFOLIO, _stats_table
 
 
@@ -49,7 +50,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     ``markers`` are parts' done markers as their tasks committed them (the driver has them): a
     part's marker not among them is read from the run.
     Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
-    "state": the state's commit record or None}``.
+    "state": the state's commit record or None, "files": {the rows' file: its size and sha256}}``
+    (the final table checks the rows against that record as it reads them).
     """
     from ..kernels.portfolio import (
         merge_trade_acc, portfolio_fold, portfolio_state_init, rebase_equity, starting_equity,
@@ -139,7 +141,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     buf = io.BytesIO()
     pq.write_table(table, buf)
     pending = storage.uploads()  # on an object store the state is encoded while the rows' PUT is out
-    pending[name] = buf.getvalue()
+    data = buf.getvalue()
+    pending[name] = data
     state = None
     if keep_state:  # each part's last value, in part order (whole parts were summed into one reader)
         windowed = iter(readers[1:] if whole else readers)
@@ -149,7 +152,7 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                                       **{f"union/{k}": v for k, v in spacing.to_arrays().items()}},
                             f"portfolio/reduce-{lo:09d}.state", into=pending)
     pending.wait()
-    return {"rows": name, "state": state}
+    return {"rows": name, "state": state, "files": {name: digest(data)}}  # files: checked when the table reads it
 
 
 def _read_part(storage: Any, part: int, equity: bool = False,

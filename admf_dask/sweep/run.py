@@ -499,6 +499,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                          {j: markers[j] for j in parts if j in markers})
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
+        for out in reduced:  # the rows each reduce wrote, checked like every part when the table reads them
+            records.update(out.get("files", {}))
         wall = time.perf_counter() - t0
         monitor.stop()
         lease.confirm()
