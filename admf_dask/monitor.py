@@ -386,10 +386,13 @@ def build_record(*, stream: list[tuple[str, float, str]], wall: float, threads: 
                          "peak_fraction": round(peak / limit, 4) if limit else None}
     spilled = sum(p.get("spilled", 0) - start.get(a, {}).get("spilled", 0) for a, p in end.items())
     spilled_bytes = sum(p.get("spilled_bytes", 0) - start.get(a, {}).get("spilled_bytes", 0) for a, p in end.items())
-    # storage: every worker process's requests, and this process's when it is not one of them
+    # storage: every worker process's requests, and this process's when it is not one of them; a worker in this
+    # process (threads) counts from this process's own start snapshot, taken before any request of the run (its
+    # start probe, asked for without waiting, can come after the driver's first requests: the hub's cache listing)
     snaps, pids = [], set()
     for addr, probe in end.items():
-        snaps.append(_diff_requests(probe["requests"], start.get(addr, {}).get("requests")))
+        first = here[0] if probe.get("pid") == os.getpid() else start.get(addr, {}).get("requests")
+        snaps.append(_diff_requests(probe["requests"], first))
         pids.add(probe.get("pid"))
     if os.getpid() not in pids:
         snaps.append(_diff_requests(here[1], here[0]))
