@@ -289,22 +289,6 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write: {exc}", file=self.display(*parts)) from exc
 
-    def write_many(self, files: dict[str, bytes | list[Any]]) -> None:
-        """Write several whole files (relative path: bytes or a list of buffers), each as :meth:`write_bytes`
-        does; on an object store at once (fsspec's ``pipe`` of a dict: the PUTs run concurrently).
-
-        No order among them: a commit marker is written after this returns, never in it.
-        """
-        if self.is_local or len(files) < 2:
-            for name, data in files.items():
-                self.write_bytes(data, name)
-            return
-        try:
-            self.fs.pipe({self.path(name): data if not isinstance(data, list) else b"".join(data)
-                          for name, data in files.items()})
-        except OSError as exc:
-            raise StorageError(f"cannot write: {exc}", file=self.display(min(files))) from exc
-
     def uploads(self) -> Uploads:
         """Whole files to write before a commit marker, each started as soon as it is added (see :class:`Uploads`)."""
         return Uploads(self)
@@ -575,7 +559,8 @@ class Uploads(dict):
     encoding the next file, so a task's PUTs overlap its own work and each other, not only
     each other; elsewhere the file is written then and there (:meth:`Storage.write_bytes`).
     :meth:`wait` returns once every file is in place and raises the first failure (as a
-    StorageError naming the file), after every PUT has ended. A commit marker is written
+    StorageError naming the file), after every PUT has ended (so a caller that cleans up
+    after a failure sees every PUT that will land). A commit marker is written
     after :meth:`wait`, never through this. A PUT started before the caller fails may still
     land: without its marker the file is not part of any commit (and a retry writes the
     same name). The dict holds what was added (the bytes stay referenced until written).

@@ -170,7 +170,10 @@ def commit_plans(store: Any, txn: Txn, plans: dict[str, Plan],
         held = {final: data for final, data in moves.items() if isinstance(data, bytes)}
         if held:  # files kept in memory (Txn.keep): one PUT each, in place, concurrently
             moved.update(held)  # first: after a failure, those that landed are removed (_unmove)
-            storage.write_many(held)
+            pending = storage.uploads()
+            for final, data in held.items():
+                pending[final] = data
+            pending.wait()
             moves = {final: path for final, path in moves.items() if final not in held}
 
         def move(final: str, path: str) -> None:

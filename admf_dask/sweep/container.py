@@ -232,8 +232,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
             name = f"portfolio/part-{task.part:06d}.acc"
             buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
             files[name] = digest(buffers)
-            # buffers over scratch memory, given back below: written now on local disk, copied for an object store
-            pending[name] = buffers if storage.is_local else b"".join(buffers)
+            pending[name] = buffers  # over scratch memory, given back below: written or copied (joined) at once
         table = _rows_table(task, batch, stats)
         if task.whole_range and saved is not None:  # the portfolio folded (as a stream would), its state kept
             pstate = portfolio_state_init(m)
