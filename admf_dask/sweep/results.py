@@ -63,8 +63,7 @@ def write_part(storage: Storage, table: pa.Table, name: str, into: dict[str, Any
     """A task's rows (set-major, see :func:`_rows_table`) as a Parquet part in row groups the final table can skip.
 
     Returns the part's commit record (size, sha256: :func:`~admf_dask.sweep.integrity.digest`). With
-    ``into`` (pending writes: :meth:`Storage.uploads`) the bytes go
-    there instead.
+    ``into`` (pending writes: :meth:`Storage.uploads`) the bytes go there instead.
     """
     from .integrity import digest
 
