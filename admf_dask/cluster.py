@@ -230,7 +230,8 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
               on_result: Callable[[int, Any], None] | None = None, progress: bool = True,
               drain_on_error: bool = False,
               extra_args: Sequence[Sequence[Any]] | Callable[[int], Sequence[Any]] | None = None,
-              window: int | None = None) -> list[Any]:
+              window: int | None = None, split: Callable[[Any], Any] | None = None,
+              held: dict[int, Any] | None = None) -> list[Any]:
     """Run ``fn(item)`` for every item on the cluster; return results in item order.
 
     ``keys`` (deterministic task keys) let identical work collapse onto one task; without them
@@ -255,6 +256,11 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     inputs (a sweep's indicator sets) are not queued by the scheduler: submitted at
     once, they were all handed out up front, and at the end one worker still had a
     second of work queued while the other sat idle.
+
+    With ``split``, the driver is sent ``split(result)`` (run on the worker beside the result,
+    ahead of queued tasks) and the whole result stays on the cluster: its future is put in
+    ``held[i]`` as item i is submitted, for later tasks to take as an argument (the caller
+    drops the ones it does not need; on failure every one is cancelled).
     """
     if extra_args is None:
         def extra(i: int) -> Sequence[Any]:
@@ -270,14 +276,26 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
         nonce = uuid.uuid4().hex[:12]
         keys = [f"{stage or label}-{i:06d}-{nonce}" for i in range(len(items))]
 
+    kept: dict[int, Any] = {} if held is None else held
+
     def submit(i: int) -> Any:
-        return client.submit(fn, items[i], *extra(i), key=keys[i], retries=retries, pure=False)
+        future = client.submit(fn, items[i], *extra(i), key=keys[i], retries=retries, pure=False)
+        if split is None:
+            return future
+        kept[i] = future  # the key of the part sent to the driver keeps the task's stage (STAGES)
+        return client.submit(split, future, key=f"{keys[i]}-sent", pure=False, priority=1)
 
     first = len(items) if window is None else min(len(items), max(1, window))
     futures = [submit(i) for i in range(first)]
-    return collect(client, futures, label=label, on_result=on_result, progress=progress,
-                   drain_on_error=drain_on_error, more=(submit(i) for i in range(first, len(items))),
-                   total=len(items))
+    try:
+        return collect(client, futures, label=label, on_result=on_result, progress=progress,
+                       drain_on_error=drain_on_error, more=(submit(i) for i in range(first, len(items))),
+                       total=len(items))
+    except BaseException:
+        if kept:
+            client.cancel(list(kept.values()))
+            kept.clear()
+        raise
 
 
 def collect(client: Any, futures: Sequence[Any], *, label: str,

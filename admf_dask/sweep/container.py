@@ -214,6 +214,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     files: dict[str, dict[str, Any]] = {}  # what the part commits: name -> size, sha256
     storage = task.run_ref.open()
     pending = storage.uploads()  # the part's files, each written (object stores: PUT) as soon as it is encoded
+    held: bytes | None = None
     try:
         acc = (equity, trade_acc_init(m), np.zeros((m, EXTRA_WIDTH)))
         stats = []
@@ -231,6 +232,8 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
         if not task.whole_range:  # the accumulators first: their PUT overlaps encoding the rows and the state
             name = f"portfolio/part-{task.part:06d}.acc"
             buffers = _arrays_parts({"equity": acc[0], "trades": acc[1], "extra": acc[2], "timeline": timeline.stamps})
+            if not storage.is_local:  # the bytes PUT, kept with the result for this run's reduce (see sent_part)
+                buffers = held = b"".join(buffers)
             files[name] = digest(buffers)
             pending[name] = buffers  # over scratch memory, given back below: written or copied (joined) at once
         table = _rows_table(task, batch, stats)
@@ -268,4 +271,16 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     return {"part": task.part, "rows": table.num_rows, "seconds": t_end - t0, "files": files, "marker": marker,
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
             "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)},
-            "stages": stages, "pid": os.getpid(), "rss": rss() if enabled() else 0}
+            "stages": stages, "pid": os.getpid(), "rss": rss() if enabled() else 0,
+            **({"acc": held} if held is not None else {})}
+
+
+def sent_part(out: dict[str, Any]) -> dict[str, Any]:
+    """What the driver is sent of a container's result: all but the accumulators' bytes (``acc``).
+
+    On an object store a container's result keeps the bytes of its ``portfolio/part-<j>.acc``
+    as it PUT them; the result stays on the cluster (:func:`~admf_dask.cluster.run_tasks`'
+    ``split``) and the reduce of the same run takes them from there instead of GETting the file
+    back. Parts committed by an earlier run (resume) are read from storage and checked.
+    """
+    return {k: v for k, v in out.items() if k != "acc"}

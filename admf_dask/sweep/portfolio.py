@@ -25,7 +25,8 @@ from .results import PORTFOLIO, _stats_table
 def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                      param_sets: ParamSets, cash: float, resume: Any = None,
                      keep_state: bool = False, history: StorageRef | None = None,
-                     markers: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                     markers: Mapping[int, Mapping[str, Any]] | None = None,
+                     held: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Task: merge the partial accumulators of one set range into its portfolio rows, written under the run.
 
     The parts of a range cover every symbol once; each part's summed equity is on its own
@@ -49,6 +50,9 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     run in which some parts were recomputed in full.
     ``markers`` are parts' done markers as their tasks committed them (the driver has them): a
     part's marker not among them is read from the run.
+    ``held`` are results of this run's containers still on the cluster (object stores): a part's
+    accumulator bytes among them (``acc``, what its task PUT and digested) are taken from there,
+    not read back; any other part's file is read and checked against its record.
     Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
     "state": the state's commit record or None, "files": {the rows' file: its size and sha256}}``
     (the final table checks the rows against that record as it reads them).
@@ -67,12 +71,13 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     known.update(zip(unread, storage.each(lambda j: storage.read_json(f"done/part-{j:06d}.json"), unread)))
     committed = {j: known[j] for j in parts}
     records = {name: rec for marker in committed.values() for name, rec in marker.get("files", {}).items()}
+    kept = {j: out["acc"] for j, out in (held or {}).items() if isinstance(out, Mapping) and "acc" in out}
     # parts that fit _HOLD_BYTES together are read (and checked) once, equity included; otherwise each is
     # read twice, its small arrays first (trades, extra, the timeline of whole parts) and its equity when summed
     sizes = [records.get(f"portfolio/part-{j:06d}.acc", {}).get("size") for j in parts]
     hold = history is None and None not in sizes and sum(sizes) <= _HOLD_BYTES
-    heads = (storage.each(lambda j: _read_part(storage, j, equity=True, records=records), parts) if hold
-             else [_read_part(storage, j, equity=False, records=records) for j in parts])
+    heads = (storage.each(lambda j: _read_part(storage, j, equity=True, records=records, raw=kept.get(j)), parts)
+             if hold else [_read_part(storage, j, equity=False, records=records, raw=kept.get(j)) for j in parts])
     trades, extra = heads[0]["trades"], heads[0]["extra"]
     for h in heads[1:]:
         trades, extra = merge_trade_acc(trades, h["trades"]), extra + h["extra"]
@@ -84,7 +89,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
         union = np.unique(np.concatenate([h["timeline"] for _, h in whole]))
         total, before = None, None
         for j, h in whole:
-            equity = h.pop("equity") if hold else _read_part(storage, j, equity=True, records=records)["equity"]
+            equity = h.pop("equity") if hold else \
+                _read_part(storage, j, equity=True, records=records, raw=kept.get(j))["equity"]
             lasts[j] = equity[:, -1].copy()
             start = starting_equity(m, int(h["extra"][0, 2]) if m else 0, float(cash))
             if len(h["timeline"]) == len(union) and np.array_equal(h["timeline"], union):
@@ -156,15 +162,18 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
 
 
 def _read_part(storage: Any, part: int, equity: bool = False,
-               records: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+               records: Mapping[str, Any] | None = None, raw: bytes | None = None) -> dict[str, np.ndarray]:
     """A part's accumulator file: everything but its equity (dropped at once), or with it.
 
     Checked against its commit record in ``records`` (file -> size, sha256) when it has one.
+    ``raw``: the file's bytes as its task of this run wrote them (never read back), used instead.
     """
     from .integrity import read_checked
 
     name = f"portfolio/part-{part:06d}.acc"
-    arrays = _arrays_read(read_checked(storage, name, (records or {}).get(name)), storage.display(name))
+    if raw is None:
+        raw = read_checked(storage, name, (records or {}).get(name))
+    arrays = _arrays_read(raw, storage.display(name))
     if not equity:  # copies: views would keep the whole file's bytes, equity included, alive
         arrays = {k: v.copy() for k, v in arrays.items() if k != "equity"}
     return arrays

@@ -31,14 +31,14 @@ from ..budget import chunk_rows, format_bytes
 from ..errors import AdmfError, ConfigError, DataError
 from ..preflight import check_range
 from ..storage import StorageRef
-from .container import ContainerTask, run_container
+from .container import ContainerTask, run_container, sent_part
 from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _estimate, plan_layout, probe_path
 from .incremental import Resume, plan_incremental, record_chain
 from .integrity import layout_token, verify_committed
 from .streaming import run_stream_container
-from .portfolio import reduce_portfolio
+from .portfolio import _HOLD_BYTES, reduce_portfolio
 from .results import SweepResult, run_metadata, write_final_table
 
 
@@ -245,6 +245,22 @@ def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     if task.stream is not None:
         return run_stream_container(task)
     return run_container(task, *sources)
+
+
+def _keep_held(held: dict[int, Any], sizes: dict[int, int], i: int, part: int, out: Mapping[str, Any]) -> None:
+    """Keep task i's result on the cluster for the reduce while the kept accumulators fit ``_HOLD_BYTES`` in all.
+
+    ``held`` maps items to their results' futures (see :func:`~admf_dask.cluster.run_tasks`'
+    ``split``), ``sizes`` the accumulator bytes of those kept so far; a part kept costs its
+    bytes on a worker until the reduce, a part dropped is read back from storage by the reduce.
+    """
+    if i not in held:
+        return
+    size = out.get("files", {}).get(f"portfolio/part-{part:06d}.acc", {}).get("size")
+    if size is None or sum(sizes.values()) + size > _HOLD_BYTES:
+        del held[i]  # the future dropped: Dask forgets the result
+        return
+    sizes[i] = size
 
 
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
@@ -476,6 +492,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             records.update(out.get("files", {}))
             if tasks[i].part in reduced_parts and "marker" in out:
                 markers[tasks[i].part] = out["marker"]
+            _keep_held(held, held_bytes, i, tasks[i].part, out)
             monitor.task(out)
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
@@ -486,19 +503,26 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                     if consumers[sym] == 0 and sources.pop(sym, None) is not None:
                         source.done(sym)
 
+        # on an object store the parts' accumulators stay on the cluster for the reduce (sent_part): not read back
+        held: dict[int, Any] = {}
+        held_bytes: dict[int, int] = {}
+        split = sent_part if reduced_parts and not storage.is_local else None
         if tasks:
             run_tasks(client, run_part, tasks, extra_args=inputs, retries=config.retries, progress=progress,
-                      label=kind, window=2 * max(threads, 1) + 2, on_result=finished,
+                      label=kind, window=2 * max(threads, 1) + 2, on_result=finished, split=split, held=held,
                       keys=[f"{kind}-{run_id}-{place}-part-{t.part:06d}" for t in tasks])
+        held = {tasks[i].part: f for i, f in held.items()}
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
         resume_reduce = run.get("resume_reduce") or {}
         reduced = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
                             extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash,
                                          resume(resume_reduce.get(str(lo))), keep_state,
                                          root if run.get("changed_symbols") else None,
-                                         {j: markers[j] for j in parts if j in markers})
+                                         {j: markers[j] for j in parts if j in markers},
+                                         {j: held[j] for j in parts if j in held})
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
+        held.clear()  # the accumulators kept on the cluster are released
         for out in reduced:  # the rows each reduce wrote, checked like every part when the table reads them
             records.update(out.get("files", {}))
         wall = time.perf_counter() - t0
