@@ -108,13 +108,16 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         address, why = kept_address()
         log.info("cluster auto: %s", why if address else f"local ({why})")
         config = replace(config, kind=address or "local")
-    dashboard = config.dashboard_address or None
+    # the scheduler's HTTP server (its /health, /metrics routes) always starts, at the dashboard's address or,
+    # with none asked for, on a free port of 127.0.0.1 (not :8787); the dashboard's pages come later (_dashboard_later)
+    http = {"dashboard_address": config.dashboard_address or "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
+    dashboard = bool(config.dashboard_address)
     cluster = None
     forked = False
     if config.kind == "threads":
         with dask.config.set(_monitoring()):
             cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=config.n_workers or _cores(),
-                                   dashboard_address=dashboard)
+                                   **http)
     elif config.kind == "local":
         from .zygote import running
 
@@ -127,7 +130,7 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
             with dask.config.set(settings), _children_ignore_sigint():
                 cluster = LocalCluster(n_workers=config.n_workers or _cores(),
                                        threads_per_worker=config.threads_per_worker,
-                                       memory_limit=config.memory_limit, dashboard_address=dashboard)
+                                       memory_limit=config.memory_limit, **http)
         except BaseException:
             stack.close()
             raise
@@ -150,6 +153,8 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
                 _wait_for_workers(client, config.kind)
             if not forked:  # forks of this process run its very packages and admf code
                 _check_versions(client)
+            if cluster is not None and dashboard:
+                _dashboard_later(cluster)
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
             link = client.dashboard_link if dashboard or cluster is None else "(dashboard off)"
             echo(f"cluster: {config.kind}, {len(workers)} worker(s), "
@@ -161,6 +166,34 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         if cluster is not None:
             cluster.close()
         stack.close()
+
+
+def _dashboard_later(cluster: Any) -> None:
+    """Add the bokeh dashboard's pages to the running scheduler's HTTP server, from a background thread.
+
+    Importing bokeh and building the dashboard took ~0.35 s of the command's critical path
+    when the scheduler started with it; the workers and the first tasks need none of it.
+    The address (and so the link printed) is the HTTP server's, bound when the scheduler
+    started; its pages answer once the import is done, while the tasks run.
+    """
+    scheduler, loop = cluster.scheduler, cluster.loop
+
+    def attach() -> None:
+        try:
+            import distributed.dashboard.scheduler as pages  # bokeh
+        except ImportError:  # bokeh (optional for distributed) is not installed: the server keeps its own routes only
+            return
+
+        def connect_pages() -> None:
+            if scheduler.status.name not in ("closing", "closed", "failed"):
+                pages.connect(scheduler.http_application, scheduler.http_server, scheduler, prefix="/")
+
+        try:
+            loop.add_callback(connect_pages)  # the scheduler's own event loop, as in Scheduler.__init__
+        except RuntimeError:  # the cluster closed meanwhile
+            pass
+
+    threading.Thread(target=attach, name="admf-dashboard", daemon=True).start()
 
 
 def _wait_for_workers(client: Any, address: str) -> None:

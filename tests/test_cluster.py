@@ -93,6 +93,37 @@ def _worker_settings() -> dict:
                                                      "distributed.admin.tick.interval")}}
 
 
+def test_the_dashboard_answers_at_the_printed_link_and_an_empty_address_means_none():
+    import urllib.error
+    import urllib.request
+    import warnings
+
+    port = _free_port()
+    lines: list[str] = []
+    with connect({"kind": "threads", "n_workers": 1, "dashboard_address": f"127.0.0.1:{port}"},
+                 echo=lines.append) as client:
+        client.submit(sum, [1, 2], key="sweep-000001-dash").result()
+        deadline = time.monotonic() + 30  # its pages are added in the background, after the workers are up
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
+                    page = response.read().decode()
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, "the dashboard's pages never came"
+                time.sleep(0.05)
+    assert f":{port}/status" in lines[0] and "Dask" in page
+    # "" is no dashboard: no pages, and the scheduler's HTTP server does not take :8787 (or warn that it is taken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with connect({"kind": "threads", "n_workers": 1, "dashboard_address": ""}, echo=lines.append) as client:
+            server = client.cluster.scheduler.http_server
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"http://127.0.0.1:{server.port}/status", timeout=10)
+    assert server.port != 8787 and not [w for w in caught if "already in use" in str(w.message)]
+    assert "(dashboard off)" in lines[1]
+
+
 def test_local_workers_get_the_malloc_and_quiet_monitoring_settings_but_a_users_setting_wins(tmp_path):
     import dask
     import distributed  # noqa: F401  (its defaults registered before the config is changed below)
