@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 
 import pyarrow.parquet as pq
+import pytest
 
 from admf_dask.bars import BarStore, generate_bars, symbol_names
 from admf_dask.cluster import connect
@@ -139,6 +140,7 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
     # every symbol's bars requested at once, not one after another: the round trips overlap
     assert flight.most == len(names), flight.most
     flight.most, flight.expect = 0, 0
+    monkeypatch.setenv("ADMF_BAR_CACHE_MB", "0")  # read again from the store, not from this process's copies
     want = [resolve(s) for s in sources]
     assert flight.most == 1, flight.most  # the control: in order, one read at a time
     assert [s.symbol for s in got] == names
@@ -209,3 +211,36 @@ def test_uploads_put_each_file_while_the_caller_works_and_raise_the_first_failur
     with pytest.raises(StorageError) as err:
         pending.wait()
     assert "up/x" in str(err.value) and "up/y" not in str(err.value), str(err.value)
+
+
+def test_bar_files_fetched_from_s3_are_kept_per_process_by_their_content(s3, monkeypatch):
+    """A second read of the same files makes no GET; a file of new content is fetched; 0 MB keeps none."""
+    import numpy as np
+
+    from admf_dask.errors import ConfigError
+
+    bucket, options = s3
+    options = {k: v for k, v in options.items() if k != "skip_instance_cache"}  # one s3fs client, not one each
+    old = generate_bars("AAA", "2021-01-01", "2021-06-30", seed=3)
+    BarStore(f"{bucket}/bars", options).write([old, generate_bars("BBB", "2021-01-01", "2021-06-30", seed=4)])
+    seen = counted(monkeypatch, "/bars/symbol=")
+    first = BarStore(f"{bucket}/bars", options).read("AAA")
+    fetched = seen["GET"]
+    again = BarStore(f"{bucket}/bars", options).read("AAA")  # another reader of the same manifest: kept
+    assert fetched >= 1 and seen["GET"] == fetched, dict(seen)
+    np.testing.assert_array_equal(again.columns["close"], first.columns["close"])
+    np.testing.assert_array_equal(first.columns["close"], old.columns["close"])
+    new = generate_bars("AAA", "2021-01-01", "2021-06-30", seed=9)  # same path pattern, other content
+    BarStore(f"{bucket}/bars", options).write([new])
+    got = BarStore(f"{bucket}/bars", options).read("AAA")
+    assert seen["GET"] > fetched and not np.array_equal(got.columns["close"], old.columns["close"])
+    np.testing.assert_array_equal(got.columns["close"], new.columns["close"])
+    monkeypatch.setenv("ADMF_BAR_CACHE_MB", "0")
+    before = seen["GET"]
+    BarStore(f"{bucket}/bars", options).read("BBB")
+    once = seen["GET"] - before
+    BarStore(f"{bucket}/bars", options).read("BBB")
+    assert once >= 1 and seen["GET"] - before == 2 * once, dict(seen)
+    monkeypatch.setenv("ADMF_BAR_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="ADMF_BAR_CACHE_MB='lots'"):
+        BarStore(f"{bucket}/bars", options).read("BBB")

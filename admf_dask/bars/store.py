@@ -342,7 +342,20 @@ class BarStore:
         return pa.PythonFile(self.storage.fs.open(path, "rb", cache_type="none", **known), mode="r")
 
     def _fetch(self, metas: list[dict[str, Any]], symbol: str) -> list[bytes]:
-        """Whole data files' bytes: on async filesystems (s3fs) all at once, one GET each, no HEAD."""
+        """Whole data files' bytes: kept ones from this process's :data:`_FETCHED`, the others on async
+        filesystems (s3fs) all at once, one GET each, no HEAD (then kept)."""
+        if not _FETCHED.limit():  # none kept (ADMF_BAR_CACHE_MB=0): nor taken
+            return self._get(metas, symbol)
+        keys = [_FETCHED.key(self.url, m) for m in metas]
+        got = [_FETCHED.get(k) for k in keys]
+        missing = [i for i, g in enumerate(got) if g is None]
+        if missing:
+            for i, data in zip(missing, self._get([metas[i] for i in missing], symbol)):
+                got[i] = data
+                _FETCHED.put(keys[i], data)
+        return got
+
+    def _get(self, metas: list[dict[str, Any]], symbol: str) -> list[bytes]:
         fs = self.storage.fs
         paths = [self.storage.path(m["path"]) for m in metas]
         # s3fs asks for the size first (a HEAD) unless the GET is not to be split in parallel ranges
@@ -842,6 +855,76 @@ def _file_pool():
 
         _POOL = ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="admf-read")
     return _POOL
+
+
+class _FileCache:
+    """Whole data files fetched from an object store, kept per process (least recently used first out).
+
+    Object stores have no page cache: a kept cluster that runs a second sweep over the same
+    dataset would GET every bar file again, where local disk reads them from memory. A file
+    is kept under its dataset's URL, its path and the manifest's record of its content
+    (``sha256`` of its arrays and ``bytes``; the path holds the content hash too): a file of
+    another content is another key, so a hit is the file the manifest a reader holds lists.
+    Files without both records are not kept. At most ``ADMF_BAR_CACHE_MB`` (default 64) MB in
+    all, memory Dask does not see; 0 keeps none. Parsing and the row-count and type checks of
+    :meth:`BarStore._read_file` run on every read, kept or not.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._files: OrderedDict[tuple, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def limit() -> int:
+        import os
+
+        raw = os.environ.get("ADMF_BAR_CACHE_MB", "").strip()
+        try:
+            mb = float(raw) if raw else 64.0
+        except ValueError:
+            mb = -1.0
+        if not 0 <= mb < float("inf"):
+            raise ConfigError(f"ADMF_BAR_CACHE_MB={raw!r} is not a number of megabytes >= 0", key="ADMF_BAR_CACHE_MB")
+        return int(mb * 1e6)
+
+    @staticmethod
+    def key(url: str, meta: dict[str, Any]) -> tuple | None:
+        if "sha256" not in meta or "bytes" not in meta:
+            return None
+        return url, meta["path"], meta["sha256"], meta["bytes"]
+
+    def get(self, key: tuple | None) -> bytes | None:
+        if key is None:
+            return None
+        with self._lock:
+            data = self._files.get(key)
+            if data is not None:
+                self._files.move_to_end(key)
+            return data
+
+    def put(self, key: tuple | None, data: bytes) -> None:
+        limit = self.limit()
+        if key is None or len(data) != key[3] or len(data) > limit:
+            return
+        with self._lock:
+            if key in self._files:
+                return
+            self._files[key] = data
+            self._bytes += len(data)
+            while self._bytes > limit:
+                self._bytes -= len(self._files.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._files.clear()
+            self._bytes = 0
+
+
+_FETCHED = _FileCache()
 
 
 def _overlaps(stats: Any, lo: int, hi: int) -> bool:

@@ -173,6 +173,7 @@ def requests_of(read, monkeypatch) -> list[tuple[str, str]]:
 
 
 def assert_one_get_per_file(store, symbol, want, monkeypatch):
+    monkeypatch.setenv("ADMF_BAR_CACHE_MB", "0")  # the files' requests, not this process's kept copies
     fresh = BarStore(store.url, store.storage.storage_options)
     fresh.manifest  # noqa: B018 - read first, not counted
     got = []
