@@ -198,9 +198,10 @@ def _session() -> Session:
     return click.get_current_context().ensure_object(Session)
 
 
-def _fork_workers(cluster: str | None) -> None:
+def _fork_workers(cluster: Any, *, kernels: bool = True) -> None:
     """Before a command that may start a ``local`` cluster takes its lease (a thread): fork the zygote its
-    workers will be forks of (:mod:`admf_dask.zygote`), in the ``admf`` command's own process only."""
+    workers will be forks of (:mod:`admf_dask.zygote`), in the ``admf`` command's own process only.
+    ``kernels``: the zygote loads the sweep's task modules and kernels."""
     session = _session()
     if not session.own_stdout or cluster is None:
         return
@@ -214,7 +215,7 @@ def _fork_workers(cluster: str | None) -> None:
     if kind == "local":
         from .zygote import start
 
-        start(close=[session._json_out.fileno()] if session._json_out is not sys.stdout else [])
+        start(close=[session._json_out.fileno()] if session._json_out is not sys.stdout else [], kernels=kernels)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES)
@@ -288,6 +289,7 @@ def run(workflow: str, cluster: str | None, storage: str | None, memory_budget: 
                          storage_options=_options(storage_options))
     session.data.update(workflow=flow.name, storage=flow.storage, cluster=flow.cluster.kind)
     session.steps = []
+    _fork_workers(flow.cluster)  # before the workflow's lease; used if a step starts the cluster
     run_workflow(flow, echo=session.output, records=session.steps, wait=wait, performance_report=performance_report)
 
 
@@ -329,6 +331,8 @@ def generate(store, n_symbols, symbol_list, start, end, freq, seed, start_price,
     ready_to_write(StorageRef.make(store), dataset=True)
     if cluster:
         from .cluster import connect
+
+        _fork_workers(cluster, kernels=False)  # its tasks call no kernel
 
         with connect(cluster) as client:
             manifest = generate_dataset(bar_store, symbols, spec, client=client, granularity=granularity)

@@ -69,9 +69,10 @@ def wanted() -> bool:
     return True
 
 
-def start(*, close: Sequence[int] = ()) -> bool:
+def start(*, close: Sequence[int] = (), kernels: bool = True) -> bool:
     """Fork the zygote (once per process) if :func:`wanted`; whether one runs. ``close``: descriptors the
-    zygote closes (the command's ``--json`` output)."""
+    zygote closes (the command's ``--json`` output); ``kernels``: whether it imports the sweep's task modules
+    and loads the cached kernels (not for ``admf generate``, whose tasks call none)."""
     if running():
         return True
     if not wanted():
@@ -97,7 +98,7 @@ def start(*, close: Sequence[int] = ()) -> bool:
                 code = 1
                 try:
                     os.close(alive_w)
-                    _serve(listener.fileno(), alive_r, parent, close)
+                    _serve(listener.fileno(), alive_r, parent, close, kernels)
                     code = 0
                 except SystemExit:  # the fork server's end: the command closed its pipe
                     code = 0
@@ -110,7 +111,7 @@ def start(*, close: Sequence[int] = ()) -> bool:
     return True
 
 
-def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int]) -> None:
+def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int], kernels: bool) -> None:
     """The zygote's life: become a clean copy, load what workers run, then fork a worker per request."""
     import atexit
     import weakref
@@ -142,14 +143,15 @@ def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int]) ->
     try:
         import distributed  # noqa: F401  (the worker's own modules)
 
-        from .preload import TASK_MODULES, preload_kernels
+        if kernels:
+            from .preload import TASK_MODULES, preload_kernels
 
-        for name in TASK_MODULES:
-            __import__(name)
-        log.debug("zygote: task modules imported in %.2fs", time.perf_counter() - t0)
-        # a worker asked for before every kernel is loaded is forked at once: the rest load on first use
-        n, _ = preload_kernels(stop=lambda: bool(select.select([listener_fd], [], [], 0)[0]))
-        log.debug("zygote: modules and %d kernel overloads loaded in %.2fs", n, time.perf_counter() - t0)
+            for name in TASK_MODULES:
+                __import__(name)
+            log.debug("zygote: task modules imported in %.2fs", time.perf_counter() - t0)
+            # a worker asked for before every kernel is loaded is forked at once: the rest load on first use
+            n, _ = preload_kernels(stop=lambda: bool(select.select([listener_fd], [], [], 0)[0]))
+            log.debug("zygote: modules and %d kernel overloads loaded in %.2fs", n, time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001  (an optimisation only: a worker imports and loads what it needs)
         log.debug("zygote preload failed: %r", exc)
     from multiprocessing import forkserver

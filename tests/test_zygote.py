@@ -129,3 +129,16 @@ def test_the_kernel_preload_stops_when_asked():
     loaded, _ = preload_kernels(stop=stop)
     assert (loaded, len(asked)) == (3, 4) or loaded == len(asked) < 3  # (fewer than 3 in numba's cache)
     assert preload_kernels(stop=lambda: True)[0] == 0
+
+
+def test_a_workflow_on_a_local_cluster_runs_on_forks_of_its_zygote(tmp_path):
+    flow = tmp_path / "wf.yaml"
+    flow.write_text("name: forked\nstorage: store\ncluster: {kind: local, n_workers: 1, dashboard_address: ''}\n"
+                    "steps:\n  - generate: {dataset: d, symbols: 2, start: 2020-01-01, end: 2020-06-30}\n"
+                    "  - summary: {dataset: d}\n")  # the summary reads the bars on the cluster
+    out = subprocess.run([sys.executable, "-m", "admf_dask.cli", "-v", "run", str(flow)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    (zygote,) = re.findall(r"zygote (\d+) forked", out.stderr)
+    workers = re.findall(r"worker process forked from the zygote \(pid (\d+)\)", out.stderr)
+    assert workers and set(workers) == {zygote}, out.stderr
