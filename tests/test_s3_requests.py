@@ -51,8 +51,10 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
         want = run_sweep(CONFIG, local, StorageRef.make(str(tmp_path / "store")), client, progress=False)
         seen = counted(monkeypatch, run_prefix)
         accs = counted(monkeypatch, "/portfolio/part-")  # the accumulators (.acc): PUT by the tasks
+        parts = counted(monkeypatch, "/results/part-")  # the tasks' results parts
+        rows = counted(monkeypatch, "/portfolio/rows-")  # the reduce's PORTFOLIO rows
         got = run_sweep(CONFIG, store, root, client, progress=False)
-        first, first_accs = dict(seen), dict(accs)
+        first, first_accs, first_parts, first_rows = dict(seen), dict(accs), dict(parts), dict(rows)
         seen.clear()
         again = run_sweep(CONFIG, store, root, client, progress=False)
         rerun = dict(seen)
@@ -64,6 +66,9 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     assert tasks >= 2 and got.summary["status"] == "complete" and again.summary["status"] == "complete (already done)"
     # the reduce takes this run's accumulators from its tasks' results on the cluster: PUT once each, never GET
     assert first_accs.get("PUT", 0) == tasks and first_accs.get("GET", 0) == 0, first_accs
+    # and the final table takes the parts' and the reduce's rows from the tasks' results: PUT once each, never GET
+    assert first_parts == {"PUT": tasks} and first_rows.get("PUT", 0) >= 1 and "GET" not in first_rows, \
+        (first_parts, first_rows)
     # no HEAD before a read or a write, no exists() (HEAD + LIST) before reading run.json or listing a prefix
     assert first.get("HEAD", 0) == 0, first
     # one LIST of the indicator cache for the run (not one per symbol), one of the done markers
@@ -71,8 +76,9 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # four PUTs per task (accumulators, results part, end state, marker); the run's own: run.json twice, the
     # lease's, the kept probe, the reduce's, results.parquet, portfolio.parquet, the chain and latest pointers
     assert first.get("PUT", 0) <= 4 * tasks + 16, first
-    # GETs: the lease, run.json, the kept probe, the chain pointer, the assembly's of each part (once each); the bars (one per symbol) are outside the run's prefix
-    assert first.get("GET", 0) <= 4 * tasks + 12, first
+    # GETs: the lease, run.json (twice: before and after the lease), the kept probe, the chain pointer; none of
+    # the parts (above); the bars (one per symbol) are outside the run's prefix
+    assert first.get("GET", 0) <= 6, first
     # the summary reports the tasks' requests by operation (the monitor's count), and prints them in one line
     by_op = got.summary["storage_by_op"]
     assert by_op.get("put_object", 0) >= 4 * tasks and "head_object" not in by_op, by_op

@@ -18,7 +18,7 @@ from ..errors import AdmfError
 from ..monitor import enabled, rss, stage_times_start, stage_times_take
 from ..storage import StorageRef
 from .grid import ParamSets
-from .portfolio import _arrays_parts, _portfolio_table
+from .portfolio import _GIVEN_BYTES, _arrays_parts, _portfolio_table
 from .results import _rows_table, write_part
 
 
@@ -255,6 +255,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
         _SCRATCH.give(equity)
     name = f"results/part-{task.part:06d}.parquet"
     files[name] = write_part(storage, table, name, into=pending)
+    given = {name: pending[name]} if not storage.is_local and files[name]["size"] <= _GIVEN_BYTES else {}
     extra: dict[str, Any] = {}
     if not task.whole_range:  # where this part's summed equity is, relative to the storage root
         extra["equity"] = [f"runs/{task.run_id}/portfolio/part-{task.part:06d}.acc"]
@@ -272,7 +273,7 @@ def run_container(task: ContainerTask, *sources: Any) -> dict[str, Any]:
             "counters": {sym: iset.counters for sym, iset in zip(task.symbols, indicator_sets)},
             "bars": {sym: len(iset.bars) for sym, iset in zip(task.symbols, indicator_sets)},
             "stages": stages, "pid": os.getpid(), "rss": rss() if enabled() else 0,
-            **({"acc": held} if held is not None else {})}
+            **({"acc": held} if held is not None else {}), **({"given": given} if given else {})}
 
 
 def sent_part(out: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +282,8 @@ def sent_part(out: dict[str, Any]) -> dict[str, Any]:
     On an object store a container's result keeps the bytes of its ``portfolio/part-<j>.acc``
     as it PUT them; the result stays on the cluster (:func:`~admf_dask.cluster.run_tasks`'
     ``split``) and the reduce of the same run takes them from there instead of GETting the file
-    back. Parts committed by an earlier run (resume) are read from storage and checked.
+    back. Parts committed by an earlier run (resume) are read from storage and checked. The
+    results part's bytes (``given``, object stores, up to 16 MiB) are sent: the driver's final
+    table takes them instead of reading the part back.
     """
     return {k: v for k, v in out.items() if k != "acc"}

@@ -55,7 +55,8 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
     not read back; any other part's file is read and checked against its record.
     Returns ``{"rows": the rows' file (portfolio/rows-<lo>.parquet, relative to the run),
     "state": the state's commit record or None, "files": {the rows' file: its size and sha256}}``
-    (the final table checks the rows against that record as it reads them).
+    (the final table checks the rows against that record as it reads them), and on an object
+    store ``"given": {the rows' file: its bytes}`` (the final table takes them, not reading them back).
     """
     from ..kernels.portfolio import (
         merge_trade_acc, portfolio_fold, portfolio_state_init, rebase_equity, starting_equity,
@@ -158,7 +159,9 @@ def reduce_portfolio(run_ref: StorageRef, parts: list[int], lo: int, hi: int,
                                       **{f"union/{k}": v for k, v in spacing.to_arrays().items()}},
                             f"portfolio/reduce-{lo:09d}.state", into=pending)
     pending.wait()
-    return {"rows": name, "state": state, "files": {name: digest(data)}}  # files: checked when the table reads it
+    # files: checked when the table reads them; on an object store the rows go to the driver too (not read back)
+    return {"rows": name, "state": state, "files": {name: digest(data)},
+            **({"given": {name: data}} if not storage.is_local and len(data) <= _GIVEN_BYTES else {})}
 
 
 def _read_part(storage: Any, part: int, equity: bool = False,
@@ -211,6 +214,7 @@ class _PartReader:
 
 
 _HOLD_BYTES = 64 << 20  # a range's accumulator files up to this size in all are read once by the reduce, and held
+_GIVEN_BYTES = 16 << 20  # on an object store, a part's results (or a reduce's rows) up to this size go to the driver
 
 _ARRAYS_MAGIC = b"ADMFARR1"
 

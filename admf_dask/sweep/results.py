@@ -79,7 +79,7 @@ def write_part(storage: Storage, table: pa.Table, name: str, into: dict[str, Any
 def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[int]],
                       portfolio: Mapping[int, str], keep_portfolio: bool = True, *,
                       symbols: list[str] | None = None, records: Mapping[str, Any] | None = None,
-                      metadata: Mapping[str, str] | None = None) -> int:
+                      metadata: Mapping[str, str] | None = None, given: Mapping[str, bytes] | None = None) -> int:
     """Stream the final table ``results.parquet`` from the committed parts, a block of set ids at a time.
 
     Rows are ordered by set id, then symbol, each set's PORTFOLIO row last. A range's
@@ -98,7 +98,8 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
     against its commit record in ``records`` (file -> size, sha256), and, with
     ``symbols``, each block holds exactly one row per (set, symbol) and one PORTFOLIO
     row per set. ``metadata`` goes into both files' Parquet key-value metadata (the
-    run's id, config, data fingerprint and version: :func:`run_metadata`).
+    run's id, config, data fingerprint and version: :func:`run_metadata`). ``given``: parts' bytes
+    as this run's tasks wrote them (object stores; file -> bytes), taken instead of reading them back.
     """
     from .integrity import check_block, check_file, read_checked
 
@@ -117,10 +118,11 @@ def write_final_table(storage: Storage, ranges: Mapping[tuple[int, int], list[in
                 # on an object store a small part (or the reduce's portfolio rows: one per set) is read once
                 # (one GET; the range's GETs overlap), checked against its record, and held while its range is
                 # assembled
-                small = [n for n in files if not storage.is_local
+                small = [n for n in files if not storage.is_local and n not in (given or {})
                          and (records.get(n) is None or records[n]["size"] <= _HOLD_BYTES)]
                 held = dict(zip(small, storage.each(lambda n: pa.py_buffer(read_checked(storage, n, records.get(n))),
                                                     small)))
+                held.update((n, pa.py_buffer(given[n])) for n in files if n in (given or {}))
                 for name in files:
                     record = records.get(name)
                     if name in held:

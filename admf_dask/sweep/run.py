@@ -263,6 +263,17 @@ def _keep_held(held: dict[int, Any], sizes: dict[int, int], i: int, part: int, o
     sizes[i] = size
 
 
+_GIVEN_TOTAL = 64 << 20  # what the driver holds of parts' bytes for the final table, in all
+
+
+def _keep_given(given: dict[str, bytes], more: Mapping[str, bytes] | None) -> None:
+    """Hold files' bytes a task sent (``given``: object stores) while they fit ``_GIVEN_TOTAL`` in all; the
+    final table reads (and checks) the others from storage."""
+    for name, data in (more or {}).items():
+        if sum(map(len, given.values())) + len(data) <= _GIVEN_TOTAL:
+            given[name] = data
+
+
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
               wait: bool = False, performance_report: str | bool | None = None) -> SweepResult:
@@ -487,7 +498,10 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                     sources[sym] = source.source(sym, consumers[sym])
             return [sources[sym] for sym in task.symbols]
 
+        given: dict[str, bytes] = {}  # object stores: parts' bytes as their tasks wrote them, for the final table
+
         def finished(i: int, out: dict[str, Any]) -> None:
+            _keep_given(given, out.pop("given", None))
             bars_read.update(out.get("bars", {}))
             records.update(out.get("files", {}))
             if tasks[i].part in reduced_parts and "marker" in out:
@@ -525,11 +539,14 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         held.clear()  # the accumulators kept on the cluster are released
         for out in reduced:  # the rows each reduce wrote, checked like every part when the table reads them
             records.update(out.get("files", {}))
+            _keep_given(given, out.pop("given", None))
         wall = time.perf_counter() - t0
         monitor.stop()
         lease.confirm()
         write_final_table(storage, ranges, {lo: out["rows"] for (lo, _), out in zip(split, reduced)},
-                          keep_portfolio=not mixed, symbols=symbols, records=records, metadata=run_metadata(run))
+                          keep_portfolio=not mixed, symbols=symbols, records=records, metadata=run_metadata(run),
+                          given=given)
+        given.clear()
         peak = monitor.peak_rss()  # the monitor's end probes have it; else one more round trip
         if peak is None:
             peak = max(client.run(_peak_rss).values(), default=0)
