@@ -258,6 +258,14 @@ def _scheduler_view(dask_scheduler: Any = None, index: int = 0, since: float = 0
     return {"tasks": tasks, "events": counts}
 
 
+def _first_start(dask_scheduler: Any = None, index: int = 0) -> float | None:
+    """Run on the scheduler: the earliest start (as the workers stamped it) of the tasks its task stream
+    recorded from ``index`` on; None for none."""
+    starts = [s["start"] for t in dask_scheduler._task_stream_plugin().collect(start_index=index)
+              for s in t.get("startstops", ()) if "start" in s]
+    return min(starts, default=None)
+
+
 def _both(client: Any, **scheduler_kwargs: Any) -> Any:
     """The workers' probes and the scheduler's view at once (one round trip's wait), as a concurrent future;
     without ``scheduler_kwargs`` the probes only."""
@@ -306,11 +314,14 @@ class RunMonitor:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._report = performance_report(filename=self.path)
             self._report.__enter__()
+        if self.on or self._report is not None:  # the task stream's position before any task of the run
+            t = time.perf_counter()
+            self._index = self.client.sync(self.client.scheduler.get_task_stream_index)
+            self.cost += time.perf_counter() - t
         if self.on:  # the probes are asked for now and collected in stop(): the run does not wait for them
             t = time.perf_counter()
             self._here = REQUESTS.snapshot()
             self._since = time.time()
-            self._index = self.client.sync(self.client.scheduler.get_task_stream_index)  # before any task
             self._starting = _both(self.client)
             self.cost += time.perf_counter() - t
         self._t0 = time.perf_counter()
@@ -330,6 +341,14 @@ class RunMonitor:
         self.wall = time.perf_counter() - self._t0
         if self._report is not None:
             report, self._report = self._report, None
+            # dask's report takes the tasks that ended after its start by the clock, and a worker stamps its
+            # tasks with its estimate of the scheduler's clock (Worker.scheduler_delay, from a heartbeat's round
+            # trip): an estimate taken while the event loop was busy runs tens of ms behind, and a short task
+            # just after the start was left out of the report ("number of tasks: 0"). The span starts at the
+            # run's first task as stamped, if that is earlier.
+            first = self.client.run_on_scheduler(_first_start, index=self._index)
+            if first is not None:
+                report.start = min(report.start, first)
             report.__exit__(None, None, None)
         if self.on:
             t = time.perf_counter()

@@ -75,6 +75,26 @@ def test_performance_report_flag_writes_dasks_report_beside_run_json(tmp_path, d
     assert "sweep" in html  # the task stream names the stage
 
 
+def _lagging_clock(dask_worker):
+    dask_worker.periodic_callbacks["heartbeat"].stop()  # a heartbeat would measure the delay again
+    dask_worker.scheduler_delay = -5.0
+
+
+def test_a_performance_report_holds_the_runs_task_when_the_workers_clock_estimate_lags(tmp_path):
+    # a worker stamps task times with its estimate of the scheduler's clock (scheduler_delay); taken while the
+    # event loop was busy it lags, and dask's report (the tasks that ended after its start) missed a short
+    # task: test_performance_report_flag_writes_dasks_report_beside_run_json failed ~1 run in 5 that way
+    from admf_dask.monitor import RunMonitor
+
+    path = tmp_path / "report.html"
+    with connect(THREADS) as client:
+        client.run(_lagging_clock)
+        monitor = RunMonitor(client, 2, stage="sweep", performance_report=str(path), on=False).start()
+        assert client.submit(sum, [1, 2], key="sweep-lagging-part-0").result() == 3
+        monitor.stop()
+    assert "number of tasks: 1" in path.read_text().lower()
+
+
 # ---------------------------------------------------------------- rules, on records (fast)
 
 def _record(**over):
