@@ -109,7 +109,7 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         log.info("cluster auto: %s", why if address else f"local ({why})")
         config = replace(config, kind=address or "local")
     # the scheduler's HTTP server (its /health, /metrics routes) always starts, at the dashboard's address or,
-    # with none asked for, on a free port of 127.0.0.1 (not :8787); the dashboard's pages come later (_dashboard_later)
+    # with none asked for, on a free port of 127.0.0.1 (not :8787); the dashboard's pages come on request
     http = {"dashboard_address": config.dashboard_address or "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
     dashboard = bool(config.dashboard_address)
     cluster = None
@@ -154,7 +154,7 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
             if not forked:  # forks of this process run its very packages and admf code
                 _check_versions(client)
             if cluster is not None and dashboard:
-                _dashboard_later(cluster)
+                _dashboard_on_request(cluster.scheduler)
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
             link = client.dashboard_link if dashboard or cluster is None else "(dashboard off)"
             echo(f"cluster: {config.kind}, {len(workers)} worker(s), "
@@ -168,32 +168,39 @@ def connect(config: ClusterConfig | str = "local", *, echo: Callable[[str], None
         stack.close()
 
 
-def _dashboard_later(cluster: Any) -> None:
-    """Add the bokeh dashboard's pages to the running scheduler's HTTP server, from a background thread.
+def _dashboard_on_request(scheduler: Any) -> None:
+    """Add the bokeh dashboard's pages to the scheduler's HTTP server when someone first asks for one.
 
-    Importing bokeh and building the dashboard took ~0.35 s of the command's critical path
-    when the scheduler started with it; the workers and the first tasks need none of it.
-    The address (and so the link printed) is the HTTP server's, bound when the scheduler
-    started; its pages answer once the import is done, while the tasks run.
+    Importing bokeh and building the dashboard took ~0.35 s of a fresh command's cluster
+    start, on the critical path, for pages most runs never show. The server (bound when the
+    scheduler started, so the link printed is known at once) gets a catch-all route instead,
+    behind its own routes (``/health``, ``/metrics``): the first request it catches imports
+    bokeh off the event loop, connects the pages as ``Scheduler.__init__`` would, drops the
+    route and redirects to the same address, which the pages now serve.
     """
-    scheduler, loop = cluster.scheduler, cluster.loop
+    import asyncio
+    import importlib
 
-    def attach() -> None:
-        try:
-            import distributed.dashboard.scheduler as pages  # bokeh
-        except ImportError:  # bokeh (optional for distributed) is not installed: the server keeps its own routes only
-            return
+    from tornado import web
 
-        def connect_pages() -> None:
-            if scheduler.status.name not in ("closing", "closed", "failed"):
-                pages.connect(scheduler.http_application, scheduler.http_server, scheduler, prefix="/")
+    class Attach(web.RequestHandler):
+        async def get(self, *_: Any) -> None:
+            app = scheduler.http_application
+            if lazy in app.applications:
+                try:
+                    pages = await asyncio.get_running_loop().run_in_executor(
+                        None, importlib.import_module, "distributed.dashboard.scheduler")
+                except ImportError:  # bokeh is optional for distributed
+                    self.set_status(404)
+                    self.write("the dashboard needs bokeh (pip install bokeh)")
+                    return
+                if lazy in app.applications:  # not attached by a request that came in meanwhile
+                    app.applications.remove(lazy)
+                    pages.connect(app, scheduler.http_server, scheduler, prefix="/")
+            self.redirect(self.request.uri)
 
-        try:
-            loop.add_callback(connect_pages)  # the scheduler's own event loop, as in Scheduler.__init__
-        except RuntimeError:  # the cluster closed meanwhile
-            pass
-
-    threading.Thread(target=attach, name="admf-dashboard", daemon=True).start()
+    lazy = web.Application([(r"/.*", Attach)])
+    scheduler.http_application.add_application(lazy)
 
 
 def _wait_for_workers(client: Any, address: str) -> None:

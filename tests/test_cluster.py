@@ -103,16 +103,13 @@ def test_the_dashboard_answers_at_the_printed_link_and_an_empty_address_means_no
     with connect({"kind": "threads", "n_workers": 1, "dashboard_address": f"127.0.0.1:{port}"},
                  echo=lines.append) as client:
         client.submit(sum, [1, 2], key="sweep-000001-dash").result()
-        deadline = time.monotonic() + 30  # its pages are added in the background, after the workers are up
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
-                    page = response.read().decode()
-                break
-            except urllib.error.HTTPError:
-                assert time.monotonic() < deadline, "the dashboard's pages never came"
-                time.sleep(0.05)
-    assert f":{port}/status" in lines[0] and "Dask" in page
+        apps = client.cluster.scheduler.http_application.applications
+        assert not [a for a in apps if "Bokeh" in type(a).__name__]  # no pages built until someone asks for one
+        for path in ("/status", "/workers"):  # the first request builds them, then they serve
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+                assert response.status == 200 and response.url.endswith(path) and "Dask" in response.read().decode()
+        assert [a for a in apps if "Bokeh" in type(a).__name__]
+    assert f":{port}/status" in lines[0]
     # "" is no dashboard: no pages, and the scheduler's HTTP server does not take :8787 (or warn that it is taken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
