@@ -75,14 +75,16 @@ def _mismatch(storage: Any, name: str, record: Mapping[str, Any]) -> str | None:
     except (FileNotFoundError, OSError):
         return f"{name} is missing"
     if size != record["size"]:
-        return f"{name} has {size} bytes, {record['size']} recorded"
+        return _size_mismatch(name, size, record)
     h = hashlib.sha256()
     with storage.fs.open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    if h.hexdigest() != record["sha256"]:
-        return f"{name} fails its checksum"
-    return None
+    return f"{name} fails its checksum" if h.hexdigest() != record["sha256"] else None
+
+
+def _size_mismatch(name: str, size: int, record: Mapping[str, Any]) -> str:
+    return f"{name} has {size} bytes, {record['size']} recorded"
 
 
 def check_file(storage: Any, name: str, record: Mapping[str, Any] | None) -> None:
@@ -98,9 +100,13 @@ def check_file(storage: Any, name: str, record: Mapping[str, Any] | None) -> Non
 def read_checked(storage: Any, name: str, record: Mapping[str, Any] | None) -> bytes:
     """A committed file's bytes, checked against its ``record`` (size, sha256; None: unchecked)."""
     raw = storage.read_bytes(name)
-    if record is not None and (len(raw) != record["size"] or hashlib.sha256(raw).hexdigest() != record["sha256"]):
-        raise StorageError(f"committed file changed since its commit ({len(raw)} bytes, {record['size']} "
-                           "recorded, or another checksum)", file=storage.display(name), hint=_RERUN)
+    if record is None:
+        return raw
+    problem = (_size_mismatch(name, len(raw), record) if len(raw) != record["size"] else
+               f"{name} fails its checksum" if hashlib.sha256(raw).hexdigest() != record["sha256"] else None)
+    if problem is not None:  # worded as check_file words it
+        raise StorageError(f"committed file changed since its commit: {problem}", file=storage.display(name),
+                           hint=_RERUN)
     return raw
 
 
