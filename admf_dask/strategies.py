@@ -96,6 +96,7 @@ admf_dask.errors.ConfigError: sma_cross: fast=50 must be < slow=20 [key sma_cros
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -285,10 +286,14 @@ def _p(name: str, kind: type, default: Any, doc: str) -> Param:
     return Param(name, kind, default, doc)
 
 
+# a grid asks for the same few windows thousands of times (3,790 sets of a sweep: 7,580 specs, ~120 distinct);
+# a spec is immutable, and making one validates and hashes its parameters
+@functools.lru_cache(maxsize=4096)
 def _sma(w: int) -> Input:
     return IndicatorSpec.make("sma", window=w), None
 
 
+@functools.lru_cache(maxsize=4096)
 def _ema(w: int) -> Input:
     return IndicatorSpec.make("ema", span=w), None
 
