@@ -19,8 +19,11 @@ The loop runs ``sim_step`` as its two halves, :func:`~admf_dask.kernels.simulate
 (fills, stops, equity) and ``bar_update``; a *held* bar
 (:func:`~admf_dask.kernels.simulate.holds`: the target is the position held, so no
 fill and no stop) skips the first half and computes only its equity, as
-``sim_bar`` would, with the same bits. Most bars are held; the kernels run ~1.3x
-the bars per CPU-second of the loop that stepped the whole state machine on each.
+``sim_bar`` would, with the same bits. Most bars are held: a stretch of them runs
+in its own tight loop (``_held``), a flat one (no position: the equity is the cash,
+each return exactly 0) with no arithmetic per bar, and CROSS finds its crosses for
+the chunk in one vectorised pass first (``_cross_events``). What a stretch costs is
+then mostly its ends: the fill bars through ``sim_bar``.
 
 Chunks: :func:`strategy_chunk` advances the batch over a time chunk of bars from
 its run states (``(m, RUN_STATE_WIDTH)``, :mod:`admf_dask.kernels.state`: the
@@ -66,7 +69,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from admf_dask.kernels.simulate import hold_equity, holds, sim_bar, stops_on
+from admf_dask.kernels.simulate import holds, sim_bar, stops_on
 from admf_dask.kernels.state import (
     SIGNAL, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, cost_args, finalize_runs,
     h_base, pack_run, run_state_init, sleeve_before, t0_arg, t_base, unpack_run,
@@ -177,6 +180,132 @@ def _check(ind, idx, fparams, open_, high, low, close):
 
 
 @numba.njit(inline="always")
+def _cross_events(ind, i0, i1, hh, nc, ev):
+    # The CROSS rule's events of the chunk's bars, in one pass without branches (vectorised):
+    # ev[j] is +1 where row i0 crosses above row i1 at local bar hh + j, -1 where it crosses
+    # below, else 0 (the state is held). signal_step's comparisons, bar for bar.
+    a = ind[i0]
+    b = ind[i1]
+    j0 = 1 if hh == 0 else 0  # the series' first bar has no bar before it: no event
+    if j0 == 1 and nc > 0:
+        ev[0] = 0
+    a1 = a[hh + j0:hh + nc]
+    b1 = b[hh + j0:hh + nc]
+    a0 = a[hh + j0 - 1:hh + nc - 1]
+    b0 = b[hh + j0 - 1:hh + nc - 1]
+    e = ev[j0:]
+    for j in range(a1.shape[0]):
+        x1 = a1[j]
+        y1 = b1[j]
+        x0 = a0[j]
+        y0 = b0[j]
+        e[j] = np.int8((x1 > y1) & (x0 <= y0)) - np.int8((x1 < y1) & (x0 >= y0))
+
+
+@numba.njit(inline="always")
+def _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal):
+    # signal_step at chunk bar j; CROSS from its events (_cross_events).
+    if kind == CROSS:
+        e = ev[j]
+        return signal if e == 0 else int(e)
+    return signal_step(kind, ind, i0, i1, i2, p0, p1, close, hh + j, signal)
+
+
+@numba.njit(inline="always")
+def _held(kind, ev, j, nc, tb, hh, c_, ind, i0, i1, i2, p0, p1, close, direction, du, cash, in_market,
+          held_dir, signal, target, bar_st, equity_buf):
+    # A stretch of held bars from chunk bar j (simulate.holds: no fill, no stop; the caller
+    # checked the state): each bar's equity is cash + du * close, folded as bar_update folds
+    # it, with the same float operations on the same values in the same order. The stretch
+    # ends before a bar whose equity is not > 0 (a liquidation, a ruin, or NaN: sim_bar's
+    # business), or after the bar whose new target is not the position held. Returns
+    # (the next bar, signal, target, bar_st). The accumulators live in locals: the counts
+    # (returns, exposure, bars, the drawdown's bar indices) as ints, exact in float64.
+    (first_eq, prev_eq, min_eq, n_ret, s1, s2, sneg2, peak, peak_bar,
+     max_dd, max_dur, underwater, exposed, n_bars) = bar_st
+    pb = int(peak_bar)
+    md = int(max_dur)
+    uw = underwater > 0.0
+    rets = 0
+    j0 = j
+    # Flat (du == 0): one bar here, the rest below without arithmetic.
+    end = nc if in_market else min(j + 1, nc)
+    going = True
+    while j < end:
+        equity = cash + du * c_[j]
+        if not equity > 0.0:
+            going = False
+            break
+        t = tb + j  # > 0
+        if prev_eq > 0.0:
+            r = equity / prev_eq - 1.0
+            rets += 1
+            s1 += r
+            s2 += r * r
+            neg = min(r, 0.0)
+            sneg2 += neg * neg
+        prev_eq = equity
+        if equity < min_eq:  # noqa: PLR1730 (bar_update's comparisons, as they are)
+            min_eq = equity
+        if equity >= peak:
+            if uw:
+                md = max(md, t - pb)
+            peak = equity
+            pb = t
+            uw = False
+        else:
+            dd = 1.0 - equity / peak
+            if dd > max_dd:  # noqa: PLR1730
+                max_dd = dd
+            md = max(md, t - pb)
+            uw = True
+        equity_buf[j] = equity
+        s = _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal)
+        j += 1
+        if s != signal:
+            signal = s
+            target = _clip(s, direction)
+            if target != held_dir:
+                going = False
+                break
+    if going and not in_market and j < nc:
+        # The rest of a flat stretch: the equity is cash + 0.0 * close = cash (> 0, the bar
+        # above) while the close is finite, and so is prev_eq: each bar's return is exactly
+        # 0.0 (s1, s2 and sneg2 add +0.0: once is the same as n times), min_eq and max_dd do
+        # not move, and the drawdown either stays at its peak (uw False: peak_bar moves to
+        # each bar) or lasts on (its duration grows to the last bar). A non-finite close ends
+        # the stretch before its bar (its equity is NaN: sim_bar's business).
+        j1 = j
+        while j < nc:
+            c = c_[j]
+            if c - c != 0.0:  # NaN or infinite
+                break
+            equity_buf[j] = cash
+            s = _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal)
+            j += 1
+            if s != signal:
+                signal = s
+                target = _clip(s, direction)
+                if target != held_dir:
+                    break
+        if j > j1:
+            rets += j - j1
+            s1 += 0.0
+            s2 += 0.0 * 0.0
+            neg = min(0.0, 0.0)
+            sneg2 += neg * neg
+            t = tb + j - 1
+            if uw:
+                md = max(md, t - pb)
+            else:
+                pb = t
+    n = float(j - j0)
+    bar_st = (first_eq, prev_eq, min_eq, n_ret + float(rets), s1, s2, sneg2, peak, float(pb),
+              max_dd, float(md), 1.0 if uw else 0.0, exposed + n if in_market else exposed, n_bars + n)
+    return j, signal, target, bar_st
+
+
+@numba.njit(inline="always")
 def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
            slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos, equity_acc):
     # Inlined into one kernel per kind (and per ``with_eq``), where ``kind`` is a
@@ -190,7 +319,8 @@ def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, sta
     nc = close.shape[0] - hh
     dummy_i = np.empty((0, 3), dtype=np.int64)
     dummy_t = np.empty((0, 5))
-    equity_buf = np.empty(nc if with_eq else 0)  # one set's curve on the chunk's bars
+    equity_buf = np.empty(nc)  # one set's curve on the chunk's bars (the held loop writes it always)
+    ev = np.empty(nc if kind == CROSS else 0, dtype=np.int8)  # one set's CROSS events
     gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
     stops = stops_on(stop_loss, take_profit)
     for k in range(m):
@@ -206,26 +336,33 @@ def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, sta
         i2 = idx[k, 2]
         p0 = fparams[k, 0]
         p1 = fparams[k, 1]
+        if kind == CROSS:
+            _cross_events(ind, i0, i1, hh, nc, ev)
         before = sleeve_before(state[k]) if with_eq else 0.0
         sim, bar_st, trade_st, signal, pending = unpack_run(state[k])
         target = int(pending)  # decided at the previous bar's close
         held = holds(sim, stops)
-        for j in range(nc):
-            # sim_step, with held bars (simulate.holds) folded without its fills and stops
-            equity = hold_equity(sim, c_[j])
-            in_market = sim[0] != 0
-            if not (held and target == sim[0] and equity > 0.0 and tb + j > 0):
-                sim, trade_st, equity, in_market = sim_bar(
-                    sim, trade_st, tb + j, target, o_[j], h_[j], l_[j], c_[j], commission, slippage_bps,
-                    whole_units, stop_loss, take_profit, False, 0, dummy_i, dummy_t)
-                held = holds(sim, stops)
+        j = 0
+        while j < nc:
+            # sim_step, with stretches of held bars (simulate.holds) folded without its fills and stops
+            if held and target == sim[0] and tb + j > 0:
+                j, signal, target, bar_st = _held(
+                    kind, ev, j, nc, tb, hh, c_, ind, i0, i1, i2, p0, p1, close, direction, sim[0] * sim[1],
+                    sim[9], sim[0] != 0, sim[0], signal, target, bar_st, equity_buf)
+                if j >= nc:
+                    break
+            # the bar after a stretch is not held, or its equity is not > 0: the whole step
+            sim, trade_st, equity, in_market = sim_bar(
+                sim, trade_st, tb + j, target, o_[j], h_[j], l_[j], c_[j], commission, slippage_bps,
+                whole_units, stop_loss, take_profit, False, 0, dummy_i, dummy_t)
+            held = holds(sim, stops)
             bar_st = bar_update(bar_st, tb + j, equity, in_market)
             # The local index: bar hh + j - 1 is the halo's last bar at the chunk's
             # first bar, and hh + j == 0 only at the series' first bar (h >= 1 once t0 > 0).
-            signal = signal_step(kind, ind, i0, i1, i2, p0, p1, close, hh + j, signal)
+            signal = _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal)
             target = _clip(signal, direction)
-            if with_eq:
-                equity_buf[j] = bar_st[1]  # equity at the close
+            equity_buf[j] = bar_st[1]  # equity at the close
+            j += 1
         pack_run(state[k], sim, bar_st, trade_st, signal, target)
         if with_eq:
             # in fixed point (state.fixed): the sum is the same whatever the symbols' grouping and order

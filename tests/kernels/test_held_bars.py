@@ -9,6 +9,8 @@ levels, and a chunk boundary inside a held stretch.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,57 @@ def test_fused_rows_and_states_equal_sim_step_bit_for_bit(case, costs):
             ruined += eq[-1] == 0.0
     if case == "rally" and costs == "plain":
         assert ruined > 0  # a short was ruined while held
+
+
+def kinds(o, h, lo, c):
+    """(name, kind, ind, idx, fparams): every strategy kind, two or three sets each."""
+    from admf_dask.kernels import indicators as ki
+
+    smas = sma_many(c, [3, 5, 10, 20])
+    rsi = np.vstack([ki.rsi(c, 14), ki.rsi(c, 5)])
+    mid, up, low = ki.bollinger(c, 20, 1.5)
+    d_up, d_lo = ki.donchian(h, lo, 15)
+    rocs = np.vstack([ki.roc(c, 10), ki.roc(c, 60)])
+    yield "cross", ks.CROSS, smas, [[0, 2, 2], [1, 3, 3], [0, 3, 3]], [[0, 0]] * 3
+    yield "rsi", ks.RSI, rsi, [[0, 0, 0], [1, 1, 1]], [[30, 70], [20, 85]]
+    yield "bb_rev", ks.BB_REVERSION, np.vstack([mid, up, low]), [[0, 1, 2]], [[0, 0]]
+    yield "bb_break", ks.BB_BREAKOUT, np.vstack([up, low]), [[0, 1, 1]], [[0, 0]]
+    yield "donchian", ks.DONCHIAN, np.vstack([d_up, d_lo]), [[0, 1, 1]], [[0, 0]]
+    yield "momentum", ks.MOMENTUM, rocs, [[0, 0, 0], [1, 1, 1]], [[0, 0]] * 2
+
+
+@pytest.mark.parametrize("case", ["trend", "nan", "inf"])
+def test_held_and_flat_stretches_of_every_kind_equal_sim_step_bit_for_bit(case):
+    # Held stretches run apart from sim_bar, flat ones (no position: the equity is the cash)
+    # without arithmetic per bar; CROSS reads its events from a pass before the bar loop.
+    # Rows equal simulate + compute_stats on the kernel's own targets, bit for bit, for every
+    # kind and direction; the run states are those of the whole series when the bars come in
+    # chunks cut inside stretches (flat and held), at a NaN close and after it.
+    o, h, lo, c = prices("nan" if case == "inf" else case, seed=5)
+    if case == "inf":
+        c[[200, 450]] = np.inf
+    cuts = [0, 97, 199, 201, 202, 377, 451, 600]
+    flat = 0
+    for name, kind, ind, idx, fp in kinds(o, h, lo, c):
+        idx = np.array(idx, dtype=np.int64)
+        fp = np.array(fp, dtype=np.float64)
+        for direction in (ks.LONG_SHORT, ks.LONG_ONLY, ks.SHORT_ONLY):
+            for cost in (COSTS["plain"], COSTS["whole+stops"]):
+                rows = ks.run_strategy_batch(kind, ind, idx, fp, o, h, lo, c, PPY, CASH, *cost, direction)
+                targets = ks.strategy_targets(kind, ind, idx, fp, c, direction)
+                for k in range(len(idx)):
+                    eq, pos, trades = simulate(o, h, lo, c, targets[k], CASH, *cost)
+                    expected = compute_stats(eq, pos, trades, c, PPY)
+                    np.testing.assert_array_equal(rows[k].view(np.int64), expected.view(np.int64),
+                                                  err_msg=f"{name} set {k}, direction {direction}")
+                    flat += int(((pos[1:] == 0) & (pos[:-1] == 0)).sum())
+                whole = run_state_init(len(idx), CASH)
+                ks.strategy_chunk(kind, ind, idx, fp, o, h, lo, c, 0, 0, whole, *cost, direction)
+                state = run_state_init(len(idx), CASH)
+                for a, b in itertools.pairwise(cuts):
+                    hh = 1 if a else 0
+                    s = slice(a - hh, b)
+                    ks.strategy_chunk(kind, np.ascontiguousarray(ind[:, s]), idx, fp, o[s], h[s], lo[s], c[s], hh, a,
+                                      state, *cost, direction)
+                np.testing.assert_array_equal(state.view(np.int64), whole.view(np.int64), err_msg=name)
+    assert flat > 10_000  # flat stretches were run
