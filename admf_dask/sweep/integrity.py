@@ -99,10 +99,11 @@ def check_file(storage: Any, name: str, record: Mapping[str, Any] | None) -> Non
 
 def read_checked(storage: Any, name: str, record: Mapping[str, Any] | None) -> bytes:
     """A committed file's bytes, checked against its ``record`` (size, sha256; None: unchecked)."""
-    raw = storage.read_bytes(name)
     if record is None:
-        return raw
-    problem = (_size_mismatch(name, len(raw), record) if len(raw) != record["size"] else
+        return storage.read_bytes(name)
+    raw = storage.read_optional(name)
+    problem = (f"{name} is missing" if raw is None else _size_mismatch(name, len(raw), record)
+               if len(raw) != record["size"] else
                f"{name} fails its checksum" if hashlib.sha256(raw).hexdigest() != record["sha256"] else None)
     if problem is not None:  # worded as check_file words it
         raise StorageError(f"committed file changed since its commit: {problem}", file=storage.display(name),
