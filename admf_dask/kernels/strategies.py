@@ -306,64 +306,113 @@ def _held(kind, ev, j, nc, tb, hh, c_, ind, i0, i1, i2, p0, p1, close, direction
 
 
 @numba.njit(inline="always")
-def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
-           slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos, equity_acc):
-    # Inlined into one kernel per kind (and per ``with_eq``), where ``kind`` is a
-    # constant: the signal rule then compiles to straight-line code in the bar
-    # loop (3x faster than branching on a runtime kind every bar). With ``t0``
-    # None (a chunk that starts the series) ``tb`` and ``hh`` are constants 0 and
-    # the loop is the whole-series loop of before chunks (state.t_base).
-    m = idx.shape[0]
+def _set_run(kind, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps,
+             whole_units, stop_loss, take_profit, direction, stops, equity_buf, ev):
+    # One parameter set over the chunk's bars, from its state row, which it updates; its equity at
+    # each close into equity_buf. With ``t0`` None (a chunk that starts the series) ``tb`` and ``hh``
+    # are constants 0 and the loop is the whole-series loop of before chunks (state.t_base).
     tb = t_base(t0)
     hh = h_base(h, t0)
     nc = close.shape[0] - hh
     dummy_i = np.empty((0, 3), dtype=np.int64)
     dummy_t = np.empty((0, 5))
-    equity_buf = np.empty(nc)  # one set's curve on the chunk's bars (the held loop writes it always)
+    # The chunk's bars, indexed by the loop counter (an index offset by a
+    # runtime h costs numba's negative-index checks on every read); the
+    # arrays themselves when the chunk starts the series (state.chunk_view).
+    o_ = chunk_view(open_, h, t0)
+    h_ = chunk_view(high, h, t0)
+    l_ = chunk_view(low, h, t0)
+    c_ = chunk_view(close, h, t0)
+    if kind == CROSS:
+        _cross_events(ind, i0, i1, hh, nc, ev)
+    sim, bar_st, trade_st, signal, pending = unpack_run(row)
+    target = int(pending)  # decided at the previous bar's close
+    held = holds(sim, stops)
+    j = 0
+    while j < nc:
+        # sim_step, with stretches of held bars (simulate.holds) folded without its fills and stops
+        if held and target == sim[0] and tb + j > 0:
+            j, signal, target, bar_st = _held(
+                kind, ev, j, nc, tb, hh, c_, ind, i0, i1, i2, p0, p1, close, direction, sim[0] * sim[1],
+                sim[9], sim[0] != 0, sim[0], signal, target, bar_st, equity_buf)
+            if j >= nc:
+                break
+        # the bar after a stretch is not held, or its equity is not > 0: the whole step
+        sim, trade_st, equity, in_market = sim_bar(
+            sim, trade_st, tb + j, target, o_[j], h_[j], l_[j], c_[j], commission, slippage_bps,
+            whole_units, stop_loss, take_profit, False, 0, dummy_i, dummy_t)
+        held = holds(sim, stops)
+        bar_st = bar_update(bar_st, tb + j, equity, in_market)
+        # The local index: bar hh + j - 1 is the halo's last bar at the chunk's
+        # first bar, and hh + j == 0 only at the series' first bar (h >= 1 once t0 > 0).
+        signal = _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal)
+        target = _clip(signal, direction)
+        equity_buf[j] = bar_st[1]  # equity at the close
+        j += 1
+    pack_run(row, sim, bar_st, trade_st, signal, target)
+
+
+# One compiled set loop per kind, called by its kind's chunk kernels with and without equity: the
+# loop compiled into each of the twelve kernels doubled their cold compile time.
+@numba.njit(cache=True, nogil=True)
+def _set_run_cross(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                   stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(CROSS, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_run_rsi(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                 stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(RSI, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_run_bb_reversion(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                          stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(BB_REVERSION, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_run_bb_breakout(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                         stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(BB_BREAKOUT, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_run_donchian(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                      stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(DONCHIAN, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_run_momentum(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+                      stop_loss, take_profit, direction, stops, equity_buf, ev):
+    _set_run(MOMENTUM, ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, row, commission, slippage_bps, whole_units,
+             stop_loss, take_profit, direction, stops, equity_buf, ev)
+
+
+@numba.njit(inline="always")
+def _chunk(kind, set_run, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
+           slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos, equity_acc):
+    # Inlined into one kernel per kind and per ``with_eq``; ``set_run`` is the kind's set loop
+    # (_set_run_cross, ...), where ``kind`` is a constant: the signal rule then compiles to
+    # straight-line code in the bar loop (3x faster than branching on a runtime kind every bar).
+    m = idx.shape[0]
+    nc = close.shape[0] - h_base(h, t0)
+    equity_buf = np.empty(nc)  # one set's curve on the chunk's bars
     ev = np.empty(nc if kind == CROSS else 0, dtype=np.int8)  # one set's CROSS events
     gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
     stops = stops_on(stop_loss, take_profit)
     for k in range(m):
-        # The chunk's bars, indexed by the loop counter (an index offset by a
-        # runtime h costs numba's negative-index checks on every read); the
-        # arrays themselves when the chunk starts the series (state.chunk_view).
-        o_ = chunk_view(open_, h, t0)
-        h_ = chunk_view(high, h, t0)
-        l_ = chunk_view(low, h, t0)
-        c_ = chunk_view(close, h, t0)
-        i0 = idx[k, 0]
-        i1 = idx[k, 1]
-        i2 = idx[k, 2]
-        p0 = fparams[k, 0]
-        p1 = fparams[k, 1]
-        if kind == CROSS:
-            _cross_events(ind, i0, i1, hh, nc, ev)
         before = sleeve_before(state[k]) if with_eq else 0.0
-        sim, bar_st, trade_st, signal, pending = unpack_run(state[k])
-        target = int(pending)  # decided at the previous bar's close
-        held = holds(sim, stops)
-        j = 0
-        while j < nc:
-            # sim_step, with stretches of held bars (simulate.holds) folded without its fills and stops
-            if held and target == sim[0] and tb + j > 0:
-                j, signal, target, bar_st = _held(
-                    kind, ev, j, nc, tb, hh, c_, ind, i0, i1, i2, p0, p1, close, direction, sim[0] * sim[1],
-                    sim[9], sim[0] != 0, sim[0], signal, target, bar_st, equity_buf)
-                if j >= nc:
-                    break
-            # the bar after a stretch is not held, or its equity is not > 0: the whole step
-            sim, trade_st, equity, in_market = sim_bar(
-                sim, trade_st, tb + j, target, o_[j], h_[j], l_[j], c_[j], commission, slippage_bps,
-                whole_units, stop_loss, take_profit, False, 0, dummy_i, dummy_t)
-            held = holds(sim, stops)
-            bar_st = bar_update(bar_st, tb + j, equity, in_market)
-            # The local index: bar hh + j - 1 is the halo's last bar at the chunk's
-            # first bar, and hh + j == 0 only at the series' first bar (h >= 1 once t0 > 0).
-            signal = _next_signal(kind, ev, j, ind, i0, i1, i2, p0, p1, close, hh, signal)
-            target = _clip(signal, direction)
-            equity_buf[j] = bar_st[1]  # equity at the close
-            j += 1
-        pack_run(state[k], sim, bar_st, trade_st, signal, target)
+        set_run(ind, idx[k, 0], idx[k, 1], idx[k, 2], fparams[k, 0], fparams[k, 1], open_, high, low, close, h,
+                t0, state[k], commission, slippage_bps, whole_units, stop_loss, take_profit, direction, stops,
+                equity_buf, ev)
         if with_eq:
             # in fixed point (state.fixed): the sum is the same whatever the symbols' grouping and order
             _sleeve_add(equity_acc[k], timeline_pos, gaps, equity_buf, before)
@@ -371,68 +420,68 @@ def _chunk(kind, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, sta
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_cross(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(CROSS, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(CROSS, _set_run_cross, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_cross(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(CROSS, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(CROSS, _set_run_cross, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_rsi(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(RSI, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(RSI, _set_run_rsi, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_rsi(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(RSI, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(RSI, _set_run_rsi, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_bb_reversion(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(BB_REVERSION, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(BB_REVERSION, _set_run_bb_reversion, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_bb_reversion(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(BB_REVERSION, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(BB_REVERSION, _set_run_bb_reversion, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_bb_breakout(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(BB_BREAKOUT, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(BB_BREAKOUT, _set_run_bb_breakout, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_bb_breakout(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(BB_BREAKOUT, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(BB_BREAKOUT, _set_run_bb_breakout, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_donchian(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(DONCHIAN, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(DONCHIAN, _set_run_donchian, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_donchian(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(DONCHIAN, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(DONCHIAN, _set_run_donchian, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_momentum(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d):
-    _chunk(MOMENTUM, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
+    _chunk(MOMENTUM, _set_run_momentum, False, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d,
            np.empty(0, dtype=np.int64), np.empty((0, 0)))
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_eq_momentum(ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq):
-    _chunk(MOMENTUM, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
+    _chunk(MOMENTUM, _set_run_momentum, True, ind, idx, fp, o, h, lo, c, hh, t0, state, comm, slip, whole, sl, tp, d, pos, eq)
 
 
 _CHUNK_KERNELS = {CROSS: _chunk_cross, RSI: _chunk_rsi, BB_REVERSION: _chunk_bb_reversion,
