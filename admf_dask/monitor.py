@@ -442,7 +442,9 @@ def build_record(*, stream: list[tuple[str, float, str]], wall: float, threads: 
 # A rule takes the record and returns a finding ({rule, finding, fix}) or None. Thresholds are
 # module constants so that a rule's test can say where it fires.
 SHORT_TASK_SECONDS = 0.05  # a task's fixed cost (scheduling, inputs, a results file, a marker) is ~5-20 ms
-SHORT_MIN_TASKS_PER_THREAD = 2  # fewer tasks than that cannot be made fewer by raising batch_seconds
+# the layout cuts a sweep into about 4 tasks per thread for balance whatever batch_seconds is (layout._layout):
+# only more tasks than that can be made fewer by raising it
+SHORT_MIN_TASKS_PER_THREAD = 4
 MEMORY_FRACTION = 0.8  # dask pauses a worker at 80 % of its limit by default
 LOAD_FRACTION = 0.5
 SKEW_RATIO = 5.0
@@ -454,7 +456,7 @@ MIN_TASK_SECONDS = 2.0  # time-share rules (load-bound, skew, idle) stay quiet o
 
 def _tasks_too_short(r: Mapping[str, Any]) -> dict[str, str] | None:
     t = r.get("tasks", {})
-    if t.get("count", 0) >= SHORT_MIN_TASKS_PER_THREAD * r.get("threads", 1) and 0 < t.get("median", 0) < SHORT_TASK_SECONDS:
+    if t.get("count", 0) > SHORT_MIN_TASKS_PER_THREAD * r.get("threads", 1) and 0 < t.get("median", 0) < SHORT_TASK_SECONDS:
         return {"rule": "tasks-too-short", "finding": f"tasks too short (median {1e3 * t['median']:.0f} ms "
                 f"over {t['count']} tasks)", "fix": "raise batch_seconds (fewer, longer tasks)"}
     return None
