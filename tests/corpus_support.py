@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import select
 import socket
 import threading
@@ -14,8 +15,11 @@ class Proxy:
 
     ``freeze()``: connections are still accepted but no byte goes either way (a frozen
     endpoint); ``cut()``: open connections are closed and new ones refused (the listener
-    closes: an outage); ``resume()`` undoes freeze.
+    closes: an outage); ``resume()`` undoes freeze. ``cut_at``: a request whose first bytes
+    match this pattern is not forwarded but cuts the proxy (an outage at a known point of a run).
     """
+
+    cut_at: re.Pattern[bytes] | None = None
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -82,6 +86,9 @@ class Proxy:
                 for s in ready:
                     data = s.recv(65536)
                     if not data:
+                        return
+                    if s is a and self.cut_at is not None and self.cut_at.match(data):
+                        self.cut()
                         return
                     (b if s is a else a).sendall(data)
         except OSError:

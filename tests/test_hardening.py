@@ -89,17 +89,17 @@ def test_missing_credentials_are_one_line_before_any_cluster(s3_bars, tmp_path):
 
 
 def test_an_outage_mid_run_gives_one_line(s3_bars, tmp_path):
-    """The endpoint goes away while a sweep reads: one line, exit 2, within the timeouts."""
-    url, proxy = s3_bars
-    import threading
+    """The endpoint goes away while a sweep reads: one line, exit 2, within the timeouts.
 
-    timer = threading.Timer(0.3, proxy.cut)
-    timer.start()
+    The outage comes as the sweep asks for its first bar file (not after a fixed delay: a
+    sweep this small can finish its reads in less than any delay chosen)."""
+    url, proxy = s3_bars
+    proxy.cut_at = re.compile(rb"GET [^ ]*/bars/[^ ]*\.parquet")
     code, _, err, seconds = run_cli(["sweep", url, "-s", "sma_cross", "-p", "fast=5:20:5", "-p", "slow=30:60:10",
                                      "--storage", str(tmp_path / "st"), "--cluster", "threads",
                                      "-o", f"endpoint_url={proxy.url}", "-o", "skip_instance_cache=true"],
                                     env=SHORT)
-    timer.cancel()
+    assert proxy.cut_event.is_set(), "the sweep read no bar file through the proxy"
     assert code == 2, err
     assert proxy.url in one_error_line(err)
     assert seconds < 20
