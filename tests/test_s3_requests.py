@@ -172,7 +172,7 @@ def test_storage_each_overlaps_reads_in_order_and_raises_the_first_error(s3, mon
     flight.expect = 0
     with pytest.raises(StorageError) as err:  # both missing: the error is the first one's in order
         storage.each(storage.read_bytes, ["f0", "f9", "f8"])
-    assert "each/f9" in str(err.value) and "f8" not in str(err.value), str(err.value)
+    assert "each/f9" in str(err.value) and "each/f8" not in str(err.value), str(err.value)
 
 
 def test_the_monitor_counts_copy_conditional_writes_and_lease_requests(s3):
