@@ -247,30 +247,42 @@ def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
     return run_container(task, *sources)
 
 
-def _keep_held(held: dict[int, Any], sizes: dict[int, int], i: int, part: int, out: Mapping[str, Any]) -> None:
-    """Keep task i's result on the cluster for the reduce while the kept accumulators fit ``_HOLD_BYTES`` in all.
+class _Bound:
+    """Bytes held against a limit, with their running total (not summed again for every task's result)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.total = limit, 0
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` bytes in if they fit under the limit with those taken so far; whether they did."""
+        if self.total + size > self.limit:
+            return False
+        self.total += size
+        return True
+
+
+def _keep_held(held: dict[int, Any], bound: _Bound, i: int, part: int, out: Mapping[str, Any]) -> None:
+    """Keep task i's result on the cluster for the reduce while the kept accumulators fit ``bound`` (``_HOLD_BYTES``).
 
     ``held`` maps items to their results' futures (see :func:`~admf_dask.cluster.run_tasks`'
-    ``split``), ``sizes`` the accumulator bytes of those kept so far; a part kept costs its
-    bytes on a worker until the reduce, a part dropped is read back from storage by the reduce.
+    ``split``); a part kept costs its bytes on a worker until the reduce, a part dropped is
+    read back from storage by the reduce.
     """
     if i not in held:
         return
     size = out.get("files", {}).get(f"portfolio/part-{part:06d}.acc", {}).get("size")
-    if size is None or sum(sizes.values()) + size > _HOLD_BYTES:
+    if size is None or not bound.take(size):
         del held[i]  # the future dropped: Dask forgets the result
-        return
-    sizes[i] = size
 
 
 _GIVEN_TOTAL = 64 << 20  # what the driver holds of parts' bytes for the final table, in all
 
 
-def _keep_given(given: dict[str, bytes], more: Mapping[str, bytes] | None) -> None:
-    """Hold files' bytes a task sent (``given``: object stores) while they fit ``_GIVEN_TOTAL`` in all; the
+def _keep_given(given: dict[str, bytes], bound: _Bound, more: Mapping[str, bytes] | None) -> None:
+    """Hold files' bytes a task sent (``given``: object stores) while they fit ``bound`` (``_GIVEN_TOTAL``); the
     final table reads (and checks) the others from storage."""
     for name, data in (more or {}).items():
-        if sum(map(len, given.values())) + len(data) <= _GIVEN_TOTAL:
+        if bound.take(len(data)):
             given[name] = data
 
 
@@ -499,14 +511,15 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             return [sources[sym] for sym in task.symbols]
 
         given: dict[str, bytes] = {}  # object stores: parts' bytes as their tasks wrote them, for the final table
+        given_bound = _Bound(_GIVEN_TOTAL)
 
         def finished(i: int, out: dict[str, Any]) -> None:
-            _keep_given(given, out.pop("given", None))
+            _keep_given(given, given_bound, out.pop("given", None))
             bars_read.update(out.get("bars", {}))
             records.update(out.get("files", {}))
             if tasks[i].part in reduced_parts and "marker" in out:
                 markers[tasks[i].part] = out["marker"]
-            _keep_held(held, held_bytes, i, tasks[i].part, out)
+            _keep_held(held, held_bound, i, tasks[i].part, out)
             monitor.task(out)
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
@@ -519,7 +532,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
 
         # on an object store the parts' accumulators stay on the cluster for the reduce (sent_part): not read back
         held: dict[int, Any] = {}
-        held_bytes: dict[int, int] = {}
+        held_bound = _Bound(_HOLD_BYTES)
         split = sent_part if reduced_parts and not storage.is_local else None
         if tasks:
             run_tasks(client, run_part, tasks, extra_args=inputs, retries=config.retries, progress=progress,
@@ -539,7 +552,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         held.clear()  # the accumulators kept on the cluster are released
         for out in reduced:  # the rows each reduce wrote, checked like every part when the table reads them
             records.update(out.get("files", {}))
-            _keep_given(given, out.pop("given", None))
+            _keep_given(given, given_bound, out.pop("given", None))
         wall = time.perf_counter() - t0
         monitor.stop()
         lease.confirm()
