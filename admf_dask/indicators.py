@@ -40,7 +40,49 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from admf_dask.errors import ConfigError, DataError, did_you_mean
-from admf_dask.kernels import indicators as k
+
+
+class _Kernel:
+    """A kernel of :mod:`admf_dask.kernels.indicators` by name, imported on its first call.
+
+    The registry below names its kernels through these, so that importing this module (a
+    driver planning a sweep, checking its indicators) imports neither numba nor the ~40
+    kernel dispatchers: the kernels module is imported where a kernel first runs (a worker's
+    task). Hot callers take the dispatcher itself (:func:`_dispatcher`).
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self.resolve()(*args, **kwargs)
+
+    def resolve(self) -> Callable:
+        import admf_dask.kernels.indicators as module
+
+        return getattr(module, self.name)
+
+    def __repr__(self) -> str:
+        return f"<kernel admf_dask.kernels.indicators.{self.name}>"
+
+
+class _Kernels:
+    """``k.name``: the kernel ``name`` of :mod:`admf_dask.kernels.indicators`, imported on its first call."""
+
+    def __getattr__(self, name: str) -> _Kernel:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Kernel(name)
+
+
+k = _Kernels()
+
+
+def _dispatcher(fn: Callable) -> Callable:
+    """The kernel itself of a registry entry's function (numba's dispatcher, not its lazy name)."""
+    return fn.resolve() if isinstance(fn, _Kernel) else fn
 
 __all__ = ["INDICATORS", "IndicatorDef", "IndicatorPlan", "IndicatorSpec", "Param", "computations"]
 
@@ -342,7 +384,8 @@ class IndicatorSpec:
         held = _RUNNERS.get(self.token)
         if held is not None:
             return held
-        params, kernel, inputs, outputs = self._kernel_params(), self.definition.chunk, self.inputs, self.outputs
+        params, kernel, inputs, outputs = (self._kernel_params(), _dispatcher(self.definition.chunk), self.inputs,
+                                            self.outputs)
 
         def run(columns: Mapping[str, np.ndarray], h: int, state: np.ndarray
                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -397,7 +440,8 @@ class IndicatorSpec:
                 return None
             if len(_KERNELS) > 4096:
                 _KERNELS.clear()
-            held = _KERNELS[self.token] = (self.definition.chunk, self.inputs, tuple(self._kernel_params()), init)
+            held = _KERNELS[self.token] = (_dispatcher(self.definition.chunk), self.inputs,
+                                           tuple(self._kernel_params()), init)
         return held
 
     def _kernel_params(self) -> list[float]:

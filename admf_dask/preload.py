@@ -29,7 +29,8 @@ __all__ = ["KernelPreload", "preload_kernels"]
 log = logging.getLogger(__name__)
 
 # what a sweep's tasks import, besides the kernels (pandas, pyarrow and the hub come with them)
-TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_dask.cache", "admf_dask.bars.store")
+TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_dask.cache", "admf_dask.bars.store",
+                "admf_dask.backtest")
 
 
 # the kernel modules whose kernels tasks call from Python, first: a loading cut short (the zygote's, when the first
@@ -50,8 +51,10 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
     t0 = time.perf_counter()
     n = 0
     names = [info.name for info in pkgutil.iter_modules(kernels.__path__)]
-    for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST)):
-        module = importlib.import_module(f"{kernels.__name__}.{name}")
+    # every kernel module imported first, whatever ``stop`` says: a worker forked from here then has them all
+    modules = [importlib.import_module(f"{kernels.__name__}.{name}")
+               for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST))]
+    for module in modules:
         found = list(vars(module).values())
         found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
         seen: set[int] = set()

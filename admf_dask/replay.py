@@ -40,7 +40,7 @@ from .bars import BarStore, Bars
 from .cache import HubCounters, data_key
 from .config import token
 from .errors import ConfigError, DataError, did_you_mean
-from .kernels.stats import STAT_NAMES
+from .kernels.names import STAT_NAMES
 from .signals import COST_KEYS, SignalSet
 from .storage import StorageRef
 from .sweep import SweepResult, check_run_settings, run_grid

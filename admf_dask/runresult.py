@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .kernels.stats import STAT_NAMES
+from .kernels.names import STAT_NAMES
 from .storage import StorageRef
 from .sweep.results import PORTFOLIO, SweepResult
 

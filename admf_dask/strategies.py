@@ -111,7 +111,7 @@ import numpy as np
 
 from admf_dask.errors import ConfigError, DataError, did_you_mean
 from admf_dask.indicators import IndicatorPlan, IndicatorSpec
-from admf_dask.kernels import strategies as kern
+from admf_dask.kernels import names as kern
 
 __all__ = [
     "DIRECTIONS", "STRATEGIES", "BatchPlan", "Param", "Strategy", "direction_code",

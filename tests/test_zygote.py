@@ -22,7 +22,7 @@ from admf_dask.sweep import SweepConfig, run_sweep
 SCRIPT = """
 import atexit, os, sys
 marker = sys.argv.pop(1)
-atexit.register(lambda: open(marker, "a").write(f"{os.getpid()}\\n"))
+atexit.register(lambda: open(marker, "a").write(f"{os.getpid()} numba={'numba' in sys.modules}\\n"))
 from admf_dask.cli import main
 main()
 """
@@ -42,7 +42,9 @@ def test_a_local_sweep_from_the_command_runs_on_forks_of_its_zygote(tmp_path):
     (driver, zygote), = re.findall(r"admf_dask\.zygote \[(\d+)\] zygote (\d+) forked", out.stderr)
     workers = dict(re.findall(r"\[(\d+)\] worker process forked from the zygote \(pid (\d+)\)", out.stderr))
     assert len(workers) == 2 and set(workers.values()) == {zygote} and driver not in workers, out.stderr
-    assert marker.read_text().split() == [driver]  # the command's exit handlers ran in the command only
+    # the command's exit handlers ran in the command only, which planned, reduced and wrote the final table without
+    # numba (the kernels' names are plain Python, admf_dask.kernels.names): numba is for the zygote and its workers
+    assert marker.read_text().split() == [driver, "numba=False"]
     deadline = time.monotonic() + 10  # the zygote ends with the command
     while os.path.exists(f"/proc/{zygote}") and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -79,32 +79,7 @@ import math
 import numba
 import numpy as np
 
-STAT_NAMES = (
-    "total_return",
-    "cagr",
-    "ann_volatility",
-    "sharpe",
-    "sortino",
-    "calmar",
-    "max_drawdown",
-    "max_drawdown_duration",
-    "n_trades",
-    "win_rate",
-    "profit_factor",
-    "avg_trade",
-    "best_trade",
-    "worst_trade",
-    "expectancy",
-    "exposure",
-    "buy_and_hold_return",
-)
-N_STATS = len(STAT_NAMES)
-
-# Fields of the trades record returned by ``simulate``; ``compute_stats`` takes it as is.
-TRADE_FIELDS = (
-    "entry_bar", "exit_bar", "direction", "size",
-    "entry_price", "exit_price", "pnl", "return",
-)
+from admf_dask.kernels.names import N_STATS, STAT_NAMES, TRADE_FIELDS  # noqa: F401  (re-exported)
 
 _NAN = np.nan
 

@@ -69,6 +69,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from admf_dask.kernels.names import (  # the codes, defined in plain Python for the driver
+    BB_BREAKOUT, BB_REVERSION, CROSS, DONCHIAN, LONG_ONLY, LONG_SHORT, MOMENTUM, RSI, SHORT_ONLY,
+)
 from admf_dask.kernels.simulate import holds, sim_bar, stops_on
 from admf_dask.kernels.state import (
     SIGNAL, _gaps, _sleeve_add, check_state, check_timeline, chunk_view, close_ends, cost_args, finalize_runs,
@@ -81,17 +84,6 @@ __all__ = [
     "MOMENTUM", "RSI", "SHORT_ONLY", "finalize_runs", "run_cross_batch", "run_strategy_batch",
     "signal_step", "strategy_chunk", "strategy_targets", "strategy_targets_chunk",
 ]
-
-CROSS = 0
-RSI = 1
-BB_REVERSION = 2
-BB_BREAKOUT = 3
-DONCHIAN = 4
-MOMENTUM = 5
-
-LONG_SHORT = 0
-LONG_ONLY = 1
-SHORT_ONLY = -1
 
 
 @numba.njit(cache=True, nogil=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..budget import parse_budget
 from ..errors import ConfigError, did_you_mean
-from ..kernels.stats import STAT_NAMES
+from ..kernels.names import STAT_NAMES
 
 
 # Settings that change how a run is scheduled or printed, not its results: not part of its identity.
@@ -81,7 +81,7 @@ class SweepConfig:
     memory_budget: int | str | None = None
 
     def __post_init__(self) -> None:
-        from ..backtest import _costs
+        from ..costs import _costs
         from ..strategies import get_strategy
 
         get_strategy(self.strategy)

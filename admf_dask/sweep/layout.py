@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels.stats import STAT_NAMES
+from ..kernels.names import STAT_NAMES
 
 MAX_TASKS = 20_000  # a bigger graph stalls the scheduler; batches grow instead
 _ACC_BYTES = 64 << 20  # cap on a task's portfolio accumulators (sets x union timeline x 8 bytes)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..kernels.stats import STAT_NAMES
+from ..kernels.names import STAT_NAMES
 from ..storage import Storage
 
 PORTFOLIO = "PORTFOLIO"  # the symbol column of the equal-weight portfolio rows
