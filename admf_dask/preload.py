@@ -39,12 +39,14 @@ FIRST = ("strategies", "indicators", "state", "portfolio", "replay")
 
 
 def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]:
-    """Import the kernel modules and load every cached overload numba holds for this machine.
+    """Import the kernel modules, set up numba's CPU target and load every cached overload numba holds for this
+    machine.
 
-    ``stop()``, asked before each overload, ends the loading early when true.
+    ``stop()``, asked before each overload (after the imports and the target's set-up), ends the loading early
+    when true.
     Returns (overloads loaded, seconds).
     """
-    from numba.core.registry import CPUDispatcher
+    from numba.core.registry import CPUDispatcher, cpu_target
 
     import admf_dask.kernels as kernels
 
@@ -54,6 +56,10 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
     # every kernel module imported first, whatever ``stop`` says: a worker forked from here then has them all
     modules = [importlib.import_module(f"{kernels.__name__}.{name}")
                for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST))]
+    # and numba's CPU target set up: the first kernel loaded in a process does it (~0.37 CPU-s, ~215 modules of
+    # numba, numpy and scipy's typing and lowering registries), which each worker forked before it did in its
+    # first task
+    cpu_target.target_context.refresh()
     for module in modules:
         found = list(vars(module).values())
         found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
