@@ -508,12 +508,18 @@ def test_run_json_records_the_probe_taken_on_a_worker(tmp_path, dataset):
     there = json.loads((other / "runs" / moved.run_id / "run.json").read_text())
     assert there["probe"] == {**run["probe"], "kept": True} and there["layout"] == run["layout"]
     assert moved.table.equals(result.table)
+    # the probe is the machine's, not the cluster's: one worker thread plans from the probe two took
+    with connect({**THREADS, "n_workers": 1}) as client, get_task_stream(client) as ts:
+        alone = run_sweep(config, dataset, StorageRef.make(str(tmp_path / "alone")), client, progress=False)
+    assert not [t["key"] for t in ts.data if str(t["key"]).endswith("-probe")]
+    assert json.loads((tmp_path / "alone" / "runs" / alone.run_id / "run.json").read_text())["probe"] == \
+        {**run["probe"], "kept": True}
     # the user's cache keeps the fastest probe measured (a busy moment's slower one does not replace it);
     # a root keeps its latest
     from admf_dask.sweep.run import _keep_probe, _kept_probe
 
     what, here, elsewhere = ([{"fast": 5, "slow": 30}], 100, 200), tmp_path / "third", tmp_path / "fourth"
     for spb in (2e-8, 8e-8, 1e-8, 4e-8):
-        _keep_probe(StorageRef.make(str(here)), "sweep", config, what, 1, "bars", {"seconds_per_bar": spb})
-    assert _kept_probe(StorageRef.make(str(here)), "sweep", config, what, 1, "bars")["seconds_per_bar"] == 4e-8
-    assert _kept_probe(StorageRef.make(str(elsewhere)), "sweep", config, what, 1, "bars")["seconds_per_bar"] == 1e-8
+        _keep_probe(StorageRef.make(str(here)), "sweep", config, what, "bars", {"seconds_per_bar": spb})
+    assert _kept_probe(StorageRef.make(str(here)), "sweep", config, what, "bars")["seconds_per_bar"] == 4e-8
+    assert _kept_probe(StorageRef.make(str(elsewhere)), "sweep", config, what, "bars")["seconds_per_bar"] == 1e-8

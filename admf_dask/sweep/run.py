@@ -137,8 +137,15 @@ def _sweep_probe_input(bars_ref: StorageRef, fingerprint: str, config: SweepConf
     return IndicatorSet(symbol, "probe", bars, {spec.token: spec.compute(bars.columns) for spec in specs})
 
 
-def _machine_class(threads: int) -> str:
-    """This machine's class for the probe: architecture, CPU model, cores, and the cluster's threads."""
+def _machine_class() -> str:
+    """This machine's class for the probe: architecture, CPU model and cores.
+
+    Not the cluster's threads: the probe times one container alone on one worker thread,
+    which is the same measure whatever the cluster's size (the layout then plans with the
+    threads). Keyed by them, 1 and 2 workers on the same machine took a probe each, and
+    two probes of the same sweep could land on either side of a grid step (``coarse``):
+    two layouts of one sweep (49 and 68 tasks here).
+    """
     import os
     import platform
 
@@ -148,19 +155,18 @@ def _machine_class(threads: int) -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    return token([platform.machine(), model or platform.processor(), os.cpu_count(), threads])[:12]
+    return token([platform.machine(), model or platform.processor(), os.cpu_count()])[:12]
 
 
-def _probe_name(kind: str, config: Any, what: tuple, threads: int, where: str | None = None) -> str:
+def _probe_name(kind: str, config: Any, what: tuple, where: str | None = None) -> str:
     """The kept probe's name: by machine class, then configuration (and, in the user's cache, the bars' URL:
     the probe times their load)."""
     sample, rows, full = what
     key = [kind, config.identity(), sample, rows, full, __version__, *([where] if where is not None else [])]
-    return f"probe/{_machine_class(threads)}/{token(key)[:16]}.json"
+    return f"probe/{_machine_class()}/{token(key)[:16]}.json"
 
 
-def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int,
-                where: str) -> dict[str, Any] | None:
+def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, where: str) -> dict[str, Any] | None:
     """A probe this machine class took of the same configuration, kept under ``<root>/cache/probe/`` or, for
     the same bars into another root, in the user's cache (:mod:`admf_dask.home`); ``ADMF_PROBE=fresh``
     measures again. None when there is none, or it does not read."""
@@ -171,26 +177,25 @@ def _kept_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: 
     if os.environ.get("ADMF_PROBE", "") == "fresh":
         return None
     try:
-        kept = root.child("cache").open().read_json(_probe_name(kind, config, what, threads), missing=None)
+        kept = root.child("cache").open().read_json(_probe_name(kind, config, what), missing=None)
     except (OSError, ValueError, TypeError, AdmfError):  # damaged: measure again
         kept = None
     if not (isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0):
-        kept = home.read_json(_probe_name(kind, config, what, threads, where))
+        kept = home.read_json(_probe_name(kind, config, what, where))
     return {**kept, "kept": True} if isinstance(kept, dict) and kept.get("seconds_per_bar", 0) > 0 else None
 
 
-def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, threads: int, where: str,
-                probe: dict[str, Any]) -> None:
+def _keep_probe(root: StorageRef, kind: str, config: Any, what: tuple, where: str, probe: dict[str, Any]) -> None:
     from .. import home
 
     log = logging.getLogger(__name__)
     try:
-        root.child("cache").open().write_json(probe, _probe_name(kind, config, what, threads))
+        root.child("cache").open().write_json(probe, _probe_name(kind, config, what))
     except (OSError, ValueError, AdmfError) as exc:  # an optimisation only: the next run measures again
         log.debug("probe not kept: %r", exc)
     # the user's cache keeps the fastest probe measured: one taken while the machine was busy would
     # otherwise plan every later run of this sweep, in any root, into too many small tasks
-    name = _probe_name(kind, config, what, threads, where)
+    name = _probe_name(kind, config, what, where)
     kept = home.read_json(name)
     if isinstance(kept, dict) and 0 < kept.get("seconds_per_bar", 0) <= probe["seconds_per_bar"]:
         return
@@ -408,7 +413,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             # kept: this machine class measured this configuration before: the same layout again, no probe
             # in the user's cache by what the probe loads: a sweep's bars (into any root), a replay's signals
             where = bars.url if kind == "sweep" else f"{root.url} {bars.url}"
-            probe = _kept_probe(root, kind, config, args[2:], threads, where)
+            probe = _kept_probe(root, kind, config, args[2:], where)
             if probe is None:
                 if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
                     # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
@@ -417,7 +422,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                       extra_args=[args])[0]
                 else:  # a user's strategy: here, where its calls are not the cluster's (nor its failures a worker's)
                     probe = probe_path(longest, *args)
-                _keep_probe(root, kind, config, args[2:], threads, where, probe)
+                _keep_probe(root, kind, config, args[2:], where, probe)
             spb, t_load = probe["seconds_per_bar"], probe["load_seconds"]
             plan = plan_layout(len(sets), symbols, bars_per_symbol, spb, config.batch_seconds, threads, budget,
                                payload, halo, _aligned(bars, symbols), t_load)
