@@ -177,14 +177,18 @@ def test_a_deterministic_bug_names_strategy_set_and_symbol(tmp_path, dataset, sl
 
 def _sweep_cmd(bars_url, storage, *extra):
     return [sys.executable, "-m", "admf_dask.cli", "sweep", bars_url, "-s", "slowstrats:slow_cross",
-            "-p", "fast=5:25:5", "-p", "slow=30,40,60", "-p", "delay=0.05", "--batch-seconds", "0.1",
+            "-p", "fast=5:15:5", "-p", "slow=30,60", "-p", "delay=0.05", "--batch-seconds", "0.1",
             "--cluster", "local", "--storage", storage, *extra]
 
 
-def _kill_midway_then_resume(bars_url, storage, reference_storage, options=()):
-    """Run the CLI, SIGKILL the driver once some tasks are committed, rerun, compare with a clean run."""
-    runs = StorageRef.make(storage, dict(o.split("=", 1) for o in options[1::2]) if options else None).open()
-    proc = subprocess.Popen(_sweep_cmd(bars_url, storage, *options), stdout=subprocess.PIPE,
+def _kill_midway_then_resume(bars, storage, reference_storage, options=()):
+    """Run the CLI, SIGKILL the driver once some tasks are committed, rerun, compare with a clean run.
+
+    The clean run is the same sweep in this process on threads: the same run id (a run's identity is not its
+    cluster) and the same rows, without a third CLI process and local cluster to start."""
+    storage_options = dict(o.split("=", 1) for o in options[1::2]) if options else None
+    runs = StorageRef.make(storage, storage_options).open()
+    proc = subprocess.Popen(_sweep_cmd(bars.url, storage, *options), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -205,25 +209,29 @@ def _kill_midway_then_resume(bars_url, storage, reference_storage, options=()):
             pass
     runs.fs.invalidate_cache()
     total = len(runs.fs.glob(runs.path("runs", "*", "done", "*.json")))
-    resumed = subprocess.run(_sweep_cmd(bars_url, storage, *options), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_sweep_cmd(bars.url, storage, *options), capture_output=True, text=True,
+                             timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {total} of" in resumed.stderr
-    clean = subprocess.run(_sweep_cmd(bars_url, reference_storage, *options), capture_output=True, text=True,
-                           timeout=300)
-    assert clean.returncode == 0, clean.stderr
-    ref = StorageRef.make(reference_storage, dict(o.split("=", 1) for o in options[1::2]) if options else None)
+    config = SweepConfig(strategy="slowstrats:slow_cross", batch_seconds=0.1,  # _sweep_cmd's sweep
+                         params={"fast": {"from": 5, "to": 15, "step": 5}, "slow": [30, 60], "delay": 0.05})
+    with connect(THREADS) as client:
+        clean = run_sweep(config, bars, StorageRef.make(reference_storage, storage_options), client,
+                          progress=False, echo=lambda _: None)
     runs.fs.invalidate_cache()
     (run_id,) = [p.rsplit("/", 1)[-1] for p in runs.fs.ls(runs.path("runs"), detail=False)
                  if not p.rsplit("/", 1)[-1].startswith(("_", "latest-"))]
+    assert run_id == clean.run_id
+    ref = StorageRef.make(reference_storage, storage_options).open()
     a = pd.read_parquet(runs.fs.open(runs.path("runs", run_id, "results.parquet")))
-    b = pd.read_parquet(ref.open().fs.open(ref.open().path("runs", run_id, "results.parquet")))
+    b = pd.read_parquet(ref.fs.open(ref.path("runs", run_id, "results.parquet")))
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 15 * (4 + 1) and not a.duplicated(["set_id", "symbol"]).any()
+    assert len(a) == 6 * (4 + 1) and not a.duplicated(["set_id", "symbol"]).any()
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_on_local_disk(tmp_path, dataset, slow_module):
-    _kill_midway_then_resume(dataset.url, str(tmp_path / "interrupted"), str(tmp_path / "clean"))
+    _kill_midway_then_resume(dataset, str(tmp_path / "interrupted"), str(tmp_path / "clean"))
 
 
 @pytest.mark.slow
@@ -234,7 +242,7 @@ def test_resume_after_sigkill_on_s3(tmp_path, s3, slow_module):
     flags = []
     for k in ("endpoint_url", "key", "secret"):
         flags += ["-o", f"{k}={options[k]}"]
-    _kill_midway_then_resume(store.url, f"{bucket}/interrupted", f"{bucket}/clean", tuple(flags))
+    _kill_midway_then_resume(store, f"{bucket}/interrupted", f"{bucket}/clean", tuple(flags))
 
 
 @pytest.mark.slow
