@@ -164,10 +164,10 @@ def test_yaml_bombs_are_refused_in_under_a_second(tmp_path, text, fragment):
     from admf_dask.errors import ConfigError
     from admf_dask.workflow import load_workflow
 
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     with pytest.raises(ConfigError, match=fragment):
         load_workflow(path)
-    assert time.perf_counter() - t0 < 1  # measured alone: the machine's load must not decide it
+    assert time.thread_time() - t0 < 1  # this thread's CPU: the parser's own work, not the machine's load
     code, _, err, _ = run_cli(["run", str(path)])
     assert code == 2
     assert fragment in one_line(err)
