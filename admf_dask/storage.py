@@ -330,7 +330,7 @@ class Storage:
                                hint="the file was damaged or written by something else") from None
 
     def write_json(self, obj: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)
+        self.write_bytes(json_bytes(obj), *parts)
 
     def remove(self, paths: list[str], *, prune: bool = False) -> None:
         """Remove files given as paths relative to the root; missing files are ignored.
@@ -551,6 +551,11 @@ class Storage:
             os.close(fd)  # releases the lock
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes :meth:`Storage.write_json` writes for ``obj``."""
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
 class Uploads(dict):
     """Whole files (relative path: bytes, or a list of buffers) written as they are added, for a commit marker after.
 
@@ -599,6 +604,44 @@ class Uploads(dict):
         self._flights = []
         if first is not None:
             raise first
+
+    @property
+    def later(self) -> bool:
+        """Whether :meth:`commit_later` can write a marker without blocking (an object store with an async client)."""
+        return self._async
+
+    def commit_later(self, name: str, data: bytes) -> Any:
+        """Write ``name`` (a commit marker) once every file added is in place, without waiting: a future of it.
+
+        The marker's PUT starts only after every file's PUT has succeeded; if one failed,
+        the marker is not written and the future raises the first failure (as :meth:`wait`
+        would). The future is a ``concurrent.futures.Future``: ``result()`` blocks until the
+        marker is written. Only where :attr:`later` is true.
+        """
+        import asyncio
+
+        if not self._async:
+            raise ValueError("commit_later needs an object store with an async client")
+        flights, self._flights = self._flights, []
+        storage = self._storage
+
+        async def marker_last() -> None:
+            first: BaseException | None = None
+            for fname, flight in flights:
+                try:
+                    await asyncio.wrap_future(flight)
+                except OSError as exc:
+                    first = first or StorageError(f"cannot write: {exc}", file=storage.display(fname))
+                except BaseException as exc:  # noqa: BLE001 - every PUT ends before the first failure is raised
+                    first = first or exc
+            if first is not None:
+                raise first
+            try:
+                await storage.fs._pipe_file(storage.path(name), data)
+            except OSError as exc:
+                raise StorageError(f"cannot write: {exc}", file=storage.display(name)) from exc
+
+        return asyncio.run_coroutine_threadsafe(marker_last(), storage.fs.loop)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -250,3 +250,70 @@ def test_bar_files_fetched_from_s3_are_kept_per_process_by_their_content(s3, mon
     monkeypatch.setenv("ADMF_BAR_CACHE_MB", "lots")
     with pytest.raises(ConfigError, match="ADMF_BAR_CACHE_MB='lots'"):
         BarStore(f"{bucket}/bars", options).read("BBB")
+
+
+def gated(monkeypatch, hold: str, fail: str):
+    """PUTs whose path has ``hold`` wait for the returned Event; PUTs whose path has ``fail`` are refused (403)."""
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    gate, call = threading.Event(), DomainDispatcherApplication.__call__
+
+    def gating(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "PUT" and fail in path:
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>AccessDenied</Code><Message>refused by the test</Message></Error>"]
+        if environ["REQUEST_METHOD"] == "PUT" and hold in path:
+            assert gate.wait(30), "the test never opened the gate"
+        return call(self, environ, start_response)
+
+    monkeypatch.setattr(DomainDispatcherApplication, "__call__", gating)
+    return gate
+
+
+def test_a_part_commits_behind_the_next_task_marker_last_and_its_failure_reaches_the_driver(s3, monkeypatch):
+    """Uploads.commit_later and the worker's registry (container._commit_later, flush_commits): the task does not
+    wait for its PUTs; the marker is PUT only after every file is in place; a failed file leaves no marker and is
+    raised by the flush; at most _LATER_MAX commits are in flight per process."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from admf_dask.errors import StorageError
+    from admf_dask.sweep import container
+
+    bucket, options = s3
+    ref = StorageRef.make(f"{bucket}/run", options)
+    storage = ref.open()
+    gate = gated(monkeypatch, "/run/held", "/run/refused")
+    task = SimpleNamespace(run_ref=ref, part=0)
+    pending = storage.uploads()
+    assert pending.later
+    pending["held-a"], pending["b"] = b"a" * 1000, b"b"
+    container._commit_later(task, pending.commit_later("done/part-0.json", b"{}"))  # returns with a PUT held
+    assert storage.read_optional("done/part-0.json") is None  # the marker waits for held-a
+    more = storage.uploads()
+    more["held-c"] = b"c"
+    container._commit_later(SimpleNamespace(run_ref=ref, part=1), more.commit_later("done/part-1.json", b"{}"))
+    third = storage.uploads()
+    third["d"] = b"d"
+    waiting = threading.Thread(target=container._commit_later,
+                               args=(SimpleNamespace(run_ref=ref, part=2), third.commit_later("done/part-2.json", b"{}")))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive(), "a third commit did not wait for the two in flight"
+    gate.set()
+    waiting.join(10)
+    assert sorted(asyncio.run(container.flush_commits(ref.url))) == [0, 1, 2]
+    assert storage.read_bytes("held-a") == b"a" * 1000 and storage.read_bytes("done/part-1.json") == b"{}"
+    assert asyncio.run(container.flush_commits(ref.url)) == []  # flushed: forgotten
+    failing = storage.uploads()
+    failing["refused"], failing["e"] = b"x", b"e"
+    container._commit_later(SimpleNamespace(run_ref=ref, part=3), failing.commit_later("done/part-3.json", b"{}"))
+    with pytest.raises(StorageError) as err:
+        asyncio.run(container.flush_commits(ref.url))
+    assert "run/refused" in str(err.value), str(err.value)
+    assert storage.read_optional("done/part-3.json") is None and storage.read_bytes("e") == b"e"
+

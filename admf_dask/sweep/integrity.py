@@ -54,6 +54,17 @@ def layout_token(layout: Sequence[Sequence[Any]]) -> str:
                   for g, lo, hi, *rest in layout])[:16]
 
 
+def marker(task: Any, rows: int, files: Mapping[str, Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
+    """Part ``task.part``'s done marker: its bounds, the layout's token, ``files`` (name: record), ``extra``."""
+    return {"part": task.part, "rows": rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi,
+            "layout": task.layout, "files": dict(files), **extra}
+
+
+def marker_name(part: int) -> str:
+    """Where part ``part``'s done marker is, relative to the run's root."""
+    return f"done/part-{part:06d}.json"
+
+
 def commit(storage: Any, task: Any, rows: int, files: Mapping[str, Mapping[str, Any]],
            **extra: Any) -> dict[str, Any]:
     """Write part ``task.part``'s done marker, last: its bounds, the layout's token, ``files`` (name: record).
@@ -61,10 +72,9 @@ def commit(storage: Any, task: Any, rows: int, files: Mapping[str, Mapping[str, 
     Returns the marker as written: the task hands it to the driver, whose portfolio reduce
     then need not read it back.
     """
-    marker = {"part": task.part, "rows": rows, "symbols": list(task.symbols), "lo": task.lo, "hi": task.hi,
-              "layout": task.layout, "files": dict(files), **extra}
-    storage.write_json(marker, f"done/part-{task.part:06d}.json")
-    return marker
+    done = marker(task, rows, files, **extra)
+    storage.write_json(done, marker_name(task.part))
+    return done
 
 
 def _mismatch(storage: Any, name: str, record: Mapping[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ from .. import __version__
 from ..bars import BarStore
 from ..config import token
 from ..budget import chunk_rows, format_bytes
-from ..errors import AdmfError, ConfigError, DataError
+from ..errors import AdmfError, ConfigError, DataError, StorageError
 from ..preflight import check_range
 from ..storage import StorageRef
 from .container import ContainerTask, run_container, sent_part
@@ -36,7 +36,7 @@ from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
 from .layout import _PROBE_SETS, _estimate, plan_layout, probe_path
 from .incremental import Resume, plan_incremental, record_chain
-from .integrity import layout_token, verify_committed
+from .integrity import layout_token, marker_name, verify_committed
 from .streaming import run_stream_container
 from .portfolio import _HOLD_BYTES, reduce_portfolio
 from .results import SweepResult, run_metadata, write_final_table
@@ -291,6 +291,19 @@ def _keep_given(given: dict[str, bytes], bound: _Bound, more: Mapping[str, bytes
             given[name] = data
 
 
+def _flush_commits(client: Any, run_ref: StorageRef) -> set[int]:
+    """The parts of the run at ``run_ref`` whose commits the workers had in flight, once all are written.
+
+    A failed commit raises its StorageError here, as its task would have.
+    """
+    from .container import flush_commits
+
+    done: set[int] = set()
+    for parts in client.run(flush_commits, run_ref.url).values():
+        done.update(parts)
+    return done
+
+
 def run_sweep(config: SweepConfig, bars: BarStore, root: StorageRef, client: Any, *, force: bool = False,
               yes: bool = False, echo: Callable[[str], None] = print, progress: bool = True,
               wait: bool = False, performance_report: str | bool | None = None) -> SweepResult:
@@ -496,7 +509,10 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                config, run_ref, run_id, whole_range=len(ranges[layout[j][1:3]]) == 1,
                                stream=spec if layout[j][3] else None,
                                resume=resume(resume_parts.get(str(j), resume_parts.get(j))),
-                               keep_state=keep_state, layout=layout_tok) for j in todo]
+                               keep_state=keep_state, layout=layout_tok, later=not storage.is_local)
+                 for j in todo]
+        later: set[int] = set()  # parts whose task returned with its commit still in flight (object stores)
+        confirmed: set[int] = set()
         bars_read = Counter()
         records: dict[str, Any] = {}  # what the final table checks its parts against: file -> size, sha256
         for marker in done.values():
@@ -525,6 +541,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             if tasks[i].part in reduced_parts and "marker" in out:
                 markers[tasks[i].part] = out["marker"]
             _keep_held(held, held_bound, i, tasks[i].part, out)
+            if out.pop("later", False):
+                later.add(tasks[i].part)
             monitor.task(out)
             lease.check()  # lost (taken over): stop submitting; tasks still running write what the new owner does
             for sym, counters in out["counters"].items():
@@ -545,6 +563,8 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                       keys=[f"{kind}-{run_id}-{place}-part-{t.part:06d}" for t in tasks])
         held = {tasks[i].part: f for i, f in held.items()}
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
+        if later and any(j not in held for parts in split.values() for j in parts):
+            confirmed |= _flush_commits(client, run_ref)  # the reduce reads these parts' accumulators back
         resume_reduce = run.get("resume_reduce") or {}
         reduced = run_tasks(client, reduce_portfolio, [run_ref] * len(split), label="portfolio", progress=False,
                             extra_args=[(parts, lo, hi, frozen[(lo, hi)], config.cash,
@@ -555,6 +575,14 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                                         for (lo, hi), parts in split.items()],
                             keys=[f"portfolio-{run_id}-{place}-{lo}" for lo, _ in split])
         held.clear()  # the accumulators kept on the cluster are released
+        if later:  # every part committed before the final table reads one or the run is complete
+            confirmed |= _flush_commits(client, run_ref)
+            # a worker lost after its commit ended took the record of it along: its marker, written last, tells
+            lost = [j for j in sorted(later - confirmed) if storage.read_optional(marker_name(j)) is None]
+            if lost:
+                raise StorageError(f"{len(lost)} part(s) were computed but their commit was lost with their worker "
+                                   f"(part {lost[0]})", file=run_ref.url,
+                                   hint="run the same command again: it resumes and recomputes them")
         for out in reduced:  # the rows each reduce wrote, checked like every part when the table reads them
             records.update(out.get("files", {}))
             _keep_given(given, given_bound, out.pop("given", None))
