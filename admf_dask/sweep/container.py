@@ -196,12 +196,18 @@ def _commit_later(task: ContainerTask, future: Any) -> None:
     """Keep ``future`` (part ``task.part``'s marker) in flight, after waiting while too many others are."""
     while True:
         with _LATER_LOCK:
-            for _, f in _LATER.get(task.run_ref.url, ()):
+            mine = _LATER.setdefault(task.run_ref.url, [])
+            for _, f in mine:
                 if f.done() and f.exception() is not None:  # an earlier part's commit failed: so does the run
                     raise f.exception()
-            flying = [f for runs in _LATER.values() for _, f in runs if not f.done()]
+            flying = [f for _, f in mine if not f.done()]  # this run's: another run's stuck PUT holds no one up
             if len(flying) < _LATER_MAX:
-                _LATER.setdefault(task.run_ref.url, []).append((task.part, future))
+                mine.append((task.part, future))
+                for url in [u for u in _LATER if u != task.run_ref.url]:  # runs never flushed (they failed) keep
+                    _LATER[url] = [(j, f) for j, f in _LATER[url]  # only what a flush would still need to see:
+                                   if not f.done() or f.exception() is not None]  # (a dropped success: its marker
+                    if not _LATER[url]:  # is in storage, where the driver looks for a part no worker reports)
+                        del _LATER[url]
                 return
         flying[0].exception()  # waits; a failure stays with its run, raised by flush_commits
 
