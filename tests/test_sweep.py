@@ -468,6 +468,38 @@ def test_the_layout_counts_what_a_shared_set_costs_so_many_short_symbols_are_gro
     assert _overhead(whole, 100, 2520, 0.001) == 100 * (2 * 0.001 + _SHARED_INPUT_SECONDS) + 8 * _TASK_SECONDS
 
 
+def test_the_probe_times_a_builtin_kernel_in_cpu_time_and_a_users_strategy_by_the_clock(tmp_path, dataset,
+                                                                                        slow_module):
+    """A busy machine preempts the probe's thread: what the kernel costs plans the layout, not how long the thread
+    waited (a probe taken at a busy moment planned another layout). A user's strategy may wait: the clock."""
+    from admf_dask.sweep.layout import _probe
+    from admf_dask.sweep.run import SweepFeed
+
+    class Preempted:  # the built-in kernel, then 50 ms off the CPU, as a busy machine would take them
+        def __init__(self, config):
+            self.config = config
+
+        def prepare(self, param_sets):
+            return self.config.prepare(param_sets)
+
+        def stats(self, *args, **kwargs):
+            out = self.config.stats(*args, **kwargs)
+            time.sleep(0.05)
+            return out
+
+    for config, builtin in ((SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [30, 60]}), True),
+                            (SweepConfig(strategy="slowstrats:slow_cross",
+                                         params={"fast": [5, 10], "slow": [30], "delay": [0.05]}), False)):
+        sets, _ = expand_params(config.strategy, config.params)
+        feed = SweepFeed(config, sets, dataset, StorageRef.make(str(tmp_path / "root")), client=None)
+        data = feed.probe_input("SYM000", sets, 100_000)
+        evals = len(sets) * len(data.bars)  # the probe runs every set of a sample this small
+        if builtin:
+            assert _probe(Preempted(config), data, sets) * evals < 0.05
+        else:
+            assert _probe(config, data, sets) * evals >= 0.05
+
+
 def test_the_probe_times_the_whole_container_path_and_rounds_to_a_grid(tmp_path, dataset):
     """probe_path (run on a worker by run_sweep): load, kernel and results measured; the figures the layout
     uses are powers of sqrt(2) within 19 % of the measures, so probe noise rarely changes the layout."""
