@@ -180,12 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
                                    direction="long_only", commission=COMMISSION)
         # 1 and 2 workers alternate, so that a slow spell of this shared machine hits both
         times: dict[int, list[float]] = {1: [], 2: []}
+        tasks: dict[int, list[int]] = {1: [], 2: []}  # the layout of each run: the same sweep, the same layout?
         for _ in range(max(1, args.scale_repeat)):
             for workers in (1, 2):
                 with _cluster(workers) as client:
                     _warm(client, scale_store)
                     t, res = _timed_sweep(client, scale_store, scale_config)
                 times[workers].append(t)
+                tasks[workers].append(res.summary["tasks"])
         med = {w: float(np.median(ts)) for w, ts in times.items()}
         for workers in (1, 2):
             rows.append([f"2. scaling sweep, {workers} worker(s), median of {len(times[workers])}", med[workers],
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         figures.update(scaling_seconds_1=round(med[1], 3), scaling_seconds_2=round(med[2], 3),
                        scaling_seconds_1_all=[round(t, 3) for t in times[1]],
                        scaling_seconds_2_all=[round(t, 3) for t in times[2]],
+                       scaling_tasks_1=tasks[1], scaling_tasks_2=tasks[2],
                        scaling_efficiency=round(float(np.median(pairs)), 3),
                        scaling_efficiency_per_pair=[round(e, 3) for e in pairs],
                        scaling_efficiency_of_medians=round(med[1] / med[2] / 2, 3))
