@@ -48,10 +48,21 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def s3(s3_endpoint):
-    """A fresh bucket per test; yields (url of the bucket, storage_options)."""
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket per test; yields (url of the bucket, storage_options).
+
+    Every storage opened on it makes its own s3fs client (``skip_instance_cache``: no listing
+    is kept between a test's steps). Their botocore sessions in this process share one loader
+    of S3's models, parsed once (tests/bars/fork_ingest.py): parsing them for each new client
+    took a threads sweep on S3 from ~4 s to ~7-11 s at load 7-10. The requests do not change.
+    """
+    import botocore.session
     import s3fs
 
+    from tests.bars.fork_ingest import botocore_loader
+
+    loader = botocore_loader()
+    monkeypatch.setattr(botocore.session, "create_loader", lambda *args, **kwargs: loader)
     options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing",
                "skip_instance_cache": True}
     bucket = f"test-{uuid.uuid4().hex[:12]}"
