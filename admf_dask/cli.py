@@ -258,6 +258,9 @@ def cli(ctx: click.Context, log_file: str | None, quiet: bool, verbose: bool, as
     session.warnings = ctx.with_resource(collect_warnings())
     log.info("admf %s %s on %s (pid %d)", __version__, session.command, socket.gethostname(), os.getpid(),
              extra=FILE_ONLY)
+    from .faults import bar_cache_bytes
+
+    bar_cache_bytes()  # read again by every worker that keeps bar files: a bad value stops here, in one line
 
 
 @cli.command()

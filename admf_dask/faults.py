@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import AdmfError, ConfigError, DataError, StorageError
 
-__all__ = ["env_seconds", "s3_defaults", "s3_retries", "user_error", "check_storage_options", "yaml_load"]
+__all__ = ["env_seconds", "bar_cache_bytes", "s3_defaults", "s3_retries", "user_error", "check_storage_options", "yaml_load"]
 
 DEFAULTS = {"ADMF_STORAGE_CONNECT_TIMEOUT": 5.0, "ADMF_STORAGE_READ_TIMEOUT": 15.0, "ADMF_STORAGE_RETRIES": 3,
             "ADMF_WORKER_WAIT": 60.0, "ADMF_STALL_TIMEOUT": 1800.0}
@@ -47,6 +47,22 @@ def env_seconds(name: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} is not a positive number of seconds", key=name)
     return value
+
+
+def bar_cache_bytes() -> int:
+    """``ADMF_BAR_CACHE_MB`` (default 64; 0 keeps no bar file) in bytes, ConfigError if it is not a size.
+
+    Read by each process that keeps bar files (bars.store._FileCache), and checked by the
+    ``admf`` command before anything runs, so a bad value is one line there, not a worker's error.
+    """
+    raw = os.environ.get("ADMF_BAR_CACHE_MB", "").strip()
+    try:
+        mb = float(raw) if raw else 64.0
+    except ValueError:
+        mb = -1.0
+    if not 0 <= mb < float("inf"):
+        raise ConfigError(f"ADMF_BAR_CACHE_MB={raw!r} is not a number of megabytes >= 0", key="ADMF_BAR_CACHE_MB")
+    return int(mb * 1e6)
 
 
 def s3_defaults(options: dict[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,20 @@ def test_an_unknown_storage_option_is_refused_everywhere(tmp_path):
     assert not (tmp_path / "local").exists()
 
 
+def test_a_bad_bar_cache_size_stops_the_command_before_anything_runs(tmp_path):
+    """ADMF_BAR_CACHE_MB is read by every worker that keeps bar files; the command checks it first: one line,
+    exit 2, nothing written (not a task's error on a worker, after a cluster started)."""
+    for bad in ("lots", "-1", "inf", "nan"):
+        code, _, err, _ = run_cli(["generate", str(tmp_path / "bars"), "--symbols", "1"],
+                                  env={"ADMF_BAR_CACHE_MB": bad})
+        assert code == 2 and one_line(err) == \
+            f"error: ADMF_BAR_CACHE_MB={bad!r} is not a number of megabytes >= 0 [key ADMF_BAR_CACHE_MB]"
+    assert not list(tmp_path.iterdir())
+    code, _, err, _ = run_cli(["generate", str(tmp_path / "bars"), "--symbols", "1", "--start", "2024-01-01",
+                               "--end", "2024-01-31"], env={"ADMF_BAR_CACHE_MB": "0"})  # 0: keep none
+    assert code == 0 and (tmp_path / "bars" / "_dataset.json").exists(), err
+
+
 def test_a_scheduler_without_workers_fails_after_a_bounded_wait(tmp_path, small_bars):
     from distributed import LocalCluster
 

@@ -880,16 +880,9 @@ class _FileCache:
 
     @staticmethod
     def limit() -> int:
-        import os
+        from ..faults import bar_cache_bytes
 
-        raw = os.environ.get("ADMF_BAR_CACHE_MB", "").strip()
-        try:
-            mb = float(raw) if raw else 64.0
-        except ValueError:
-            mb = -1.0
-        if not 0 <= mb < float("inf"):
-            raise ConfigError(f"ADMF_BAR_CACHE_MB={raw!r} is not a number of megabytes >= 0", key="ADMF_BAR_CACHE_MB")
-        return int(mb * 1e6)
+        return bar_cache_bytes()
 
     @staticmethod
     def key(url: str, meta: dict[str, Any]) -> tuple | None:
