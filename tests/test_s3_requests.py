@@ -317,3 +317,36 @@ def test_a_part_commits_behind_the_next_task_marker_last_and_its_failure_reaches
     assert "run/refused" in str(err.value), str(err.value)
     assert storage.read_optional("done/part-3.json") is None and storage.read_bytes("e") == b"e"
 
+
+
+def test_a_bar_file_damaged_in_storage_after_a_process_kept_it_is_one_error_where_it_is_fetched(s3, monkeypatch):
+    """The process that fetched and kept a file goes on serving the bytes it checked; a process without a copy (a
+    fresh one: nothing in _FETCHED) fetches the damaged file and stops with one error naming it. A flipped bit
+    of a daily file mostly still parses: only the manifest's sha256 of the arrays tells."""
+    import io
+
+    import numpy as np
+
+    from admf_dask.bars import store as store_module
+    from admf_dask.errors import StorageError
+
+    bucket, options = s3
+    bars = generate_bars("AAA", "2021-01-01", "2021-12-31", seed=3)
+    store = BarStore(f"{bucket}/bars", options)
+    store.write([bars])
+    np.testing.assert_array_equal(BarStore(f"{bucket}/bars", options).read("AAA").columns["close"],
+                                  bars.columns["close"])  # fetched, checked, kept by this process
+    (meta,) = store.entry("AAA")["files"]
+    raw = store.storage.read_bytes(meta["path"])
+    damaged = bytearray(raw)
+    damaged[len(raw) // 2] ^= 0x10
+    assert not pq.read_table(io.BytesIO(bytes(damaged))).equals(pq.read_table(io.BytesIO(raw)))  # it parses
+    store.storage.write_bytes(bytes(damaged), meta["path"])
+    kept = BarStore(f"{bucket}/bars", options).read("AAA")
+    np.testing.assert_array_equal(kept.columns["close"], bars.columns["close"])
+    monkeypatch.setattr(store_module, "_FETCHED", store_module._FileCache())  # a fresh process
+    for cache in ("64", "0"):  # kept or not, a fetched file is checked
+        monkeypatch.setenv("ADMF_BAR_CACHE_MB", cache)
+        with pytest.raises(StorageError, match="does not hold the bars the manifest records") as err:
+            BarStore(f"{bucket}/bars", options).read("AAA")
+        assert meta["path"] in str(err.value) and "AAA" in str(err.value) and "\n" not in str(err.value)

@@ -380,7 +380,37 @@ class BarStore:
             if isinstance(value, BaseException):
                 with self._reading(meta, symbol):
                     raise value
+            self._check_fetched(meta, symbol, value)
         return got
+
+    def _check_fetched(self, meta: dict[str, Any], symbol: str, data: bytes) -> None:
+        """A file fetched from an object store is the one the manifest records: its size and its arrays'
+        sha256 (each row group's, for a file of several years). Checked as it arrives, before a process
+        keeps it (:data:`_FETCHED`): a file damaged in storage is one error in every process that fetches
+        it, not bars silently changed (a flipped bit of a daily file mostly still parses)."""
+        from .update import _hash_arrays
+
+        if "sha256" not in meta or "bytes" not in meta:
+            return
+        where = {"symbol": symbol, "file": self.storage.display(meta["path"]),
+                 "hint": "the file was changed outside admf; write this symbol's bars again (admf ingest)"}
+        if len(data) != meta["bytes"]:
+            raise StorageError(f"data file has {len(data)} bytes, the manifest says {meta['bytes']}", **where)
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=["timestamp", *VALUE_COLUMNS], use_threads=False)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise StorageError(f"cannot read data file: {exc}", **where) from None
+        ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+        columns = {c: table.column(c).to_numpy() for c in VALUE_COLUMNS}
+        groups = meta.get("groups") or [{"rows": meta["rows"], "sha256": meta["sha256"]}]
+        at = 0
+        for g in groups:
+            part = {c: v[at:at + g["rows"]] for c, v in columns.items()}
+            if len(ts) < at + g["rows"] or _hash_arrays(ts[at:at + g["rows"]], part) != g["sha256"]:
+                raise StorageError("data file does not hold the bars the manifest records (sha256)", **where)
+            at += g["rows"]
+        if at != len(ts):
+            raise StorageError(f"data file has {len(ts)} rows, the manifest says {at}", **where)
 
     def read_many(self, symbols: Iterable[str] | None = None, start: object = None, end: object = None,
                   columns: Sequence[str] | None = None) -> dict[str, Bars]:
