@@ -273,6 +273,56 @@ def test_a_worker_killed_mid_sweep_is_tolerated(tmp_path, dataset, slow_module):
     assert not result.table.duplicated(["set_id", "symbol"]).any() and len(result.table) == 8 * (4 + 1)
 
 
+@pytest.mark.slow
+def test_a_worker_lost_before_the_reduce_has_its_held_parts_computed_again_identically(tmp_path, s3, monkeypatch):
+    """On an object store the reduce takes the parts' accumulators from the tasks' results, still on the cluster.
+    A worker killed after the tasks finished, before the reduce ran: Dask computes its lost results again (those
+    tasks write their files again) and the run equals a clean one, every committed file byte for byte."""
+    import hashlib
+
+    import admf_dask.cluster as cluster_module
+
+    bucket, options = s3
+    bars = BarStore(f"{bucket}/bars", options)
+    bars.write([generate_bars(s, "2020-01-01", "2021-12-31", seed=5) for s in symbol_names(2)])
+    # tasks of one set and one symbol whatever the probe measures (the probe's floor is 1e-10 s a bar): each set's
+    # 2 parts are reduced
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10], "slow": [30]}, batch_seconds=1e-9)
+    real_run_tasks, killed = cluster_module.run_tasks, []
+
+    def kill_a_holder_then_reduce(client, fn, items, **kwargs):
+        if kwargs.get("label") == "portfolio":  # every task finished: the reduce is next
+            held = [f for args in kwargs["extra_args"] for f in args[-1].values()]
+            assert held, "the reduce takes the parts' results still on the cluster"
+            holder = client.who_has(held[:1])[held[0].key][0]
+            pids = client.run(os.getpid)
+            os.kill(pids[holder], signal.SIGKILL)
+            killed.append(holder)
+            deadline = time.time() + 60
+            while holder in client.scheduler_info()["workers"] and time.time() < deadline:
+                time.sleep(0.02)  # the scheduler has seen the worker go: its results are lost
+        return real_run_tasks(client, fn, items, **kwargs)
+
+    monkeypatch.setattr(cluster_module, "run_tasks", kill_a_holder_then_reduce)
+    with connect(LOCAL) as client:
+        lost = run_sweep(config, bars, StorageRef.make(f"{bucket}/lost", options), client, progress=False)
+    monkeypatch.setattr(cluster_module, "run_tasks", real_run_tasks)
+    assert killed
+    with connect(THREADS) as client:
+        clean = run_sweep(config, bars, StorageRef.make(f"{bucket}/clean", options), client, progress=False)
+    assert lost.run_id == clean.run_id
+    pd.testing.assert_frame_equal(lost.table, clean.table)
+
+    def files(root):
+        storage = StorageRef.make(f"{bucket}/{root}/runs/{lost.run_id}", options).open()
+        names = [p.split(f"/{lost.run_id}/", 1)[1] for p in storage.fs.find(storage.path())]
+        return {n: hashlib.sha256(storage.read_bytes(n)).hexdigest() for n in names
+                if n.startswith(("results", "portfolio", "done/"))}
+
+    got, want = files("lost"), files("clean")
+    assert len(want) > 3 and got == want
+
+
 def test_a_sweep_on_dask_scheduler_and_worker_processes(tmp_path, dataset, dask_cluster_processes):
     from distributed import Client
 
