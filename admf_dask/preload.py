@@ -46,6 +46,7 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
     when true.
     Returns (overloads loaded, seconds).
     """
+    from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import CPUDispatcher, cpu_target
 
     import admf_dask.kernels as kernels
@@ -58,8 +59,10 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
                for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST))]
     # and numba's CPU target set up: the first kernel loaded in a process does it (~0.37 CPU-s, ~215 modules of
     # numba, numpy and scipy's typing and lowering registries), which each worker forked before it did in its
-    # first task
-    cpu_target.target_context.refresh()
+    # first task. Under numba's compiler lock, as a dispatcher refreshes it when it loads an overload: a task's
+    # first kernel on another thread of the worker raced this refresh ("generator already executing")
+    with global_compiler_lock:
+        cpu_target.target_context.refresh()
     for module in modules:
         found = list(vars(module).values())
         found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
