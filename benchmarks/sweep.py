@@ -16,7 +16,10 @@
 2. Scaling: a sweep of ~``--scale-seconds`` of work on 1 worker, then the same on 2
    workers, ``--scale-repeat`` times, alternating. ``scaling_efficiency`` is the median
    over those pairs of (t1 / t2) / 2 (target >= 0.9); ``scaling_efficiency_of_medians``
-   is (median t1 / median t2) / 2.
+   is (median t1 / median t2) / 2. ``scaling_tasks_*`` are each run's task count, and
+   ``scaling_background_cores_*`` the cores the rest of the machine kept busy during each
+   run (/proc/stat less this process and its workers): on 2 cores a pair taken beside
+   other work reads low whatever the code (0.2 of a core elsewhere already costs ~0.1).
 3. The seed document's rows: 1K and 10K backtests over 10-year daily bars, on 1 and
    on 2 workers (the seed quotes 60 min and 10 h on one core).
 4. 500 symbols (issue 16): the same grid over 500 symbols x 2,520 daily bars.
@@ -90,6 +93,31 @@ def _timed_sweep(client, store, config):
         return seconds, result
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _machine_busy() -> float:
+    """CPU-seconds the whole machine has spent busy so far (/proc/stat: all but idle and iowait); 0.0 elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _ours() -> float:
+    """CPU-seconds of this process and its children (the LocalCluster's workers) so far."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # a child gone meanwhile
+            pass
+    return total
 
 
 def _cluster(n_workers: int):
@@ -181,13 +209,19 @@ def main(argv: list[str] | None = None) -> dict:
         # 1 and 2 workers alternate, so that a slow spell of this shared machine hits both
         times: dict[int, list[float]] = {1: [], 2: []}
         tasks: dict[int, list[int]] = {1: [], 2: []}  # the layout of each run: the same sweep, the same layout?
+        # cores the rest of the machine kept busy during each run: a 2-worker run on 2 cores loses what they take,
+        # a 1-worker run mostly does not, so a pair taken beside other work reads low whatever the code
+        background: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(max(1, args.scale_repeat)):
             for workers in (1, 2):
                 with _cluster(workers) as client:
                     _warm(client, scale_store)
+                    busy, ours = _machine_busy(), _ours()
                     t, res = _timed_sweep(client, scale_store, scale_config)
+                    others = (_machine_busy() - busy) - (_ours() - ours)
                 times[workers].append(t)
                 tasks[workers].append(res.summary["tasks"])
+                background[workers].append(max(0.0, others) / t)
         med = {w: float(np.median(ts)) for w, ts in times.items()}
         for workers in (1, 2):
             rows.append([f"2. scaling sweep, {workers} worker(s), median of {len(times[workers])}", med[workers],
@@ -199,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                        scaling_seconds_1_all=[round(t, 3) for t in times[1]],
                        scaling_seconds_2_all=[round(t, 3) for t in times[2]],
                        scaling_tasks_1=tasks[1], scaling_tasks_2=tasks[2],
+                       scaling_background_cores_1=[round(b, 2) for b in background[1]],
+                       scaling_background_cores_2=[round(b, 2) for b in background[2]],
                        scaling_efficiency=round(float(np.median(pairs)), 3),
                        scaling_efficiency_per_pair=[round(e, 3) for e in pairs],
                        scaling_efficiency_of_medians=round(med[1] / med[2] / 2, 3))
