@@ -5,7 +5,9 @@
 It listens on 127.0.0.1 on a free port and prints ``port <n>`` once it serves. Then each
 line on stdin is a command: ``take`` prints the requests counted since the last
 ``take`` as one JSON line (``{"PUT": 202, "GET(list)": 1, ...}``) and clears them; ``cpu``
-prints the CPU seconds this process has used (all its threads); end of input stops the server. In its own process the server's Python work does not share the
+prints the CPU seconds this process has used (all its threads); end of input stops the server.
+``ADMF_BENCH_S3_LATENCY_MS`` (default 0) makes each request wait that long first, as a store across a
+network does (requests in flight together wait together). In its own process the server's Python work does not share the
 client's GIL, as with any real object store; an in-process ThreadedMotoServer would.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -25,6 +28,9 @@ def main() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     counts: collections.Counter = collections.Counter()
+    # ADMF_BENCH_S3_LATENCY_MS: each request waits this long first (in its own server thread, so requests
+    # in flight together wait together), as a store across a network does; 0 (default): as fast as moto
+    latency = float(os.environ.get("ADMF_BENCH_S3_LATENCY_MS", "0") or 0) / 1000
     guard = threading.Lock()
     call = DomainDispatcherApplication.__call__
 
@@ -35,6 +41,8 @@ def main() -> None:
             kind = "PUT(copy)"
         with guard:
             counts[kind] += 1
+        if latency > 0:
+            time.sleep(latency)
         return call(app, environ, start_response)
 
     DomainDispatcherApplication.__call__ = counting
