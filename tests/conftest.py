@@ -136,13 +136,16 @@ def dask_cluster_processes(tmp_path):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # the workers first, then the scheduler: stopped together, the workers' nannies waited for the gone
+        # scheduler and the teardown took 8.2-9.4 s, against 0.7-1.0 s in this order (3 + 3 runs)
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 # --- a finished sweep and a replay, for the report tests (tests/test_report*.py) ---------------------------------
