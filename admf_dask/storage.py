@@ -597,13 +597,17 @@ class Uploads(dict):
         for name, flight in self._flights:
             try:
                 flight.result()
-            except OSError as exc:
-                first = first or StorageError(f"cannot write: {exc}", file=self._storage.display(name))
             except BaseException as exc:  # noqa: BLE001 - every PUT ends before the first failure is raised
-                first = first or exc
+                first = first or self._failure(name, exc)
         self._flights = []
         if first is not None:
             raise first
+
+    def _failure(self, name: str, exc: BaseException) -> BaseException:
+        """What a failed write of ``name`` raises: an OSError as a StorageError naming the file, else itself."""
+        if isinstance(exc, OSError):
+            return StorageError(f"cannot write: {exc}", file=self._storage.display(name))
+        return exc
 
     @property
     def later(self) -> bool:
@@ -630,16 +634,14 @@ class Uploads(dict):
             for fname, flight in flights:
                 try:
                     await asyncio.wrap_future(flight)
-                except OSError as exc:
-                    first = first or StorageError(f"cannot write: {exc}", file=storage.display(fname))
                 except BaseException as exc:  # noqa: BLE001 - every PUT ends before the first failure is raised
-                    first = first or exc
+                    first = first or self._failure(fname, exc)
             if first is not None:
                 raise first
             try:
                 await storage.fs._pipe_file(storage.path(name), data)
             except OSError as exc:
-                raise StorageError(f"cannot write: {exc}", file=storage.display(name)) from exc
+                raise self._failure(name, exc) from exc
 
         return asyncio.run_coroutine_threadsafe(marker_last(), storage.fs.loop)
 

@@ -211,6 +211,12 @@ def _overhead(parts: list[tuple[tuple[str, ...], int, int]], n_symbols: int, tim
 _PROBE_SETS = 64
 _PROBE_BAR_EVALS = 3_000_000  # per timed probe run: ~25 ms
 
+def builtin_kernel(config: Any, sample: list[dict]) -> bool:
+    """Whether ``config`` runs one of our numba kernels (a built-in strategy, or a batch without a
+    strategy: a replay's) rather than a user's strategy: what the probe times in CPU time, on a worker."""
+    return getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True)
+
+
 def _probe(config: Any, data: Any, sample: list[dict]) -> float:
     """Seconds per bar-evaluation of the containers' kernel work, measured here on one symbol's input.
 
@@ -238,8 +244,7 @@ def _probe(config: Any, data: Any, sample: list[dict]) -> float:
         config.stats(data, config.prepare(param_sets), (pos, acc))
 
     run(sample[:1], accumulators_init(1, n))  # compile, or load from numba's cache
-    builtin = getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True)
-    clock = time.thread_time if builtin else time.perf_counter
+    clock = time.thread_time if builtin_kernel(config, sample) else time.perf_counter
     sample = sample[:max(8, -(-_PROBE_BAR_EVALS // n))]  # enough work to time, no more
     acc = accumulators_init(len(sample), n)
     acc[0].fill(0.0)  # np.zeros hands out untouched pages: fault them in now, not in the timed runs

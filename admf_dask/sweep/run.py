@@ -34,7 +34,7 @@ from ..storage import StorageRef
 from .container import ContainerTask, run_container, sent_part
 from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
-from .layout import _PROBE_SETS, _estimate, plan_layout, probe_path
+from .layout import _PROBE_SETS, _estimate, builtin_kernel, plan_layout, probe_path
 from .incremental import Resume, plan_incremental, record_chain
 from .integrity import layout_token, marker_name, verify_committed
 from .streaming import run_stream_container
@@ -428,7 +428,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             where = bars.url if kind == "sweep" else f"{root.url} {bars.url}"
             probe = _kept_probe(root, kind, config, args[2:], where)
             if probe is None:
-                if getattr(getattr(config.prepare(sample[:1]), "strategy", None), "builtin", True):
+                if builtin_kernel(config, sample):
                     # on a worker, as a container runs: this process loads no kernel (from the shell: ~1-3 s)
                     probe = run_tasks(client, probe_path, [longest], label=kind, progress=False,
                                       retries=config.retries, keys=[f"{kind}-{token([run_id, _now()])[:12]}-probe"],
