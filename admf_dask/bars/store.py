@@ -40,8 +40,20 @@ from ..errors import ConfigError, DataError, StorageError, did_you_mean
 from ..storage import Storage, StorageRef
 from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars
 from .txn import MANIFEST, Txn, commit_plans
-from .update import (Plan, SymbolChange, check_granularity, check_mode, granularity_for, granularity_of, plan_bars,
-                     plan_repack, plan_staged, write_symbol_files)
+from .update import (
+    WHOLE_FILE_ROWS,
+    Plan,
+    SymbolChange,
+    check_granularity,
+    check_mode,
+    granularity_for,
+    granularity_of,
+    group_span,
+    plan_bars,
+    plan_repack,
+    plan_staged,
+    write_symbol_files,
+)
 
 __all__ = ["BarStore", "MANIFEST", "Update", "to_ns", "write_symbol_files"]
 
@@ -71,7 +83,7 @@ class Update(NamedTuple):
 
 
 # Files of at most this many rows (~2.5 MB of the six columns) are read whole, then parsed.
-_WHOLE_FILE_ROWS = 50_000
+_WHOLE_FILE_ROWS = WHOLE_FILE_ROWS
 
 
 class BarStore:
@@ -254,7 +266,8 @@ class BarStore:
                    threads: bool = True, data: bytes | None = None) -> pa.Table:
         """Read one data file, opened once; row groups outside [lo, hi] are skipped by their statistics.
 
-        ``data``: the file's bytes, already fetched (:meth:`_fetch`).
+        ``data``: the file's bytes, already fetched and checked (:meth:`_fetch`), or held in memory by the
+        writer that just made them. A file read here is checked first (:meth:`_check_bytes`).
         """
         inside = lo <= meta["first_ns"] and meta["last_ns"] <= hi
         try:
@@ -262,16 +275,20 @@ class BarStore:
                 # A small file (a year of daily bars is ~15 kB) is read in one call and parsed
                 # from memory: 1.5 ms instead of 2.8 ms for ten such files, and one request on
                 # object storage instead of one per footer and column chunk.
-                if data is not None:
-                    pf = pq.ParquetFile(pa.BufferReader(data))
-                else:
-                    pf = pq.ParquetFile(pa.BufferReader(handle.read()) if meta["rows"] <= _WHOLE_FILE_ROWS
-                                        else handle)
+                check = _UNCHECKED
+                if data is None and meta["rows"] <= _WHOLE_FILE_ROWS:
+                    data = handle.read()
+                    self._check_bytes(meta, symbol, data)
+                elif data is None:
+                    check = self._check_large(meta, symbol, handle)
+                pf = pq.ParquetFile(pa.BufferReader(data) if data is not None else handle)
                 if inside:
+                    check(pf.metadata, None)
                     table = pf.read(columns=["timestamp", *cols], use_threads=threads)
                 else:
                     groups = [i for i in range(pf.metadata.num_row_groups)
                               if _overlaps(pf.metadata.row_group(i).column(0).statistics, lo, hi)]
+                    check(pf.metadata, groups)
                     table = pf.read_row_groups(groups, columns=["timestamp", *cols], use_threads=threads)
         except FileNotFoundError:
             raise StorageError("a data file listed in the manifest is missing", symbol=symbol,
@@ -380,37 +397,105 @@ class BarStore:
             if isinstance(value, BaseException):
                 with self._reading(meta, symbol):
                     raise value
-            self._check_fetched(meta, symbol, value)
+            self._check_bytes(meta, symbol, value)
         return got
 
-    def _check_fetched(self, meta: dict[str, Any], symbol: str, data: bytes) -> None:
-        """A file fetched from an object store is the one the manifest records: its size and its arrays'
-        sha256 (each row group's, for a file of several years). Checked as it arrives, before a process
-        keeps it (:data:`_FETCHED`): a file damaged in storage is one error in every process that fetches
-        it, not bars silently changed (a flipped bit of a daily file mostly still parses)."""
-        from .update import _hash_arrays
+    def _check_bytes(self, meta: dict[str, Any], symbol: str, data: bytes) -> None:
+        """A data file's bytes, read whole (from local disk or fetched), are those the manifest recorded
+        when the file was committed: its size (``bytes``) and the sha256 of its bytes (``file_sha256``,
+        ~15 us for a year of daily bars), checked before its bars are parsed, used or kept (:data:`_FETCHED`).
+        Entries written before ``file_sha256`` was recorded have their arrays' ``sha256`` checked instead
+        (each row group's for a coarser file; ~0.5 ms for a year of daily bars: ``admf repack`` records
+        the new field). A flipped bit of a daily file mostly still parses: only these tell."""
+        if "bytes" in meta and len(data) != meta["bytes"]:
+            raise StorageError(f"data file has {len(data):,} bytes, the manifest says {meta['bytes']:,}",
+                               **self._damaged(meta, symbol))
+        if "file_sha256" in meta:
+            import hashlib
 
-        if "sha256" not in meta or "bytes" not in meta:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != meta["file_sha256"]:
+                raise StorageError("data file does not hold the bars the manifest records (sha256 of its bytes "
+                                   f"{digest[:12]}, committed {meta['file_sha256'][:12]})",
+                                   **self._damaged(meta, symbol))
             return
-        where = {"symbol": symbol, "file": self.storage.display(meta["path"]),
-                 "hint": "the file was changed outside admf; write this symbol's bars again (admf ingest)"}
-        if len(data) != meta["bytes"]:
-            raise StorageError(f"data file has {len(data)} bytes, the manifest says {meta['bytes']}", **where)
-        try:
-            table = pq.read_table(pa.BufferReader(data), columns=["timestamp", *VALUE_COLUMNS], use_threads=False)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise StorageError(f"cannot read data file: {exc}", **where) from None
-        ts = table.column("timestamp").cast(pa.int64()).to_numpy()
-        columns = {c: table.column(c).to_numpy() for c in VALUE_COLUMNS}
+        with self._reading(meta, symbol):
+            self._check_arrays(meta, symbol, pq.ParquetFile(pa.BufferReader(data)))
+
+    def _check_large(self, meta: dict[str, Any], symbol: str, handle: Any) -> Callable[[Any, Any], None]:
+        """:meth:`_check_bytes` for a file read in part (over ``_WHOLE_FILE_ROWS`` rows): its size and, when the
+        entry records them (:func:`~admf_dask.bars.update.part_digests`), the sha256 of its footer now; returns
+        ``check(metadata, groups)``, which checks the sha256 of each row group's bytes (``groups`` None: all)
+        before the caller decodes it, each once, so a bounded read reads only the groups it uses (twice: to
+        check, then to decode; from the page cache on local disk). An entry without them has the whole file
+        checked now, its bytes hashed in blocks (``file_sha256``) or its arrays (older entries), and its
+        ``check`` does nothing. The handle is left at the start."""
+        import hashlib
+
+        size = handle.size()
+        if "bytes" in meta and size != meta["bytes"]:
+            raise StorageError(f"data file has {size:,} bytes, the manifest says {meta['bytes']:,}",
+                               **self._damaged(meta, symbol))
+
+        def check_digest(data: Any, what: str, want: str) -> None:
+            digest = (data if isinstance(data, type(hashlib.sha256())) else hashlib.sha256(data)).hexdigest()
+            if digest != want:
+                raise StorageError(f"data file does not hold the bars the manifest records (sha256 of its bytes: "
+                                   f"{what} {digest[:12]}, committed {want[:12]})", **self._damaged(meta, symbol))
+
+        if "group_sha256" in meta:
+            handle.seek(max(size - 8, 0))
+            footer = 8 + int.from_bytes(handle.read(8)[:4], "little")
+            handle.seek(max(size - footer, 0))
+            check_digest(handle.read(footer), "footer", meta["footer_sha256"])
+            handle.seek(0)
+            done: set[int] = set()
+
+            def check(metadata: Any, groups: Any) -> None:
+                for i in range(metadata.num_row_groups) if groups is None else groups:
+                    if i in done:
+                        continue
+                    if i >= len(meta["group_sha256"]):
+                        raise StorageError(f"data file has {metadata.num_row_groups} row groups, the manifest "
+                                           f"says {len(meta['group_sha256'])}", **self._damaged(meta, symbol))
+                    a, b = group_span(metadata, i)
+                    handle.seek(a)
+                    check_digest(_hash_blocks(handle, b - a), f"row group {i}", meta["group_sha256"][i])
+                    done.add(i)
+                handle.seek(0)
+
+            return check
+        if "file_sha256" in meta:
+            check_digest(_hash_blocks(handle, size), "the file", meta["file_sha256"])
+        else:
+            self._check_arrays(meta, symbol, pq.ParquetFile(handle, pre_buffer=False, buffer_size=_IO_BUFFER))
+        handle.seek(0)
+        return _UNCHECKED
+
+    def _check_arrays(self, meta: dict[str, Any], symbol: str, pf: pq.ParquetFile) -> None:
+        """An older entry's check: the sha256 of the file's arrays (each ``groups`` row group's), streamed."""
         groups = meta.get("groups") or [{"rows": meta["rows"], "sha256": meta["sha256"]}]
-        at = 0
-        for g in groups:
-            part = {c: v[at:at + g["rows"]] for c, v in columns.items()}
-            if len(ts) < at + g["rows"] or _hash_arrays(ts[at:at + g["rows"]], part) != g["sha256"]:
-                raise StorageError("data file does not hold the bars the manifest records (sha256)", **where)
-            at += g["rows"]
-        if at != len(ts):
-            raise StorageError(f"data file has {len(ts)} rows, the manifest says {at}", **where)
+        if pf.metadata.num_rows != sum(g["rows"] for g in groups):
+            raise StorageError(f"data file has {pf.metadata.num_rows:,} rows, the manifest says "
+                               f"{sum(g['rows'] for g in groups):,}", **self._damaged(meta, symbol))
+        if _arrays_digests(pf, [g["rows"] for g in groups]) != [g["sha256"] for g in groups]:
+            raise StorageError("data file does not hold the bars the manifest records (sha256 of its bars)",
+                               **self._damaged(meta, symbol))
+
+    def _intact(self, meta: dict[str, Any], symbol: str) -> bool:
+        """Whether a committed data file still holds what the manifest recorded (its checks of a read pass)."""
+        try:
+            with self._reading(meta, symbol), self._parquet(meta, symbol, []):
+                return True
+        except StorageError:
+            return False
+
+    def _damaged(self, meta: dict[str, Any], symbol: str) -> dict[str, Any]:
+        """Where a data file that fails its check is, and what to do."""
+        return {"symbol": symbol, "file": self.storage.display(meta["path"]),
+                "hint": "the file changed after its commit (damaged in storage, or written outside admf); "
+                        f"write this symbol's bars again from their source (admf ingest {self.url} FILE "
+                        "--mode replace, or the same admf generate: the file is written anew) or restore it"}
 
     def read_many(self, symbols: Iterable[str] | None = None, start: object = None, end: object = None,
                   columns: Sequence[str] | None = None) -> dict[str, Bars]:
@@ -636,7 +721,7 @@ class BarStore:
 
     @contextmanager
     def _parquet(self, meta: dict[str, Any], symbol: str, cols: list[str], *, metadata: Any = None,
-                 footer_only: bool = False) -> Iterator[pq.ParquetFile]:
+                 footer_only: bool = False) -> Iterator[_CheckedFile]:
         """One data file opened for bounded reads; its footer checked against the manifest.
 
         Pre-buffering is off and reads go through a ``_IO_BUFFER`` buffer, so pyarrow
@@ -644,14 +729,27 @@ class BarStore:
         ``_WHOLE_FILE_ROWS`` rows are read in one call (one request on object storage)
         unless only the footer is wanted. Other filesystems than the local one are
         read without fsspec's read-ahead cache (s3fs's would fetch 50 MiB blocks).
+        A file whose bars are read is checked against the manifest (:meth:`_check_bytes`; a file
+        read in part: :meth:`_check_large`, the caller calling ``pf.check(groups)`` before it
+        decodes row groups); of one opened for its footer only (planning), the size is checked.
         """
         handle = self._open_input(meta)
         try:
             source = handle
-            if meta["rows"] <= _WHOLE_FILE_ROWS and not footer_only:
-                source = pa.BufferReader(handle.read())
+            check = _UNCHECKED
+            if footer_only:  # no bars are used: the size only (known without reading on local disk)
+                if "bytes" in meta and handle.size() != meta["bytes"]:
+                    raise StorageError(f"data file has {handle.size():,} bytes, the manifest says "
+                                       f"{meta['bytes']:,}", **self._damaged(meta, symbol))
+            elif meta["rows"] <= _WHOLE_FILE_ROWS:
+                data = handle.read()
                 handle.close()
-            pf = pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=_IO_BUFFER)
+                self._check_bytes(meta, symbol, data)
+                source = pa.BufferReader(data)
+            else:
+                check = self._check_large(meta, symbol, handle)
+            pf = _CheckedFile(source, metadata=metadata, pre_buffer=False, buffer_size=_IO_BUFFER)
+            pf.check = lambda groups: check(pf.metadata, groups)
             if metadata is None:
                 _check_footer(pf, meta, symbol, cols, self.storage.display(meta["path"]))
             yield pf
@@ -806,7 +904,9 @@ class BarStore:
         removed): readers see the old files or the new ones. The bars, every symbol's
         fingerprint (it hashes calendar years, not files), ``change`` and ``lineage``,
         and the dataset fingerprint stay as they were, so caches keyed on them survive.
-        Returns ``{"from", "to", "symbols", "files_before", "files_after", "fingerprint"}``.
+        A dataset already at ``granularity`` is rewritten only if some file entry predates
+        ``file_sha256`` (the sha256 of the file's bytes, which reads check): the rewrite records it.
+        Returns ``{"from", "to", "symbols", "files_before", "files_after", "fingerprint", "rewritten"}``.
         """
         base = self._read_base()
         if not base["symbols"] and not self.exists():
@@ -819,8 +919,9 @@ class BarStore:
         target = check_granularity(granularity)
         out = {"from": have, "to": target, "symbols": len(base["symbols"]),
                "files_before": sum(len(e["files"]) for e in base["symbols"].values())}
-        if have == target and "granularity" in base or have == target == "year":
-            return {**out, "files_after": out["files_before"], "fingerprint": base.get("fingerprint")}
+        unrecorded = sum("file_sha256" not in f for e in base["symbols"].values() for f in e["files"])
+        if (have == target and "granularity" in base or have == target == "year") and not unrecorded:
+            return {**out, "files_after": out["files_before"], "fingerprint": base.get("fingerprint"), "rewritten": 0}
         txn = Txn(self.storage, hold=True)
         try:
             planners = {s: (lambda entry, s=s: plan_repack(self, txn, s, entry, target)) for s in base["symbols"]}
@@ -834,7 +935,7 @@ class BarStore:
             txn.abort()
             raise
         return {**out, "files_after": sum(len(e["files"]) for e in manifest["symbols"].values()),
-                "fingerprint": manifest.get("fingerprint")}
+                "fingerprint": manifest.get("fingerprint"), "rewritten": out["files_before"]}
 
     def _layout(self, base: dict[str, Any], granularity: str | None, auto: Callable[[], str]) -> str:
         """The granularity a write uses: the dataset's own, or for a new dataset the one asked for."""
@@ -895,7 +996,8 @@ class _FileCache:
     is kept under its dataset's URL, its path and the manifest's record of its content
     (``sha256`` of its arrays and ``bytes``; the path holds the content hash too): a file of
     another content is another key, so a hit is the file the manifest a reader holds lists.
-    Files without both records are not kept. At most ``ADMF_BAR_CACHE_MB`` (default 64) MB in
+    Files without both records are not kept; a file is kept only once checked against them
+    (:meth:`BarStore._check_bytes`). At most ``ADMF_BAR_CACHE_MB`` (default 64) MB in
     all, memory Dask does not see; 0 keeps none. Parsing and the row-count and type checks of
     :meth:`BarStore._read_file` run on every read, kept or not.
     """
@@ -957,6 +1059,29 @@ def _overlaps(stats: Any, lo: int, hi: int) -> bool:
     return int(stats.max_raw) >= lo and int(stats.min_raw) <= hi
 
 
+def _arrays_digests(pf: pq.ParquetFile, rows: list[int]) -> list[str]:
+    """sha256 of the arrays (``update._hash_arrays``) of consecutive runs of ``rows`` rows of a file, streamed
+    one column at a time in record batches: an older entry's content hash, each of its ``groups``'."""
+    import hashlib
+
+    hashers = [hashlib.sha256() for _ in rows]
+    ends = np.cumsum(rows)
+    for name in ["timestamp", *VALUE_COLUMNS]:
+        at, k = 0, 0
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=[name], use_threads=False):
+            column = batch.column(0)
+            values = np.ascontiguousarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), "<i8") \
+                if name == "timestamp" else np.ascontiguousarray(column.to_numpy(zero_copy_only=False), "<f8")
+            i = 0
+            while i < len(values) and k < len(rows):
+                n = min(len(values) - i, int(ends[k]) - at)
+                hashers[k].update(values[i:i + n])
+                i, at = i + n, at + n
+                if at == ends[k]:
+                    k += 1
+    return [h.hexdigest() for h in hashers]
+
+
 # Bounded reads (iter_chunks, read_head, rows_in_range): pyarrow's read buffer per column
 # (see BarStore._parquet), and rows per record batch decoded before being copied into a
 # chunk's arrays: 128 KiB per column, whatever the chunk size. Batches proportional to
@@ -1009,7 +1134,7 @@ class _RowReader:
         self.names = ["timestamp", *cols]
         self.path: str | None = None               # the open file, if any
         self.file = ExitStack()
-        self.pf: pq.ParquetFile | None = None
+        self.pf: _CheckedFile | None = None
         self.key: tuple[str, int | None] | None = None
         self.batches: Iterator[pa.RecordBatch] | None = None
         self.rows = 0                              # rows of the stream (row group or file)
@@ -1056,6 +1181,7 @@ class _RowReader:
             self.path = seg.meta["path"]
         md = self.pf.metadata
         self.rows = md.num_rows if seg.group is None else md.row_group(seg.group).num_rows
+        self.pf.check(None if seg.group is None else [seg.group])
         self.batches = self.pf.iter_batches(batch_size=_BATCH_ROWS, columns=self.names, use_threads=False,
                                             row_groups=None if seg.group is None else [seg.group])
         self.key, self.pos = (seg.meta["path"], seg.group), 0
@@ -1074,6 +1200,27 @@ class _RowReader:
     def close(self) -> None:
         self.batches, self.arrays, self.key, self.pf, self.path = None, [], None, None, None
         self.file.close()
+
+
+def _hash_blocks(handle: Any, n: int) -> Any:
+    """sha256 of the next ``n`` bytes of a file, read in blocks of ``_IO_BUFFER`` (never held whole)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    while n > 0 and (block := handle.read(min(n, _IO_BUFFER))):
+        h.update(block)
+        n -= len(block)
+    return h
+
+
+def _UNCHECKED(metadata: Any, groups: Any) -> None:
+    """The row-group check of a file checked whole (or held in memory): nothing left to check."""
+
+
+class _CheckedFile(pq.ParquetFile):
+    """A data file opened by :meth:`BarStore._parquet`: ``check(groups)`` (None: all) before decoding row groups."""
+
+    check: Callable[[Any], None]
 
 
 def _check_footer(pf: pq.ParquetFile, meta: dict[str, Any], symbol: str, cols: list[str], where: str) -> None:

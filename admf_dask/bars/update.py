@@ -52,9 +52,9 @@ from ..storage import Storage
 from .schema import VALUE_COLUMNS, Bars, check_symbol
 from .txn import Txn
 
-__all__ = ["CHANGES", "GRANULARITIES", "LINEAGE_MAX", "MODES", "ON_CONFLICT", "Plan", "SymbolChange",
-           "check_granularity", "check_mode", "granularity_of", "granularity_for", "make_entry", "plan_bars",
-           "plan_repack", "plan_staged", "write_symbol_files"]
+__all__ = ["CHANGES", "GRANULARITIES", "LINEAGE_MAX", "MODES", "ON_CONFLICT", "WHOLE_FILE_ROWS", "Plan",
+           "SymbolChange", "check_granularity", "check_mode", "granularity_of", "granularity_for", "group_span", "make_entry",
+           "part_digests", "plan_bars", "plan_repack", "plan_staged", "write_symbol_files"]
 
 MODES = ("merge", "append", "replace")
 ON_CONFLICT = ("new", "old")
@@ -203,6 +203,35 @@ def _encoding(timestamp: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str
             "compression": {"timestamp": "snappy", **{c: "snappy" if c in repeats else "none" for c in VALUE_COLUMNS}}}
 
 
+# Files of at most this many rows (~2.5 MB of the six columns) are read whole, then parsed (the store's
+# _WHOLE_FILE_ROWS); larger ones are read in part, and their entries record part_digests.
+WHOLE_FILE_ROWS = 50_000
+
+
+def group_span(metadata: Any, group: int) -> tuple[int, int]:
+    """The bytes ``[start, stop)`` of a Parquet file holding row group ``group``'s column chunks."""
+    rg = metadata.row_group(group)
+    spans = []
+    for j in range(rg.num_columns):
+        cc = rg.column(j)
+        first = min(o for o in (cc.dictionary_page_offset, cc.data_page_offset) if o is not None and o > 0)
+        spans.append((first, first + cc.total_compressed_size))
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+def part_digests(data: bytes) -> dict[str, Any]:
+    """``footer_sha256`` (the file's last ``8 + footer length`` bytes: its metadata, their length and the
+    magic) and ``group_sha256`` (each row group's bytes, :func:`group_span`) of a Parquet file: what a
+    reader of some row groups checks (the footer, then each group it decodes) instead of the whole file."""
+    import pyarrow as pa
+
+    footer = 8 + int.from_bytes(data[-8:-4], "little")
+    md = pq.read_metadata(pa.BufferReader(data))
+    return {"footer_sha256": hashlib.sha256(data[-footer:]).hexdigest(),
+            "group_sha256": [hashlib.sha256(data[a:b]).hexdigest()
+                             for a, b in (group_span(md, i) for i in range(md.num_row_groups))]}
+
+
 def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
                 columns: dict[str, np.ndarray], granularity: str = "year") -> tuple[dict[str, Any], str | bytes]:
     """Write one file's bars to the transaction's staging; return its file entry and the staged path
@@ -210,7 +239,11 @@ def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
 
     One row group per calendar year. A ``year`` file's hash is its bars' hash; a file
     of a coarser granularity hashes its years' hashes and lists them under ``groups``
-    (rows, bounds and hash of each row group, in order).
+    (rows, bounds and hash of each row group, in order). The entry also records the
+    file's size (``bytes``) and the sha256 of its bytes (``file_sha256``), which every
+    read checks (:meth:`BarStore._check_bytes`); a file over :data:`WHOLE_FILE_ROWS` rows,
+    which readers read in part, also the sha256 of its footer and of each row group's
+    bytes (:func:`part_digests`).
     """
     years = _year_slices(timestamp)
     table = Bars(symbol, timestamp, {c: columns[c] for c in VALUE_COLUMNS}).to_arrow()
@@ -236,9 +269,12 @@ def stage_piece(storage: Storage, txn: Txn, symbol: str, timestamp: np.ndarray,
         staged = txn.staged_path(symbol, bucket, digest)
         storage.write_bytes(data, staged)
     meta = {"path": txn.final_path(symbol, bucket, digest, granularity), "year": bucket, "rows": len(timestamp),
-            "sha256": digest, "first_ns": int(timestamp[0]), "last_ns": int(timestamp[-1]), "bytes": len(data)}
+            "sha256": digest, "first_ns": int(timestamp[0]), "last_ns": int(timestamp[-1]), "bytes": len(data),
+            "file_sha256": hashlib.sha256(data).hexdigest()}
     if groups is not None:
         meta["groups"] = groups
+    if len(timestamp) > WHOLE_FILE_ROWS:
+        meta.update(part_digests(data))
     return meta, staged
 
 
@@ -329,6 +365,8 @@ def _finish(symbol: str, base: dict[str, Any] | None, files: list[dict[str, Any]
             change: str, **counts: int) -> Plan:
     if change == "unchanged":
         entry = {k: v for k, v in base.items() if k not in ("change", "lineage")}
+        if {f["path"] for f in files} != {f["path"] for f in base["files"]}:  # a damaged file written anew
+            entry["files"] = sorted(files, key=lambda f: f["first_ns"])
     else:
         entry = make_entry(files)
     entry["change"] = change
@@ -473,10 +511,13 @@ def _against_base(store: Any, symbol: str, base: dict[str, Any], files: list[dic
     """A whole new history against the stored one: unchanged, a pure append, or a replacement.
 
     A new year file identical to a stored one (same year and content hash) is the
-    stored file, so rewriting identical data adds no file.
+    stored file, so rewriting identical data adds no file; unless the stored file no
+    longer holds what its commit recorded (:meth:`BarStore._intact`, read back to
+    tell): then the new file replaces it, and writing the bars again repairs it.
     """
     stored = {(f["year"], f["sha256"], f["rows"]): f for f in base["files"]}
-    files = [stored.get((f["year"], f["sha256"], f["rows"]), f) for f in files]
+    reused = [stored.get((f["year"], f["sha256"], f["rows"])) for f in files]
+    files = [old if old is not None and store._intact(old, symbol) else f for old, f in zip(reused, files)]
     rows = sum(f["rows"] for f in files)
     if make_entry(files)["fingerprint"] == base["fingerprint"]:
         return _finish(symbol, base, files, staged, "unchanged")
