@@ -10,6 +10,11 @@ cache holds for this machine, i.e. the signatures this installation has run befo
 driver plans its run meanwhile; a task that calls a kernel still loading waits on numba's
 own lock, so results are the same with or without it. Nothing is compiled that the cache
 does not hold, and a failure here only costs the time it was meant to save (logged at DEBUG).
+
+In these processes (the zygote, its forks, spawned local workers) a cached overload loads without
+numba's CPU target set up (:func:`light_cache_loads`): numba's cache refreshes that target before
+each load (importing ~215 modules of typing and lowering registries, ~0.36 CPU-s the first time),
+which machine code read from the cache does not use; compiling (a cache miss) sets it up as before.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-__all__ = ["KernelPreload", "preload_kernels"]
+__all__ = ["KernelPreload", "light_cache_loads", "preload_kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +43,57 @@ TASK_MODULES = ("admf_dask.sweep.container", "admf_dask.sweep.streaming", "admf_
 FIRST = ("strategies", "indicators", "state", "portfolio", "replay")
 
 
+def light_cache_loads() -> bool:
+    """Load cached kernel overloads in this process without setting up numba's CPU target first; whether on.
+
+    numba's ``Cache.load_overload`` refreshes the CPU target before every load: on the first, it imports
+    and installs the typing and lowering registries of all of numba, numpy and scipy's support (~215
+    modules, 0.36 CPU-s), which only compiling uses. Loaded code is machine code read from the cache
+    and linked against symbols numba registers elsewhere: its runtime's (NRT, initialised here as the
+    refresh would), its C helpers' and libm's (when its target context starts) and the hash secret's
+    (``numba.cpython.hashing``, imported here). A cache miss compiles, and compiling refreshes the
+    target itself; a load that raises is tried again the original way. The kernels' results are the
+    same bits: the same machine code runs.
+    """
+    from numba.core import caching
+
+    original = caching.Cache.load_overload
+    if _light():
+        return True
+    if not all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
+        return False  # another numba: its own loads
+    import numba.cpython.hashing  # noqa: F401  (puts the hash secret's symbols in LLVM's table)
+    from numba.core.runtime import nrt
+
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        try:
+            nrt.rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+        except Exception as exc:  # noqa: BLE001  (the refreshed target may load it)
+            log.debug("cached overload %s loaded after numba's target refresh: %r", sig, exc)
+            return original(self, sig, target_context)
+
+    load_overload.light = True  # type: ignore[attr-defined]
+    caching.Cache.load_overload = load_overload
+    return True
+
+
+def _light() -> bool:
+    from numba.core import caching
+
+    return bool(getattr(caching.Cache.load_overload, "light", False))
+
+
 def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]:
-    """Import the kernel modules, set up numba's CPU target and load every cached overload numba holds for this
-    machine.
+    """Import the kernel modules, set up numba's CPU target (unless :func:`light_cache_loads` is on) and load
+    every cached overload numba holds for this machine.
 
     ``stop()``, asked before each overload (after the imports and the target's set-up), ends the loading early
     when true.
     Returns (overloads loaded, seconds).
     """
-    from numba.core.compiler_lock import global_compiler_lock
-    from numba.core.registry import CPUDispatcher, cpu_target
+    from numba.core.registry import CPUDispatcher
 
     import admf_dask.kernels as kernels
 
@@ -57,12 +103,8 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
     # every kernel module imported first, whatever ``stop`` says: a worker forked from here then has them all
     modules = [importlib.import_module(f"{kernels.__name__}.{name}")
                for name in sorted(names, key=lambda m: FIRST.index(m) if m in FIRST else len(FIRST))]
-    # and numba's CPU target set up: the first kernel loaded in a process does it (~0.37 CPU-s, ~215 modules of
-    # numba, numpy and scipy's typing and lowering registries), which each worker forked before it did in its
-    # first task. Under numba's compiler lock, as a dispatcher refreshes it when it loads an overload: a task's
-    # first kernel on another thread of the worker raced this refresh ("generator already executing")
-    with global_compiler_lock:
-        cpu_target.target_context.refresh()
+    if not _light():  # numba's CPU target set up once, here, rather than in each worker's first task
+        _refresh_target()
     for module in modules:
         found = list(vars(module).values())
         found += [v for d in found if isinstance(d, dict) for v in d.values()]  # tables of kernels by kind
@@ -84,10 +126,22 @@ def preload_kernels(stop: Callable[[], bool] | None = None) -> tuple[int, float]
     return n, time.perf_counter() - t0
 
 
+def _refresh_target() -> None:
+    """numba's CPU target set up, as the first overload loaded in a process does by default. Under numba's
+    compiler lock, as a dispatcher refreshes it when it loads an overload: a task's first kernel on another
+    thread of the worker raced this refresh ("generator already executing")."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    with global_compiler_lock:
+        cpu_target.target_context.refresh()
+
+
 def _preload() -> None:
     try:
         for name in TASK_MODULES:
             importlib.import_module(name)
+        light_cache_loads()
         n, seconds = preload_kernels()
         log.debug("preloaded %d numba kernel overloads in %.2fs", n, seconds)
     except Exception as exc:  # an optimisation only: the first call loads what it needs anyway

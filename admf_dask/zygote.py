@@ -144,10 +144,11 @@ def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int], ke
         import distributed  # noqa: F401  (the worker's own modules)
 
         if kernels:
-            from .preload import TASK_MODULES, preload_kernels
+            from .preload import TASK_MODULES, light_cache_loads, preload_kernels
 
             for name in TASK_MODULES:
                 __import__(name)
+            light_cache_loads()  # the zygote and its workers: cached kernels load without numba's target set up
             log.debug("zygote: task modules imported in %.2fs", time.perf_counter() - t0)
             # a worker asked for before every kernel is loaded is forked at once: the rest load on first use
             n, _ = preload_kernels(stop=lambda: bool(select.select([listener_fd], [], [], 0)[0]))

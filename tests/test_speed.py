@@ -55,3 +55,42 @@ def test_local_workers_preload_cached_kernels():
     assert cached > 0
     assert missing == []
     assert "admf-kernel-preload" in plugins
+
+
+LIGHT = """
+import sys
+from admf_dask.preload import light_cache_loads
+assert light_cache_loads()
+from admf_dask.backtest import run_batch
+from admf_dask.bars import generate_bars
+from admf_dask.kernels import strategies
+table = run_batch(generate_bars("AAA", "2020-01-01", "2020-06-30", seed=1), "sma_cross",
+                  [{"fast": 3, "slow": 8}, {"fast": 5, "slow": 20}], direction="long_only", commission=0.001)
+table.to_pickle(sys.argv[1])
+misses = sum(sum(d.stats.cache_misses.values()) for d in vars(strategies).values() if hasattr(d, "stats"))
+print("numba.np.arraymath" in sys.modules, misses)
+"""
+
+
+def test_cached_kernels_run_without_numbas_target_set_up_with_the_same_results(tmp_path):
+    """What the zygote and local workers do (preload.light_cache_loads): a fresh process loads the cached
+    overloads without numba's CPU target (its ~215 registry modules, e.g. numba.np.arraymath, never imported)
+    and computes the same bits as this process, where numba set the target up."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from admf_dask.backtest import run_batch
+    from admf_dask.bars import generate_bars
+
+    # run here first: numba's cache then holds these kernels (the fresh process compiles nothing)
+    expected = run_batch(generate_bars("AAA", "2020-01-01", "2020-06-30", seed=1), "sma_cross",
+                         [{"fast": 3, "slow": 8}, {"fast": 5, "slow": 20}], direction="long_only", commission=0.001)
+    out = subprocess.run([sys.executable, "-c", LIGHT, str(tmp_path / "table.pkl")], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "0"]  # no target set up, no overload compiled
+    got = pd.read_pickle(tmp_path / "table.pkl")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert expected["n_trades"].sum() > 0  # the strategy traded: the kernels computed something
