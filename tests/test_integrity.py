@@ -179,6 +179,54 @@ def test_reduce_and_assembly_give_the_same_bits_held_or_read_twice(tmp_path, bar
     _same_bits(twice.table, expected)
 
 
+def test_parts_one_task_computes_in_turn_are_byte_for_byte_those_of_a_task_each(tmp_path, bars, client,
+                                                                                monkeypatch):
+    """A task takes consecutive whole-range parts of one symbol group while they fit its target work
+    (layout.bundle_parts), the last 4 x threads parts one each; every part, marker and the final tables are
+    the bytes of one task a part, and a part lost from a bundle is resumed alone."""
+    from distributed import get_task_stream
+
+    from admf_dask.sweep import run as run_mod
+
+    config = SweepConfig(strategy="sma_cross", params={"fast": [5, 10, 15, 20, 25, 30, 35, 40], "slow": [50, 60]},
+                         commission=0.001, batch_seconds=60.0)
+    root = StorageRef.make(str(tmp_path))
+    first = run_sweep(config, bars, root, client, progress=False, echo=lambda _: None)
+    run_dir = tmp_path / "runs" / first.run_id
+
+    def rerun(**patch):  # the run again from no part, one set a part (16 parts), the probe fixed
+        run = _interrupted(run_dir)
+        run.update(layout=[[bars.symbols(), i, i + 1, False] for i in range(16)], seconds_per_bar_probe=1e-9, **patch)
+        (run_dir / "run.json").write_text(json.dumps(run))
+        for d in ("done", "results"):
+            shutil.rmtree(run_dir / d, ignore_errors=True)
+        with get_task_stream(client) as ts:
+            result = run_sweep(config, bars, root, client, progress=False, echo=lambda _: None)
+        files = {str(f.relative_to(run_dir)): f.read_bytes() for d in ("done", "results") for f in (run_dir / d).iterdir()}
+        files.update((n, (run_dir / n).read_bytes()) for n in ("results.parquet", "portfolio.parquet"))
+        return result, files, sorted(str(t["key"]).split("-part-")[1] for t in ts.data if "-part-" in str(t["key"]))
+
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "bundle_parts", lambda parts, *_: [[i] for i in range(len(parts))])
+        _, alone, keys = rerun()
+    assert len(keys) == 16 and len(alone) == 2 * 16 + 2
+    bundled, together, keys = rerun()
+    assert bundled.summary["tasks"] == 16  # parts, as the layout has them
+    # 2 threads: the first 8 parts in one task (their estimated work is far under the 0.01 s floor), 8 alone
+    assert keys == ["000000-000007"] + [f"{j:06d}" for j in range(8, 16)]
+    assert together == alone
+    # part 3 lost (its marker gone): the rerun computes it alone, the table the same bytes
+    (run_dir / "done" / "part-000003.json").unlink()
+    run = _interrupted(run_dir)
+    (run_dir / "run.json").write_text(json.dumps(run))
+    with get_task_stream(client) as ts:
+        resumed = run_sweep(config, bars, root, client, progress=False, echo=lambda _: None)
+    assert resumed.summary["tasks_resumed"] == 15
+    assert sorted(str(t["key"]).split("-part-")[1] for t in ts.data if "-part-" in str(t["key"])) == ["000003"]
+    assert (run_dir / "results.parquet").read_bytes() == alone["results.parquet"]
+    assert (run_dir / "portfolio.parquet").read_bytes() == alone["portfolio.parquet"]
+
+
 def _same_bits(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
     for col in expected.columns:

@@ -40,9 +40,7 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
     halved (:func:`_halve_tail`).
     """
     total = seconds_per_bar * n_sets * sum(bars_per_symbol.values())
-    # Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
-    # batch_seconds itself asks for less (tests do, to get many tasks from little work).
-    target = min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
+    target = task_target(total, batch_seconds, threads)
     acc_cap = _ACC_BYTES if budget is None else min(_ACC_BYTES, budget // 2)
     max_step = max(1, acc_cap // (8 * max(timeline_len, 1)))
     max_bars = None if budget is None else max(1, budget // 2 // max(bar_bytes, 1))
@@ -50,6 +48,50 @@ def _layout(n_sets: int, symbols: list[str], bars_per_symbol: dict[str, int], se
               _wide(n_sets, symbols, bars_per_symbol, seconds_per_bar, target, max_step, max_bars)]
     best = min(shapes, key=lambda parts: _overhead(parts, len(symbols), timeline_len, load_seconds))
     return _halve_tail(best, threads)
+
+def task_target(total: float, batch_seconds: float, threads: int) -> float:
+    """The work a task aims at, of ``total`` seconds on ``threads``: ``batch_seconds``, or less for a short sweep.
+
+    Enough tasks to keep every thread busy, but none under _MIN_TASK_SECONDS unless
+    batch_seconds itself asks for less (tests do, to get many tasks from little work).
+    """
+    return min(batch_seconds, max(_MIN_TASK_SECONDS, total / (4 * max(threads, 1))))
+
+
+def bundle_parts(parts: list[tuple[tuple[str, ...], bool]], seconds: list[float], target: float,
+                 threads: int) -> list[list[int]]:
+    """Consecutive parts one task computes one after the other: the indexes of ``parts``, grouped, in order.
+
+    ``parts`` are (symbols, bundleable) in the run's part order and ``seconds`` their
+    estimated work. A part whose range the accumulator cap (``_ACC_BYTES``) cut below the
+    ``target`` work leaves the task short of it, and each task costs the driver ~10 ms of
+    CPU (distributed's messages) and the worker a few ms between tasks: on 2 cores that
+    comes out of the workers' share. So parts of the same symbols are taken together
+    while their work fits the ``target``; each part is still computed, written and
+    committed on its own (same files, same markers, same resume). Not bundled: parts
+    that are not bundleable (a range split among symbol groups, whose reduce takes its
+    parts' results; streamed parts) and the last ``4 x threads``, so that the sweep still
+    ends in the small tasks :func:`_halve_tail` made.
+
+    >>> a, b = (("A",), True), (("B",), True)
+    >>> bundle_parts([a] * 3 + [b] * 3 + [a] * 4, [0.2] * 10, 0.5, threads=1)
+    [[0, 1], [2], [3, 4], [5], [6], [7], [8], [9]]
+    """
+    groups: list[list[int]] = []
+    work = 0.0
+    last = len(parts) - 4 * max(threads, 1)
+    for i, (symbols, ok) in enumerate(parts):
+        ok = ok and i < last
+        prev = groups[-1][-1] if groups else None
+        if (ok and prev is not None and parts[prev][1] and prev < last and parts[prev][0] == symbols
+                and work + seconds[i] <= target * (1 + 1e-9)):
+            groups[-1].append(i)
+            work += seconds[i]
+        else:
+            groups.append([i])
+            work = seconds[i]
+    return groups
+
 
 def _halve_tail(parts: list[tuple[tuple[str, ...], int, int]], threads: int) -> list[tuple[tuple[str, ...], int, int]]:
     """Halve the last ``2 x threads`` set ranges, so that the sweep ends in small tasks.

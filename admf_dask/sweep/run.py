@@ -34,7 +34,7 @@ from ..storage import StorageRef
 from .container import ContainerTask, run_container, sent_part
 from .frequency import mixed_frequencies
 from .grid import SweepConfig, _frozen, expand_params
-from .layout import _PROBE_SETS, _estimate, builtin_kernel, plan_layout, probe_path
+from .layout import _PROBE_SETS, _estimate, builtin_kernel, bundle_parts, plan_layout, probe_path, task_target
 from .incremental import Resume, plan_incremental, record_chain
 from .integrity import layout_token, marker_name, verify_committed
 from .streaming import run_stream_container
@@ -245,8 +245,12 @@ def _started() -> dict[str, Any]:
     return {"started": _now(), **_host()}
 
 
-def run_part(task: ContainerTask, *sources: Any) -> dict[str, Any]:
-    """Task: a container, held whole (:func:`run_container`) or streamed along time (:func:`run_stream_container`)."""
+def run_part(task: ContainerTask | tuple[ContainerTask, ...], *sources: Any) -> Any:
+    """Task: a container, held whole (:func:`run_container`) or streamed along time (:func:`run_stream_container`);
+    for a tuple of containers (parts of the same symbols: :func:`~.layout.bundle_parts`), each in turn, their
+    results as a list."""
+    if isinstance(task, tuple):
+        return [run_part(t, *sources) for t in task]
     if task.stream is not None:
         return run_stream_container(task)
     return run_container(task, *sources)
@@ -522,6 +526,18 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         reduced_parts = {j for parts in ranges.values() if len(parts) > 1 for j in parts}
         markers = {j: m for j, m in done.items() if j in reduced_parts}
 
+        # on an object store the parts' accumulators stay on the cluster for the reduce (sent_part): not read back
+        held: dict[int, Any] = {}
+        held_bound = _Bound(_HOLD_BYTES)
+        split = sent_part if reduced_parts and not storage.is_local else None
+        # parts of one symbol group a task computes in turn (see bundle_parts): fewer tasks, the same parts
+        spb = run.get("seconds_per_bar_probe")
+        bundles = [[i] for i in range(len(tasks))]
+        if spb and split is None:
+            work = [spb * (t.hi - t.lo) * sum(bars_per_symbol[s] for s in t.symbols) for t in tasks]
+            bundles = bundle_parts([(t.symbols, t.whole_range and t.stream is None) for t in tasks], work,
+                                   task_target(sum(work), config.batch_seconds, threads), threads)
+
         def inputs(i: int) -> list[Any]:  # the hub's sets of a task, asked for when the task is submitted
             task = tasks[i]
             if task.stream is not None:
@@ -553,14 +569,16 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                     if consumers[sym] == 0 and sources.pop(sym, None) is not None:
                         source.done(sym)
 
-        # on an object store the parts' accumulators stay on the cluster for the reduce (sent_part): not read back
-        held: dict[int, Any] = {}
-        held_bound = _Bound(_HOLD_BYTES)
-        split = sent_part if reduced_parts and not storage.is_local else None
-        if tasks:
-            run_tasks(client, run_part, tasks, extra_args=inputs, retries=config.retries, progress=progress,
-                      label=kind, window=2 * max(threads, 1) + 2, on_result=finished, split=split, held=held,
-                      keys=[f"{kind}-{run_id}-{place}-part-{t.part:06d}" for t in tasks])
+        def bundle_done(b: int, out: Any) -> None:
+            for i, one in zip(bundles[b], out if len(bundles[b]) > 1 else [out]):
+                finished(i, one)
+
+        if tasks:  # (with split, every bundle is one part: held is keyed by the task's index)
+            run_tasks(client, run_part, [tasks[b[0]] if len(b) == 1 else tuple(tasks[i] for i in b) for b in bundles],
+                      extra_args=lambda b: inputs(bundles[b][0]), retries=config.retries, progress=progress,
+                      label=kind, window=2 * max(threads, 1) + 2, on_result=bundle_done, split=split, held=held,
+                      keys=[f"{kind}-{run_id}-{place}-part-{tasks[b[0]].part:06d}"
+                            + (f"-{tasks[b[-1]].part:06d}" if len(b) > 1 else "") for b in bundles])
         held = {tasks[i].part: f for i, f in held.items()}
         split = {r: parts for r, parts in ranges.items() if len(parts) > 1}  # the others wrote their rows
         if later and any(j not in held for parts in split.values() for j in parts):
