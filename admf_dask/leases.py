@@ -137,6 +137,8 @@ def owner(doc: dict) -> str:
 class _Files:
     """A lease file on any fsspec filesystem: check, write, read back (best effort)."""
 
+    creates_atomically = False  # whether write(raw, None) is one request that fails if the file exists
+
     def __init__(self, storage: Storage, name: str) -> None:
         self.storage, self.name, self.path = storage, name, storage.path(name)
 
@@ -251,6 +253,7 @@ class _S3(_Files):
     """S3 through s3fs: conditional PUT (If-None-Match: *, If-Match: ETag) and DELETE (If-Match)."""
 
     _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict")
+    creates_atomically = True  # write(raw, None) creates only if there is none, in one request
 
     def read(self) -> tuple[bytes | None, str | None]:
         from fsspec.asyn import sync
@@ -401,8 +404,9 @@ class Lease:
         holder = None
         self._restore_sigterm = _sigterm_interrupts()  # before the lease exists: a SIGTERM then releases it too
         try:
+            first = True
             while True:
-                current = self._try_acquire(echo)
+                current, first = self._try_acquire(echo, first), False
                 if current is None:
                     break
                 if not wait:
@@ -422,8 +426,15 @@ class Lease:
         self._thread.start()
         return self
 
-    def _try_acquire(self, echo: Callable[[str], None]) -> dict | None:
+    def _try_acquire(self, echo: Callable[[str], None], first: bool = False) -> dict | None:
         """None once acquired; else the live lease that holds it."""
+        if first and self._backend.creates_atomically:  # most runs find no lease: create it outright (S3: one PUT with
+            now = time.time()  # If-None-Match, not a GET first); one there (live or stale) is read and judged below
+            self._acquired = now
+            got = self._backend.write(self._encode(now), None)
+            if got is not None:
+                self._tag, self._renewed, self._lost = got, now, None
+                return None
         for _ in range(20):  # each lost race means someone else wrote: the next read sees them
             with self._backend.locked():
                 raw, tag = self._backend.read()
@@ -488,7 +499,17 @@ class Lease:
             self.renew()
 
     def confirm(self) -> None:
-        """Before a commit point that must not be written twice: renew now (BusyError if lost)."""
+        """Before a commit point that must not be written twice: renew now (BusyError if lost).
+
+        Not again within ``heartbeat / 4`` s of this lease's last write (taken or renewed): no one
+        takes a lease over before its expiry (``expiry`` s after that write, far longer), so the
+        lease then holds as surely as after a renewal now (a sweep's run.json right after the
+        lease was taken, its final table after a short run: one PUT each on S3).
+        """
+        if self._lost is not None:
+            raise self._lost
+        if self._tag is not None and time.time() - self._renewed < self.heartbeat / 4:
+            return
         self.renew()
 
     def release(self) -> None:

@@ -53,8 +53,10 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
         accs = counted(monkeypatch, "/portfolio/part-")  # the accumulators (.acc): PUT by the tasks
         parts = counted(monkeypatch, "/results/part-")  # the tasks' results parts
         rows = counted(monkeypatch, "/portfolio/rows-")  # the reduce's PORTFOLIO rows
+        leases = counted(monkeypatch, "/runs/_leases/")  # the run's lease
         got = run_sweep(CONFIG, store, root, client, progress=False)
         first, first_accs, first_parts, first_rows = dict(seen), dict(accs), dict(parts), dict(rows)
+        first_leases = dict(leases)
         seen.clear()
         again = run_sweep(CONFIG, store, root, client, progress=False)
         rerun = dict(seen)
@@ -69,6 +71,10 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # and the final table takes the parts' and the reduce's rows from the tasks' results: PUT once each, never GET
     assert first_parts == {"PUT": tasks} and first_rows.get("PUT", 0) >= 1 and "GET" not in first_rows, \
         (first_parts, first_rows)
+    # the lease: created with a conditional PUT, no GET first (none is there), deleted at the end (its renewals
+    # depend on the run's length: see test_a_lease_on_s3_is_created_with_one_put_and_confirmed_...)
+    assert first_leases.get("GET", 0) == 0 and first_leases.get("DELETE") == 1 and first_leases.get("PUT"), \
+        first_leases
     # no HEAD before a read or a write, no exists() (HEAD + LIST) before reading run.json or listing a prefix
     assert first.get("HEAD", 0) == 0, first
     # one LIST of the indicator cache for the run (not one per symbol), one of the done markers
@@ -76,9 +82,9 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # four PUTs per task (accumulators, results part, end state, marker); the run's own: run.json twice, the
     # lease's, the kept probe, the reduce's, results.parquet, portfolio.parquet, the chain and latest pointers
     assert first.get("PUT", 0) <= 4 * tasks + 16, first
-    # GETs: the lease, run.json (twice: before and after the lease), the kept probe, the chain pointer; none of
-    # the parts (above); the bars (one per symbol) are outside the run's prefix
-    assert first.get("GET", 0) <= 6, first
+    # GETs: run.json (twice: before and after the lease), the kept probe, the chain pointer; none of the lease's
+    # or the parts' (above); the bars (one per symbol) are outside the run's prefix
+    assert first.get("GET", 0) <= 5, first
     # the summary reports the tasks' requests by operation (the monitor's count), and prints them in one line
     by_op = got.summary["storage_by_op"]
     assert by_op.get("put_object", 0) >= 4 * tasks and "head_object" not in by_op, by_op
@@ -90,6 +96,28 @@ def test_a_sweep_on_s3_makes_no_head_and_lists_each_prefix_once(s3, tmp_path, mo
     # the table assembled from parts read once and held in memory is the local run's
     s3_table = pq.read_table(store.storage.fs.open(root.open().path("runs", got.run_id, "results.parquet"), "rb"))
     assert s3_table.equals(pq.read_table(f"{want.url}/results.parquet")), "S3 and local results differ"
+
+
+def test_a_lease_on_s3_is_created_with_one_put_and_confirmed_without_one_moments_after_its_write(s3, monkeypatch):
+    from admf_dask.errors import BusyError
+    from admf_dask.leases import Lease
+    from admf_dask.runs import lease_ref
+
+    bucket, options = s3
+    ref = lease_ref(StorageRef.make(f"{bucket}/store", options), "sweep", "x")
+    seen = counted(monkeypatch, "/_leases/")
+    lease = Lease(ref, "sweep run x", heartbeat=1000, expiry=2000).acquire()  # no beat during the test
+    assert seen == {"PUT": 1}  # created outright (If-None-Match), not read first
+    lease.confirm()  # written moments ago (< heartbeat / 4): no one can have taken it over before its expiry
+    assert seen == {"PUT": 1}
+    lease._renewed -= 300  # as if written 300 s ago: confirm renews now
+    lease.confirm()
+    assert seen == {"PUT": 2}
+    with pytest.raises(BusyError, match="sweep run x is running on"):  # a live lease: the create fails, then
+        Lease(ref, "sweep run x").acquire()  # it is read and judged
+    assert seen == {"PUT": 3, "GET": 1}
+    lease.release()
+    assert seen == {"PUT": 3, "GET": 1, "DELETE": 1}
 
 
 class Flight:
