@@ -375,6 +375,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         storage.fs.rm(storage.path(), recursive=True)
         raw = None
     run = storage.parse_json(raw, "run.json") if raw is not None else None
+    begun = run is not None  # a run.json before this process: tasks may have committed parts
     if run is not None and run.get("status") == "complete":
         return SweepResult(run_id, run_ref.url, {**run["summary"], "status": "complete (already done)"},
                            config, storage)
@@ -470,9 +471,10 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
                  f"  {len(streamed)} of {len(symbols)} symbols read in chunks of {rows:,} bars: "
                  f"{chunks[0]} chunks per symbol")
 
-        # markers are what we trust; one LIST, not cached (listdir invalidates s3fs's listing cache)
+        # markers are what we trust; one LIST, not cached (listdir invalidates s3fs's listing cache). None to
+        # list in a run this process began: its tasks start only once its run.json is written
         listed = {int(n.rsplit("part-", 1)[1].split(".")[0])
-                  for n in storage.listdir("done") if n.startswith("part-") and n.endswith(".json")}
+                  for n in (storage.listdir("done") if begun else ()) if n.startswith("part-") and n.endswith(".json")}
         layout_tok = layout_token(layout)
         done, failed = verify_committed(storage, listed, layout, layout_tok)  # files and layout, not mere markers
         todo = [j for j in range(len(layout)) if j not in done]
