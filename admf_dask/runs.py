@@ -79,10 +79,15 @@ def run_lease(root: StorageRef, kind: str, run_id: str, *, wait: bool = False,
     if complete is not None and complete():
         yield NO_LEASE
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     lease = Lease(lease_ref(root, kind, run_id), _what(kind, run_id), heartbeat=heartbeat, expiry=expiry)
-    with lease.acquire(wait=wait, echo=echo):
-        yield lease
-    set_latest(root, kind, run_id)
+    with ThreadPoolExecutor(1, thread_name_prefix="admf-latest") as pool:
+        with lease.acquire(wait=wait, echo=echo):
+            yield lease
+            # the block succeeded: the pointer is written while the lease is released (two requests at once)
+            pointed = pool.submit(set_latest, root, kind, run_id)
+        pointed.result()
 
 
 def _workflow_dir(name: str) -> str:
