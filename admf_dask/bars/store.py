@@ -23,6 +23,7 @@ read-merge-write of the manifest under a lock (local disk) or a conditional PUT
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
@@ -283,12 +284,12 @@ class BarStore:
                     check = self._check_large(meta, symbol, handle)
                 pf = pq.ParquetFile(pa.BufferReader(data) if data is not None else handle)
                 if inside:
-                    check(pf.metadata, None)
+                    check(pf, None)
                     table = pf.read(columns=["timestamp", *cols], use_threads=threads)
                 else:
                     groups = [i for i in range(pf.metadata.num_row_groups)
                               if _overlaps(pf.metadata.row_group(i).column(0).statistics, lo, hi)]
-                    check(pf.metadata, groups)
+                    check(pf, groups)
                     table = pf.read_row_groups(groups, columns=["timestamp", *cols], use_threads=threads)
         except FileNotFoundError:
             raise StorageError("a data file listed in the manifest is missing", symbol=symbol,
@@ -411,8 +412,6 @@ class BarStore:
             raise StorageError(f"data file has {len(data):,} bytes, the manifest says {meta['bytes']:,}",
                                **self._damaged(meta, symbol))
         if "file_sha256" in meta:
-            import hashlib
-
             digest = hashlib.sha256(data).hexdigest()
             if digest != meta["file_sha256"]:
                 raise StorageError("data file does not hold the bars the manifest records (sha256 of its bytes "
@@ -425,20 +424,17 @@ class BarStore:
     def _check_large(self, meta: dict[str, Any], symbol: str, handle: Any) -> Callable[[Any, Any], None]:
         """:meth:`_check_bytes` for a file read in part (over ``_WHOLE_FILE_ROWS`` rows): its size and, when the
         entry records them (:func:`~admf_dask.bars.update.part_digests`), the sha256 of its footer now; returns
-        ``check(metadata, groups)``, which checks the sha256 of each row group's bytes (``groups`` None: all)
+        ``check(pf, groups)``, which checks the sha256 of each row group's bytes (``groups`` None: all)
         before the caller decodes it, each once, so a bounded read reads only the groups it uses (twice: to
         check, then to decode; from the page cache on local disk). An entry without them has the whole file
         checked now, its bytes hashed in blocks (``file_sha256``) or its arrays (older entries), and its
         ``check`` does nothing. The handle is left at the start."""
-        import hashlib
-
         size = handle.size()
         if "bytes" in meta and size != meta["bytes"]:
             raise StorageError(f"data file has {size:,} bytes, the manifest says {meta['bytes']:,}",
                                **self._damaged(meta, symbol))
 
-        def check_digest(data: Any, what: str, want: str) -> None:
-            digest = (data if isinstance(data, type(hashlib.sha256())) else hashlib.sha256(data)).hexdigest()
+        def check_digest(digest: str, what: str, want: str) -> None:
             if digest != want:
                 raise StorageError(f"data file does not hold the bars the manifest records (sha256 of its bytes: "
                                    f"{what} {digest[:12]}, committed {want[:12]})", **self._damaged(meta, symbol))
@@ -447,11 +443,12 @@ class BarStore:
             handle.seek(max(size - 8, 0))
             footer = 8 + int.from_bytes(handle.read(8)[:4], "little")
             handle.seek(max(size - footer, 0))
-            check_digest(handle.read(footer), "footer", meta["footer_sha256"])
+            check_digest(hashlib.sha256(handle.read(footer)).hexdigest(), "footer", meta["footer_sha256"])
             handle.seek(0)
             done: set[int] = set()
 
-            def check(metadata: Any, groups: Any) -> None:
+            def check(pf: pq.ParquetFile, groups: Any) -> None:
+                metadata = pf.metadata
                 for i in range(metadata.num_row_groups) if groups is None else groups:
                     if i in done:
                         continue
@@ -749,7 +746,7 @@ class BarStore:
             else:
                 check = self._check_large(meta, symbol, handle)
             pf = _CheckedFile(source, metadata=metadata, pre_buffer=False, buffer_size=_IO_BUFFER)
-            pf.check = lambda groups: check(pf.metadata, groups)
+            pf.check = lambda groups: check(pf, groups)
             if metadata is None:
                 _check_footer(pf, meta, symbol, cols, self.storage.display(meta["path"]))
             yield pf
@@ -1062,8 +1059,6 @@ def _overlaps(stats: Any, lo: int, hi: int) -> bool:
 def _arrays_digests(pf: pq.ParquetFile, rows: list[int]) -> list[str]:
     """sha256 of the arrays (``update._hash_arrays``) of consecutive runs of ``rows`` rows of a file, streamed
     one column at a time in record batches: an older entry's content hash, each of its ``groups``'."""
-    import hashlib
-
     hashers = [hashlib.sha256() for _ in rows]
     ends = np.cumsum(rows)
     for name in ["timestamp", *VALUE_COLUMNS]:
@@ -1202,18 +1197,16 @@ class _RowReader:
         self.file.close()
 
 
-def _hash_blocks(handle: Any, n: int) -> Any:
-    """sha256 of the next ``n`` bytes of a file, read in blocks of ``_IO_BUFFER`` (never held whole)."""
-    import hashlib
-
+def _hash_blocks(handle: Any, n: int) -> str:
+    """sha256 (hex) of the next ``n`` bytes of a file, read in blocks of ``_IO_BUFFER`` (never held whole)."""
     h = hashlib.sha256()
     while n > 0 and (block := handle.read(min(n, _IO_BUFFER))):
         h.update(block)
         n -= len(block)
-    return h
+    return h.hexdigest()
 
 
-def _UNCHECKED(metadata: Any, groups: Any) -> None:
+def _UNCHECKED(pf: Any, groups: Any) -> None:
     """The row-group check of a file checked whole (or held in memory): nothing left to check."""
 
 
