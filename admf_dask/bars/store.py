@@ -481,18 +481,45 @@ class BarStore:
 
     def _intact(self, meta: dict[str, Any], symbol: str) -> bool:
         """Whether a committed data file still holds what the manifest recorded (its checks of a read pass)."""
+        return self._damage(meta, symbol) is None
+
+    def _damage(self, meta: dict[str, Any], symbol: str) -> StorageError | None:
+        """What is wrong with a committed data file, read whole through every check of a read, or None."""
         try:
-            with self._reading(meta, symbol), self._parquet(meta, symbol, []):
-                return True
-        except StorageError:
-            return False
+            with self._reading(meta, symbol), self._parquet(meta, symbol, []) as pf:
+                pf.check(None)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def verify(self, symbols: Iterable[str] | None = None) -> dict[str, Any]:
+        """Check every data file of ``symbols`` (all by default) as a read would, each read whole once.
+
+        Returns ``{"symbols", "files", "bytes", "damaged"}``, ``damaged`` being a StorageError per
+        file that does not hold what the manifest recorded at its commit (its size, the sha256 of its
+        bytes, or for older entries of its bars), missing or unreadable, in symbol and time order.
+        Files are read a few at a time in threads (overlapping an object store's latency).
+
+        >>> from admf_dask.bars import generate_bars
+        >>> store = BarStore("memory://doc/verify")
+        >>> _ = store.write([generate_bars("AAA", "2023-06-01", "2024-03-31", seed=1)])
+        >>> out = store.verify()
+        >>> out["files"], out["damaged"]
+        (2, [])
+        """
+        names = self.symbols() if symbols is None else list(symbols)
+        files = [(s, f) for s in names for f in self.entry(s)["files"]]
+        damaged = [e for e in _file_pool().map(lambda sf: self._damage(sf[1], sf[0]), files) if e is not None]
+        return {"symbols": len(names), "files": len(files), "bytes": sum(f.get("bytes", 0) for _, f in files),
+                "damaged": damaged}
 
     def _damaged(self, meta: dict[str, Any], symbol: str) -> dict[str, Any]:
         """Where a data file that fails its check is, and what to do."""
         return {"symbol": symbol, "file": self.storage.display(meta["path"]),
                 "hint": "the file changed after its commit (damaged in storage, or written outside admf); "
                         f"write this symbol's bars again from their source (admf ingest {self.url} FILE "
-                        "--mode replace, or the same admf generate: the file is written anew) or restore it"}
+                        "--mode replace, or the same admf generate: the file is written anew) or restore it; "
+                        f"admf verify {self.url} lists every such file"}
 
     def read_many(self, symbols: Iterable[str] | None = None, start: object = None, end: object = None,
                   columns: Sequence[str] | None = None) -> dict[str, Bars]:

@@ -135,18 +135,37 @@ def test_a_truncated_local_bar_file_is_one_error_naming_it_even_where_only_its_f
         assert err.value.where["file"].endswith(meta["path"]) and "\n" not in str(err.value)
 
 
-def test_the_cli_stops_on_a_damaged_bar_file_with_one_error_line_and_writes_nothing(dataset, capsys):
-    store, _ = dataset
-    meta = store.entry("BBB")["files"][0]
-    _flip(store, meta)
-    before = _files(store.storage.path(""))
+def _admf(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        main(["repack", store.url, "--granularity", "symbol"])
+        main([*args])
     out = capsys.readouterr()
-    assert exit_.value.code == 2
-    lines = out.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and meta["path"] in lines[0], out.err
+    return exit_.value.code, out.out, out.err
+
+
+def test_the_cli_stops_on_a_damaged_bar_file_with_one_error_line_and_writes_nothing(dataset, capsys):
+    store, _ = dataset
+    code, out, err = _admf(capsys, "verify", store.url)
+    assert (code, err) == (0, "") and "4 data files of 2 symbol(s)" in out, out
+    meta = store.entry("BBB")["files"][0]
+    _flip(store, meta)
+    truncated = Path(store.storage.path(store.entry("AAA")["files"][1]["path"]))
+    intact = truncated.read_bytes()
+    truncated.write_bytes(intact[:-1])
+    code, out, err = _admf(capsys, "verify", store.url)  # every damaged file listed, then one error line
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: 2 of 4 data files"), err
+    damaged = out.strip().splitlines()
+    assert len(damaged) == 2 and all(line.startswith("damaged: ") for line in damaged), out
+    assert "symbol AAA" in damaged[0] and "bytes, the manifest says" in damaged[0]
+    assert meta["path"] in damaged[1] and "sha256 of its bytes" in damaged[1]
+    assert _admf(capsys, "verify", store.url, "--symbols", "AAA")[2].startswith("error: 1 of 2 data files")
+    assert _admf(capsys, "verify", store.url, "--symbols", "BBB")[2].startswith("error: 1 of 2 data files")
+    truncated.write_bytes(intact)  # restored: the repack below meets BBB's flipped bit
+    before = _files(store.storage.path(""))
+    code, out, err = _admf(capsys, "repack", store.url, "--granularity", "symbol")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and meta["path"] in lines[0], err
     assert "symbol BBB" in lines[0] and "sha256 of its bytes" in lines[0]
     assert _files(store.storage.path("")) == before  # no file added, moved or removed; the manifest as it was
 
