@@ -440,10 +440,13 @@ class BarStore:
                                    f"{what} {digest[:12]}, committed {want[:12]})", **self._damaged(meta, symbol))
 
         if "group_sha256" in meta:
-            handle.seek(max(size - 8, 0))
-            footer = 8 + int.from_bytes(handle.read(8)[:4], "little")
-            handle.seek(max(size - footer, 0))
-            check_digest(hashlib.sha256(handle.read(footer)).hexdigest(), "footer", meta["footer_sha256"])
+            handle.seek(max(size - _IO_BUFFER, 0))  # the footer is at most a few kB: one read (one request)
+            tail = handle.read(_IO_BUFFER)
+            footer = 8 + int.from_bytes(tail[-8:-4], "little")
+            if footer > len(tail):
+                handle.seek(max(size - footer, 0))
+                tail = handle.read(footer)
+            check_digest(hashlib.sha256(tail[-footer:]).hexdigest(), "footer", meta["footer_sha256"])
             handle.seek(0)
             done: set[int] = set()
 
