@@ -517,7 +517,8 @@ def _against_base(store: Any, symbol: str, base: dict[str, Any], files: list[dic
     """
     stored = {(f["year"], f["sha256"], f["rows"]): f for f in base["files"]}
     reused = [stored.get((f["year"], f["sha256"], f["rows"])) for f in files]
-    files = [old if old is not None and store._intact(old, symbol) else f for old, f in zip(reused, files)]
+    intact = iter(store._intact([old for old in reused if old is not None], symbol))
+    files = [old if old is not None and next(intact) else f for old, f in zip(reused, files)]
     rows = sum(f["rows"] for f in files)
     if make_entry(files)["fingerprint"] == base["fingerprint"]:
         return _finish(symbol, base, files, staged, "unchanged")

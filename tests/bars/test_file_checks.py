@@ -205,3 +205,22 @@ def test_an_old_manifest_without_file_sha256_still_reads_is_checked_by_its_array
     for symbol in ("AAA", "BBB"):
         np.testing.assert_array_equal(again.read(symbol).close, bars[symbol].close)
     assert again.repack("year")["rewritten"] == 0  # recorded: nothing to do
+
+
+def test_on_s3_a_damaged_file_is_listed_by_verify_and_written_anew_by_the_same_bars(s3):
+    bucket, options = s3
+    bars = generate_bars("AAA", "2022-01-01", "2023-12-31", seed=1)
+    store = BarStore(f"{bucket}/bars", options)
+    store.write([bars])
+    first, second = store.entry("AAA")["files"]
+    raw = store.storage.read_bytes(second["path"])
+    store.storage.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]), second["path"])  # the magic's last byte
+    (damaged,) = BarStore(store.url, options).verify()["damaged"]
+    assert damaged.where["file"].endswith(second["path"]) and "sha256 of its bytes" in damaged.message
+    update = BarStore(store.url, options).update([bars], mode="replace")
+    assert update.changes["AAA"].change == "unchanged"
+    files = update.manifest["symbols"]["AAA"]["files"]
+    assert files[0] == first and files[1]["path"] != second["path"] and files[1]["file_sha256"] == second["file_sha256"]
+    assert BarStore(store.url, options).verify()["damaged"] == []
+    assert not store.storage.exists(second["path"])
+    np.testing.assert_array_equal(BarStore(store.url, options).read("AAA").close, bars.close)
