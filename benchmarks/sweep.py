@@ -16,7 +16,10 @@
 2. Scaling: a sweep of ~``--scale-seconds`` of work on 1 worker, then the same on 2
    workers, ``--scale-repeat`` times, alternating. ``scaling_efficiency`` is the median
    over those pairs of (t1 / t2) / 2 (target >= 0.9); ``scaling_efficiency_of_medians``
-   is (median t1 / median t2) / 2. ``scaling_tasks_*`` are each run's task count, and
+   is (median t1 / median t2) / 2. ``scaling_tasks_*`` are each run's task count (parts),
+   ``scaling_task_calls_*`` the Dask tasks that computed them (a task may take several
+   parts), ``scaling_driver_cpu_*`` / ``scaling_workers_cpu_*`` each run's CPU-seconds of
+   this process (client, scheduler, nannies) and of its workers, and
    ``scaling_background_cores_*`` the cores the rest of the machine kept busy during each
    run (/proc/stat less this process and its workers): on 2 cores a pair taken beside
    other work reads low whatever the code (0.2 of a core elsewhere already costs ~0.1).
@@ -90,6 +93,7 @@ def _timed_sweep(client, store, config):
         result = run_sweep(config, store, StorageRef.make(root), client, echo=lambda m: None, progress=False)
         seconds = time.perf_counter() - t0
         result.table  # read (untimed) before the root is removed: results are read from storage lazily
+        result.summary["task_calls"] = _task_calls(result)
         return seconds, result
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -107,17 +111,33 @@ def _machine_busy() -> float:
 
 def _ours() -> float:
     """CPU-seconds of this process and its children (the LocalCluster's workers) so far."""
+    return sum(_ours_split())
+
+
+def _ours_split() -> tuple[float, float]:
+    """CPU-seconds so far of this process (the driver: client, scheduler, nannies) and of its children."""
     import psutil
 
-    total = 0.0
+    driver = children = 0.0
     me = psutil.Process()
     for p in [me, *me.children(recursive=True)]:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
         except psutil.Error:  # a child gone meanwhile
-            pass
-    return total
+            continue
+        if p is me:
+            driver += t.user + t.system
+        else:
+            children += t.user + t.system
+    return driver, children
+
+
+def _task_calls(result) -> int:
+    """The Dask tasks of a run's main stage (its monitor record): parts, or fewer when a task takes several."""
+    import json
+
+    run = json.loads(result._storage.read_bytes("run.json"))
+    return int(run.get("monitor", {}).get("tasks", {}).get("count", 0))
 
 
 def _cluster(n_workers: int):
@@ -212,15 +232,20 @@ def main(argv: list[str] | None = None) -> dict:
         # cores the rest of the machine kept busy during each run: a 2-worker run on 2 cores loses what they take,
         # a 1-worker run mostly does not, so a pair taken beside other work reads low whatever the code
         background: dict[int, list[float]] = {1: [], 2: []}
+        calls: dict[int, list[int]] = {1: [], 2: []}  # the Dask tasks that computed them
+        cpu: dict[int, list[tuple[float, float]]] = {1: [], 2: []}  # CPU-s of the driver and of the workers
         for _ in range(max(1, args.scale_repeat)):
             for workers in (1, 2):
                 with _cluster(workers) as client:
                     _warm(client, scale_store)
-                    busy, ours = _machine_busy(), _ours()
+                    busy, (driver, children) = _machine_busy(), _ours_split()
                     t, res = _timed_sweep(client, scale_store, scale_config)
-                    others = (_machine_busy() - busy) - (_ours() - ours)
+                    driver_end, children_end = _ours_split()
+                    others = (_machine_busy() - busy) - (driver_end - driver) - (children_end - children)
                 times[workers].append(t)
                 tasks[workers].append(res.summary["tasks"])
+                calls[workers].append(res.summary.get("task_calls", 0))
+                cpu[workers].append((driver_end - driver, children_end - children))
                 background[workers].append(max(0.0, others) / t)
         med = {w: float(np.median(ts)) for w, ts in times.items()}
         for workers in (1, 2):
@@ -233,6 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
                        scaling_seconds_1_all=[round(t, 3) for t in times[1]],
                        scaling_seconds_2_all=[round(t, 3) for t in times[2]],
                        scaling_tasks_1=tasks[1], scaling_tasks_2=tasks[2],
+                       scaling_task_calls_1=calls[1], scaling_task_calls_2=calls[2],
+                       scaling_driver_cpu_1=[round(d, 3) for d, _ in cpu[1]],
+                       scaling_driver_cpu_2=[round(d, 3) for d, _ in cpu[2]],
+                       scaling_workers_cpu_1=[round(w, 3) for _, w in cpu[1]],
+                       scaling_workers_cpu_2=[round(w, 3) for _, w in cpu[2]],
                        scaling_background_cores_1=[round(b, 2) for b in background[1]],
                        scaling_background_cores_2=[round(b, 2) for b in background[2]],
                        scaling_efficiency=round(float(np.median(pairs)), 3),
