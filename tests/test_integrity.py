@@ -182,7 +182,7 @@ def test_reduce_and_assembly_give_the_same_bits_held_or_read_twice(tmp_path, bar
 def test_parts_one_task_computes_in_turn_are_byte_for_byte_those_of_a_task_each(tmp_path, bars, client,
                                                                                 monkeypatch):
     """A task takes consecutive whole-range parts of one symbol group while they fit its target work
-    (layout.bundle_parts), the last 4 x threads parts one each; every part, marker and the final tables are
+    (layout.bundle_parts), the first 2 x threads and the last 4 x threads parts one each; every part, marker and the final tables are
     the bytes of one task a part, and a part lost from a bundle is resumed alone."""
     from distributed import get_task_stream
 
@@ -212,17 +212,18 @@ def test_parts_one_task_computes_in_turn_are_byte_for_byte_those_of_a_task_each(
     assert len(keys) == 16 and len(alone) == 2 * 16 + 2
     bundled, together, keys = rerun()
     assert bundled.summary["tasks"] == 16  # parts, as the layout has them
-    # 2 threads: the first 8 parts in one task (their estimated work is far under the 0.01 s floor), 8 alone
-    assert keys == ["000000-000007"] + [f"{j:06d}" for j in range(8, 16)]
+    # 2 threads: the first 4 and the last 8 parts alone, the 4 between in one task (their estimated work is far
+    # under the 0.01 s floor)
+    assert keys == ["000000", "000001", "000002", "000003", "000004-000007"] + [f"{j:06d}" for j in range(8, 16)]
     assert together == alone
-    # part 3 lost (its marker gone): the rerun computes it alone, the table the same bytes
-    (run_dir / "done" / "part-000003.json").unlink()
+    # part 5 lost (its marker gone): the rerun computes it alone, the table the same bytes
+    (run_dir / "done" / "part-000005.json").unlink()
     run = _interrupted(run_dir)
     (run_dir / "run.json").write_text(json.dumps(run))
     with get_task_stream(client) as ts:
         resumed = run_sweep(config, bars, root, client, progress=False, echo=lambda _: None)
     assert resumed.summary["tasks_resumed"] == 15
-    assert sorted(str(t["key"]).split("-part-")[1] for t in ts.data if "-part-" in str(t["key"])) == ["000003"]
+    assert sorted(str(t["key"]).split("-part-")[1] for t in ts.data if "-part-" in str(t["key"])) == ["000005"]
     assert (run_dir / "results.parquet").read_bytes() == alone["results.parquet"]
     assert (run_dir / "portfolio.parquet").read_bytes() == alone["portfolio.parquet"]
 

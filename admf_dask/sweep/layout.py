@@ -70,20 +70,22 @@ def bundle_parts(parts: list[tuple[tuple[str, ...], bool]], seconds: list[float]
     while their work fits the ``target``; each part is still computed, written and
     committed on its own (same files, same markers, same resume). Not bundled: parts
     that are not bundleable (a range split among symbol groups, whose reduce takes its
-    parts' results; streamed parts) and the last ``4 x threads``, so that the sweep still
-    ends in the small tasks :func:`_halve_tail` made.
+    parts' results; streamed parts), the last ``4 x threads``, so that the sweep still
+    ends in the small tasks :func:`_halve_tail` made, and the first ``2 x threads``: the
+    scheduler places the first tasks before it knows how long they take, and may queue
+    two on one worker while the other waits for one of them to be stolen.
 
     >>> a, b = (("A",), True), (("B",), True)
-    >>> bundle_parts([a] * 3 + [b] * 3 + [a] * 4, [0.2] * 10, 0.5, threads=1)
-    [[0, 1], [2], [3, 4], [5], [6], [7], [8], [9]]
+    >>> bundle_parts([a] * 5 + [b] * 3 + [a] * 4, [0.2] * 12, 0.5, threads=1)
+    [[0], [1], [2, 3], [4], [5, 6], [7], [8], [9], [10], [11]]
     """
     groups: list[list[int]] = []
     work = 0.0
-    last = len(parts) - 4 * max(threads, 1)
+    first, last = 2 * max(threads, 1), len(parts) - 4 * max(threads, 1)
     for i, (symbols, ok) in enumerate(parts):
-        ok = ok and i < last
+        ok = ok and first <= i < last
         prev = groups[-1][-1] if groups else None
-        if (ok and prev is not None and parts[prev][1] and prev < last and parts[prev][0] == symbols
+        if (ok and prev is not None and parts[prev][1] and first <= prev < last and parts[prev][0] == symbols
                 and work + seconds[i] <= target * (1 + 1e-9)):
             groups[-1].append(i)
             work += seconds[i]
