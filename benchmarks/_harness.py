@@ -37,3 +37,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title:
     print("  ".join("-" * w for w in widths))
     for r in cells:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def record_digests(store) -> None:
+    """Repack (at its own granularity) a kept dataset written before manifests recorded the sha256 of each
+    file's bytes (2026-12-07): reads check an older entry by its arrays' sha256 (~0.5 ms a daily file), so
+    without this the figures would be those of files the code no longer writes."""
+    if any("file_sha256" not in f for e in store.manifest["symbols"].values() for f in e["files"]):
+        store.repack(store.granularity)

@@ -75,6 +75,8 @@ def rows(args, out_rows: list, figures: dict, *, root: str, config, cluster, war
     from admf_dask.storage import StorageRef
     from admf_dask.sweep import run_sweep
 
+    from ._harness import record_digests
+
     server = _Server()
     url = f"s3://{server.bucket}"
     names = symbol_names(n_symbols)
@@ -127,6 +129,8 @@ def rows(args, out_rows: list, figures: dict, *, root: str, config, cluster, war
             shutil.rmtree(os.path.dirname(local_store.url), ignore_errors=True)
             generate_dataset(local_store, names, spec, progress=False)
             local_store = BarStore(local_store.url)
+        record_digests(local_store)
+        local_store = BarStore(local_store.url)
 
         def timed(client, store, where: str) -> float:
             run_root = (StorageRef.make(f"{url}/runs-{uuid.uuid4().hex[:8]}", server.options) if where == "s3"

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from admf_dask.bars import BarStore, SyntheticSpec, generate_dataset, symbol_names
 
-from ._harness import print_table
+from ._harness import print_table, record_digests
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench")
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not store.exists() or store.symbols() != names or store.source != {"kind": "synthetic", **spec.to_dict()}:
         print(f"generating {args.symbols} symbols of {args.freq} bars into {url} ...")
         generate_dataset(store, names, spec)
+    record_digests(BarStore(url))
     store = BarStore(url)
     store.manifest  # read once, as any long-lived reader would
 

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 
-from benchmarks._harness import print_table
+from benchmarks._harness import print_table, record_digests
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench")
 GIB = 1 << 30
@@ -62,6 +62,7 @@ def _dataset(name: str, symbols: list[str], start: str, end: str, freq: str):
 
         with connect({**LOCAL, "memory_limit": "4GiB"}, echo=lambda m: None) as client:
             generate_dataset(store, symbols, spec, client=client, progress=False)
+    record_digests(BarStore(store.url))
     return BarStore(store.url)
 
 

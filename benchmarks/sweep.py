@@ -56,7 +56,7 @@ import time
 
 import numpy as np
 
-from benchmarks._harness import print_table
+from benchmarks._harness import print_table, record_digests
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench")
 
@@ -70,6 +70,7 @@ def _dataset(name: str, n_symbols: int, start: str, end: str, freq: str = "daily
     if (not store.exists() or store.symbols() != names or store.source != {"kind": "synthetic", **spec.to_dict()}
             or _dictionary_prices(store)):
         generate_dataset(store, names, spec, progress=False)
+    record_digests(BarStore(store.url))
     return BarStore(store.url)
 
 
