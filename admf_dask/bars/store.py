@@ -42,20 +42,8 @@ from ..errors import ConfigError, DataError, StorageError, did_you_mean
 from ..storage import Storage, StorageRef
 from .schema import ARROW_SCHEMA, COLUMNS, SCHEMA_VERSION, VALUE_COLUMNS, Bars
 from .txn import MANIFEST, Txn, commit_plans
-from .update import (
-    WHOLE_FILE_ROWS,
-    Plan,
-    SymbolChange,
-    check_granularity,
-    check_mode,
-    granularity_for,
-    granularity_of,
-    group_span,
-    plan_bars,
-    plan_repack,
-    plan_staged,
-    write_symbol_files,
-)
+from .update import (WHOLE_FILE_ROWS, Plan, SymbolChange, check_granularity, check_mode, granularity_for,
+                     granularity_of, group_span, plan_bars, plan_repack, plan_staged, write_symbol_files)
 
 __all__ = ["BarStore", "MANIFEST", "Update", "to_ns", "write_symbol_files"]
 
