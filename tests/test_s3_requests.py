@@ -170,6 +170,7 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
     store.write([generate_bars(s, "2020-01-01", "2020-12-31", seed=3) for s in names])
     specs = (IndicatorSpec.make("sma", window=5), IndicatorSpec.make("sma", window=20))
     sources = [InlineSet(store.ref, s, None, None, specs, None, store.fingerprint) for s in names]
+    BarStore.open(store.ref, store.fingerprint)  # this process's reader, as a worker's: its manifest read once
     flight = in_flight(monkeypatch, "/bars/", 2.0, expect=len(names))
     got = read_ahead(sources, resolve)
     # every symbol's bars requested at once, not one after another: the round trips overlap
@@ -183,6 +184,23 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
         assert g.data_key == w.data_key and len(g.bars) == len(w.bars) > 200
         for spec in specs:
             np.testing.assert_array_equal(g.get(spec), w.get(spec))
+    # bars this process keeps (read above, the cache on again) are read in order, as from local disk: no
+    # thread pool beside the sets being built, and no request
+    monkeypatch.delenv("ADMF_BAR_CACHE_MB")
+    assert all(s.bars_kept() for s in sources)
+    import concurrent.futures
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", None)  # read_ahead would fail to start one
+    flight.most = 0
+    kept = read_ahead(sources, resolve)
+    assert flight.most == 0 and [s.symbol for s in kept] == names
+    for k, w in zip(kept, want):
+        for spec in specs:
+            np.testing.assert_array_equal(k.get(spec), w.get(spec))
+    from admf_dask.bars import store as bar_store  # the copies dropped: each is fetched (read ahead) again
+
+    bar_store._FETCHED.clear()
+    assert not any(s.bars_kept() for s in sources)
 
 
 def test_storage_each_overlaps_reads_in_order_and_raises_the_first_error(s3, monkeypatch):

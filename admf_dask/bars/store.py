@@ -339,6 +339,15 @@ class BarStore:
     def _remote(self) -> bool:
         return not isinstance(self._arrow_fs, pafs.LocalFileSystem)
 
+    def kept(self, symbol: str, start: object = None, end: object = None) -> bool:
+        """Whether reading ``symbol`` in ``[start, end]`` makes no request: an object store's files this
+        process fetched whole and keeps (:data:`_FETCHED`), every one of them. False on local disk."""
+        if not self._remote or not _FETCHED.limit():
+            return False
+        metas = self._files(symbol, to_ns(start, _MIN_NS), to_ns(end, _MAX_NS))
+        return bool(metas) and all(m["rows"] <= _WHOLE_FILE_ROWS and _FETCHED.holds(_FETCHED.key(self.url, m))
+                                   for m in metas)
+
     def _open_input(self, meta: dict[str, Any]) -> Any:
         """A data file opened for reading. Object stores: fsspec's file with the size the manifest
         records (no HEAD) and no read-ahead cache; local disk: pyarrow's own file."""
@@ -1040,6 +1049,10 @@ class _FileCache:
         if "sha256" not in meta or "bytes" not in meta:
             return None
         return url, meta["path"], meta["sha256"], meta["bytes"]
+
+    def holds(self, key: tuple | None) -> bool:
+        with self._lock:
+            return key is not None and key in self._files
 
     def get(self, key: tuple | None) -> bytes | None:
         if key is None:
