@@ -197,9 +197,9 @@ def test_read_ahead_builds_the_same_sets_from_s3(s3, monkeypatch):
     for k, w in zip(kept, want):
         for spec in specs:
             np.testing.assert_array_equal(k.get(spec), w.get(spec))
-    from admf_dask.bars import store as bar_store  # the copies dropped: each is fetched (read ahead) again
+    from admf_dask.bars import store as bar_store
 
-    bar_store._FETCHED.clear()
+    bar_store._FETCHED.clear()  # the copies dropped: each is fetched (read ahead) again
     assert not any(s.bars_kept() for s in sources)
 
 
