@@ -271,7 +271,8 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
               drain_on_error: bool = False,
               extra_args: Sequence[Sequence[Any]] | Callable[[int], Sequence[Any]] | None = None,
               window: int | None = None, split: Callable[[Any], Any] | None = None,
-              held: dict[int, Any] | None = None) -> list[Any]:
+              held: dict[int, Any] | None = None,
+              workers: Callable[[int], Any] | None = None) -> list[Any]:
     """Run ``fn(item)`` for every item on the cluster; return results in item order.
 
     ``keys`` (deterministic task keys) let identical work collapse onto one task; without them
@@ -301,6 +302,10 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     ahead of queued tasks) and the whole result stays on the cluster: its future is put in
     ``held[i]`` as item i is submitted, for later tasks to take as an argument (the caller
     drops the ones it does not need; on failure every one is cancelled).
+
+    ``workers(i)``, asked as item i is submitted (after ``extra_args``), is the address of a worker to send it to, or None: a loose
+    restriction (``allow_other_workers``), so the scheduler may still run it elsewhere (that worker gone, or
+    work stealing while it is busy).
     """
     if extra_args is None:
         def extra(i: int) -> Sequence[Any]:
@@ -319,7 +324,10 @@ def run_tasks(client: Any, fn: Callable[..., Any], items: Sequence[Any], *, labe
     kept: dict[int, Any] = {} if held is None else held
 
     def submit(i: int) -> Any:
-        future = client.submit(fn, items[i], *extra(i), key=keys[i], retries=retries, pure=False)
+        args = extra(i)
+        where = None if workers is None else workers(i)
+        placed = {} if where is None else {"workers": [where], "allow_other_workers": True}
+        future = client.submit(fn, items[i], *args, key=keys[i], retries=retries, pure=False, **placed)
         if split is None:
             return future
         kept[i] = future  # the key of the part sent to the driver keeps the task's stage (STAGES)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -253,7 +253,58 @@ def run_part(task: ContainerTask | tuple[ContainerTask, ...], *sources: Any) -> 
         return [run_part(t, *sources) for t in task]
     if task.stream is not None:
         return run_stream_container(task)
-    return run_container(task, *sources)
+    return {**run_container(task, *sources), "worker": _worker_address()}
+
+
+def _worker_address() -> str | None:
+    """The address of the dask worker running this task; None outside one."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:
+        return None
+
+
+# where each task's bars were read, per driver process: (bars url, fingerprint, task's symbols) -> worker address,
+# the most recent last. An object store's bar files stay in the worker process that fetched them
+# (bars.store._FETCHED), so a later run of the same tasks on the same cluster is sent there (_Placement)
+_PLACED: OrderedDict[tuple[str, str, tuple[str, ...]], str] = OrderedDict()
+_PLACED_MAX = 4096
+
+
+class _Placement:
+    """Where a run's tasks go: each to the worker that read its bars in an earlier run of this process
+    (:data:`_PLACED`), while that worker's tasks stay within its share of the run's work (by its threads).
+
+    ``work[b]`` is task b's work (bars x sets). A task over its worker's share goes to the worker furthest
+    below its own share instead (it reads its bars there once; the next run keeps it there), so the pins
+    of an uneven run do not leave a worker idle. A task never run before is left to the scheduler.
+    """
+
+    def __init__(self, data: tuple[str, str], workers: Mapping[str, Mapping[str, Any]], work: list[float]) -> None:
+        threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
+        self.data, self.work = data, work
+        self.share = {a: sum(work) * w.get("nthreads", 1) / threads for a, w in workers.items()}
+        self.load = dict.fromkeys(workers, 0.0)
+
+    def worker(self, b: int, symbols: tuple[str, ...]) -> str | None:
+        """The worker to send task ``b`` (of ``symbols``) to; None: the scheduler's choice."""
+        address = _PLACED.get((*self.data, tuple(symbols)))
+        if address not in self.load:  # never run, or its worker is gone
+            return None
+        if self.load[address] + self.work[b] > self.share[address] * (1 + 1e-9):
+            address = min(self.load, key=lambda a: (self.load[a] - self.share[a], a))
+        self.load[address] += self.work[b]
+        return address
+
+    def ran(self, symbols: tuple[str, ...], address: str) -> None:
+        """A task of ``symbols`` ran on the worker at ``address`` (and keeps their bars)."""
+        key = (*self.data, tuple(symbols))
+        _PLACED[key] = address
+        _PLACED.move_to_end(key)
+        while len(_PLACED) > _PLACED_MAX:
+            _PLACED.popitem(last=False)
 
 
 class _Bound:
@@ -364,7 +415,9 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
               force: bool = False, yes: bool = False, echo: Callable[[str], None] = print,
               progress: bool = True, lease: Any, performance_report: str | bool | None = None) -> SweepResult:
     """:func:`run_grid`'s work, under the run's ``lease`` (checked before each commit)."""
+    from ..cache import InlineSet
     from ..cluster import ensure_client, run_tasks
+    from ..faults import bar_cache_bytes
 
     run_id = token(identity)[:16]
     run_ref = root.child("runs", run_id)
@@ -552,7 +605,23 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
         given: dict[str, bytes] = {}  # object stores: parts' bytes as their tasks wrote them, for the final table
         given_bound = _Bound(_GIVEN_TOTAL)
 
+        # bars fetched from an object store stay in the worker process that read them (bars.store._FETCHED): a task
+        # whose bars it reads itself (inline sets only) goes back to the worker that ran it in this driver's last run
+        placement = None
+        if not bars.storage.is_local and bar_cache_bytes() > 0:
+            placement = _Placement((bars.url, bars.fingerprint), workers,
+                                   [sum((t.hi - t.lo) * bars_per_symbol[s] for t in (tasks[i] for i in b)
+                                        for s in t.symbols) for b in bundles])
+
+        def worker_of(b: int) -> str | None:  # after inputs(b's first task): its sources are known
+            task = tasks[bundles[b][0]]
+            if task.stream is not None or not all(isinstance(sources.get(s), InlineSet) for s in task.symbols):
+                return None
+            return placement.worker(b, task.symbols)
+
         def finished(i: int, out: dict[str, Any]) -> None:
+            if placement is not None and out.get("worker"):
+                placement.ran(tasks[i].symbols, out["worker"])
             _keep_given(given, given_bound, out.pop("given", None))
             bars_read.update(out.get("bars", {}))
             records.update(out.get("files", {}))
@@ -579,6 +648,7 @@ def _run_grid(config: Any, sets: list[dict[str, Any]], symbols: list[str], bars:
             run_tasks(client, run_part, [tasks[b[0]] if len(b) == 1 else tuple(tasks[i] for i in b) for b in bundles],
                       extra_args=lambda b: inputs(bundles[b][0]), retries=config.retries, progress=progress,
                       label=kind, window=2 * max(threads, 1) + 2, on_result=bundle_done, split=split, held=held,
+                      workers=None if placement is None else worker_of,
                       keys=[f"{kind}-{run_id}-{place}-part-{tasks[b[0]].part:06d}"
                             + (f"-{tasks[b[-1]].part:06d}" if len(b) > 1 else "") for b in bundles])
         held = {tasks[i].part: f for i, f in held.items()}
