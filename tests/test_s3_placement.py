@@ -6,6 +6,7 @@ An object store's bar files stay in the worker process that fetched them (``bars
 from __future__ import annotations
 
 import dask
+import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from admf_dask.bars import BarStore, generate_bars, symbol_names
@@ -31,6 +32,7 @@ class _Placed(SchedulerPlugin):
             self.seen[str(key).split("-part-")[1]] = (set(ts.worker_restrictions or ()), ts.processing_on.address)
 
 
+@pytest.mark.slow  # a process cluster (bar files are kept per process) and 3 sweeps: ~5 s
 def test_a_repeated_sweep_goes_where_its_bars_are_kept_and_reads_none_from_s3(s3, monkeypatch):
     bucket, options = s3
     options = {k: v for k, v in options.items() if k != "skip_instance_cache"}
