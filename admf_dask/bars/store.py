@@ -406,15 +406,9 @@ class BarStore:
         Entries written before ``file_sha256`` was recorded have their arrays' ``sha256`` checked instead
         (each row group's for a coarser file; ~0.5 ms for a year of daily bars: ``admf repack`` records
         the new field). A flipped bit of a daily file mostly still parses: only these tell."""
-        if "bytes" in meta and len(data) != meta["bytes"]:
-            raise StorageError(f"data file has {len(data):,} bytes, the manifest says {meta['bytes']:,}",
-                               **self._damaged(meta, symbol))
+        self._check_size(meta, symbol, len(data))
         if "file_sha256" in meta:
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != meta["file_sha256"]:
-                raise StorageError("data file does not hold the bars the manifest records (sha256 of its bytes "
-                                   f"{digest[:12]}, committed {meta['file_sha256'][:12]})",
-                                   **self._damaged(meta, symbol))
+            self._check_digest(meta, symbol, hashlib.sha256(data).hexdigest(), "the file", meta["file_sha256"])
             return
         with self._reading(meta, symbol):
             self._check_arrays(meta, symbol, pq.ParquetFile(pa.BufferReader(data)))
@@ -428,14 +422,10 @@ class BarStore:
         checked now, its bytes hashed in blocks (``file_sha256``) or its arrays (older entries), and its
         ``check`` does nothing. The handle is left at the start."""
         size = handle.size()
-        if "bytes" in meta and size != meta["bytes"]:
-            raise StorageError(f"data file has {size:,} bytes, the manifest says {meta['bytes']:,}",
-                               **self._damaged(meta, symbol))
+        self._check_size(meta, symbol, size)
 
         def check_digest(digest: str, what: str, want: str) -> None:
-            if digest != want:
-                raise StorageError(f"data file does not hold the bars the manifest records (sha256 of its bytes: "
-                                   f"{what} {digest[:12]}, committed {want[:12]})", **self._damaged(meta, symbol))
+            self._check_digest(meta, symbol, digest, what, want)
 
         if "group_sha256" in meta:
             handle.seek(max(size - _IO_BUFFER, 0))  # the footer is at most a few kB: one read (one request)
@@ -469,6 +459,18 @@ class BarStore:
             self._check_arrays(meta, symbol, pq.ParquetFile(handle, pre_buffer=False, buffer_size=_IO_BUFFER))
         handle.seek(0)
         return _UNCHECKED
+
+    def _check_size(self, meta: dict[str, Any], symbol: str, size: int) -> None:
+        """A data file's size is the one its commit recorded (``bytes``; older entries may lack it)."""
+        if "bytes" in meta and size != meta["bytes"]:
+            raise StorageError(f"data file has {size:,} bytes, the manifest says {meta['bytes']:,}",
+                               **self._damaged(meta, symbol))
+
+    def _check_digest(self, meta: dict[str, Any], symbol: str, digest: str, what: str, want: str) -> None:
+        """The sha256 of ``what`` (the file, its footer, a row group) is the one its commit recorded."""
+        if digest != want:
+            raise StorageError(f"data file does not hold the bars the manifest records (sha256 of its bytes: "
+                               f"{what} {digest[:12]}, committed {want[:12]})", **self._damaged(meta, symbol))
 
     def _check_arrays(self, meta: dict[str, Any], symbol: str, pf: pq.ParquetFile) -> None:
         """An older entry's check: the sha256 of the file's arrays (each ``groups`` row group's), streamed."""
