@@ -94,3 +94,58 @@ def test_cached_kernels_run_without_numbas_target_set_up_with_the_same_results(t
     got = pd.read_pickle(tmp_path / "table.pkl")
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
     assert expected["n_trades"].sum() > 0  # the strategy traded: the kernels computed something
+
+
+def test_the_preload_thread_runs_at_the_lowest_cpu_priority():
+    """Only the loading thread yields (nice 19): the worker's other threads keep their priority."""
+    import os
+    import sys
+
+    import pytest
+
+    from admf_dask.preload import yield_cpu
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are Linux's")
+    seen = {}
+
+    def loader() -> None:
+        seen["ok"] = yield_cpu()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=loader)
+    t.start()
+    t.join()
+    assert seen == {"ok": True, "nice": 19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before != 19
+
+
+def _busy(dask_worker) -> bool:
+    from admf_dask.preload import worker_busy
+
+    return worker_busy(dask_worker)
+
+
+_STARTED, _GO = threading.Event(), threading.Event()
+
+
+def _task() -> int:  # in-process (threads): it signals the test from the worker, then waits for it
+    _STARTED.set()
+    _GO.wait(30)
+    return 1
+
+
+def test_the_preload_stops_once_the_worker_runs_a_task():
+    """The loading's stop (preload_kernels(stop)): false while the worker has run no task (``client.run`` is
+    not one), true from its first task on, while it runs and after."""
+    from admf_dask.cluster import connect
+
+    with connect({"kind": "threads", "n_workers": 1, "dashboard_address": ""}, echo=lambda m: None) as client:
+        assert list(client.run(_busy).values()) == [False]
+        future = client.submit(_task, pure=False)
+        assert _STARTED.wait(30)
+        assert list(client.run(_busy).values()) == [True]  # running
+        _GO.set()
+        assert future.result() == 1
+        assert list(client.run(_busy).values()) == [True]  # and after
