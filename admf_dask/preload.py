@@ -11,11 +11,12 @@ driver plans its run meanwhile; a task that calls a kernel still loading waits o
 own lock, so results are the same with or without it. Nothing is compiled that the cache
 does not hold, and a failure here only costs the time it was meant to save (logged at DEBUG).
 
-The loading uses idle time only. The thread runs at the lowest CPU priority (nice 19), and
-it stops at the first task the worker runs: from then on a task loads what it calls, on
-first call. Loading everything costs each worker what it never calls. With an installation's
-test suite in the cache, that was 338 overloads, 1.6 CPU-s and 240 MB of memory a worker.
-Run beside a sweep's first tasks, on 2 cores, it took that CPU from them.
+The loading fills the time before the worker's first task, and stops there: from then on a
+task loads what it calls, on first call. Loading everything costs each worker what it never
+calls. With an installation's test suite in the cache, that was 338 overloads, 1.6 CPU-s and
+240 MB of memory a worker. Run beside a sweep's first tasks, on 2 cores, it took that CPU
+from them. The modules tasks run are imported before the thread starts, on the worker's
+event loop (:func:`import_task_modules` says why).
 
 In these processes (the zygote, its forks, spawned local workers) a cached overload loads without
 numba's CPU target set up (:func:`light_cache_loads`): numba's cache refreshes that target before
@@ -35,7 +36,7 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-__all__ = ["KernelPreload", "light_cache_loads", "preload_kernels", "worker_busy", "yield_cpu"]
+__all__ = ["KernelPreload", "import_task_modules", "light_cache_loads", "preload_kernels", "worker_busy"]
 
 log = logging.getLogger(__name__)
 
@@ -143,30 +144,31 @@ def _refresh_target() -> None:
         cpu_target.target_context.refresh()
 
 
+def import_task_modules() -> None:
+    """Import what tasks run: the task modules and every kernel module.
+
+    Run it before the worker takes a task. A task that arrives while a thread is importing
+    these modules is unpickled on the worker's event loop, which imports them too. Two
+    threads importing the ``admf_dask.sweep`` package's import cycle at once can hand one
+    of them a partly initialised module ("cannot import name 'SweepFeed' from partially
+    initialized module"). The worker's connection to the scheduler then fails, and the
+    worker is lost.
+    """
+    from admf_dask import kernels
+
+    for name in TASK_MODULES:
+        importlib.import_module(name)
+    for info in pkgutil.iter_modules(kernels.__path__):
+        importlib.import_module(f"{kernels.__name__}.{info.name}")
+
+
 def _preload(stop: Callable[[], bool] | None = None) -> None:
-    yield_cpu()
     try:
-        for name in TASK_MODULES:
-            importlib.import_module(name)
         light_cache_loads()
         n, seconds = preload_kernels(stop)
         log.debug("preloaded %d numba kernel overloads in %.2fs", n, seconds)
     except Exception as exc:  # an optimisation only: the first call loads what it needs anyway
         log.debug("kernel preload failed: %r", exc)
-
-
-def yield_cpu() -> bool:
-    """The calling thread at the lowest CPU priority (nice 19; Linux sets it per thread); whether it is.
-
-    It then runs on cores nothing else wants: the driver planning its run, a task computing.
-    """
-    import os
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 19
-    except (AttributeError, OSError):  # no per-thread priority here: the loading runs as before
-        return False
 
 
 def worker_busy(worker: Any) -> bool:
@@ -181,5 +183,9 @@ class KernelPreload(WorkerPlugin):
     name = "admf-kernel-preload"
 
     def setup(self, worker: Any) -> None:
+        try:  # here, on the worker's event loop, before it takes a task (import_task_modules)
+            import_task_modules()
+        except Exception as exc:  # noqa: BLE001 - a task's own unpickling then raises it, where it is seen
+            log.debug("task modules not imported: %r", exc)
         threading.Thread(target=_preload, args=(lambda: worker_busy(worker),), name="admf-kernel-preload",
                          daemon=True).start()

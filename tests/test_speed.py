@@ -96,31 +96,6 @@ def test_cached_kernels_run_without_numbas_target_set_up_with_the_same_results(t
     assert expected["n_trades"].sum() > 0  # the strategy traded: the kernels computed something
 
 
-def test_the_preload_thread_runs_at_the_lowest_cpu_priority():
-    """Only the loading thread yields (nice 19): the worker's other threads keep their priority."""
-    import os
-    import sys
-
-    import pytest
-
-    from admf_dask.preload import yield_cpu
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread priorities are Linux's")
-    seen = {}
-
-    def loader() -> None:
-        seen["ok"] = yield_cpu()
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    t = threading.Thread(target=loader)
-    t.start()
-    t.join()
-    assert seen == {"ok": True, "nice": 19}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before != 19
-
-
 def _busy(dask_worker) -> bool:
     from admf_dask.preload import worker_busy
 
