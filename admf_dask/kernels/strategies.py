@@ -388,6 +388,29 @@ def _set_run_momentum(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, r
              stop_loss, take_profit, direction, stops, equity_buf, ev)
 
 
+@numba.njit(cache=True, nogil=True)
+def set_order(idx):
+    """The order a chunk runs its sets in: by the indicator row (``idx`` column 0 or 1) that has the more
+    distinct values among them, then by the other, ties in their own order.
+
+    Each set reads its own rows and writes only its own state and accumulator row, so the order
+    changes no result bit; it changes what stays in cache. A part of a grid in its own order
+    (fast-major) holds a few fast values and every slow one: set after set re-reads the slow
+    rows, which on minute bars (~0.8 MB a row, 40 of them) do not fit in a core's cache, once
+    per fast value. In this order each slow row is read once, beside the few fast rows.
+    """
+    m = idx.shape[0]
+    if m < 3:
+        return np.arange(m)
+    a = idx[:, 0]
+    b = idx[:, 1]
+    if len(np.unique(b)) > len(np.unique(a)):
+        a, b = b, a
+    lo = b.min()
+    span = b.max() - lo + 1
+    return np.argsort((a - a.min()) * span + (b - lo), kind="mergesort")
+
+
 @numba.njit(inline="always")
 def _chunk(kind, set_run, with_eq, ind, idx, fparams, open_, high, low, close, h, t0, state, commission,
            slippage_bps, whole_units, stop_loss, take_profit, direction, timeline_pos, equity_acc):
@@ -400,7 +423,7 @@ def _chunk(kind, set_run, with_eq, ind, idx, fparams, open_, high, low, close, h
     ev = np.empty(nc if kind == CROSS else 0, dtype=np.int8)  # one set's CROSS events
     gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
     stops = stops_on(stop_loss, take_profit)
-    for k in range(m):
+    for k in set_order(idx):  # what stays in cache; no result changes with it (set_order)
         before = sleeve_before(state[k]) if with_eq else 0.0
         set_run(ind, idx[k, 0], idx[k, 1], idx[k, 2], fparams[k, 0], fparams[k, 1], open_, high, low, close, h,
                 t0, state[k], commission, slippage_bps, whole_units, stop_loss, take_profit, direction, stops,
