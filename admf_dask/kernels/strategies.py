@@ -389,26 +389,52 @@ def _set_run_momentum(ind, i0, i1, i2, p0, p1, open_, high, low, close, h, t0, r
 
 
 @numba.njit(cache=True, nogil=True)
-def set_order(idx):
-    """The order a chunk runs its sets in: by the indicator row (``idx`` column 0 or 1) that has the more
-    distinct values among them, then by the other, ties in their own order.
+def set_order(idx, n_rows):
+    """The order a chunk runs its sets in: by the indicator row (``idx`` column 0 or 1, each in
+    ``[-1, n_rows)``) that has the more distinct values among them, then by the other, ties in
+    their own order.
 
     Each set reads its own rows and writes only its own state and accumulator row, so the order
     changes no result bit; it changes what stays in cache. A part of a grid in its own order
     (fast-major) holds a few fast values and every slow one: set after set re-reads the slow
     rows, which on minute bars (~0.8 MB a row, 40 of them) do not fit in a core's cache, once
     per fast value. In this order each slow row is read once, beside the few fast rows.
+    Two stable counting sorts, O(m + n_rows), in plain loops (no numpy sorting here: a cached
+    kernel then loads without numba's array-math module, see preload.light_cache_loads).
     """
     m = idx.shape[0]
+    order = np.arange(m)
     if m < 3:
-        return np.arange(m)
-    a = idx[:, 0]
-    b = idx[:, 1]
-    if len(np.unique(b)) > len(np.unique(a)):
-        a, b = b, a
-    lo = b.min()
-    span = b.max() - lo + 1
-    return np.argsort((a - a.min()) * span + (b - lo), kind="mergesort")
+        return order
+    width = n_rows + 1  # row -1 (unused) counts as 0
+    seen0 = np.zeros(width, dtype=np.bool_)
+    seen1 = np.zeros(width, dtype=np.bool_)
+    d0 = 0
+    d1 = 0
+    for k in range(m):
+        r0 = idx[k, 0] + 1
+        r1 = idx[k, 1] + 1
+        if not seen0[r0]:
+            seen0[r0] = True
+            d0 += 1
+        if not seen1[r1]:
+            seen1[r1] = True
+            d1 += 1
+    major = 1 if d1 > d0 else 0
+    for col in (1 - major, major):  # least significant first; each pass stable
+        count = np.zeros(width + 1, dtype=np.int64)
+        for k in range(m):
+            count[idx[k, col] + 2] += 1
+        for r in range(1, width + 1):
+            count[r] += count[r - 1]
+        out = np.empty(m, dtype=np.int64)
+        for j in range(m):
+            k = order[j]
+            r = idx[k, col] + 1
+            out[count[r]] = k
+            count[r] += 1
+        order = out
+    return order
 
 
 @numba.njit(inline="always")
@@ -423,7 +449,7 @@ def _chunk(kind, set_run, with_eq, ind, idx, fparams, open_, high, low, close, h
     ev = np.empty(nc if kind == CROSS else 0, dtype=np.int8)  # one set's CROSS events
     gaps = _gaps(timeline_pos) if with_eq else np.empty(0, dtype=np.int64)
     stops = stops_on(stop_loss, take_profit)
-    for k in set_order(idx):  # what stays in cache; no result changes with it (set_order)
+    for k in set_order(idx, ind.shape[0]):  # what stays in cache; no result changes with it (set_order)
         before = sleeve_before(state[k]) if with_eq else 0.0
         set_run(ind, idx[k, 0], idx[k, 1], idx[k, 2], fparams[k, 0], fparams[k, 1], open_, high, low, close, h,
                 t0, state[k], commission, slippage_bps, whole_units, stop_loss, take_profit, direction, stops,
