@@ -88,6 +88,8 @@ def _dictionary_prices(store) -> bool:
     return md.row_group(0).column(md.schema.names.index("close")).has_dictionary_page
 
 
+SCALE_RATE = 290e6  # bar-evaluations/s of the scaling sweep on 1 worker, end to end (sizes it: see main)
+
 def _timed_sweep(client, store, config):
     """Seconds of one sweep into a fresh root (no resume, no indicator cache), and its result."""
     from admf_dask.storage import StorageRef
@@ -227,7 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_scaling:
         # minute bars: few, long series, so the work is in the kernel, not in task overhead
         scale_store = _dataset("sweep-scaling", 8, "2023-01-01", "2023-12-31", "minute")
-        per_set = scale_store.entry(scale_store.symbols()[0])["rows"] * 8 / 105e6  # minute bars: ~105 M bar-evals/s on 1 worker, end to end
+        # sized by the end-to-end rate of 1 worker on minute bars, so that it is ~--scale-seconds of work there
+        # (issue 5: "a sweep sized to about 30 s on 1 worker"): 290 M bar-evals/s on 2026-12-07 (3,880 sets in
+        # 10.7-11.1 s); at the 105 M it was sized by before, the kernels since made it an 11 s sweep, where the
+        # fixed costs of each run (a worker's first container, the final table) weigh 2.7 times as much
+        per_set = scale_store.entry(scale_store.symbols()[0])["rows"] * 8 / SCALE_RATE
         n_fast = max(2, int(round(args.scale_seconds / per_set / 40)))
         scale_config = SweepConfig(strategy="sma_cross", params={"fast": {"from": 5, "to": 5 * n_fast, "step": 5},
                                                                  "slow": {"from": 400, "to": 790, "step": 10}},
@@ -256,6 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
                 cpu[workers].append((driver_end - driver, children_end - children))
                 background[workers].append(max(0.0, others) / t)
         med = {w: float(np.median(ts)) for w, ts in times.items()}
+        if not 0.6 * args.scale_seconds <= med[1] <= 1.5 * args.scale_seconds:
+            print(f"note: the scaling sweep took {med[1]:.1f} s on 1 worker, not ~{args.scale_seconds:g} s: "
+                  f"set SCALE_RATE in benchmarks/sweep.py to this machine's rate "
+                  f"(~{res.summary['bar_evaluations'] / med[1] / 1e6:.0f} M bar-evals/s)")
         for workers in (1, 2):
             rows.append([f"2. scaling sweep, {workers} worker(s), median of {len(times[workers])}", med[workers],
                          len(res.per_symbol), res.summary["bar_evaluations"] / med[workers]])
