@@ -88,7 +88,7 @@ def _dictionary_prices(store) -> bool:
     return md.row_group(0).column(md.schema.names.index("close")).has_dictionary_page
 
 
-SCALE_RATE = 290e6  # bar-evaluations/s of the scaling sweep on 1 worker, end to end (sizes it: see main)
+SCALE_RATE = 280e6  # bar-evaluations/s of the scaling sweep on 1 worker, end to end, 2026-12-07 (sizes it: see main)
 
 def _timed_sweep(client, store, config):
     """Seconds of one sweep into a fresh root (no resume, no indicator cache), and its result."""
@@ -230,13 +230,16 @@ def main(argv: list[str] | None = None) -> dict:
         # minute bars: few, long series, so the work is in the kernel, not in task overhead
         scale_store = _dataset("sweep-scaling", 8, "2023-01-01", "2023-12-31", "minute")
         # sized by the end-to-end rate of 1 worker on minute bars, so that it is ~--scale-seconds of work there
-        # (issue 5: "a sweep sized to about 30 s on 1 worker"): 290 M bar-evals/s on 2026-12-07 (3,880 sets in
-        # 10.7-11.1 s); at the 105 M it was sized by before, the kernels since made it an 11 s sweep, where the
-        # fixed costs of each run (a worker's first container, the final table) weigh 2.7 times as much
+        # (issue 5: "a sweep sized to about 30 s on 1 worker"). It was sized by 105 M bar-evals/s, with more
+        # fast values for more work; the kernels since made that an 11 s sweep (3,790 sets: sma_cross keeps
+        # fast < slow, so fast values past the slow ones added less than asked), where the fixed costs of each
+        # run (a worker's first container, the final table) weighed 2.7 times as much. Now 79 fast values,
+        # all below every slow one, and as many slow values as the work asks for.
         per_set = scale_store.entry(scale_store.symbols()[0])["rows"] * 8 / SCALE_RATE
-        n_fast = max(2, int(round(args.scale_seconds / per_set / 40)))
-        scale_config = SweepConfig(strategy="sma_cross", params={"fast": {"from": 5, "to": 5 * n_fast, "step": 5},
-                                                                 "slow": {"from": 400, "to": 790, "step": 10}},
+        n_slow = max(2, int(round(args.scale_seconds / per_set / 79)))
+        scale_config = SweepConfig(strategy="sma_cross", params={"fast": {"from": 5, "to": 395, "step": 5},
+                                                                 "slow": {"from": 400, "to": 400 + 10 * (n_slow - 1),
+                                                                          "step": 10}},
                                    direction="long_only", commission=COMMISSION)
         # 1 and 2 workers alternate, so that a slow spell of this shared machine hits both
         times: dict[int, list[float]] = {1: [], 2: []}
