@@ -144,10 +144,9 @@ def _serve(listener_fd: int, alive_r: int, parent: int, close: Sequence[int], ke
         import distributed  # noqa: F401  (the worker's own modules)
 
         if kernels:
-            from .preload import TASK_MODULES, light_cache_loads, preload_kernels
+            from .preload import import_task_modules, light_cache_loads, preload_kernels
 
-            for name in TASK_MODULES:
-                __import__(name)
+            import_task_modules()
             light_cache_loads()  # the zygote and its workers: cached kernels load without numba's target set up
             log.debug("zygote: task modules imported in %.2fs", time.perf_counter() - t0)
             # a worker asked for before every kernel is loaded is forked at once: the rest load on first use

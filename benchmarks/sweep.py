@@ -64,6 +64,7 @@ import numpy as np
 from benchmarks._harness import print_table, record_digests
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench")
+SCALE_RATE = 280e6  # bar-evaluations/s of the scaling sweep on 1 worker, end to end, 2026-12-07 (sizes it: see main)
 
 
 def _dataset(name: str, n_symbols: int, start: str, end: str, freq: str = "daily"):
@@ -87,8 +88,6 @@ def _dictionary_prices(store) -> bool:
     md = pq.read_metadata(store.storage.path(store.entry(store.symbols()[0])["files"][0]["path"]))
     return md.row_group(0).column(md.schema.names.index("close")).has_dictionary_page
 
-
-SCALE_RATE = 280e6  # bar-evaluations/s of the scaling sweep on 1 worker, end to end, 2026-12-07 (sizes it: see main)
 
 def _timed_sweep(client, store, config):
     """Seconds of one sweep into a fresh root (no resume, no indicator cache), and its result."""
